@@ -1,0 +1,49 @@
+"""The ``normkit`` command line.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``main(args) -> int``; this file only lists them, and imports a subcommand's
+module only when that subcommand runs (the lab pulls in matplotlib and
+scikit-learn, which ``normkit check`` does not need).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Add a subcommand by adding one line here.
+SUBCOMMANDS = {
+    "check": ("normkit.check", "conformance report of normkit against every installed peer"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="normkit",
+        description="normkit: normalization layers done right (LRN exact to every framework, "
+                    "BatchNorm/LayerNorm/GroupNorm/InstanceNorm/RMSNorm, data scalers).")
+    parser.add_argument("--version", action="version",
+                        version=f"normkit {importlib.import_module('normkit').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        mod = importlib.import_module(module)
+        if hasattr(mod, "add_arguments"):
+            mod.add_arguments(p)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(args._module)
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""One table ``{op: {backend: implementation}}`` and the rule that picks a backend.
+
+Backends:
+
+* ``torch``  -- portable fallback written with torch ops (always available);
+* ``cpu``    -- fused numba kernels (CPU tensors);
+* ``triton`` -- fused Triton kernels (CUDA tensors).
+
+A call passes ``backend="auto"`` (the default) or a backend name. The
+environment variable ``NORMKIT_BACKEND`` overrides ``"auto"`` for every call.
+The backend actually used is recorded in :data:`last_backend` so that tests,
+benchmarks and users can observe it.
+
+Rules: ``auto`` takes the fastest registered backend that supports the tensor
+(device, dtype), else ``torch``. An explicitly requested backend that cannot
+run the call raises a ``ValueError`` naming why and the fix: normkit never
+silently runs something other than what was asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import torch
+
+__all__ = ["BACKENDS", "ENV_VAR", "register", "resolve", "call", "last_backend", "table"]
+
+BACKENDS = ("torch", "cpu", "triton")
+ENV_VAR = "NORMKIT_BACKEND"
+# auto's preference order per device type
+_PREFERENCE = {"cpu": ("cpu", "torch"), "cuda": ("triton", "torch")}
+
+
+@dataclass(frozen=True)
+class Entry:
+    fn: Callable
+    # returns None if the backend can run a call on this tensor, else the reason it cannot
+    why_not: Callable[[torch.Tensor], Optional[str]]
+
+
+def _always(_x: torch.Tensor) -> Optional[str]:
+    return None
+
+
+table: Dict[str, Dict[str, Entry]] = {}
+last_backend: Dict[str, str] = {}
+
+
+def register(op: str, backend: str, fn: Callable,
+             why_not: Callable[[torch.Tensor], Optional[str]] = _always) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    table.setdefault(op, {})[backend] = Entry(fn, why_not)
+
+
+def _requested(backend: str) -> str:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend == "auto":
+        backend = os.environ.get(ENV_VAR, "auto") or "auto"
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} (from argument or ${ENV_VAR}); "
+                         f"choose 'auto' or one of {BACKENDS}")
+    return backend
+
+
+def resolve(op: str, x: torch.Tensor, backend: str = "auto") -> str:
+    """Name of the backend that will run ``op`` on ``x``."""
+    if op not in table:
+        raise KeyError(f"normkit has no op {op!r}; known: {sorted(table)}")
+    impls = table[op]
+    backend = _requested(backend)
+    if backend == "auto":
+        for name in _PREFERENCE.get(x.device.type, ("torch",)):
+            entry = impls.get(name)
+            if entry is not None and entry.why_not(x) is None:
+                return name
+        return "torch"
+    entry = impls.get(backend)
+    if entry is None:
+        raise ValueError(f"backend {backend!r} has no implementation of {op!r} "
+                         f"(available: {sorted(impls)}); use backend='auto' or 'torch'")
+    reason = entry.why_not(x)
+    if reason is not None:
+        raise ValueError(f"backend {backend!r} cannot run {op!r} here: {reason}; "
+                         "use backend='auto' or 'torch'")
+    return backend
+
+
+def call(op: str, backend: str, *args):
+    """Run ``op`` with an already resolved ``backend`` and record the choice."""
+    last_backend[op] = backend
+    return table[op][backend].fn(*args)
+
+
+def _register_builtin() -> None:
+    from .ops import torch_ops
+
+    register("lrn_fwd", "torch", torch_ops.lrn_fwd)
+    register("lrn_bwd", "torch", torch_ops.lrn_bwd)
+
+
+_register_builtin()
