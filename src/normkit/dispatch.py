@@ -101,6 +101,15 @@ def _register_builtin() -> None:
 
     register("lrn_fwd", "torch", torch_ops.lrn_fwd)
     register("lrn_bwd", "torch", torch_ops.lrn_bwd)
+    # optional fast backends: each package registers its ops if its compiler imports
+    import importlib
+
+    for package in ("cpu", "triton"):
+        try:
+            backend = importlib.import_module(f".ops.{package}", __package__)
+        except ImportError:  # numba / triton not installed: torch fallback only
+            continue
+        backend.register(register)
 
 
 _register_builtin()
