@@ -234,6 +234,17 @@ def test_matches_tensorflow(radius):
                                                 alpha=0.01, beta=0.75).numpy()
     layer = normkit.LocalResponseNorm.from_tensorflow(radius, 1.5, 0.01, 0.75)
     assert max_err(layer(x), theirs) < 1e-6
+    # gradients: TensorFlow's own LRNGrad op against normkit's analytic backward
+    dy = randn(*x.shape, seed=23, dtype=torch.float32)
+    xt = tf.constant(x.numpy())
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        yt = tf.nn.local_response_normalization(xt, depth_radius=radius, bias=1.5,
+                                                alpha=0.01, beta=0.75)
+    g_tf = tape.gradient(yt, xt, output_gradients=tf.constant(dy.numpy())).numpy()
+    xr = x.clone().requires_grad_()
+    (g_ours,) = torch.autograd.grad(layer(xr), xr, dy)
+    assert max_err(g_ours, g_tf) < 1e-5
 
 
 # --- autograd ---------------------------------------------------------------------------
