@@ -122,8 +122,15 @@ class _BatchNorm(_NormBase):
         tracked = not self.training or self.track_running_stats
         return (self.running_mean if tracked else None, self.running_var if tracked else None)
 
+    def _check_channels(self, input: torch.Tensor) -> None:
+        if input.size(1) != self.num_features:
+            raise ValueError(f"{type(self).__name__}: expected {self.num_features} channels "
+                             f"(num_features) on dim 1, got input of shape "
+                             f"{tuple(input.shape)}")
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
+        self._check_channels(input)
         factor, use_batch = self._factor_and_mode()
         running_mean, running_var = self._buffers_for_call()
         return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
@@ -252,6 +259,7 @@ class SyncBatchNorm(_BatchNorm):
         if input.size(1) == 0:
             raise ValueError("SyncBatchNorm: the number of input channels must be non-zero, "
                              f"got shape {tuple(input.shape)}")
+        self._check_channels(input)
         factor, use_batch = self._factor_and_mode()
         running_mean, running_var = self._buffers_for_call()
         return F.sync_batch_norm(input, running_mean, running_var, self.weight, self.bias,
@@ -322,7 +330,7 @@ class _InstanceNorm(_NormBase):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
-    def _apply(self, input):
+    def _instance_norm(self, input):
         return F.instance_norm(input, self.running_mean, self.running_var, self.weight,
                                self.bias, self.training or not self.track_running_stats,
                                self.momentum if self.momentum is not None else 0.0, self.eps,
@@ -340,8 +348,8 @@ class _InstanceNorm(_NormBase):
                           "You can silence this warning by not passing in num_features, "
                           "which is not used because affine=False", stacklevel=2)
         if input.dim() == self._no_batch_dim:  # unbatched: add and drop a batch dim
-            return self._apply(input.unsqueeze(0)).squeeze(0)
-        return self._apply(input)
+            return self._instance_norm(input.unsqueeze(0)).squeeze(0)
+        return self._instance_norm(input)
 
 
 _INSTANCE_DOC = r"""Instance normalization over a {rank} input: per sample and channel.

@@ -87,8 +87,12 @@ def moments(x: torch.Tensor, dims) -> tuple:
     x32 = x.to(compute_dtype(x.dtype))
     mean = x32.mean(dim=dims, keepdim=True)
     centred = x32 - mean
-    var = (centred * centred).mean(dim=dims, keepdim=True).clamp_min_(0.0)
-    return mean, var
+    # corrected two-pass (Chan, Golub & LeVeque): the rounding error of the first mean
+    # comes back as the small mean of the deviations; adding it makes the mean nearly
+    # correctly rounded, and subtracting its square is harmless (it is tiny)
+    delta = centred.mean(dim=dims, keepdim=True)
+    var = ((centred * centred).mean(dim=dims, keepdim=True) - delta * delta).clamp_min_(0.0)
+    return mean + delta, var
 
 
 def _to(t, dtype):
