@@ -228,7 +228,7 @@ def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
     _bn_prepare(name, input, running_mean, running_var, weight, bias, training, momentum, eps)
     if input.numel() == 0:  # torch leaves the running stats alone on an empty batch
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
-    x = input.reshape(input.shape[0], input.shape[1], -1)
+    x = input.reshape(input.shape[0], input.shape[1], math.prod(input.shape[2:]))
     backends = _backends(_BN_OPS, x, backend)
     y = BatchNormFunction.apply(x, weight, bias, running_mean, running_var, bool(training),
                                 float(momentum), float(eps), backends)
@@ -283,7 +283,7 @@ def sync_batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
                     ("weight", weight), ("bias", bias)):
         _check_param(name, what, t, (c,))
     _check_eps(name, eps, strict=True)
-    x = input.reshape(input.shape[0], c, -1)
+    x = input.reshape(input.shape[0], c, math.prod(input.shape[2:]))
     backends = _backends(_BN_OPS, x, backend)
     y = SyncBatchNormFunction.apply(x, weight, bias, running_mean, running_var,
                                     float(momentum), float(eps), process_group, world, backends)
@@ -426,7 +426,7 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
     _verify_more_than_one(name, input.shape, n * (c // num_groups) * math.prod(input.shape[2:]))
     if input.numel() == 0:
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
-    x = input.reshape(n, c, -1)
+    x = input.reshape(n, c, math.prod(input.shape[2:]))
     y = GroupNormFunction.apply(x, weight, bias, num_groups, float(eps),
                                 _backends(("group_norm_fwd", "group_norm_bwd"), x, backend))
     return y.reshape(input.shape)
@@ -483,7 +483,7 @@ def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = No
                          f"input size {list(input.shape)}")
     if input.numel() == 0:
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
-    x = input.reshape(n, c, -1)
+    x = input.reshape(n, c, math.prod(input.shape[2:]))
     if running_mean is not None and running_var is not None:
         # per-instance stats through the same stats core: (1, N*C, L) over (N, L)
         op = dispatch.resolve("batch_norm_stats", x, backend)
