@@ -481,3 +481,57 @@ def test_untracked_batch_norm_uses_batch_stats_in_eval():
     y = bn(x).detach()
     assert y.mean((0, 2, 3)).abs().max() < 1e-5
     assert math.isclose(float(y.var((0, 2, 3), unbiased=False).mean()), 1.0, rel_tol=1e-3)
+
+
+def test_normkit_check_norm_cases_all_pass():
+    from normkit.check import PROVIDERS, norm_layer_cases
+
+    assert norm_layer_cases in PROVIDERS
+    cases = list(norm_layer_cases())
+    assert len(cases) >= 20
+    assert [c.name for c in cases if c.status != "pass"] == []
+
+
+# --- every registered backend of the norm ops (cpu/triton register theirs at import) ----
+
+_CPU_BACKENDS = sorted({b for op in ("layer_norm_fwd", "rms_norm_fwd", "group_norm_fwd",
+                                     "batch_norm_stats") for b in dispatch.table[op]})
+
+
+@pytest.mark.parametrize("backend", _CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_each_registered_backend_matches_reference(backend, dtype):
+    x = randn(3, 6, 4, 5, seed=95, mean=50.0, std=2.0).to(dtype)
+    dy = randn(3, 6, 4, 5, seed=96).to(dtype)
+    w = randn(6, seed=94).to(dtype)
+    xr, dyr, wr = x.double().numpy(), dy.double().numpy(), w.double().numpy()
+    cases = [
+        ("batch_norm_stats", lambda v, w_: NF.batch_norm(v, None, None, w_, None, True,
+                                                         backend=backend),
+         batch_norm_forward(xr, wr)[0], batch_norm_backward(xr, dyr, wr)),
+        ("group_norm_fwd", lambda v, w_: NF.group_norm(v, 3, w_, backend=backend),
+         group_norm_forward(xr, 3, wr)[0], group_norm_backward(xr, dyr, 3, wr)),
+        ("layer_norm_fwd", lambda v, w_: NF.layer_norm(v, [5], w_[:5], backend=backend),
+         layer_norm_forward(xr, (5,), wr[:5])[0], layer_norm_backward(xr, dyr, (5,), wr[:5])),
+        ("rms_norm_fwd", lambda v, w_: NF.rms_norm(v, [5], w_[:5], 1e-5, backend=backend),
+         rms_norm_forward(xr, (5,), wr[:5], 1e-5)[0],
+         rms_norm_backward(xr, dyr, (5,), wr[:5], 1e-5)),
+    ]
+    ran = 0
+    for op, fn, ref_y, ref_grads in cases:
+        entry = dispatch.table[op].get(backend)
+        if entry is None or entry.why_not(x) is not None:
+            continue  # this backend does not claim the op for this tensor
+        v = x.clone().requires_grad_(True)
+        w_ = w.clone().requires_grad_(True)
+        y = fn(v, w_)
+        (y * dy).sum().backward()
+        assert dispatch.last_backend[op] == backend
+        dw = w_.grad[:5] if op in ("layer_norm_fwd", "rms_norm_fwd") else w_.grad
+        assert_matches_reference(y, ref_y, dtype, what=f"{backend} {op} y")
+        assert_matches_reference(v.grad, ref_grads[0], dtype, what=f"{backend} {op} dx")
+        assert_matches_reference(dw, ref_grads[1], dtype, what=f"{backend} {op} dweight")
+        ran += 1
+    if ran == 0:
+        assert backend != "torch"
+        pytest.skip(f"backend {backend!r} claims none of these ops for {dtype} CPU tensors")
