@@ -74,6 +74,12 @@ def _worker(rank, world, init_file, out_dir, cfg):
     x, _ = _global_batch(999, 4, dtype)
     results["eval_y"] = bn(x).detach()
     results["eval_calls"] = {k: calls[k] - before[k] for k in calls}
+    # untracked layers use batch statistics in eval: still local, still no communication
+    untracked = normkit.SyncBatchNorm(C, track_running_stats=False, process_group=group)
+    untracked = untracked.to(dtype).eval()
+    before = dict(calls)
+    results["untracked_eval_y"] = untracked(x[rank:rank + 2]).detach()
+    results["untracked_eval_calls"] = {k: calls[k] - before[k] for k in calls}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
@@ -132,6 +138,11 @@ def _check(results, cfg, members, tol):
                                r["num_batches_tracked"])
     for m in members:
         assert (results[m]["eval_y"] - ref_eval).abs().max() <= tol
+        x = _global_batch(999, 4, cfg["dtype"])[0][m:m + 2]
+        local = torch.nn.BatchNorm2d(C, track_running_stats=False).to(cfg["dtype"]).eval()(x)
+        assert (results[m]["untracked_eval_y"] - local).abs().max() <= tol
+        assert results[m]["untracked_eval_calls"] == {"all_gather": 0, "all_reduce": 0,
+                                                      "other": 0}
 
 
 def test_three_ranks_uneven_batches_with_an_empty_rank():

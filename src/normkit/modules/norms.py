@@ -262,6 +262,9 @@ class SyncBatchNorm(_BatchNorm):
         self._check_channels(input)
         factor, use_batch = self._factor_and_mode()
         running_mean, running_var = self._buffers_for_call()
+        if not self.training:  # eval never communicates, even on batch statistics
+            return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                                use_batch, factor, self.eps, backend=self.backend)
         return F.sync_batch_norm(input, running_mean, running_var, self.weight, self.bias,
                                  use_batch, factor, self.eps, self.process_group,
                                  backend=self.backend)
