@@ -535,3 +535,27 @@ def test_each_registered_backend_matches_reference(backend, dtype):
     if ran == 0:
         assert backend != "torch"
         pytest.skip(f"backend {backend!r} claims none of these ops for {dtype} CPU tensors")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("make", [
+    lambda m: m.BatchNorm2d(3), lambda m: m.GroupNorm(3, 3), lambda m: m.LayerNorm(4),
+    lambda m: m.RMSNorm(4), lambda m: m.InstanceNorm2d(3, affine=True, track_running_stats=True),
+], ids=["bn", "gn", "ln", "rms", "in"])
+def test_low_precision_modules_train_step_within_policy(dtype, make):
+    # oracle: torch's layer in float64 on the same rounded input; peer: torch in `dtype`
+    x = randn(4, 3, 4, 4, seed=110, mean=1.0, std=2.0).to(dtype)
+    dy = randn(4, 3, 4, 4, seed=111).to(dtype)
+    ref = make(nn).double()
+    peer = make(nn).to(dtype)
+    ours = make(normkit).to(dtype)
+    y_ref, dx_ref, _ = _step(ref, x.double(), dy.double())
+    y_peer, dx_peer, _ = _step(peer, x, dy)
+    y, dx, _ = _step(ours, x, dy)
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert_matches_reference(y, y_ref, dtype, y_peer, "y")
+    assert_matches_reference(dx, dx_ref, dtype, dx_peer, "dx")
+    for (name, b_ref), (_, b_peer), (_, b) in zip(ref.named_buffers(), peer.named_buffers(),
+                                                 ours.named_buffers()):
+        if b.dtype.is_floating_point:
+            assert_matches_reference(b, b_ref, dtype, b_peer, name)
