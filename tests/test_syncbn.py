@@ -186,3 +186,49 @@ def test_convert_sync_batchnorm_shares_parameters():
     assert type(out[1]) is normkit.SyncBatchNorm and type(out[2][0]) is normkit.SyncBatchNorm
     assert out[1].weight is weight and not out[1].training
     assert repr(out[1]) == repr(torch.nn.SyncBatchNorm(C))
+
+
+def _ddp_model(dtype):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(2, C, 3, padding=1), normkit.SyncBatchNorm(C),
+                               torch.nn.ReLU(), torch.nn.Conv2d(C, 2, 1)).to(dtype)
+
+
+def _ddp_worker(rank, world, init_file, out_dir, sizes):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    model = torch.nn.parallel.DistributedDataParallel(_ddp_model(torch.float64))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(2):
+        x = randn(sum(sizes), 2, 4, 4, seed=200 + step)
+        dy = randn(sum(sizes), 2, 4, 4, seed=300 + step)
+        part = _slices(sizes)[rank]
+        opt.zero_grad()
+        (model(x[part]) * dy[part]).sum().backward()
+        opt.step()
+    torch.save(model.module.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_trains_under_distributed_data_parallel_like_one_process():
+    # DDP averages gradients over ranks, so one process on the whole batch with the loss
+    # divided by the world size must end at the same parameters and running stats
+    sizes, world = [3, 5], 2
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_ddp_worker, args=(world, os.path.join(tmp, "init"), tmp, sizes),
+                 nprocs=world, join=True)
+        states = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
+    single = _ddp_model(torch.float64)
+    single[1] = torch.nn.BatchNorm2d(C).double()  # torch's own BN as the oracle
+    opt = torch.optim.SGD(single.parameters(), lr=0.1)
+    for step in range(2):
+        x = randn(sum(sizes), 2, 4, 4, seed=200 + step)
+        dy = randn(sum(sizes), 2, 4, 4, seed=300 + step)
+        opt.zero_grad()
+        ((single(x) * dy).sum() / world).backward()
+        opt.step()
+    for key, value in single.state_dict().items():
+        for state in states:
+            assert (state[key].double() - value.double()).abs().max() < 1e-10, key
