@@ -75,86 +75,101 @@ def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: flo
 #
 # Layouts (the caller, ``functional``, reshapes the user's tensor): layer and RMS
 # norm take rows (M, D); group and batch norm take (N, C, L). Statistics are
-# returned in the compute dtype (float32, or float64 for float64 input).
+# returned in the compute dtype (float32, or float64 for float64 input). Temporaries
+# are updated in place where they are fresh: this fallback is memory-bound.
 
 
-def moments(x: torch.Tensor, dims) -> tuple:
-    """Mean and biased variance over ``dims`` (kept), two passes in the compute dtype.
+def _centred_moments(x: torch.Tensor, dims) -> tuple:
+    """(centred, mean, var) over ``dims`` (kept): the one statistics core.
 
-    The second pass sums squared deviations from the mean: E[x^2] - E[x]^2 in
-    float32 is 3% wrong at |mean|/std = 1e3 and noise at 1e4. Clamped at 0.
+    Two passes in the compute dtype, never E[x^2] - E[x]^2 (3% wrong in float32
+    at |mean|/std = 1e3, noise at 1e4). The first mean's rounding error comes
+    back as the small mean of the deviations, delta; subtracting it (Chan, Golub
+    & LeVeque's correction) makes the mean nearly correctly rounded. ``centred``
+    is a fresh tensor x - mean that callers may overwrite.
     """
     x32 = x.to(compute_dtype(x.dtype))
     mean = x32.mean(dim=dims, keepdim=True)
     centred = x32 - mean
-    # corrected two-pass (Chan, Golub & LeVeque): the rounding error of the first mean
-    # comes back as the small mean of the deviations; adding it makes the mean nearly
-    # correctly rounded, and subtracting its square is harmless (it is tiny)
     delta = centred.mean(dim=dims, keepdim=True)
-    var = ((centred * centred).mean(dim=dims, keepdim=True) - delta * delta).clamp_min_(0.0)
-    return mean + delta, var
+    centred.sub_(delta)
+    n = max(x32.numel() // max(mean.numel(), 1), 1)
+    # sum of squares without a squared temporary; clamp_min guards the empty case only
+    var = torch.linalg.vector_norm(centred, 2, dim=dims, keepdim=True).square_().div_(n)
+    return centred, mean.add_(delta), var.clamp_min_(0.0)
 
 
-def _to(t, dtype):
-    return None if t is None else t.to(dtype)
+def moments(x: torch.Tensor, dims) -> tuple:
+    """Mean and biased variance over ``dims`` (kept), from :func:`_centred_moments`."""
+    _, mean, var = _centred_moments(x, dims)
+    return mean, var
 
 
-def _finish_affine(x_hat: torch.Tensor, weight, bias, shape) -> torch.Tensor:
-    """x_hat * weight + bias with weight/bias viewed as ``shape``, in x_hat's dtype."""
+def _affine_(t: torch.Tensor, weight, bias, shape) -> torch.Tensor:
+    """t * weight + bias in place (t is a fresh compute-dtype tensor)."""
+    if weight is not None and bias is not None:  # one pass instead of two
+        return torch.addcmul(bias.to(t.dtype).view(shape), t, weight.to(t.dtype).view(shape),
+                             out=t)
     if weight is not None:
-        x_hat = x_hat * weight.to(x_hat.dtype).view(shape)
+        t.mul_(weight.to(t.dtype).view(shape))
     if bias is not None:
-        x_hat = x_hat + bias.to(x_hat.dtype).view(shape)
-    return x_hat
+        t.add_(bias.to(t.dtype).view(shape))
+    return t
 
 
 def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
     """y = (x - mean) rstd * weight + bias per row; returns (y, mean, rstd), stats (M,)."""
-    mean, var = moments(x, (1,))  # (M, 1)
-    rstd = torch.rsqrt(var + eps)
-    x_hat = (x.to(mean.dtype) - mean) * rstd  # (M, D)
-    y = _finish_affine(x_hat, weight, bias, (1, -1))
+    centred, mean, var = _centred_moments(x, (1,))  # (M, D), (M, 1), (M, 1)
+    rstd = var.add_(eps).rsqrt_()
+    y = _affine_(centred.mul_(rstd), weight, bias, (1, -1))
     return y.to(x.dtype), mean.view(-1), rstd.view(-1)
 
 
-def _row_dx(x_hat, g, rstd, centre: bool):
-    """rstd * (g - <g> - x_hat <g x_hat>) over dim 1 (no <g> without centring)."""
+def _rows_dx(x_hat: torch.Tensor, g: torch.Tensor, rstd, centre: bool) -> torch.Tensor:
+    """rstd * (g - <g> - x_hat <g x_hat>) over dim 1 (no <g> without centring); reuses x_hat."""
     proj = (g * x_hat).mean(dim=1, keepdim=True)
-    dx = g - x_hat * proj
+    dx = x_hat.mul_(-proj).add_(g)
     if centre:
-        dx = dx - g.mean(dim=1, keepdim=True)
-    return dx * rstd
+        dx.sub_(g.mean(dim=1, keepdim=True))
+    return dx.mul_(rstd)
+
+
+def _grad_dtype(x, weight):
+    return x.dtype if weight is None else weight.dtype
 
 
 def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight):
     """dx = rstd (g - <g> - x_hat <g x_hat>), g = dy * weight; dweight, dbias column sums."""
     cdt = mean.dtype
-    x_hat = (x.to(cdt) - mean.view(-1, 1)) * rstd.view(-1, 1)  # (M, D)
+    rstd2 = rstd.view(-1, 1)
+    x_hat = (x.to(cdt) - mean.view(-1, 1)).mul_(rstd2)  # (M, D)
     dy32 = dy.to(cdt)
+    dweight = None if weight is None else (dy32 * x_hat).sum(0).to(weight.dtype)
+    dbias = dy32.sum(0).to(_grad_dtype(x, weight))
     g = dy32 if weight is None else dy32 * weight.to(cdt).view(1, -1)
-    dx = _row_dx(x_hat, g, rstd.view(-1, 1), centre=True)
-    pdt = x.dtype if weight is None else weight.dtype
-    dweight = None if weight is None else (dy32 * x_hat).sum(0).to(pdt)
-    dbias = dy32.sum(0).to(pdt)
+    dx = _rows_dx(x_hat, g, rstd2, centre=True)
     return dx.to(x.dtype), dweight, dbias
 
 
 def rms_norm_fwd(x: torch.Tensor, weight, eps: float):
     """y = x rstd * weight, rstd = 1/sqrt(<x^2> + eps) per row; returns (y, rstd)."""
     x32 = x.to(compute_dtype(x.dtype))
-    rstd = torch.rsqrt((x32 * x32).mean(dim=1, keepdim=True) + eps)  # (M, 1)
-    y = _finish_affine(x32 * rstd, weight, None, (1, -1))
+    d = max(x32.shape[1], 1)
+    ms = torch.linalg.vector_norm(x32, 2, dim=1, keepdim=True).square_().div_(d)
+    rstd = ms.add_(eps).rsqrt_()  # (M, 1)
+    y = _affine_(x32 * rstd, weight, None, (1, -1))
     return y.to(x.dtype), rstd.view(-1)
 
 
 def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, rstd, weight):
     """dx = rstd (g - x_hat <g x_hat>), x_hat = x rstd, g = dy * weight."""
     cdt = rstd.dtype
-    x_hat = x.to(cdt) * rstd.view(-1, 1)
+    rstd2 = rstd.view(-1, 1)
+    x_hat = x.to(cdt) * rstd2
     dy32 = dy.to(cdt)
-    g = dy32 if weight is None else dy32 * weight.to(cdt).view(1, -1)
-    dx = _row_dx(x_hat, g, rstd.view(-1, 1), centre=False)
     dweight = None if weight is None else (dy32 * x_hat).sum(0).to(weight.dtype)
+    g = dy32 if weight is None else dy32 * weight.to(cdt).view(1, -1)
+    dx = _rows_dx(x_hat, g, rstd2, centre=False)
     return dx.to(x.dtype), dweight
 
 
@@ -162,10 +177,10 @@ def group_norm_fwd(x: torch.Tensor, weight, bias, num_groups: int, eps: float):
     """Statistics per (sample, group) over C/G channels x L; returns (y, mean, rstd), (N, G)."""
     n, c, length = x.shape
     xg = x.reshape(n, num_groups, (c // num_groups) * length)
-    mean, var = moments(xg, (2,))  # (N, G, 1)
-    rstd = torch.rsqrt(var + eps)
-    x_hat = ((xg.to(mean.dtype) - mean) * rstd).view(n, c, length)
-    y = _finish_affine(x_hat, weight, bias, (1, -1, 1))
+    centred, mean, var = _centred_moments(xg, (2,))  # (N, G, C/G * L), (N, G, 1) x2
+    rstd = var.add_(eps).rsqrt_()
+    x_hat = centred.mul_(rstd).view(n, c, length)
+    y = _affine_(x_hat, weight, bias, (1, -1, 1))
     return y.to(x.dtype), mean.view(n, num_groups), rstd.view(n, num_groups)
 
 
@@ -173,18 +188,17 @@ def group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight, num_gr
     """dx = rstd (g - <g> - x_hat <g x_hat>) per group; dweight, dbias summed over (N, L)."""
     n, c, length = x.shape
     cdt = mean.dtype
-    xg = x.reshape(n, num_groups, -1).to(cdt)
     rstd3 = rstd.view(n, num_groups, 1)
-    x_hat = ((xg - mean.view(n, num_groups, 1)) * rstd3).view(n, c, length)
+    xg = x.reshape(n, num_groups, -1).to(cdt)
+    x_hat = (xg - mean.view(n, num_groups, 1)).mul_(rstd3)  # (N, G, C/G * L), fresh
     dy32 = dy.to(cdt)
+    dweight = None if weight is None else (dy32 * x_hat.view(n, c, length)).sum((0, 2)).to(
+        weight.dtype)
+    dbias = dy32.sum((0, 2)).to(_grad_dtype(x, weight))
     g = dy32 if weight is None else dy32 * weight.to(cdt).view(1, -1, 1)
     gg = g.reshape(n, num_groups, -1)
-    x_hat_g = x_hat.view(n, num_groups, -1)
-    dx = (gg - gg.mean(2, keepdim=True)
-          - x_hat_g * (gg * x_hat_g).mean(2, keepdim=True)) * rstd3
-    pdt = x.dtype if weight is None else weight.dtype
-    dweight = None if weight is None else (dy32 * x_hat).sum((0, 2)).to(pdt)
-    dbias = dy32.sum((0, 2)).to(pdt)
+    proj = (gg * x_hat).mean(2, keepdim=True)
+    dx = x_hat.mul_(-proj).add_(gg).sub_(gg.mean(2, keepdim=True)).mul_(rstd3)
     return dx.view(n, c, length).to(x.dtype), dweight, dbias
 
 
@@ -194,23 +208,30 @@ def batch_norm_stats(x: torch.Tensor):
     return mean.view(-1), var.view(-1)
 
 
+def _centred_by(x: torch.Tensor, mean) -> torch.Tensor:
+    """Fresh x - mean per channel of (N, C, L) in the stats' dtype."""
+    return x.to(mean.dtype) - mean.view(1, -1, 1)
+
+
 def batch_norm_apply(x: torch.Tensor, mean, rstd, weight, bias) -> torch.Tensor:
-    """y = (x - mean) rstd * weight + bias per channel of (N, C, L).
+    """y = (x - mean) (rstd * weight) + bias per channel of (N, C, L).
 
     Kept as (x - mean) * scale rather than x * scale + shift: folding the mean
     into the shift cancels catastrophically when |mean| >> std.
     """
-    cdt = mean.dtype
-    x_hat = (x.to(cdt) - mean.view(1, -1, 1)) * rstd.to(cdt).view(1, -1, 1)
-    return _finish_affine(x_hat, weight, bias, (1, -1, 1)).to(x.dtype)
+    scale = rstd.to(mean.dtype)
+    if weight is not None:
+        scale = scale * weight.to(mean.dtype)
+    y = _centred_by(x, mean).mul_(scale.view(1, -1, 1))
+    return _affine_(y, None, bias, (1, -1, 1)).to(x.dtype)
 
 
 def batch_norm_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, mean, rstd):
     """(sum_dy, sum_dy_xhat) per channel over (N, L)."""
-    cdt = mean.dtype
-    dy32 = dy.to(cdt)
-    x_hat = (x.to(cdt) - mean.view(1, -1, 1)) * rstd.to(cdt).view(1, -1, 1)
-    return dy32.sum((0, 2)), (dy32 * x_hat).sum((0, 2))
+    dy32 = dy.to(mean.dtype)
+    # sum dy (x - mean) * rstd: rstd applied to the (C,) sum, not to every element
+    sum_dy_xhat = _centred_by(x, mean).mul_(dy32).sum((0, 2)).mul_(rstd.to(mean.dtype))
+    return dy32.sum((0, 2)), sum_dy_xhat
 
 
 def batch_norm_bwd_apply(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight, sum_dy,
@@ -221,10 +242,12 @@ def batch_norm_bwd_apply(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight, 
     zero sums this is the evaluation-mode gradient dy * weight * rstd.
     """
     cdt = mean.dtype
-    rstd3 = rstd.to(cdt).view(1, -1, 1)
-    x_hat = (x.to(cdt) - mean.view(1, -1, 1)) * rstd3
+    rstd = rstd.to(cdt)
     inv = 1.0 / max(float(count), 1.0)
-    dx = (dy.to(cdt) - (sum_dy.to(cdt) * inv).view(1, -1, 1)
-          - x_hat * (sum_dy_xhat.to(cdt) * inv).view(1, -1, 1))
-    scale = rstd3 if weight is None else rstd3 * weight.to(cdt).view(1, -1, 1)
-    return (dx * scale).to(x.dtype)
+    scale = rstd if weight is None else rstd * weight.to(cdt)  # (C,)
+    # dx = scale * (dy - sum_dy/n) - (x - mean) * scale * rstd * sum_dy_xhat / n
+    coef = (scale * rstd * sum_dy_xhat.to(cdt) * inv).view(1, -1, 1)
+    dx = _centred_by(x, mean).mul_(-coef)
+    dx.add_(dy.to(cdt) * scale.view(1, -1, 1))
+    dx.sub_((scale * sum_dy.to(cdt) * inv).view(1, -1, 1))
+    return dx.to(x.dtype)
