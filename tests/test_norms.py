@@ -441,7 +441,8 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="expected 2D or 3D input"):
         normkit.BatchNorm1d(3)(torch.zeros(2, 3, 3, 3))
     with pytest.raises(ValueError,
-                       match=r"GroupNorm: num_channels \(6\) must be divisible by num_groups \(4\)"):
+                       match=r"GroupNorm: num_channels \(6\) must be divisible by "
+                             r"num_groups \(4\)"):
         normkit.GroupNorm(4, 6)
     with pytest.raises(ValueError, match=r"num_channels \(6\) must be divisible"):
         NF.group_norm(torch.zeros(2, 6, 3), 4)
@@ -559,3 +560,23 @@ def test_low_precision_modules_train_step_within_policy(dtype, make):
                                                  ours.named_buffers()):
         if b.dtype.is_floating_point:
             assert_matches_reference(b, b_ref, dtype, b_peer, name)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda m: m.BatchNorm1d(4), (5, 4, 1500)),
+    (lambda m: m.LayerNorm(1023), (3, 1023)),
+    (lambda m: m.GroupNorm(2, 4), (2, 4, 1023)),
+    (lambda m: m.RMSNorm(1500), (2, 1500)),
+])
+def test_zero_variance_rows_and_odd_widths_match_torch(make, shape):
+    theirs, ours = _pair(make, torch.float32, seed=3)
+    x = randn(*shape, seed=120, dtype=torch.float32)
+    x[0] = 7.0  # a constant sample: zero variance rows/groups, x_hat = 0
+    dy = randn(*shape, seed=121, dtype=torch.float32)
+    y_t, dx_t, g_t = _step(theirs, x, dy)
+    y_o, dx_o, g_o = _step(ours, x, dy)
+    assert torch.isfinite(y_o).all() and torch.isfinite(dx_o).all()
+    assert max_err(y_o, y_t) < 1e-4
+    assert max_err(dx_o, dx_t) < 1e-3 * max(1.0, float(dx_t.abs().max()))
+    for k in g_t:
+        assert max_err(g_o[k], g_t[k]) < 1e-3 * max(1.0, float(g_t[k].abs().max())), k

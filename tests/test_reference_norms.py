@@ -96,7 +96,8 @@ def test_group_norm_identities():
 
 
 def test_group_norm_rejects_non_divisible_groups():
-    with pytest.raises(ValueError, match=r"num_channels \(6\) must be divisible by num_groups \(4\)"):
+    with pytest.raises(ValueError,
+                       match=r"num_channels \(6\) must be divisible by num_groups \(4\)"):
         group_norm_forward(np.zeros((1, 6, 2)), 4)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Type
 
-import torch
 from torch import nn
 
 from . import modules as M
@@ -91,5 +90,3 @@ def convert(model: nn.Module) -> nn.Module:
             convert(child)
     return model
 
-
-del torch
