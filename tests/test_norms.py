@@ -580,3 +580,35 @@ def test_zero_variance_rows_and_odd_widths_match_torch(make, shape):
     assert max_err(dx_o, dx_t) < 1e-3 * max(1.0, float(dx_t.abs().max()))
     for k in g_t:
         assert max_err(g_o[k], g_t[k]) < 1e-3 * max(1.0, float(g_t[k].abs().max())), k
+
+
+# --- random shapes (hypothesis) ----------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 4), groups=st.integers(1, 4), per_group=st.integers(1, 3),
+       length=st.integers(2, 9), seed=st.integers(0, 10_000),
+       mean=st.sampled_from([0.0, 1e3, -1e4]))
+def test_random_shapes_match_reference(n, groups, per_group, length, seed, mean):
+    c = groups * per_group
+    x = randn(n, c, length, seed=seed, mean=mean)
+    dy = randn(n, c, length, seed=seed + 1)
+    w, b = randn(c, seed=seed + 2), randn(c, seed=seed + 3)
+    xn, dyn, wn, bn_ = x.numpy(), dy.numpy(), w.numpy(), b.numpy()
+    cases = [(lambda v, w_, b_: NF.group_norm(v, groups, w_, b_),
+              group_norm_forward(xn, groups, wn, bn_)[0],
+              group_norm_backward(xn, dyn, groups, wn, bn_))]
+    if n * length > 1:
+        cases.append((lambda v, w_, b_: NF.batch_norm(v, None, None, w_, b_, True),
+                      batch_norm_forward(xn, wn, bn_)[0], batch_norm_backward(xn, dyn, wn, bn_)))
+    for fn, ref_y, ref_grads in cases:
+        v, w_, b_ = (t.clone().requires_grad_(True) for t in (x, w, b))
+        y = fn(v, w_, b_)
+        (y * dy).sum().backward()
+        for what, ours, ref in zip(("y", "dx", "dw", "db"), (y, v.grad, w_.grad, b_.grad),
+                                   (ref_y,) + tuple(ref_grads)):
+            # float64 with |mean|/std up to 1e4: allow 1e4 x the float64 floor
+            assert max_err(ours, ref) <= 1e-8 * max(1.0, float(np.abs(ref).max())), what
