@@ -612,3 +612,63 @@ def test_random_shapes_match_reference(n, groups, per_group, length, seed, mean)
                                    (ref_y,) + tuple(ref_grads)):
             # float64 with |mean|/std up to 1e4: allow 1e4 x the float64 floor
             assert max_err(ours, ref) <= 1e-8 * max(1.0, float(np.abs(ref).max())), what
+
+
+# --- the op contract of docs/ops.md, for every registered backend -------------------------
+
+def _contract_calls(x, w, b):
+    """(op, args, expected output shapes/dtypes) for the norm ops on (N, C=6, L) data."""
+    n, c, length = x.shape
+    rows = x.reshape(-1, length)
+    sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return [
+        ("layer_norm_fwd", (rows, None, None, 1e-5), [(rows.shape, x.dtype), ((n * c,), sdt),
+                                                       ((n * c,), sdt)]),
+        ("rms_norm_fwd", (rows, None, 1e-5), [(rows.shape, x.dtype), ((n * c,), sdt)]),
+        ("group_norm_fwd", (x, w, b, 3, 1e-5), [(x.shape, x.dtype), ((n, 3), sdt), ((n, 3), sdt)]),
+        ("batch_norm_stats", (x,), [((c,), sdt), ((c,), sdt)]),
+    ]
+
+
+@pytest.mark.parametrize("backend", _CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_op_contract_shapes_dtypes_and_values(backend, dtype):
+    x = randn(3, 6, 10, seed=130, mean=3.0).to(dtype)
+    dy = randn(3, 6, 10, seed=131).to(dtype)
+    w, b = randn(6, seed=132).to(dtype), randn(6, seed=133).to(dtype)
+    calls = _contract_calls(x, w, b)
+    ran = 0
+    for op, args, expected in calls:
+        entry = dispatch.table[op].get(backend)
+        if entry is None or entry.why_not(args[0]) is not None:
+            continue
+        ours = dispatch.table[op][backend].fn(*args)
+        ref = dispatch.table[op]["torch"].fn(*args)
+        assert len(ours) == len(expected), op
+        for k, (t, r, (shape, dt)) in enumerate(zip(ours, ref, expected)):
+            assert tuple(t.shape) == tuple(shape) and t.dtype == dt, (op, k, t.shape, t.dtype)
+            tol = 1e-12 if dtype == torch.float64 else 1e-4 if dtype == torch.float32 else 3e-2
+            assert max_err(t, r) <= tol * max(1.0, float(r.abs().max())), (op, k)
+        ran += 1
+    # backward ops: weight gradients in the weight's dtype, None for a missing weight
+    rows = x.reshape(-1, 10)
+    y, mean, rstd = dispatch.table["layer_norm_fwd"]["torch"].fn(rows, None, None, 1e-5)
+    entry = dispatch.table["layer_norm_bwd"].get(backend)
+    if entry is not None and entry.why_not(rows) is None:
+        dx, dweight, dbias = entry.fn(dy.reshape(-1, 10), rows, mean, rstd, None)
+        assert dx.dtype == dtype and dx.shape == rows.shape and dweight is None
+        assert dbias is not None and dbias.shape == (10,)
+        ran += 1
+    stats = dispatch.table["batch_norm_stats"]["torch"].fn(x)
+    rstd_c = torch.rsqrt(stats[1] + 1e-5)
+    entry = dispatch.table["batch_norm_bwd_reduce"].get(backend)
+    if entry is not None and entry.why_not(x) is None:
+        sum_dy, sum_dy_xhat = entry.fn(dy, x, stats[0], rstd_c)
+        ref_dy, ref_dy_xhat = dispatch.table["batch_norm_bwd_reduce"]["torch"].fn(
+            dy, x, stats[0], rstd_c)
+        assert sum_dy.shape == (6,) and sum_dy.dtype == stats[0].dtype
+        assert max_err(sum_dy, ref_dy) <= 1e-3 and max_err(sum_dy_xhat, ref_dy_xhat) <= 1e-3
+        ran += 1
+    if ran == 0:
+        assert backend != "torch"
+        pytest.skip(f"backend {backend!r} claims none of these ops for {dtype} CPU tensors")
