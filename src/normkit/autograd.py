@@ -30,3 +30,223 @@ class LocalResponseNormFunction(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         dx = dispatch.call("lrn_bwd", ctx.backend, x, dy.contiguous(), *ctx.params)
         return dx, None, None, None, None, None, None, None
+
+
+# --- batch / layer / group / RMS norm -------------------------------------------------
+#
+# Each Function saves the input, the statistics in the compute dtype (float32, or
+# float64 for float64 input) and the weight: never x_hat or y, which are as large as
+# the input and cheap to recompute from (x, mean, rstd). ``backends`` maps each op
+# name the Function calls to the backend ``functional`` resolved for it.
+
+
+def _grad_like(grad, param):
+    return None if param is None or grad is None else grad.to(param.dtype)
+
+
+class LayerNormFunction(torch.autograd.Function):
+    """Layer norm over rows of (M, D); saves x, mean, rstd (M,) and weight."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, backends: dict):
+        y, mean, rstd = dispatch.call("layer_norm_fwd", backends["layer_norm_fwd"], x, weight,
+                                      bias, eps)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.has_bias = bias is not None
+        ctx.backend = backends["layer_norm_bwd"]
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, mean, rstd, weight = ctx.saved_tensors
+        dx, dweight, dbias = dispatch.call("layer_norm_bwd", ctx.backend, dy.contiguous(), x,
+                                           mean, rstd, weight)
+        return dx, dweight, (dbias if ctx.has_bias else None), None, None
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """RMS norm over rows of (M, D); saves x, rstd (M,) and weight."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps: float, backends: dict):
+        y, rstd = dispatch.call("rms_norm_fwd", backends["rms_norm_fwd"], x, weight, eps)
+        ctx.save_for_backward(x, rstd, weight)
+        ctx.backend = backends["rms_norm_bwd"]
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, rstd, weight = ctx.saved_tensors
+        dx, dweight = dispatch.call("rms_norm_bwd", ctx.backend, dy.contiguous(), x, rstd,
+                                    weight)
+        return dx, dweight, None, None
+
+
+class GroupNormFunction(torch.autograd.Function):
+    """Group norm of (N, C, L) (instance norm: G = C); saves x, mean, rstd (N, G), weight."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups: int, eps: float, backends: dict):
+        y, mean, rstd = dispatch.call("group_norm_fwd", backends["group_norm_fwd"], x, weight,
+                                      bias, num_groups, eps)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.has_bias = bias is not None
+        ctx.num_groups = num_groups
+        ctx.backend = backends["group_norm_bwd"]
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, mean, rstd, weight = ctx.saved_tensors
+        dx, dweight, dbias = dispatch.call("group_norm_bwd", ctx.backend, dy.contiguous(), x,
+                                           mean, rstd, weight, ctx.num_groups)
+        return dx, dweight, (dbias if ctx.has_bias else None), None, None, None
+
+
+def _stats_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def update_running_stats(running_mean, running_var, mean, unbiased_var,
+                         momentum: float) -> None:
+    """running <- (1 - m) running + m batch; the caller passes the unbiased variance
+    var * n / (n - 1), which is what torch stores."""
+    if running_mean is None:
+        return
+    unbiased = unbiased_var
+    with torch.no_grad():
+        cdt = mean.dtype
+        running_mean.copy_(running_mean.to(cdt) * (1.0 - momentum) + mean * momentum)
+        running_var.copy_(running_var.to(cdt) * (1.0 - momentum) + unbiased * momentum)
+
+
+def _batch_norm_backward(ctx, dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count,
+                         local_dy_xhat, local_dy):
+    """(dx, dweight, dbias) given the (possibly all-reduced) sums and the local ones."""
+    dx = None
+    if ctx.needs_input_grad[0]:
+        dx = dispatch.call("batch_norm_bwd_apply", ctx.backends["batch_norm_bwd_apply"], dy, x,
+                           mean, rstd, weight, sum_dy, sum_dy_xhat, count)
+    return dx, _grad_like(local_dy_xhat, weight), (_grad_like(local_dy, weight)
+                                                   if ctx.has_bias else None)
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Batch norm of (N, C, L); training mode updates the running stats in place.
+
+    Saves x, mean and rstd (C,) in the compute dtype, and the weight. In
+    evaluation the statistics are the (constant) running ones, so the input
+    gradient is dy * weight * rstd: the same apply op with zero sums.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training: bool,
+                momentum: float, eps: float, backends: dict):
+        n, c, length = x.shape
+        if training:
+            mean, var = dispatch.call("batch_norm_stats", backends["batch_norm_stats"], x)
+            count = n * length
+            update_running_stats(running_mean, running_var, mean, var * (count / (count - 1)),
+                                 momentum)
+        else:
+            cdt = _stats_dtype(x)
+            mean = running_mean.to(cdt, copy=True)
+            var = running_var.to(cdt)
+            count = 0
+        rstd = torch.rsqrt(var + eps)
+        y = dispatch.call("batch_norm_apply", backends["batch_norm_apply"], x, mean, rstd,
+                          weight, bias)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.training, ctx.count, ctx.backends = training, count, backends
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, mean, rstd, weight = ctx.saved_tensors
+        dy = dy.contiguous()
+        sum_dy, sum_dy_xhat = dispatch.call("batch_norm_bwd_reduce",
+                                            ctx.backends["batch_norm_bwd_reduce"], dy, x, mean,
+                                            rstd)
+        if ctx.training:
+            grads = _batch_norm_backward(ctx, dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat,
+                                         ctx.count, sum_dy_xhat, sum_dy)
+        else:
+            zeros = torch.zeros_like(sum_dy)
+            grads = _batch_norm_backward(ctx, dy, x, mean, rstd, weight, zeros, zeros, 1,
+                                         sum_dy_xhat, sum_dy)
+        return grads + (None,) * 6
+
+
+class SyncBatchNormFunction(torch.autograd.Function):
+    """Batch norm whose statistics span every process of ``process_group``.
+
+    Forward: one ``all_gather`` of each rank's packed ``(count, mean, M2)``
+    (float64), merged with Chan's parallel formula
+    ``M2 = sum_r M2_r + sum_r n_r (mean_r - mean)^2``, which never subtracts
+    large squares and handles ranks with zero samples (n_r = 0). Backward: one
+    ``all_reduce`` of the packed ``(sum_dy, sum_dy_xhat)``. Weight and bias
+    gradients are the local sums, as in ``torch.nn.SyncBatchNorm``: data-parallel
+    gradient averaging then treats them like any other parameter.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float,
+                process_group, world_size: int, backends: dict):
+        import torch.distributed as dist
+
+        n, c, length = x.shape
+        cdt = _stats_dtype(x)
+        local_count = n * length
+        if local_count > 0:
+            mean, var = dispatch.call("batch_norm_stats", backends["batch_norm_stats"], x)
+        else:
+            mean = var = torch.zeros(c, dtype=cdt, device=x.device)
+        # float64 packing: counts stay exact past 2**24 and the merge loses nothing
+        packed = torch.cat([torch.tensor([float(local_count)], dtype=torch.float64,
+                                         device=x.device),
+                            mean.to(torch.float64), var.to(torch.float64) * local_count])
+        gathered = [torch.empty_like(packed) for _ in range(world_size)]
+        dist.all_gather(gathered, packed, group=process_group)
+        table = torch.stack(gathered)  # (W, 1 + 2C)
+        counts = table[:, :1]  # (W, 1)
+        total = float(counts.sum())
+        if total <= 1:
+            raise ValueError("SyncBatchNorm: expected more than 1 value per channel over all "
+                             f"processes when training, got {int(total)}; use a larger batch "
+                             "or evaluation mode")
+        means, m2 = table[:, 1:1 + c], table[:, 1 + c:]  # (W, C) each
+        mean64 = (counts * means).sum(0) / total
+        m2_total = m2.sum(0) + (counts * (means - mean64) ** 2).sum(0)
+        var64 = (m2_total / total).clamp_min(0.0)
+        mean, var = mean64.to(cdt), var64.to(cdt)
+        update_running_stats(running_mean, running_var, mean,
+                             (m2_total / (total - 1)).to(cdt), momentum)
+        rstd = torch.rsqrt(var + eps)
+        y = dispatch.call("batch_norm_apply", backends["batch_norm_apply"], x, mean, rstd,
+                          weight, bias)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.count, ctx.backends, ctx.process_group = int(total), backends, process_group
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        import torch.distributed as dist
+
+        x, mean, rstd, weight = ctx.saved_tensors
+        dy = dy.contiguous()
+        sum_dy, sum_dy_xhat = dispatch.call("batch_norm_bwd_reduce",
+                                            ctx.backends["batch_norm_bwd_reduce"], dy, x, mean,
+                                            rstd)
+        c = sum_dy.numel()
+        packed = torch.cat([sum_dy, sum_dy_xhat])  # a copy: the local sums stay intact
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=ctx.process_group)
+        grads = _batch_norm_backward(ctx, dy, x, mean, rstd, weight, packed[:c], packed[c:],
+                                     ctx.count, sum_dy_xhat, sum_dy)
+        return grads + (None,) * 7

@@ -162,6 +162,81 @@ PROVIDERS: List[Callable[[], Iterator[Case]]] = [
 ]
 
 
+# --- batch / layer / group / instance / RMS norm ------------------------------------------
+
+def _grads_of(module, x, dy):
+    x = x.clone().requires_grad_(True)
+    y = module(x)
+    (y * dy).sum().backward()
+    return [y.detach(), x.grad] + [p.grad for _, p in module.named_parameters()] + [
+        b for _, b in module.named_buffers()]
+
+
+def norm_layer_cases() -> Iterator[Case]:
+    """Every normkit norm layer vs its torch.nn twin (train step + eval) and the reference."""
+    import copy
+
+    from . import modules as nk
+    from .reference import (batch_norm_forward, group_norm_forward, layer_norm_forward,
+                            rms_norm_forward)
+
+    group = f"norm layers vs torch.nn {torch.__version__}"
+    layers = [
+        ("BatchNorm1d(5)", lambda m: m.BatchNorm1d(5), (7, 5, 3)),
+        ("BatchNorm2d(5, momentum=None)", lambda m: m.BatchNorm2d(5, momentum=None),
+         (4, 5, 3, 3)),
+        ("BatchNorm3d(5, affine=False)", lambda m: m.BatchNorm3d(5, affine=False),
+         (2, 5, 2, 3, 3)),
+        ("SyncBatchNorm(5) (no process group)", lambda m: m.SyncBatchNorm(5), (4, 5, 3, 3)),
+        ("InstanceNorm2d(5, affine, tracked)",
+         lambda m: m.InstanceNorm2d(5, affine=True, track_running_stats=True), (3, 5, 4, 4)),
+        ("LayerNorm([5, 4])", lambda m: m.LayerNorm([5, 4]), (3, 5, 4)),
+        ("GroupNorm(5, 10)", lambda m: m.GroupNorm(5, 10), (3, 10, 2, 3)),
+        ("RMSNorm(6)", lambda m: m.RMSNorm(6), (4, 3, 6)),
+    ]
+    for name, make, shape in layers:
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+            theirs = make(torch.nn).to(dtype)
+            with torch.no_grad():
+                for p in theirs.parameters():
+                    p.copy_(torch.from_numpy(_rng_input(tuple(p.shape), 7)).to(dtype))
+            ours = make(nk).to(dtype)
+            ours.load_state_dict(theirs.state_dict())
+            x = torch.from_numpy(_rng_input(shape, 8) * 3 + 2).to(dtype)
+            dy = torch.from_numpy(_rng_input(shape, 9)).to(dtype)
+            worst = 0.0
+            for mode in ("train", "eval"):
+                theirs.train(mode == "train")
+                ours.train(mode == "train")
+                for a, b in zip(_grads_of(copy.deepcopy(ours), x, dy),
+                                _grads_of(copy.deepcopy(theirs), x, dy)):
+                    if a is not None and a.numel():
+                        worst = max(worst, float((a.double() - b.double()).abs().max()))
+            short = str(dtype).replace("torch.", "")
+            yield Case(group, f"{name} {short}: y, grads, running stats",
+                       "pass" if worst <= tol else "FAIL", worst, tol)
+    group = "norm layers vs float64 reference"
+    x = _rng_input((4, 6, 5, 3), 10).astype(np.float64) + 1e4  # |mean|/std = 1e4
+    xt = torch.from_numpy(x)
+    from .functional import batch_norm, group_norm, layer_norm, rms_norm
+    yield _compare(group, "batch_norm training, mean 1e4, float64",
+                   batch_norm(xt, None, None, training=True), batch_norm_forward(x)[0], 1e-9)
+    yield _compare(group, "group_norm G=3, mean 1e4, float64", group_norm(xt, 3),
+                   group_norm_forward(x, 3)[0], 1e-9)
+    yield _compare(group, "layer_norm (5, 3), mean 1e4, float64", layer_norm(xt, [5, 3]),
+                   layer_norm_forward(x, (5, 3))[0], 1e-9)
+    yield _compare(group, "rms_norm (3,), float64", rms_norm(xt - 1e4, [3], eps=1e-6),
+                   rms_norm_forward(x - 1e4, (3,), eps=1e-6)[0], 1e-12)
+    x32 = torch.from_numpy(x.astype(np.float32))
+    # float32 at mean 1e4: the error floor is half an ulp of the mean (4.9e-4) times rstd
+    ref32 = batch_norm_forward(x32.double().numpy())[0]
+    yield _compare(group, "batch_norm training, mean 1e4, float32 (two-pass stats)",
+                   batch_norm(x32, None, None, training=True), ref32, 2e-3)
+
+
+PROVIDERS.append(norm_layer_cases)
+
+
 def run_checks() -> List[Case]:
     """Run every provider; a provider that crashes is reported as a failure."""
     cases: List[Case] = []

@@ -101,6 +101,10 @@ def _register_builtin() -> None:
 
     register("lrn_fwd", "torch", torch_ops.lrn_fwd)
     register("lrn_bwd", "torch", torch_ops.lrn_bwd)
+    for op in ("layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
+               "group_norm_fwd", "group_norm_bwd", "batch_norm_stats", "batch_norm_apply",
+               "batch_norm_bwd_reduce", "batch_norm_bwd_apply"):
+        register(op, "torch", getattr(torch_ops, op))
     # optional fast backends: each package registers its ops if its compiler imports
     import importlib
 

@@ -69,3 +69,185 @@ def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: flo
         t = window_sum(t, ahead, back, dim)
     dx = dy32 * scale_pow - (2.0 * alpha * beta) * x32 * t
     return dx.to(x.dtype)
+
+
+# --- batch / layer / group / RMS norm -------------------------------------------------
+#
+# Layouts (the caller, ``functional``, reshapes the user's tensor): layer and RMS
+# norm take rows (M, D); group and batch norm take (N, C, L). Statistics are
+# returned in the compute dtype (float32, or float64 for float64 input). Temporaries
+# are updated in place where they are fresh: this fallback is memory-bound.
+
+
+def _centred_moments(x: torch.Tensor, dims) -> tuple:
+    """(centred, mean, var) over ``dims`` (kept): the one statistics core.
+
+    Two passes in the compute dtype, never E[x^2] - E[x]^2 (3% wrong in float32
+    at |mean|/std = 1e3, noise at 1e4). The first mean's rounding error comes
+    back as the small mean of the deviations, delta; subtracting it (Chan, Golub
+    & LeVeque's correction) makes the mean nearly correctly rounded. ``centred``
+    is a fresh tensor x - mean that callers may overwrite.
+    """
+    x32 = x.to(compute_dtype(x.dtype))
+    mean = x32.mean(dim=dims, keepdim=True)
+    centred = x32 - mean
+    delta = centred.mean(dim=dims, keepdim=True)
+    centred.sub_(delta)
+    n = max(x32.numel() // max(mean.numel(), 1), 1)
+    # sum of squares without a squared temporary; clamp_min guards the empty case only
+    var = torch.linalg.vector_norm(centred, 2, dim=dims, keepdim=True).square_().div_(n)
+    return centred, mean.add_(delta), var.clamp_min_(0.0)
+
+
+def moments(x: torch.Tensor, dims) -> tuple:
+    """Mean and biased variance over ``dims`` (kept), from :func:`_centred_moments`."""
+    _, mean, var = _centred_moments(x, dims)
+    return mean, var
+
+
+def _affine_(t: torch.Tensor, weight, bias, shape) -> torch.Tensor:
+    """t * weight + bias in place (t is a fresh compute-dtype tensor)."""
+    if weight is not None and bias is not None:  # one pass instead of two
+        return torch.addcmul(bias.to(t.dtype).view(shape), t, weight.to(t.dtype).view(shape),
+                             out=t)
+    if weight is not None:
+        t.mul_(weight.to(t.dtype).view(shape))
+    if bias is not None:
+        t.add_(bias.to(t.dtype).view(shape))
+    return t
+
+
+def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
+    """y = (x - mean) rstd * weight + bias per row; returns (y, mean, rstd), stats (M,)."""
+    centred, mean, var = _centred_moments(x, (1,))  # (M, D), (M, 1), (M, 1)
+    rstd = var.add_(eps).rsqrt_()
+    y = _affine_(centred.mul_(rstd), weight, bias, (1, -1))
+    return y.to(x.dtype), mean.view(-1), rstd.view(-1)
+
+
+def _rows_dx(x_hat: torch.Tensor, g: torch.Tensor, rstd, centre: bool) -> torch.Tensor:
+    """rstd * (g - <g> - x_hat <g x_hat>) over dim 1 (no <g> without centring); reuses x_hat."""
+    proj = (g * x_hat).mean(dim=1, keepdim=True)
+    dx = x_hat.mul_(-proj).add_(g)
+    if centre:
+        dx.sub_(g.mean(dim=1, keepdim=True))
+    return dx.mul_(rstd)
+
+
+def _grad_dtype(x, weight):
+    return x.dtype if weight is None else weight.dtype
+
+
+def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight):
+    """dx = rstd (g - <g> - x_hat <g x_hat>), g = dy * weight; dweight, dbias column sums."""
+    cdt = mean.dtype
+    rstd2 = rstd.view(-1, 1)
+    x_hat = (x.to(cdt) - mean.view(-1, 1)).mul_(rstd2)  # (M, D)
+    dy32 = dy.to(cdt)
+    dweight = None if weight is None else (dy32 * x_hat).sum(0).to(weight.dtype)
+    dbias = dy32.sum(0).to(_grad_dtype(x, weight))
+    g = dy32 if weight is None else dy32 * weight.to(cdt).view(1, -1)
+    dx = _rows_dx(x_hat, g, rstd2, centre=True)
+    return dx.to(x.dtype), dweight, dbias
+
+
+def rms_norm_fwd(x: torch.Tensor, weight, eps: float):
+    """y = x rstd * weight, rstd = 1/sqrt(<x^2> + eps) per row; returns (y, rstd)."""
+    x32 = x.to(compute_dtype(x.dtype))
+    d = max(x32.shape[1], 1)
+    ms = torch.linalg.vector_norm(x32, 2, dim=1, keepdim=True).square_().div_(d)
+    rstd = ms.add_(eps).rsqrt_()  # (M, 1)
+    y = _affine_(x32 * rstd, weight, None, (1, -1))
+    return y.to(x.dtype), rstd.view(-1)
+
+
+def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, rstd, weight):
+    """dx = rstd (g - x_hat <g x_hat>), x_hat = x rstd, g = dy * weight."""
+    cdt = rstd.dtype
+    rstd2 = rstd.view(-1, 1)
+    x_hat = x.to(cdt) * rstd2
+    dy32 = dy.to(cdt)
+    dweight = None if weight is None else (dy32 * x_hat).sum(0).to(weight.dtype)
+    g = dy32 if weight is None else dy32 * weight.to(cdt).view(1, -1)
+    dx = _rows_dx(x_hat, g, rstd2, centre=False)
+    return dx.to(x.dtype), dweight
+
+
+def group_norm_fwd(x: torch.Tensor, weight, bias, num_groups: int, eps: float):
+    """Statistics per (sample, group) over C/G channels x L; returns (y, mean, rstd), (N, G)."""
+    n, c, length = x.shape
+    xg = x.reshape(n, num_groups, (c // num_groups) * length)
+    centred, mean, var = _centred_moments(xg, (2,))  # (N, G, C/G * L), (N, G, 1) x2
+    rstd = var.add_(eps).rsqrt_()
+    x_hat = centred.mul_(rstd).view(n, c, length)
+    y = _affine_(x_hat, weight, bias, (1, -1, 1))
+    return y.to(x.dtype), mean.view(n, num_groups), rstd.view(n, num_groups)
+
+
+def group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight, num_groups: int):
+    """dx = rstd (g - <g> - x_hat <g x_hat>) per group; dweight, dbias summed over (N, L)."""
+    n, c, length = x.shape
+    cdt = mean.dtype
+    rstd3 = rstd.view(n, num_groups, 1)
+    xg = x.reshape(n, num_groups, -1).to(cdt)
+    x_hat = (xg - mean.view(n, num_groups, 1)).mul_(rstd3)  # (N, G, C/G * L), fresh
+    dy32 = dy.to(cdt)
+    dweight = None if weight is None else (dy32 * x_hat.view(n, c, length)).sum((0, 2)).to(
+        weight.dtype)
+    dbias = dy32.sum((0, 2)).to(_grad_dtype(x, weight))
+    g = dy32 if weight is None else dy32 * weight.to(cdt).view(1, -1, 1)
+    gg = g.reshape(n, num_groups, -1)
+    proj = (gg * x_hat).mean(2, keepdim=True)
+    dx = x_hat.mul_(-proj).add_(gg).sub_(gg.mean(2, keepdim=True)).mul_(rstd3)
+    return dx.view(n, c, length).to(x.dtype), dweight, dbias
+
+
+def batch_norm_stats(x: torch.Tensor):
+    """Per-channel mean and biased variance of (N, C, L) over (N, L), shape (C,) each."""
+    mean, var = moments(x, (0, 2))
+    return mean.view(-1), var.view(-1)
+
+
+def _centred_by(x: torch.Tensor, mean) -> torch.Tensor:
+    """Fresh x - mean per channel of (N, C, L) in the stats' dtype."""
+    return x.to(mean.dtype) - mean.view(1, -1, 1)
+
+
+def batch_norm_apply(x: torch.Tensor, mean, rstd, weight, bias) -> torch.Tensor:
+    """y = (x - mean) (rstd * weight) + bias per channel of (N, C, L).
+
+    Kept as (x - mean) * scale rather than x * scale + shift: folding the mean
+    into the shift cancels catastrophically when |mean| >> std.
+    """
+    scale = rstd.to(mean.dtype)
+    if weight is not None:
+        scale = scale * weight.to(mean.dtype)
+    y = _centred_by(x, mean).mul_(scale.view(1, -1, 1))
+    return _affine_(y, None, bias, (1, -1, 1)).to(x.dtype)
+
+
+def batch_norm_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, mean, rstd):
+    """(sum_dy, sum_dy_xhat) per channel over (N, L)."""
+    dy32 = dy.to(mean.dtype)
+    # sum dy (x - mean) * rstd: rstd applied to the (C,) sum, not to every element
+    sum_dy_xhat = _centred_by(x, mean).mul_(dy32).sum((0, 2)).mul_(rstd.to(mean.dtype))
+    return dy32.sum((0, 2)), sum_dy_xhat
+
+
+def batch_norm_bwd_apply(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight, sum_dy,
+                         sum_dy_xhat, count) -> torch.Tensor:
+    """dx = weight rstd (dy - sum_dy / count - x_hat sum_dy_xhat / count).
+
+    ``count`` is the number of values per channel over every process; with
+    zero sums this is the evaluation-mode gradient dy * weight * rstd.
+    """
+    cdt = mean.dtype
+    rstd = rstd.to(cdt)
+    inv = 1.0 / max(float(count), 1.0)
+    scale = rstd if weight is None else rstd * weight.to(cdt)  # (C,)
+    # dx = scale * (dy - sum_dy/n) - (x - mean) * scale * rstd * sum_dy_xhat / n
+    coef = (scale * rstd * sum_dy_xhat.to(cdt) * inv).view(1, -1, 1)
+    dx = _centred_by(x, mean).mul_(-coef)
+    dx.add_(dy.to(cdt) * scale.view(1, -1, 1))
+    dx.sub_((scale * sum_dy.to(cdt) * inv).view(1, -1, 1))
+    return dx.to(x.dtype)

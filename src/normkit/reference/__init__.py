@@ -4,5 +4,13 @@ Never imports torch. Every backend of normkit is tested against these functions.
 """
 
 from .lrn import lrn_backward, lrn_forward, window_sum
+from .norms import (batch_norm_backward, batch_norm_eval_forward, batch_norm_forward,
+                    group_norm_backward, group_norm_forward, instance_norm_backward,
+                    instance_norm_forward, layer_norm_backward, layer_norm_forward, moments,
+                    rms_norm_backward, rms_norm_forward, running_stats_update)
 
 __all__ = ["lrn_forward", "lrn_backward", "window_sum"]
+__all__ += ["moments", "batch_norm_forward", "batch_norm_backward", "batch_norm_eval_forward",
+            "running_stats_update", "layer_norm_forward", "layer_norm_backward",
+            "group_norm_forward", "group_norm_backward", "instance_norm_forward",
+            "instance_norm_backward", "rms_norm_forward", "rms_norm_backward"]

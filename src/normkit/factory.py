@@ -1,0 +1,103 @@
+"""``normkit.create_norm``: one registry of the normalizations a conv net can use.
+
+Each entry maps a name to a builder ``(num_channels, **kwargs) -> nn.Module`` for a
+(N, C, H, W) feature map; adding a normalization is one entry in :data:`NORMS`.
+
+======================  ==================================================================
+name                    layer
+======================  ==================================================================
+``none``                ``nn.Identity()``
+``lrn``                 LRN across channels, Caffe AlexNet's ``norm1``/``norm2``: Caffe
+                        convention, local_size=5, alpha=1e-4 (divided by 5), beta=0.75, k=1
+``lrn-within``          Caffe ``WITHIN_CHANNEL`` LRN as in Caffe's CIFAR-10 "full" model:
+                        local_size=3 (a 3x3 box), alpha=5e-5 (divided by 9), beta=0.75
+``batch``               ``BatchNorm2d(C)``
+``sync-batch``          ``SyncBatchNorm(C)`` (CPU/gloo and CUDA/NCCL)
+``group``               ``GroupNorm(G, C)``, G = the largest divisor of C not above 32
+                        (``num_groups=`` overrides)
+``layer``               ``GroupNorm(1, C)``: layer norm over (C, H, W) per sample with a
+                        per-channel affine (LayerNorm's usual meaning for conv features)
+``instance``            ``InstanceNorm2d(C, affine=True)``
+``rms``                 ``ChannelRMSNorm(C)``: RMS over the C channels at each (h, w), with
+                        a per-channel weight
+======================  ==================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from torch import nn
+
+from .modules import (BatchNorm2d, ChannelRMSNorm, GroupNorm, InstanceNorm2d,
+                      LocalResponseNorm, SyncBatchNorm)
+
+__all__ = ["NORMS", "create_norm", "default_num_groups"]
+
+
+def default_num_groups(num_channels: int, max_groups: int = 32) -> int:
+    """The largest divisor of ``num_channels`` that is at most ``max_groups``."""
+    for g in range(min(max_groups, num_channels), 0, -1):
+        if num_channels % g == 0:
+            return g
+    return 1
+
+
+def _group(c: int, num_groups: int = None, **kwargs) -> nn.Module:
+    return GroupNorm(default_num_groups(c) if num_groups is None else num_groups, c, **kwargs)
+
+
+def _identity(c: int, **kwargs) -> nn.Module:
+    if kwargs:
+        raise TypeError(f"create_norm('none') takes no options, got {sorted(kwargs)}")
+    return nn.Identity()
+
+
+def _lrn(c: int, **kwargs) -> nn.Module:
+    params = dict(local_size=5, alpha=1e-4, beta=0.75, k=1.0)
+    params.update(kwargs)
+    return LocalResponseNorm.from_caffe(**params)
+
+
+def _lrn_within(c: int, **kwargs) -> nn.Module:
+    params = dict(local_size=3, alpha=5e-5, beta=0.75, norm_region="WITHIN_CHANNEL")
+    params.update(kwargs)
+    return LocalResponseNorm.from_caffe(**params)
+
+
+NORMS: Dict[str, Callable[..., nn.Module]] = {
+    "none": _identity,
+    "lrn": _lrn,
+    "lrn-within": _lrn_within,
+    "batch": lambda c, **kw: BatchNorm2d(c, **kw),
+    "sync-batch": lambda c, **kw: SyncBatchNorm(c, **kw),
+    "group": _group,
+    "layer": lambda c, **kw: GroupNorm(1, c, **kw),
+    "instance": lambda c, **kw: InstanceNorm2d(c, **{"affine": True, **kw}),
+    "rms": lambda c, **kw: ChannelRMSNorm(c, **kw),
+}
+
+
+def create_norm(name: str, num_channels: int, **kwargs) -> nn.Module:
+    """Build the normalization ``name`` for a (N, ``num_channels``, H, W) feature map.
+
+    Args:
+        name: one of :data:`NORMS` (see the module docstring for what each is).
+        num_channels: C.
+        **kwargs: passed to the layer (e.g. ``eps=``, ``momentum=``, ``num_groups=``).
+
+    Returns:
+        an ``nn.Module`` mapping (N, C, H, W) to the same shape.
+
+    Example::
+
+        >>> create_norm("group", 48)
+        GroupNorm(24, 48, eps=1e-05, affine=True, bias=True)
+    """
+    if name not in NORMS:
+        raise ValueError(f"create_norm: unknown normalization {name!r}; choose one of "
+                         f"{sorted(NORMS)}")
+    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+        raise ValueError(f"create_norm: num_channels must be a positive int, got "
+                         f"{num_channels!r}")
+    return NORMS[name](num_channels, **kwargs)

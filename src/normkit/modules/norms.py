@@ -1,0 +1,644 @@
+"""Drop-in twins of torch.nn's normalization layers, backed by normkit's kernels.
+
+Class names, constructor arguments (order, defaults, ``device``/``dtype``, the
+keyword-only ``bias``), parameters, buffers, state_dict keys, ``_version``,
+``reset_parameters``/``reset_running_stats`` and ``repr`` match torch 2.x, so a
+state_dict moves between ``torch.nn.BatchNorm2d`` and ``normkit.BatchNorm2d``
+either way. Each module's ``forward`` is one call into :mod:`normkit.functional`;
+the ``backend`` attribute (``"auto"``) picks the kernels.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+from torch.nn import init
+from torch.nn.parameter import Parameter
+
+from .. import functional as F
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm",
+           "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
+           "ChannelRMSNorm"]
+
+_shape_t = Union[int, Sequence[int], torch.Size]
+
+
+class _NormBase(nn.Module):
+    """Parameters, buffers and state_dict handling shared by batch and instance norm."""
+
+    # version 2 added the num_batches_tracked buffer (same numbering as torch)
+    _version = 2
+    __constants__ = ["track_running_stats", "momentum", "eps", "num_features", "affine"]
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None,
+                 dtype=None, *, bias: bool = True) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.backend = "auto"
+        if affine:
+            self.weight = Parameter(torch.empty(num_features, **factory))
+            if bias:
+                self.bias = Parameter(torch.empty(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            # a counter: long whatever dtype the layer has
+            self.register_buffer("num_batches_tracked",
+                                 torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        """running_mean <- 0, running_var <- 1, num_batches_tracked <- 0."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """Reset the running stats, weight <- 1 and bias <- 0."""
+        self.reset_running_stats()
+        if self.affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        version = local_metadata.get("version", None)
+        if (version is None or version < 2) and self.track_running_stats:
+            # checkpoints from before num_batches_tracked existed: start the count at 0
+            key = prefix + "num_batches_tracked"
+            if key not in state_dict:
+                current = self.num_batches_tracked
+                state_dict[key] = (current if current is not None
+                                   and current.device.type != "meta"
+                                   else torch.tensor(0, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+class _BatchNorm(_NormBase):
+    def _factor_and_mode(self):
+        """(momentum factor, use batch stats) following torch's rules, counting the batch."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            # momentum=None: cumulative moving average over every batch seen
+            factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                      else self.momentum)
+        # eval without running stats (track_running_stats=False) uses the batch's
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        return factor, use_batch
+
+    def _buffers_for_call(self):
+        tracked = not self.training or self.track_running_stats
+        return (self.running_mean if tracked else None, self.running_var if tracked else None)
+
+    def _check_channels(self, input: torch.Tensor) -> None:
+        if input.size(1) != self.num_features:
+            raise ValueError(f"{type(self).__name__}: expected {self.num_features} channels "
+                             f"(num_features) on dim 1, got input of shape "
+                             f"{tuple(input.shape)}")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        self._check_channels(input)
+        factor, use_batch = self._factor_and_mode()
+        running_mean, running_var = self._buffers_for_call()
+        return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                            use_batch, factor, self.eps, backend=self.backend)
+
+
+def _rank_error(name: str, allowed: str, input) -> ValueError:
+    return ValueError(f"{name}: expected {allowed} input (got {input.dim()}D input of shape "
+                      f"{tuple(input.shape)})")
+
+
+class BatchNorm1d(_BatchNorm):
+    r"""Batch normalization over a 2-D (N, C) or 3-D (N, C, L) input.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    Statistics per channel over N (and L); biased variance to normalize,
+    unbiased variance into ``running_var``.
+
+    Args:
+        num_features: C.
+        eps: Default 1e-5.
+        momentum: running-stat factor; None for a cumulative average. Default 0.1.
+        affine: learnable weight and bias. Default True.
+        track_running_stats: keep running stats (used in eval). Default True.
+        device, dtype: factory kwargs.
+        bias: keyword-only; learn the bias when affine. Default True.
+
+    Shape:
+        (N, C) or (N, C, L); output the same.
+
+    Example::
+
+        >>> BatchNorm1d(4)(torch.randn(8, 4)).shape
+        torch.Size([8, 4])
+    """
+
+    def _check_input_dim(self, input):
+        if input.dim() not in (2, 3):
+            raise _rank_error("BatchNorm1d", "2D or 3D", input)
+
+
+class BatchNorm2d(_BatchNorm):
+    r"""Batch normalization over a 4-D (N, C, H, W) input.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    Args:
+        as :class:`BatchNorm1d`.
+
+    Shape:
+        (N, C, H, W); output the same (channels_last inputs are accepted).
+
+    Example::
+
+        >>> BatchNorm2d(3)(torch.randn(2, 3, 5, 5)).shape
+        torch.Size([2, 3, 5, 5])
+    """
+
+    def _check_input_dim(self, input):
+        if input.dim() != 4:
+            raise _rank_error("BatchNorm2d", "4D", input)
+
+
+class BatchNorm3d(_BatchNorm):
+    r"""Batch normalization over a 5-D (N, C, D, H, W) input.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    Args:
+        as :class:`BatchNorm1d`.
+
+    Shape:
+        (N, C, D, H, W); output the same.
+
+    Example::
+
+        >>> BatchNorm3d(3)(torch.randn(2, 3, 2, 4, 4)).shape
+        torch.Size([2, 3, 2, 4, 4])
+    """
+
+    def _check_input_dim(self, input):
+        if input.dim() != 5:
+            raise _rank_error("BatchNorm3d", "5D", input)
+
+
+class SyncBatchNorm(_BatchNorm):
+    r"""Batch normalization with statistics over every process of a process group.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    where E and Var span the batches of all ranks. Unlike
+    ``torch.nn.SyncBatchNorm`` it runs on CPU tensors (gloo) as well as CUDA
+    (NCCL): one ``all_gather`` forward, one ``all_reduce`` backward, ranks may
+    hold unequal batches (even none). Every rank ends with identical running
+    stats. In eval, without an initialized process group, or with world size 1
+    it is plain :class:`BatchNorm2d` math and communicates nothing.
+
+    Args:
+        num_features, eps, momentum, affine, track_running_stats: as :class:`BatchNorm1d`.
+        process_group: group to synchronise over. Default None (the world).
+        device, dtype: factory kwargs.
+        bias: keyword-only. Default True.
+
+    Shape:
+        (N, C, *); output the same.
+
+    Example::
+
+        >>> model = SyncBatchNorm.convert_sync_batchnorm(model)  # doctest: +SKIP
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, process_group=None,
+                 device=None, dtype=None, *, bias: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise _rank_error("SyncBatchNorm", "at least 2D", input)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        if input.size(1) == 0:
+            raise ValueError("SyncBatchNorm: the number of input channels must be non-zero, "
+                             f"got shape {tuple(input.shape)}")
+        self._check_channels(input)
+        factor, use_batch = self._factor_and_mode()
+        running_mean, running_var = self._buffers_for_call()
+        if not self.training:  # eval never communicates, even on batch statistics
+            return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                                use_batch, factor, self.eps, backend=self.backend)
+        return F.sync_batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                                 use_batch, factor, self.eps, self.process_group,
+                                 backend=self.backend)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group=None) -> nn.Module:
+        """Replace every BatchNorm (torch's or normkit's) in ``module`` by this class.
+
+        Parameters and buffers are shared, not copied; train/eval mode is kept.
+        If ``module`` itself is a BatchNorm, the new layer is returned.
+        """
+        out = module
+        if isinstance(module, (nn.modules.batchnorm._BatchNorm, _BatchNorm)):
+            out = cls(module.num_features, module.eps, module.momentum, module.affine,
+                      module.track_running_stats, process_group,
+                      bias=module.bias is not None)
+            if module.affine:
+                with torch.no_grad():
+                    out.weight = module.weight
+                    out.bias = module.bias
+            out.running_mean = module.running_mean
+            out.running_var = module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+            out.training = module.training
+            out.backend = getattr(module, "backend", "auto")
+            if hasattr(module, "qconfig"):
+                out.qconfig = module.qconfig
+        for name, child in module.named_children():
+            out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return out
+
+
+class _InstanceNorm(_NormBase):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, device=None,
+                 dtype=None, *, bias: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias)
+
+    _no_batch_dim = 0
+    _allowed = ""
+
+    def _check_input_dim(self, input):
+        if input.dim() not in (self._no_batch_dim, self._no_batch_dim + 1):
+            raise _rank_error(type(self).__name__, self._allowed, input)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        version = local_metadata.get("version", None)
+        if version is None and not self.track_running_stats:
+            # checkpoints from torch < 0.4 stored running stats that are meaningless here
+            keys = [prefix + k for k in ("running_mean", "running_var") if prefix + k in state_dict]
+            if keys:
+                names = " and ".join(f'"{k}"' for k in keys)
+                klass = type(self).__name__
+                error_msgs.append(
+                    f"Unexpected running stats buffer(s) {names} for {klass} with "
+                    "track_running_stats=False. If state_dict is a checkpoint saved before "
+                    f"0.4.0, this may be expected because {klass} does not track running "
+                    "stats by default since 0.4.0. Please remove these keys from state_dict. "
+                    "If the running stats are actually needed, instead set "
+                    f"track_running_stats=True in {klass} to enable them. See the "
+                    f"documentation of {klass} for details.")
+                for key in keys:
+                    state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _instance_norm(self, input):
+        return F.instance_norm(input, self.running_mean, self.running_var, self.weight,
+                               self.bias, self.training or not self.track_running_stats,
+                               self.momentum if self.momentum is not None else 0.0, self.eps,
+                               backend=self.backend)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        feature_dim = input.dim() - self._no_batch_dim
+        if input.size(feature_dim) != self.num_features:
+            if self.affine:
+                raise ValueError(f"{type(self).__name__}: expected input's size at "
+                                 f"dim={feature_dim} to match num_features "
+                                 f"({self.num_features}), but got: {input.size(feature_dim)}.")
+            warnings.warn(f"input's size at dim={feature_dim} does not match num_features. "
+                          "You can silence this warning by not passing in num_features, "
+                          "which is not used because affine=False", stacklevel=2)
+        if input.dim() == self._no_batch_dim:  # unbatched: add and drop a batch dim
+            return self._instance_norm(input.unsqueeze(0)).squeeze(0)
+        return self._instance_norm(input)
+
+
+_INSTANCE_DOC = r"""Instance normalization over a {rank} input: per sample and channel.
+
+    .. math:: y = \frac{{x - \mathrm{{E}}[x]}}{{\sqrt{{\mathrm{{Var}}[x] + \epsilon}}}}
+              \gamma + \beta
+
+    Computed as group norm with one group per channel. As torch: ``affine`` and
+    ``track_running_stats`` default to False; with running stats tracked, eval
+    normalizes with them; ``momentum=None`` leaves them unchanged.
+
+    Args:
+        num_features: C.
+        eps: Default 1e-5.
+        momentum: Default 0.1.
+        affine: Default False.
+        track_running_stats: Default False.
+        device, dtype: factory kwargs.
+        bias: keyword-only. Default True.
+
+    Shape:
+        {shapes}; output the same.
+
+    Example::
+
+        >>> {name}(3, affine=True)(torch.randn({example})).shape  # doctest: +SKIP
+    """
+
+
+class InstanceNorm1d(_InstanceNorm):
+    __doc__ = _INSTANCE_DOC.format(rank="2-D or 3-D", shapes="(N, C, L) or (C, L)",
+                                   name="InstanceNorm1d", example="2, 3, 7")
+    _no_batch_dim = 2
+    _allowed = "2D or 3D"
+
+
+class InstanceNorm2d(_InstanceNorm):
+    __doc__ = _INSTANCE_DOC.format(rank="3-D or 4-D", shapes="(N, C, H, W) or (C, H, W)",
+                                   name="InstanceNorm2d", example="2, 3, 5, 5")
+    _no_batch_dim = 3
+    _allowed = "3D or 4D"
+
+
+class InstanceNorm3d(_InstanceNorm):
+    __doc__ = _INSTANCE_DOC.format(rank="4-D or 5-D", shapes="(N, C, D, H, W) or (C, D, H, W)",
+                                   name="InstanceNorm3d", example="2, 3, 2, 4, 4")
+    _no_batch_dim = 4
+    _allowed = "4D or 5D"
+
+
+def _as_shape(normalized_shape) -> tuple:
+    if isinstance(normalized_shape, numbers.Integral):
+        return (int(normalized_shape),)
+    return tuple(normalized_shape)
+
+
+class LayerNorm(nn.Module):
+    r"""Layer normalization over the trailing ``normalized_shape`` dims.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \odot \gamma + \beta
+
+    Args:
+        normalized_shape: int or shape of the trailing dims.
+        eps: Default 1e-5.
+        elementwise_affine: learnable weight (and bias) of shape ``normalized_shape``.
+            Default True.
+        bias: learn the bias when elementwise_affine. Default True.
+        device, dtype: factory kwargs.
+
+    Shape:
+        (*, *normalized_shape); output the same.
+
+    Example::
+
+        >>> LayerNorm(8)(torch.randn(4, 8)).shape
+        torch.Size([4, 8])
+    """
+
+    __constants__ = ["normalized_shape", "eps", "elementwise_affine"]
+
+    def __init__(self, normalized_shape: _shape_t, eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.normalized_shape = _as_shape(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.backend = "auto"
+        if elementwise_affine:
+            self.weight = Parameter(torch.empty(self.normalized_shape, **factory))
+            if bias:
+                self.bias = Parameter(torch.empty(self.normalized_shape, **factory))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """weight <- 1, bias <- 0."""
+        if self.elementwise_affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
+                            backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
+
+
+class GroupNorm(nn.Module):
+    r"""Group normalization: per sample, over groups of C/G channels and all of space.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    ``GroupNorm(1, C)`` is layer norm over (C, *) with a per-channel affine;
+    ``GroupNorm(C, C)`` is instance norm.
+
+    Args:
+        num_groups: G, dividing num_channels.
+        num_channels: C.
+        eps: Default 1e-5.
+        affine: per-channel weight and bias. Default True.
+        device, dtype: factory kwargs.
+        bias: keyword-only. Default True.
+
+    Shape:
+        (N, C, *); output the same.
+
+    Example::
+
+        >>> GroupNorm(2, 6)(torch.randn(3, 6, 4, 4)).shape
+        torch.Size([3, 6, 4, 4])
+    """
+
+    __constants__ = ["num_groups", "num_channels", "eps", "affine"]
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 affine: bool = True, device=None, dtype=None, *, bias: bool = True) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        if num_groups <= 0 or num_channels % num_groups != 0:
+            raise ValueError(f"GroupNorm: num_channels ({num_channels}) must be divisible by "
+                             f"num_groups ({num_groups}); choose num_groups among the "
+                             f"divisors of {num_channels}")
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        self.backend = "auto"
+        if affine:
+            self.weight = Parameter(torch.empty(num_channels, **factory))
+            if bias:
+                self.bias = Parameter(torch.empty(num_channels, **factory))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """weight <- 1, bias <- 0."""
+        if self.affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() >= 2 and input.size(1) != self.num_channels:
+            raise ValueError(f"GroupNorm: expected {self.num_channels} channels on dim 1, got "
+                             f"input of shape {tuple(input.shape)}")
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
+                            backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, "
+                f"affine={self.affine}, bias={self.bias is not None}")
+
+
+class RMSNorm(nn.Module):
+    r"""Root-mean-square normalization over the trailing ``normalized_shape`` dims.
+
+    .. math:: y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \odot \gamma
+
+    Args:
+        normalized_shape: int or shape of the trailing dims.
+        eps: Default None: ``torch.finfo`` eps of the compute dtype (float32
+            for half inputs), as torch.
+        elementwise_affine: learnable weight of shape ``normalized_shape``. Default True.
+        device, dtype: factory kwargs.
+
+    Shape:
+        (*, *normalized_shape); output the same.
+
+    Example::
+
+        >>> RMSNorm([2, 3])(torch.randn(4, 2, 3)).shape
+        torch.Size([4, 2, 3])
+    """
+
+    __constants__ = ["normalized_shape", "eps", "elementwise_affine"]
+
+    def __init__(self, normalized_shape: _shape_t, eps: Optional[float] = None,
+                 elementwise_affine: bool = True, device=None, dtype=None) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.normalized_shape = _as_shape(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.backend = "auto"
+        if elementwise_affine:
+            self.weight = Parameter(torch.empty(self.normalized_shape, **factory))
+        else:
+            self.register_parameter("weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """weight <- 1."""
+        if self.elementwise_affine:
+            init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps,
+                          backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")
+
+
+class ChannelRMSNorm(nn.Module):
+    r"""RMS normalization across the channels of each position of an (N, C, *) feature map.
+
+    .. math:: y_{n,c,p} = \gamma_c \frac{x_{n,c,p}}{\sqrt{\frac{1}{C}\sum_{c'} x_{n,c',p}^2
+              + \epsilon}}
+
+    This is :class:`RMSNorm` ``(C)`` applied at every spatial position (the
+    channel dim moved last), the convolutional form used by ``create_norm("rms")``.
+    It has no torch counterpart.
+
+    Args:
+        num_channels: C.
+        eps: Default None (as :class:`RMSNorm`).
+        affine: per-channel weight. Default True.
+        device, dtype: factory kwargs.
+
+    Shape:
+        (N, C, *); output the same.
+
+    Example::
+
+        >>> ChannelRMSNorm(8)(torch.randn(2, 8, 4, 4)).shape
+        torch.Size([2, 8, 4, 4])
+    """
+
+    def __init__(self, num_channels: int, eps: Optional[float] = None, affine: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        self.backend = "auto"
+        if affine:
+            self.weight = Parameter(torch.ones(num_channels, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+
+    def reset_parameters(self) -> None:
+        """weight <- 1."""
+        if self.affine:
+            init.ones_(self.weight)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() < 2 or input.size(1) != self.num_channels:
+            raise ValueError(f"ChannelRMSNorm: expected an (N, {self.num_channels}, *) input, "
+                             f"got shape {tuple(input.shape)}")
+        y = F.rms_norm(input.movedim(1, -1), (self.num_channels,), self.weight, self.eps,
+                       backend=self.backend)
+        return y.movedim(-1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
