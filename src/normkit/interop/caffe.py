@@ -119,6 +119,7 @@ def _read_params(params: Message, where: str, allowed) -> Tuple[dict, set]:
             continue
         value = _scalar(value, f"{where}.{name}", params.line)
         explicit.add(name)
+        out["_line_" + name] = value.line
         if name == "local_size":
             size = value.as_int(f"{where}.local_size")
             if size < 0:
@@ -196,7 +197,7 @@ def _lrn_from_layer(layer: Message, syntax: str) -> Optional[CaffeLRN]:
         params, explicit = _read_params(params_msg, where + " lrn_param", _LRN_PARAM_FIELDS)
     if params["local_size"] % 2 == 0:
         raise ValueError(
-            f"line {layer.line}: {where}: local_size must be odd (Caffe refuses even sizes: "
+            f"line {params.get('_line_local_size', layer.line)}: {where}: local_size must be odd (Caffe refuses even sizes: "
             f"'LRN only supports odd values for local_size'), got {params['local_size']}")
     return CaffeLRN(name=name, line=layer.line, syntax=syntax,
                     local_size=params["local_size"], alpha=params["alpha"],
