@@ -451,6 +451,7 @@ def export_onnx(model: nn.Module, args, f=None, *, opset: Optional[int] = None,
         # the exporters' own deprecation chatter is not the user's concern here
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
         with _eval_mode(model), export_mode(model, ctx):
             if dynamo:
                 table = dict(_translation_table())
