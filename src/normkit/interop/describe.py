@@ -157,6 +157,10 @@ def _traps(report: LRNReport) -> None:
              "PyTorch or TensorFlow: a port to their LRN is wrong; normkit runs it exactly and "
              "exports it to ONNX as an explicit decomposition.")
 
+    if report.source == "tensorflow":
+        note("layout: TensorFlow's LRN is NHWC (channels last); the PyTorch, ONNX and Caffe "
+             "forms expect NCHW: permute with x.permute(0, 3, 1, 2), or keep NHWC with "
+             "normkit's channel_dim=-1 (the default of from_tensorflow).")
     if report.source == "caffe" and "alpha" in report.defaulted:
         note("alpha is not set: Caffe's default is 1.0 (PyTorch's and ONNX's is 1e-4).")
     if report.source == "onnx" and w["bias"] != 1.0 and spec.region == "across":
