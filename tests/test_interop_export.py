@@ -133,23 +133,30 @@ def test_nhwc_rank3_rank5_and_dynamic_batch(dynamo):
             self.nhwc = nhwc
             self.lrn3 = normkit.LocalResponseNorm(3, 0.2, 0.75, 1.0)
             self.lrn_even = normkit.LocalResponseNorm(4, 0.2, 0.75, 1.0, convention="onnx")
+            self.within = normkit.LocalResponseNorm.from_caffe(3, 0.5, 0.75,
+                                                               norm_region="WITHIN_CHANNEL")
 
-        def forward(self, a, b, c):
-            return self.nhwc(a), self.lrn3(b), self.lrn_even(c), self.lrn3(c)
+        def forward(self, a, b, c, d):
+            return self.nhwc(a), self.lrn3(b), self.lrn_even(c), self.lrn3(c), self.within(d)
 
     a = randn(2, 4, 3, 6, dtype=torch.float32, seed=1)
     b = randn(2, 6, 9, dtype=torch.float32, seed=2)
     c = randn(2, 6, 2, 3, 2, dtype=torch.float32, seed=3)
+    d = randn(2, 3, 5, 6, dtype=torch.float32, seed=4)
     if dynamo:
-        batch = torch.export.Dim("N")
-        dyn = {"dynamic_shapes": ({0: batch}, {0: batch}, {0: batch})}
+        batch, h, w = torch.export.Dim("N"), torch.export.Dim("H"), torch.export.Dim("W")
+        dyn = {"dynamic_shapes": ({0: batch}, {0: batch}, {0: batch},
+                                  {0: batch, 2: h, 3: w})}
     else:
-        dyn = {"dynamic_axes": {"a": {0: "N"}, "b": {0: "N"}, "c": {0: "N"}}}
+        dyn = {"dynamic_axes": {"a": {0: "N"}, "b": {0: "N"}, "c": {0: "N"},
+                                "d": {0: "N", 2: "H", 3: "W"}}}
     model = Model()
-    proto = export_onnx(model, (a, b, c), dynamo=dynamo, input_names=["a", "b", "c"], **dyn)
-    # a different batch size from the one traced
+    proto = export_onnx(model, (a, b, c, d), dynamo=dynamo, input_names=["a", "b", "c", "d"],
+                        **dyn)
+    # a different batch size (and spatial size for the within-channel layer) than traced
     a5, b5, c5 = (randn(5, *t.shape[1:], dtype=torch.float32, seed=9) for t in (a, b, c))
-    for got, want in zip(run_ort(proto, a5, b5, c5), model(a5, b5, c5)):
+    d5 = randn(5, 3, 7, 4, dtype=torch.float32, seed=10)
+    for got, want in zip(run_ort(proto, a5, b5, c5, d5), model(a5, b5, c5, d5)):
         assert got.shape == tuple(want.shape)
         assert np.max(np.abs(got - want.numpy())) <= 4 * ATOL[torch.float32]
     assert op_types(proto).count("LRN") == 3

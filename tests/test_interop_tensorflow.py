@@ -159,7 +159,7 @@ def test_bad_graphs():
 
 
 @pytest.mark.skipif(not HAVE_TF, reason="tensorflow is not installed (optional peer)")
-def test_real_tensorflow_graph_and_values():
+def test_real_tensorflow_graph_and_values(tmp_path):
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([2, 4, 4, 9], tf.float32)])
@@ -176,6 +176,11 @@ def test_real_tensorflow_graph_and_values():
     expected = net(tf.constant(x.numpy())).numpy()
     got = layers[1](layers[0](x.double())).numpy()
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
-    graph_def = net.get_concrete_function().graph.as_graph_def()
+    graph_def = net.get_concrete_function().graph.as_graph_def(add_shapes=True)
     assert len(lrn_layers_from_tensorflow(graph_def)) == 2
     assert len(lrn_layers_from_tensorflow(graph_def.SerializeToString())) == 2
+    # files written by TensorFlow itself, read back by normkit's own readers
+    for as_text, name in ((True, "g.pbtxt"), (False, "g.pb")):
+        tf.io.write_graph(graph_def, str(tmp_path), name, as_text=as_text)
+        from_file = list(lrn_layers_from_tensorflow(str(tmp_path / name)).values())
+        assert [m.spec for m in from_file] == [m.spec for m in layers]

@@ -88,7 +88,7 @@ def _f32_decimal(value: float) -> float:
 def _make(name: str, attrs: Dict[str, object]) -> TfLRN:
     values = dict(TF_DEFAULTS)
     for key, value in attrs.items():
-        if key == "T":
+        if key == "T" or key.startswith("_"):  # dtype, and TF's internal _output_shapes etc.
             continue
         if key not in TF_DEFAULTS:
             raise ValueError(f"TensorFlow LRN op {name!r}: unknown attr {key!r}; the LRN op has "
