@@ -132,6 +132,11 @@ def test_bad_nodes_and_models():
         lrn_from_onnx(helper.make_node("LRN", ["x"], ["y"], size=3.0))
     with pytest.raises(ValueError, match="unknown attribute"):
         lrn_from_onnx(helper.make_node("LRN", ["x"], ["y"], size=3, radius=1))
+    ref = helper.make_node("LRN", ["x"], ["y"], size=3)
+    ref.attribute.append(helper.make_attribute_ref("alpha", onnx.AttributeProto.FLOAT))
+    ref.attribute[-1].ref_attr_name = "a"
+    with pytest.raises(ValueError, match="enclosing function"):
+        lrn_from_onnx(ref)
     with pytest.raises(TypeError, match="ModelProto"):
         lrn_layers_from_onnx(42)
     with pytest.raises(FileNotFoundError):

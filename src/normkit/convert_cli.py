@@ -76,6 +76,10 @@ def main(args) -> int:
     except (ValueError, OSError, TypeError) as exc:
         print(f"normkit convert: {args.model}: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # reading .onnx needs the onnx package
+        print(f"normkit convert: {args.model}: {exc.name or exc} is needed to read this file "
+              f"(pip install {exc.name or 'onnx'})", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps({"model": args.model, "lrn": [r.as_dict() for r in found]}, indent=2))
     else:

@@ -52,6 +52,10 @@ def _attributes(node) -> Tuple[dict, set]:
     what = f"ONNX LRN node {node.name!r}" if node.name else "ONNX LRN node"
     values, explicit = {}, set()
     for attr in node.attribute:
+        if attr.ref_attr_name:
+            raise ValueError(f"{what}: attribute {attr.name} refers to the enclosing function's "
+                             f"attribute {attr.ref_attr_name!r}; its value is only known once the "
+                             "function is called (inline the model with onnx.inliner first)")
         if attr.name == "size":
             if attr.type != AttributeProto.INT:
                 raise ValueError(f"{what}: attribute size must be an INT, got "
