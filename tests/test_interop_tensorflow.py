@@ -1,4 +1,4 @@
-"""TensorFlow LRN import: parameters, GraphDef text/binary without TensorFlow, real TF if installed."""
+"""TensorFlow LRN import: parameters; GraphDef text/binary without TF; real TF when installed."""
 
 import importlib.util
 import os

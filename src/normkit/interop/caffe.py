@@ -196,8 +196,9 @@ def _lrn_from_layer(layer: Message, syntax: str) -> Optional[CaffeLRN]:
             params_msg.fields.extend(b.fields)  # repeated message fields merge, as in protobuf
         params, explicit = _read_params(params_msg, where + " lrn_param", _LRN_PARAM_FIELDS)
     if params["local_size"] % 2 == 0:
+        line = params.get("_line_local_size", layer.line)
         raise ValueError(
-            f"line {params.get('_line_local_size', layer.line)}: {where}: local_size must be odd (Caffe refuses even sizes: "
+            f"line {line}: {where}: local_size must be odd (Caffe refuses even sizes: "
             f"'LRN only supports odd values for local_size'), got {params['local_size']}")
     return CaffeLRN(name=name, line=layer.line, syntax=syntax,
                     local_size=params["local_size"], alpha=params["alpha"],
