@@ -5,6 +5,7 @@ Public re-exports only; see the README for a tour.
 
 from . import conventions, functional
 from .modules import LocalResponseNorm
+from . import interop  # noqa: E402  (after modules: interop builds LocalResponseNorm)
 
 __version__ = "0.1.0"
 
@@ -19,3 +20,4 @@ from .factory import NORMS, create_norm  # noqa: E402
 __all__ += ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm",
             "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
             "ChannelRMSNorm", "convert", "create_norm", "NORMS"]
+__all__ += ["interop"]

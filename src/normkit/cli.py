@@ -15,6 +15,8 @@ import sys
 # name -> (module, one-line help). Add a subcommand by adding one line here.
 SUBCOMMANDS = {
     "check": ("normkit.check", "conformance report of normkit against every installed peer"),
+    "convert": ("normkit.convert_cli", "print the LRN layers of a Caffe/ONNX/TensorFlow model in "
+                                       "every framework's terms, with porting warnings"),
 }
 
 

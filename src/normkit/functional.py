@@ -53,6 +53,11 @@ def lrn_canonical(input: torch.Tensor, spec: CanonicalLRN, *, channel_dim: int =
         raise ValueError(f"{name}: within-channel LRN needs a 4-D input (N, C, H, W), got "
                          f"shape {tuple(input.shape)}")
     channel_dim = _check_channel_dim(name, input, channel_dim)
+    if torch.onnx.is_in_onnx_export():
+        # exporters get standard ONNX ops, never the eager kernels (lazy: onnx machinery
+        # is only needed while exporting)
+        from .interop.export import lrn_export
+        return lrn_export(input, spec, channel_dim)
     if input.numel() == 0:
         return input.clone()
     x = input if channel_dim == 1 else input.movedim(channel_dim, 1)
