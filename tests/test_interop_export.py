@@ -439,10 +439,20 @@ def test_real_normkit_norm_classes_export():
     for dynamo in (True, False):
         proto = export_onnx(model, inputs, dynamo=dynamo)
         for (module, x), got in zip(pairs, run_ort(proto, *inputs)):
-            want32 = module(x).detach()
+            # the policy's yardstick is torch in the same dtype: torch.nn's twin of the module
+            # with the same state (normkit's own float32 result is more accurate than torch's
+            # at mean 1e3, and onnxruntime's kernels are no better than torch's there)
+            want32 = _torch_twin(module, getattr(nn, type(module).__name__))(x).detach()
             want64 = copy.deepcopy(module).double()(x.double()).detach()
             assert_matches_reference(got, want64, torch.float32, torch_same_dtype=want32,
                                      what=f"{module} (dynamo={dynamo})")
+
+
+def _torch_twin(module, torch_cls):
+    """A copy of ``module`` that runs torch.nn's forward (normkit keeps torch's attributes)."""
+    twin = copy.deepcopy(module)
+    twin.__class__ = torch_cls  # same attributes and state: normkit copies torch's layout
+    return twin
 
 
 def test_direct_dynamo_export_warns_that_lrn_is_decomposed(tmp_path):
