@@ -4,8 +4,10 @@ Public re-exports only; see the README for a tour.
 """
 
 from . import conventions, functional
+from . import preprocessing
 from .modules import LocalResponseNorm
 
 __version__ = "0.1.0"
 
 __all__ = ["conventions", "functional", "LocalResponseNorm", "__version__"]
+__all__ += ["preprocessing"]
