@@ -45,6 +45,7 @@ __all__ = [
     "Log10Scaler",
     "ArctanScaler",
     "OutOfRangeWarning",
+    "NotFittedError",
     "load",
     "SCALERS",
     "MinMaxScale",
@@ -61,6 +62,10 @@ _FORMAT_VERSION = 1
 
 class OutOfRangeWarning(UserWarning):
     """``transform`` met values outside the range seen by ``fit``."""
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A scaler was used before ``fit`` (a ValueError, like scikit-learn's NotFittedError)."""
 
 
 # ----------------------------------------------------------------------------
@@ -413,7 +418,7 @@ class _BaseScaler:
 
     def _check_fitted(self, what: str) -> None:
         if not hasattr(self, "n_features_in_"):
-            raise RuntimeError(
+            raise NotFittedError(
                 f"{type(self).__name__}.{what}: this scaler is not fitted yet; call fit(X) "
                 "(or partial_fit on chunks, or load a saved scaler) before "
                 f"{what}")
