@@ -290,7 +290,7 @@ class _BaseScaler:
     """Shared machinery. Subclasses define ``_forward``/``_inverse`` on float64 arrays.
 
     Internal state (always float64, whatever the public attributes look like):
-    ``_n_rows`` rows seen, ``_min`` / ``_max`` per column (NaN ignored).
+    ``_st_rows`` rows seen, ``_st_min`` / ``_st_max`` per column (NaN ignored).
     """
 
     #: state keys written to JSON / exchanged by ``sync``, after ``n_rows``
@@ -490,7 +490,9 @@ class _BaseScaler:
                 f"the fitted range [data_min_, data_max_] ({detail}); their outputs leave "
                 "feature_range. New data moved min/max: refit (partial_fit) on it, or pass "
                 "clip=True to clip", OutOfRangeWarning, stacklevel=2)
-        return self._finish(batch, self._forward(batch), "transform")
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            # overflow is reported by _finish with the column and count
+            return self._finish(batch, self._forward(batch), "transform")
 
     def inverse_transform(self, X):
         """Map scaled data back to the original units.
@@ -506,7 +508,8 @@ class _BaseScaler:
         batch = _as_batch(name, "inverse_transform", X)
         self._check_n_features(batch, "inverse_transform")
         self._check_inverse_domain(batch)
-        return self._finish(batch, self._inverse(batch), "inverse_transform")
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            return self._finish(batch, self._inverse(batch), "inverse_transform")
 
     def _forward(self, batch: _Batch):
         raise NotImplementedError
