@@ -289,6 +289,35 @@ def test_transform_does_not_modify_input():
     assert np.array_equal(X, Xc) and np.array_equal(Xt.numpy(), Xc)
 
 
+@pytest.mark.parametrize("cls", list(P.SCALERS.values()))
+def test_accelerator_code_path_matches_numpy(cls, monkeypatch):
+    """The torch arithmetic a CUDA tensor takes, run on CPU, equals the NumPy path."""
+    # no 1e6 offset column here: torch sums in another order than NumPy, and at
+    # |mean|/std = 1e6 that alone moves the output by 1e-10 (the data's own rounding)
+    X = np.abs(_with_nans()[:, :4]) + 0.5
+    ref = cls()
+    for chunk in np.array_split(X, 4):
+        ref.partial_fit(chunk)
+    monkeypatch.setattr(P, "_TORCH_ARITHMETIC_ON_CPU", True)
+    ours = cls()
+    for chunk in torch.tensor(X).split(75):
+        ours.partial_fit(chunk)
+    for a in ("data_min_", "data_max_", "scale_", "min_", "mean_", "var_", "n_samples_seen_"):
+        if getattr(ref, a, None) is not None:
+            assert_rel(getattr(ours, a), getattr(ref, a), what=a)
+    new = np.vstack([X, X.max(0) + 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", P.OutOfRangeWarning)
+        Y = ours.transform(torch.tensor(new))
+        assert_rel(Y.numpy(), ref.transform(new))
+    assert ours.n_out_of_range_.tolist() == ref.n_out_of_range_.tolist()
+    assert_rel(ours.inverse_transform(Y).numpy(), new, rtol=1e-11)
+    bad = torch.tensor(X)
+    bad[5, 2] = -np.inf
+    with pytest.raises(ValueError, match=r"column 2: 1 value\(s\) \(first at row 5"):
+        ours.transform(bad)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("cls", list(P.SCALERS.values()))
 def test_cuda_tensors_match_cpu(cls):

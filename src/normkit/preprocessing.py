@@ -60,6 +60,10 @@ _FORMAT = "normkit-scaler"
 _FORMAT_VERSION = 1
 
 
+# Tests set this to run the accelerator code path (torch arithmetic) on CPU tensors.
+_TORCH_ARITHMETIC_ON_CPU = False
+
+
 class OutOfRangeWarning(UserWarning):
     """``transform`` met values outside the range seen by ``fit``."""
 
@@ -75,15 +79,19 @@ class NotFittedError(ValueError, AttributeError):
 class _Batch:
     """A validated 2-D input: float64 working copy plus how to rebuild the output.
 
-    ``x`` is a float64 ``np.ndarray`` or a float64 ``torch.Tensor`` on the
-    input's device (no copy when the input already is float64).
+    ``x`` is a float64 ``np.ndarray`` (NumPy input and CPU tensors, so a CPU
+    tensor gives bit-for-bit the NumPy result) or a float64 ``torch.Tensor`` on
+    the input's accelerator (``is_torch``: the arithmetic runs there).
+    ``to_torch`` says the output goes back to torch. No copy is made when the
+    input already is float64.
     """
 
-    __slots__ = ("x", "is_torch", "out_dtype", "device")
+    __slots__ = ("x", "is_torch", "to_torch", "out_dtype", "device")
 
-    def __init__(self, x, is_torch, out_dtype, device):
+    def __init__(self, x, is_torch, to_torch, out_dtype, device):
         self.x = x
         self.is_torch = is_torch
+        self.to_torch = to_torch
         self.out_dtype = out_dtype
         self.device = device
 
@@ -106,9 +114,11 @@ class _Batch:
         return a
 
     def wrap(self, y64):
-        """Cast a float64 result to the output dtype (the caller checks finiteness)."""
+        """Cast a float64 result to the output type and dtype (the caller checks finiteness)."""
         if self.is_torch:
             return y64.to(self.out_dtype)
+        if self.to_torch:
+            return torch.from_numpy(np.ascontiguousarray(y64)).to(self.out_dtype)
         return y64.astype(self.out_dtype, copy=False)
 
 
@@ -125,7 +135,10 @@ def _as_batch(name: str, what: str, X) -> _Batch:
             raise _numeric_kind_error(name, what, X.dtype)
         out_dtype = X.dtype if X.is_floating_point() else torch.get_default_dtype()
         x = X.detach().to(torch.float64)
-        is_torch, device = True, X.device
+        to_torch, device = True, X.device
+        is_torch = device.type != "cpu" or _TORCH_ARITHMETIC_ON_CPU
+        if not is_torch:
+            x = x.numpy()
     else:
         try:
             arr = np.asarray(X)
@@ -136,13 +149,13 @@ def _as_batch(name: str, what: str, X) -> _Batch:
             raise _numeric_kind_error(name, what, arr.dtype)
         out_dtype = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float64)
         x = np.asarray(arr, dtype=np.float64)
-        is_torch, device = False, None
+        is_torch, to_torch, device = False, False, None
     if x.ndim != 2:
         raise ValueError(
             f"{name}.{what}: expected a 2-D input (n_samples, n_features), got shape "
             f"{tuple(x.shape)}; reshape it, e.g. X.reshape(-1, 1) for a single feature or "
             "X.reshape(len(X), -1) to flatten samples")
-    batch = _Batch(x, is_torch, out_dtype, device)
+    batch = _Batch(x, is_torch, to_torch, out_dtype, device)
     inf = torch.isinf(x) if is_torch else np.isinf(x)
     if bool(inf.any()):
         raise ValueError(f"{name}.{what}: input contains infinite values "
@@ -440,8 +453,12 @@ class _BaseScaler:
     def _finish(self, batch: _Batch, y64, what: str):
         """Cast to the output dtype; a finite input must not become inf or NaN."""
         y = batch.wrap(y64)
-        bad_out = (~torch.isfinite(y) & ~torch.isnan(batch.x) if batch.is_torch
-                   else ~np.isfinite(y) & ~np.isnan(batch.x))
+        if batch.is_torch:
+            bad_out = ~torch.isfinite(y) & ~torch.isnan(batch.x)
+        elif batch.to_torch:
+            bad_out = ~torch.isfinite(y).numpy() & ~np.isnan(batch.x)
+        else:
+            bad_out = ~np.isfinite(y) & ~np.isnan(batch.x)
         if bool(bad_out.any()):
             raise ValueError(
                 f"{type(self).__name__}.{what}: finite inputs would become inf or NaN in "
