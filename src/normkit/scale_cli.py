@@ -145,7 +145,7 @@ class _Source:
                 self.columns = fields
             else:
                 pending.append(first)
-            consumed = len(first)
+            consumed = 0 if pending else len(first)  # a data first line is counted with its chunk
             line_no = 2 if self.columns else 1  # 1-based line number of the chunk's first line
             while True:
                 lines = pending + list(itertools.islice(f, self.chunk_rows - len(pending)))
