@@ -236,10 +236,12 @@ def _merge_moments(count_a, mean_a, var_a, count_b, sum_b, m2_b):
     Columns the new part has no value for keep their old statistics.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        last_sum = mean_a * count_a
+        # a column with no value yet has mean NaN (0/0); it must contribute 0, not NaN*0
+        seen_a = count_a > 0
+        last_sum = np.where(seen_a, mean_a * count_a, 0.0)
         count = count_a + count_b
         mean = (last_sum + sum_b) / count
-        last_m2 = var_a * count_a
+        last_m2 = np.where(seen_a, var_a * count_a, 0.0)
         last_over_new = count_a / count_b
         m2 = last_m2 + m2_b + last_over_new / count * (last_sum / last_over_new - sum_b) ** 2
         m2 = np.where(count_a == 0, m2_b, m2)
@@ -946,9 +948,10 @@ class StandardScaler(_BaseScaler):
             self.var_ = None
             self.scale_ = None
             return
-        self.mean_ = self._st_mean.copy()
+        unseen = self._st_count == 0  # every value NaN so far: no statistic (as sklearn)
+        self.mean_ = np.where(unseen, np.nan, self._st_mean)
         if self.with_std:
-            self.var_ = self._st_var.copy()
+            self.var_ = np.where(unseen, np.nan, self._st_var)
             constant = _is_constant(self.var_, self.mean_, n_seen)
             with np.errstate(invalid="ignore"):
                 self.scale_ = _zero_scale_to_one(np.sqrt(self.var_), constant)
