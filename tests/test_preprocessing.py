@@ -179,6 +179,23 @@ def test_chunk_with_an_all_nan_column_keeps_that_columns_statistics():
     assert s.n_samples_seen_.tolist() == [len(X), len(X) - 10, len(X)]
 
 
+@pytest.mark.parametrize("order", ["nan chunk last", "nan chunk first"])
+def test_all_nan_chunk_where_sklearn_gives_nan_normkit_keeps_statistics(order):
+    # sklearn 1.9 turns var_ (nan chunk later) or mean_ (nan chunk first) into NaN for good;
+    # the right answer is the statistics of the values that exist: column 0 is {1, 3, 7}
+    chunks = [np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[np.nan, 5.0]]),
+              np.array([[7.0, 5.0]])]
+    if order == "nan chunk first":
+        chunks = chunks[1:2] + chunks[:1] + chunks[2:]
+    s = P.StandardScaler()
+    for c in chunks:
+        s.partial_fit(c)
+    assert math.isclose(s.mean_[0], 11 / 3, rel_tol=1e-15)
+    assert math.isclose(s.var_[0], ((1 - 11 / 3) ** 2 + (3 - 11 / 3) ** 2 + (7 - 11 / 3) ** 2) / 3,
+                        rel_tol=1e-14)
+    assert s.n_samples_seen_.tolist() == [3, 4]
+
+
 def test_minmax_feature_range_and_clip_equal_sklearn():
     X = _data("wine")
     new = X * 1.3 - 2  # data outside the fitted range
