@@ -639,3 +639,20 @@ def test_get_set_params_clone_and_pipeline():
     ours.set_params(scale__with_mean=False)
     assert ours.named_steps["scale"].with_mean is False
     assert ours.fit(data.data, data.target).score(data.data, data.target) > 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", list(P.SCALERS.values()))
+def test_to_module_exports_to_onnx_with_the_model(cls):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    X = np.abs(_data("wine")) + 0.5
+    s = cls(**({"clip": True} if cls is P.MinMaxScaler else {})).fit(X[:100])
+    model = torch.nn.Sequential(s.to_module(), torch.nn.Linear(X.shape[1], 2)).float()
+    x = torch.tensor(X, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+    sess = ort.InferenceSession(program.model_proto.SerializeToString())
+    out = sess.run(None, {sess.get_inputs()[0].name: X.astype(np.float32)})[0]
+    np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
