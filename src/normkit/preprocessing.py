@@ -579,7 +579,7 @@ class _BaseScaler:
         if type(other) is not type(self):
             raise TypeError(f"{name}.merge: can only merge another {name}, got "
                             f"{type(other).__name__}")
-        mine, theirs = self.get_params(), other.get_params()
+        mine, theirs = self._json_params(), other._json_params()  # (0, 1) == [0, 1]
         diff = [k for k in mine if mine[k] != theirs[k]]
         if diff:
             raise ValueError(f"{name}.merge: parameters differ ({', '.join(f'{k}: {mine[k]!r} vs {theirs[k]!r}' for k in diff)}); "
