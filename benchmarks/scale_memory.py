@@ -76,8 +76,9 @@ def main() -> int:
     size = os.path.getsize(data)
     print(f"data: {data}: {size / 2**20:.0f} MiB, {rows} rows x {args.cols} columns "
           f"(written in {time.perf_counter() - t0:.0f} s)")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}, "
-          f"numpy {np.__version__}, chunk_rows {args.chunk_rows}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, "
+          f"python {platform.python_version()}, numpy {np.__version__}, "
+          f"chunk_rows {args.chunk_rows}")
 
     py = sys.executable
     cli = [py, "-m", "normkit", "scale"]

@@ -15,7 +15,7 @@ import sys
 # name -> (module, one-line help). Add a subcommand by adding one line here.
 SUBCOMMANDS = {
     "check": ("normkit.check", "conformance report of normkit against every installed peer"),
-    "scale": ("normkit.scale_cli", "fit / apply data scalers (minmax, zscore, ...) to big CSV/.npy files"),
+    "scale": ("normkit.scale_cli", "fit/apply data scalers (minmax, zscore, ...) to CSV/.npy"),
 }
 
 

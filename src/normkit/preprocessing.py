@@ -255,7 +255,7 @@ def _merge_moments(count_a, mean_a, var_a, count_b, sum_b, m2_b):
 
 
 def _zero_scale_to_one(scale: np.ndarray, constant_mask: Optional[np.ndarray] = None):
-    """scikit-learn's rule: a (near) zero scale becomes 1, so constants map to 0/feature_range[0]."""
+    """scikit-learn's rule: a (near) zero scale becomes 1 (constants map to 0 or to a)."""
     if constant_mask is None:
         constant_mask = scale < 10 * _EPS64
     scale = np.array(scale, dtype=np.float64, copy=True)
@@ -582,8 +582,9 @@ class _BaseScaler:
         mine, theirs = self._json_params(), other._json_params()  # (0, 1) == [0, 1]
         diff = [k for k in mine if mine[k] != theirs[k]]
         if diff:
-            raise ValueError(f"{name}.merge: parameters differ ({', '.join(f'{k}: {mine[k]!r} vs {theirs[k]!r}' for k in diff)}); "
-                             "merge scalers built with the same parameters")
+            pairs = ", ".join(f"{k}: {mine[k]!r} vs {theirs[k]!r}" for k in diff)
+            raise ValueError(f"{name}.merge: parameters differ ({pairs}); merge scalers built "
+                             "with the same parameters")
         if not hasattr(other, "n_features_in_"):
             return self
         if not hasattr(self, "n_features_in_"):
