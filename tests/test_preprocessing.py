@@ -196,6 +196,15 @@ def test_all_nan_chunk_where_sklearn_gives_nan_normkit_keeps_statistics(order):
     assert s.n_samples_seen_.tolist() == [3, 4]
 
 
+def test_column_never_seen_has_nan_statistics_and_refuses_finite_data():
+    X = np.array([[1.0, np.nan], [2.0, np.nan]])
+    s = P.StandardScaler().fit(X)
+    assert np.isnan(s.mean_[1]) and np.isnan(s.var_[1]) and s.n_samples_seen_.tolist() == [2, 0]
+    assert np.isnan(s.transform(X)[:, 1]).all()
+    with pytest.raises(ValueError, match="column 1: 1 value.*fit saw no value in that column"):
+        s.transform(np.array([[1.0, 5.0]]))
+
+
 def test_minmax_feature_range_and_clip_equal_sklearn():
     X = _data("wine")
     new = X * 1.3 - 2  # data outside the fitted range

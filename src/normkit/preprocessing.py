@@ -464,8 +464,9 @@ class _BaseScaler:
         if bool(bad_out.any()):
             raise ValueError(
                 f"{type(self).__name__}.{what}: finite inputs would become inf or NaN in "
-                f"{batch.out_dtype} ({_column_report(batch, bad_out, batch.x)}); the result "
-                "overflows the output dtype: pass float64 (or float32) data")
+                f"{batch.out_dtype} ({_column_report(batch, bad_out, batch.x)}); either the "
+                "result overflows the output dtype (pass float64 or float32 data) or fit saw "
+                "no value in that column (its statistics are NaN: fit on data that has some)")
         return y
 
     def _count_out_of_range(self, batch: _Batch) -> Tuple[np.ndarray, np.ndarray]:
