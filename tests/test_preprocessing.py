@@ -665,3 +665,30 @@ def test_to_module_exports_to_onnx_with_the_model(cls):
     sess = ort.InferenceSession(program.model_proto.SerializeToString())
     out = sess.run(None, {sess.get_inputs()[0].name: X.astype(np.float32)})[0]
     np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(P.SCALERS))
+def test_docstring_examples_run(name):
+    import doctest
+
+    finder = doctest.DocTestFinder()
+    (test,) = finder.find(getattr(P, name), name, globs={"np": np, **vars(P)})[:1]
+    runner = doctest.DocTestRunner()
+    runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.attempted >= 1 and result.failed == 0
+
+
+def test_layouts_give_identical_results():
+    import hostile
+
+    X = _with_nans()[:, :4]
+    ref = P.StandardScaler().fit(X)
+    want = ref.transform(X)
+    for name, t in hostile.layouts(torch.tensor(X)):
+        s = P.StandardScaler().fit(t)
+        assert _bits(s.mean_) == _bits(ref.mean_), name
+        assert np.array_equal(s.transform(t).numpy(), want, equal_nan=True), name
+    fortran = np.asfortranarray(X)
+    assert np.array_equal(P.StandardScaler().fit(fortran).transform(fortran), want,
+                          equal_nan=True)

@@ -134,7 +134,9 @@ def _as_batch(name: str, what: str, X) -> _Batch:
         if X.is_complex():
             raise _numeric_kind_error(name, what, X.dtype)
         out_dtype = X.dtype if X.is_floating_point() else torch.get_default_dtype()
-        x = X.detach().to(torch.float64)
+        # row-major working copy: the summation order (hence the last bits of the
+        # statistics) must not depend on the input's memory layout
+        x = X.detach().to(torch.float64).contiguous()
         to_torch, device = True, X.device
         is_torch = device.type != "cpu" or _TORCH_ARITHMETIC_ON_CPU
         if not is_torch:
@@ -148,7 +150,7 @@ def _as_batch(name: str, what: str, X) -> _Batch:
         if arr.dtype.kind not in "fiub":
             raise _numeric_kind_error(name, what, arr.dtype)
         out_dtype = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float64)
-        x = np.asarray(arr, dtype=np.float64)
+        x = np.ascontiguousarray(arr, dtype=np.float64)
         is_torch, to_torch, device = False, False, None
     if x.ndim != 2:
         raise ValueError(
@@ -1016,8 +1018,8 @@ class ReciprocalScaler(_FixedScaler):
 
     Example::
 
-        >>> ReciprocalScaler().fit_transform(np.array([[0.0], [1.0], [3.0]]))
-        array([[1.  ], [0.5 ], [0.25]])
+        >>> ReciprocalScaler().fit_transform(np.array([[0.0], [1.0], [3.0]])).ravel().tolist()
+        [1.0, 0.5, 0.25]
     """
 
     def _check_domain(self, batch: _Batch, what: str) -> None:
@@ -1054,8 +1056,8 @@ class Log10Scaler(_FixedScaler):
 
     Example::
 
-        >>> Log10Scaler().fit_transform(np.array([[1.0], [10.0], [1000.0]]))
-        array([[0.], [1.], [3.]])
+        >>> Log10Scaler().fit_transform(np.array([[1.0], [10.0], [1000.0]])).ravel().tolist()
+        [0.0, 1.0, 3.0]
     """
 
     def _check_domain(self, batch: _Batch, what: str) -> None:
@@ -1090,8 +1092,8 @@ class ArctanScaler(_FixedScaler):
 
     Example::
 
-        >>> ArctanScaler().fit_transform(np.array([[0.0], [1.0]]))
-        array([[0. ], [0.5]])
+        >>> ArctanScaler().fit_transform(np.array([[0.0], [1.0]])).ravel().tolist()
+        [0.0, 0.5]
     """
 
     def _check_inverse_domain(self, batch: _Batch) -> None:
