@@ -435,23 +435,55 @@ def test_infinity_rejected_nan_allowed(cls):
     assert np.isnan(Y[2, 1]) and np.isnan(Y[3, 1]) and np.isfinite(Y[0]).all()
 
 
-@pytest.mark.parametrize("bad", [np.array([["a", "b"]]), np.array([[1 + 2j]]),
-                                 np.array([[object()]]), torch.tensor([[1 + 1j]]),
-                                 [[1.0, 2.0], [3.0]]])
+@pytest.mark.parametrize("bad", [np.array([["a", "b"]]), np.array([[object()]]),
+                                 np.array([["1.5", "x"]], dtype=object), [[1.0, 2.0], [3.0]]])
 def test_non_numeric_input_is_a_type_error(bad):
     with pytest.raises(TypeError, match="numeric"):
         P.StandardScaler().fit(bad)
 
 
+@pytest.mark.parametrize("bad", [np.array([[1 + 2j]]), torch.tensor([[1 + 1j]])])
+def test_complex_input_is_rejected(bad):
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        P.StandardScaler().fit(bad)
+
+
+def test_object_array_of_numbers_and_sparse_input():
+    X = np.array([[1, 2.5], [3, 4.5]], dtype=object)
+    assert P.MinMaxScaler().fit_transform(X).tolist() == [[0.0, 0.0], [1.0, 1.0]]
+    sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError, match="sparse input is not supported.*toarray"):
+        P.StandardScaler().fit(sparse.csr_matrix(np.eye(3)))
+
+
+@pytest.mark.parametrize("cls", list(P.SCALERS.values()))
+def test_sklearn_estimator_checks(cls):
+    """scikit-learn's own estimator checks; the one expected failure is documented."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = check_estimator(cls(), on_fail=None)
+    failed = {r["check_name"] for r in results if r["status"] == "failed"
+              # sklearn's "positive" test data is X - X.min(), which contains 0: log10(0) is
+              # -inf, and normkit refuses it (by design) with its domain error
+              and "log10 needs x > 0" not in str(r["exception"])}
+    # transform records n_out_of_range_ (issue: the out-of-range counts are an attribute)
+    assert failed - {"check_dict_unchanged"} == set(), failed
+    if cls is not P.Log10Scaler:
+        assert "check_dict_unchanged" in failed  # the check does run and sees the counts
+    assert len(results) > 40
+
+
 def test_shape_errors():
     s = P.MinMaxScaler().fit(np.ones((3, 4)))
-    with pytest.raises(ValueError, match="X has 3 features .* fitted with 4"):
+    with pytest.raises(ValueError, match="X has 3 features, but MinMaxScaler is expecting 4"):
         s.transform(np.ones((2, 3)))
     with pytest.raises(ValueError, match="X has 5 features"):
         s.partial_fit(np.ones((2, 5)))
-    with pytest.raises(ValueError, match=r"expected a 2-D input .* shape \(4,\).*reshape"):
+    with pytest.raises(ValueError, match=r"expected a 2-D input .* shape \(4,\).*Reshape"):
         P.MinMaxScaler().fit(np.ones(4))
-    with pytest.raises(ValueError, match="0 samples"):
+    with pytest.raises(ValueError, match=r"0 sample\(s\)"):
         P.StandardScaler().fit(np.ones((0, 3)))
     assert s.transform(np.ones((0, 4))).shape == (0, 4)  # empty batch is fine after fit
 

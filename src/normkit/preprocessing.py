@@ -132,7 +132,8 @@ def _as_batch(name: str, what: str, X) -> _Batch:
     """Validate ``X`` as a 2-D numeric array/tensor without infinities."""
     if isinstance(X, torch.Tensor):
         if X.is_complex():
-            raise _numeric_kind_error(name, what, X.dtype)
+            raise ValueError(f"{name}.{what}: Complex data not supported (got dtype "
+                             f"{X.dtype}); pass the real part or the magnitude")
         out_dtype = X.dtype if X.is_floating_point() else torch.get_default_dtype()
         # row-major working copy: the summation order (hence the last bits of the
         # statistics) must not depend on the input's memory layout
@@ -142,11 +143,25 @@ def _as_batch(name: str, what: str, X) -> _Batch:
         if not is_torch:
             x = x.numpy()
     else:
+        if hasattr(X, "tocsr") and hasattr(X, "nnz"):  # scipy.sparse, without importing scipy
+            raise TypeError(f"{name}.{what}: sparse input is not supported (got "
+                            f"{type(X).__name__}); pass X.toarray() if it fits in memory, or "
+                            "stream dense chunks through partial_fit")
         try:
             arr = np.asarray(X)
         except (ValueError, TypeError) as exc:  # ragged lists and the like
             raise TypeError(f"{name}.{what}: could not read the input as a numeric array "
                             f"({exc}); pass a 2-D NumPy array or torch tensor") from None
+        if arr.dtype.kind == "O":
+            # numbers stored as Python objects (e.g. read from a mixed source) are fine
+            try:
+                arr = arr.astype(np.float64)
+            except (ValueError, TypeError) as exc:
+                raise TypeError(f"{name}.{what}: input must be numeric, got an object array "
+                                f"that does not convert to float ({exc})") from None
+        if arr.dtype.kind == "c":
+            raise ValueError(f"{name}.{what}: Complex data not supported (got dtype "
+                             f"{arr.dtype}); pass the real part or the magnitude")
         if arr.dtype.kind not in "fiub":
             raise _numeric_kind_error(name, what, arr.dtype)
         out_dtype = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float64)
@@ -155,8 +170,8 @@ def _as_batch(name: str, what: str, X) -> _Batch:
     if x.ndim != 2:
         raise ValueError(
             f"{name}.{what}: expected a 2-D input (n_samples, n_features), got shape "
-            f"{tuple(x.shape)}; reshape it, e.g. X.reshape(-1, 1) for a single feature or "
-            "X.reshape(len(X), -1) to flatten samples")
+            f"{tuple(x.shape)}. Reshape your data, e.g. X.reshape(-1, 1) for a single "
+            "feature or X.reshape(len(X), -1) to flatten samples")
     batch = _Batch(x, is_torch, to_torch, out_dtype, device)
     inf = torch.isinf(x) if is_torch else np.isinf(x)
     if bool(inf.any()):
@@ -394,14 +409,16 @@ class _BaseScaler:
         self._check_params()
         name = type(self).__name__
         batch = _as_batch(name, "partial_fit", X)
+        shape = tuple(batch.x.shape)
         if batch.n_rows == 0:
-            raise ValueError(f"{name}.partial_fit: got 0 samples (shape {tuple(batch.x.shape)}); "
-                             "need at least one row to compute statistics")
+            raise ValueError(f"{name}.partial_fit: found array with 0 sample(s) (shape={shape}) "
+                             "while a minimum of 1 is required to compute statistics")
         if hasattr(self, "n_features_in_"):
             self._check_n_features(batch, "partial_fit")
         else:
             if batch.x.shape[1] == 0:
-                raise ValueError(f"{name}.partial_fit: got 0 features; need at least one column")
+                raise ValueError(f"{name}.partial_fit: found array with 0 feature(s) "
+                                 f"(shape={shape}) while a minimum of 1 is required.")
             self._init_state(batch.x.shape[1])
         self._check_domain(batch, "partial_fit")
         lo, hi = _nan_min_max(batch)
@@ -443,10 +460,11 @@ class _BaseScaler:
     def _check_n_features(self, batch: _Batch, what: str) -> None:
         got = batch.x.shape[1]
         if got != self.n_features_in_:
+            name = type(self).__name__
             raise ValueError(
-                f"{type(self).__name__}.{what}: X has {got} features (columns), but the scaler "
-                f"was fitted with {self.n_features_in_}; pass data with the same columns as "
-                "fit, or refit")
+                f"{name}.{what}: X has {got} features, but {name} is expecting "
+                f"{self.n_features_in_} features as input (the number fit saw); pass data "
+                "with the same columns as fit, or refit")
 
     def _check_domain(self, batch: _Batch, what: str) -> None:
         """Raise when the forward map is undefined somewhere in ``batch``."""
@@ -1059,6 +1077,11 @@ class Log10Scaler(_FixedScaler):
         >>> Log10Scaler().fit_transform(np.array([[1.0], [10.0], [1000.0]])).ravel().tolist()
         [0.0, 1.0, 3.0]
     """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        return tags
 
     def _check_domain(self, batch: _Batch, what: str) -> None:
         self._domain_error(batch, batch.x <= 0, what, "log10 needs x > 0, found x <= 0",
