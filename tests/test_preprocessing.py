@@ -621,6 +621,17 @@ def test_damaged_files_give_clear_errors(tmp_path):
     (tmp_path / "other.json").write_text('{"hello": 1}')
     with pytest.raises(ValueError, match="not a normkit scaler file"):
         P.load(tmp_path / "other.json")
+    # well-formed, checksum recomputed, but impossible statistics
+    from normkit.preprocessing import _digest
+    for field, value in [("var", -1.0), ("count", 1e9), ("data_min", 1e300)]:
+        doc = json.loads(text)
+        doc["state"][field][0] = value
+        del doc["sha256"]
+        doc["sha256"] = _digest(doc)
+        forged = tmp_path / f"forged_{field}.json"
+        forged.write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match="inconsistent statistics"):
+            P.load(forged)
     with pytest.raises(ValueError, match="holds a StandardScaler, not a MinMaxScaler"):
         P.MinMaxScaler.load(path)
     with pytest.raises(ValueError, match="not fitted"):

@@ -148,6 +148,16 @@ def test_cli_errors_are_one_clear_line(tmp_path, data, capsys):
                      str(stats), "--no-progress"]) == 2
     assert "minmax only" in capsys.readouterr().err
     assert cli.main(["scale"]) == 2
+    assert cli.main(["scale", "transform", str(good), "--stats", str(tmp_path / "s2.json"),
+                     "-o", str(good), "--no-progress"]) == 2  # s2.json does not exist
+    np.save(good, data)
+    assert cli.main(["scale", "fit", str(good), "--method", "zscore", "-o",
+                     str(tmp_path / "s2.json"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["scale", "transform", str(good), "--stats", str(tmp_path / "s2.json"),
+                     "-o", str(good), "--no-progress"]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(good), data)  # untouched
 
 
 def test_npy_integer_and_1d_inputs(tmp_path):

@@ -798,10 +798,33 @@ def load(path):
     state = {"n_rows": raw["n_rows"]}
     for key in cls._STATE_KEYS:
         state[key] = _from_f64list(raw.get(key), n, key, path)
+    _check_state_consistent(state, path)
     scaler._check_params()
     scaler._set_state(n, state)
     scaler.meta_ = doc.get("meta") or {}
     return scaler
+
+
+def _check_state_consistent(state: Dict[str, Any], path) -> None:
+    """The checksum catches accidents; this catches a file that is well-formed but impossible."""
+    problems = []
+    rows = state["n_rows"]
+    if rows < 1:
+        problems.append(f"n_rows = {rows} (must be >= 1)")
+    lo, hi = state["data_min"], state["data_max"]
+    if np.any(np.isnan(lo) != np.isnan(hi)) or np.any(lo > hi):
+        problems.append("data_min > data_max (or NaN in only one of them)")
+    if np.any(~np.isfinite(lo) & ~np.isnan(lo)) or np.any(~np.isfinite(hi) & ~np.isnan(hi)):
+        problems.append("infinite data_min / data_max")
+    if "count" in state:
+        count, var = state["count"], state["var"]
+        if np.any((count < 0) | (count > rows) | (count != np.round(count))):
+            problems.append(f"count outside the integers 0..n_rows={rows}")
+        if np.any(var < 0) or np.any(~np.isfinite(var) & ~np.isnan(var)):
+            problems.append("negative or infinite var")
+    if problems:
+        raise ValueError(f"scaler file {path}: inconsistent statistics: {'; '.join(problems)}; "
+                         "the file was edited or corrupted: refit and save again")
 
 
 # ----------------------------------------------------------------------------

@@ -294,6 +294,9 @@ def _transform(args) -> int:
 
     scaler = P.load(args.stats)
     src = _Source(args.data, args.chunk_rows, args.delimiter)
+    if os.path.exists(args.output) and os.path.samefile(args.output, args.data):
+        raise CLIError(f"-o {args.output} is the input file; writing it would destroy the data "
+                       "being read: choose another output path")
     below = np.zeros(scaler.n_features_in_, dtype=np.int64)
     above = np.zeros_like(below)
     sink = None
