@@ -406,6 +406,18 @@ def test_log10_domain_error_names_column_and_count():
         s.transform(X)
 
 
+def test_rejected_chunk_leaves_the_scaler_unchanged():
+    s = P.Log10Scaler()
+    with pytest.raises(ValueError):
+        s.partial_fit(np.array([[1.0], [-1.0]]))
+    assert not hasattr(s, "n_features_in_")  # still unfitted, not half-initialized
+    s.partial_fit(np.array([[1.0, 2.0]]))
+    for bad in (np.array([[0.0, 1.0]]), np.array([[np.inf, 1.0]]), np.ones((1, 3))):
+        with pytest.raises(ValueError):
+            s.partial_fit(bad)
+    assert s.n_samples_seen_ == 1 and s.data_max_.tolist() == [1.0, 2.0]
+
+
 def test_reciprocal_pole_is_an_error_not_inf():
     X = np.array([[0.0, -1.0], [1.0, 2.0], [-1.0, -1.0]])
     with pytest.raises(ValueError, match=r"pole at x = -1.*column 0: 1 value\(s\).*column 1: "

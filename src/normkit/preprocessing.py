@@ -413,14 +413,16 @@ class _BaseScaler:
         if batch.n_rows == 0:
             raise ValueError(f"{name}.partial_fit: found array with 0 sample(s) (shape={shape}) "
                              "while a minimum of 1 is required to compute statistics")
-        if hasattr(self, "n_features_in_"):
+        first = not hasattr(self, "n_features_in_")
+        if not first:
             self._check_n_features(batch, "partial_fit")
-        else:
-            if batch.x.shape[1] == 0:
-                raise ValueError(f"{name}.partial_fit: found array with 0 feature(s) "
-                                 f"(shape={shape}) while a minimum of 1 is required.")
-            self._init_state(batch.x.shape[1])
+        elif batch.x.shape[1] == 0:
+            raise ValueError(f"{name}.partial_fit: found array with 0 feature(s) "
+                             f"(shape={shape}) while a minimum of 1 is required.")
+        # every check before the first change: a rejected chunk leaves the scaler as it was
         self._check_domain(batch, "partial_fit")
+        if first:
+            self._init_state(batch.x.shape[1])
         lo, hi = _nan_min_max(batch)
         self._st_min = np.fmin(self._st_min, lo)
         self._st_max = np.fmax(self._st_max, hi)
