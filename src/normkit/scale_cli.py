@@ -8,7 +8,8 @@ column names) or a ``.npy`` file. Both are read ``--chunk-rows`` rows at a
 time, so memory stays bounded by the chunk, not the file: ``fit`` streams
 ``partial_fit``, ``transform`` streams ``transform`` and appends each chunk to
 OUT (``.npy`` when OUT ends in ``.npy``, CSV otherwise). A progress bar
-(tqdm) goes to stderr.
+(tqdm) goes to stderr. By default a chunk holds about 2**20 values (at most
+65536 rows), so wide files stay bounded too.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="scale_command", metavar="{fit,transform}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("data", metavar="DATA", help="input file: .npy, or CSV (anything else)")
-    common.add_argument("--chunk-rows", type=int, default=65536,
-                        help="rows per chunk (bounds memory; default 65536)")
+    common.add_argument("--chunk-rows", type=int, default=None,
+                        help="rows per chunk (bounds memory; default: about 2**20 values "
+                             "per chunk, at most 65536 rows)")
     common.add_argument("--delimiter", default=",", help="CSV field separator (default ',')")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -73,8 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class _Source:
     """One input file, read in chunks."""
 
-    def __init__(self, path: str, chunk_rows: int, delimiter: str):
-        if chunk_rows < 1:
+    def __init__(self, path: str, chunk_rows: Optional[int], delimiter: str):
+        if chunk_rows is not None and chunk_rows < 1:
             raise CLIError(f"--chunk-rows must be >= 1, got {chunk_rows}")
         if not os.path.isfile(path):
             raise CLIError(f"input file {path!r} does not exist")
@@ -117,6 +119,12 @@ class _Source:
         self.total = self.n_rows
         self.unit = "rows"
 
+    def _rows_per_chunk(self, n_cols: int) -> int:
+        if self.chunk_rows is not None:
+            return self.chunk_rows
+        # ~2**20 values (8 MiB of float64, a few times that as CSV text) whatever the width
+        return max(1, min(65536, 2 ** 20 // max(n_cols, 1)))
+
     def chunks(self) -> Iterator[Tuple[np.ndarray, int]]:
         return self._npy_chunks() if self.is_npy else self._csv_chunks()
 
@@ -126,7 +134,7 @@ class _Source:
             f.seek(self.offset)
             done = 0
             while done < self.n_rows:
-                rows = min(self.chunk_rows, self.n_rows - done)
+                rows = min(self._rows_per_chunk(self.n_cols), self.n_rows - done)
                 buf = f.read(rows * row_bytes)
                 if len(buf) != rows * row_bytes:
                     raise CLIError(f"{self.path}: file is truncated (expected {self.n_rows} rows, "
@@ -145,10 +153,11 @@ class _Source:
                 self.columns = fields
             else:
                 pending.append(first)
+            chunk_rows = self._rows_per_chunk(len(fields))
             consumed = 0 if pending else len(first)  # a data first line is counted with its chunk
             line_no = 2 if self.columns else 1  # 1-based line number of the chunk's first line
             while True:
-                lines = pending + list(itertools.islice(f, self.chunk_rows - len(pending)))
+                lines = pending + list(itertools.islice(f, chunk_rows - len(pending)))
                 pending = []
                 if not lines:
                     break
