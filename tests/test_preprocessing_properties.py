@@ -1,5 +1,6 @@
 """Property tests (hypothesis): chunked = whole, merge = fit on all, round trips."""
 
+import os
 import warnings
 
 import numpy as np
@@ -12,8 +13,9 @@ from normkit import preprocessing as P
 
 skp = pytest.importorskip("sklearn.preprocessing")
 
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+# NORMKIT_HYPOTHESIS_EXAMPLES=600 for a deeper search than the default suite's
+SETTINGS = settings(max_examples=int(os.environ.get("NORMKIT_HYPOTHESIS_EXAMPLES", 60)),
+                    deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # moderate magnitudes with an offset: the property is about the algorithm, not about
 # data whose own rounding (|mean|/std ~ 1e15) leaves no significant digits
