@@ -4,6 +4,7 @@ Public re-exports only; see the README for a tour.
 """
 
 from . import conventions, functional
+from . import preprocessing
 from .modules import LocalResponseNorm
 from . import interop  # noqa: E402  (after modules: interop builds LocalResponseNorm)
 
@@ -21,3 +22,4 @@ __all__ += ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "Layer
             "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
             "ChannelRMSNorm", "convert", "create_norm", "NORMS"]
 __all__ += ["interop"]
+__all__ += ["preprocessing"]

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "check": ("normkit.check", "conformance report of normkit against every installed peer"),
     "convert": ("normkit.convert_cli", "print the LRN layers of a Caffe/ONNX/TensorFlow model in "
                                        "every framework's terms, with porting warnings"),
+    "scale": ("normkit.scale_cli", "fit/apply data scalers (minmax, zscore, ...) to CSV/.npy"),
 }
 
 
