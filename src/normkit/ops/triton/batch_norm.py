@@ -40,12 +40,15 @@ def _batch_norm_stats_kernel(
     count = tl.zeros([1], dtype=ACC_DTYPE).sum(axis=0)
     mean = tl.zeros([1], dtype=ACC_DTYPE).sum(axis=0)
     m2 = tl.zeros([1], dtype=ACC_DTYPE).sum(axis=0)
+    # shift by the channel's first value: near a large common mean the sums
+    # below then see small exact differences (keeps the mean's digits at 1e4)
+    shift = tl.load(x_ptr + c * L).to(ACC_DTYPE)
     first = p * chunks_per_program
     for chunk in range(first, first + chunks_per_program):
         e = chunk * BLOCK + offs  # flat index into channel c's (N, L) values
         m = e < NL
         addr = (e // L) * C * L + c * L + e % L
-        v = tl.load(x_ptr + addr, mask=m, other=0.0).to(ACC_DTYPE)
+        v = tl.where(m, tl.load(x_ptr + addr, mask=m, other=0.0).to(ACC_DTYPE) - shift, 0.0)
         n_b = tl.sum(m.to(ACC_DTYPE), axis=0)
         mean_b = tl.sum(v, axis=0) / tl.maximum(n_b, 1.0)
         d = tl.where(m, v - mean_b, 0.0)
@@ -58,18 +61,19 @@ def _batch_norm_stats_kernel(
         m2 = m2 + m2_b + delta * delta * count * frac
         count = total
     tl.store(count_part_ptr + c * num_p + p, count)
-    tl.store(mean_part_ptr + c * num_p + p, mean)
+    tl.store(mean_part_ptr + c * num_p + p, mean)  # relative to shift
     tl.store(m2_part_ptr + c * num_p + p, m2)
 
 
 @triton.jit
 def _batch_norm_stats_combine_kernel(
+    x_ptr,  # (N, C, L) input: only x[0, c, 0], the shift, is read
     count_part_ptr,  # (C, P)
     mean_part_ptr,  # (C, P)
     m2_part_ptr,  # (C, P)
     mean_ptr,  # (C,) output mean, accumulator dtype
     var_ptr,  # (C,) output biased variance
-    P,
+    L, P,
     ACC_DTYPE: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """mean = sum n_p mean_p / n; M2 = sum M2_p + n_p (mean_p - mean)^2 (exact merge)."""
@@ -79,11 +83,12 @@ def _batch_norm_stats_combine_kernel(
     n_p = tl.load(count_part_ptr + c * P + k, mask=km, other=0.0)
     mean_p = tl.load(mean_part_ptr + c * P + k, mask=km, other=0.0)
     m2_p = tl.load(m2_part_ptr + c * P + k, mask=km, other=0.0)
+    shift = tl.load(x_ptr + c * L).to(ACC_DTYPE)  # the partial means are relative to it
     n = tl.sum(n_p, axis=0)
     mean = tl.sum(n_p * mean_p, axis=0) / n
     d = mean_p - mean
     m2 = tl.sum(m2_p + n_p * d * d, axis=0)
-    tl.store(mean_ptr + c, mean)
+    tl.store(mean_ptr + c, shift + mean)
     tl.store(var_ptr + c, tl.maximum(m2 / n, 0.0))
 
 
@@ -223,7 +228,7 @@ def batch_norm_stats(x: torch.Tensor):
     acc = acc_dtype(x.dtype)
     _batch_norm_stats_kernel[(c, progs)](x, *parts, c, length, n * length, cpp,
                                          ACC_DTYPE=acc, BLOCK=BLOCK)
-    _batch_norm_stats_combine_kernel[(c,)](*parts, mean, var, progs,
+    _batch_norm_stats_combine_kernel[(c,)](x, *parts, mean, var, length, progs,
                                            ACC_DTYPE=acc, BLOCK_P=block_for(progs, 1 << 16))
     return mean, var
 

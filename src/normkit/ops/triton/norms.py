@@ -32,24 +32,33 @@ MAX_BLOCK = 4096
 
 @triton.jit
 def _row_stats(x_row, D, RMS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
-    """(mean, mean of squared deviations) of one contiguous row of D values; mean = 0 if RMS."""
+    """(shift, mean - shift, mean of squared deviations) of one contiguous row of D values.
+
+    The row's first value is the shift: values near a large common mean become
+    small exact differences before anything is summed, so the mean keeps its
+    digits at |mean|/std = 1e4. RMS: shift = mean = 0 and the variance is mean(x^2).
+    """
     offs = tl.arange(0, BLOCK)
+    zero = tl.zeros([BLOCK], dtype=ACC_DTYPE)
     if RMS:
-        mean = tl.zeros([BLOCK], dtype=ACC_DTYPE).sum(axis=0)
+        shift = tl.sum(zero, axis=0)
+        mean_s = tl.sum(zero, axis=0)
     else:
+        shift = tl.load(x_row).to(ACC_DTYPE)
         acc = tl.zeros([BLOCK], dtype=ACC_DTYPE)
         for start in range(0, D, BLOCK):
             m = start + offs < D
-            acc += tl.load(x_row + start + offs, mask=m, other=0.0).to(ACC_DTYPE)
-        mean = tl.sum(acc, axis=0) / D
+            v = tl.load(x_row + start + offs, mask=m, other=0.0).to(ACC_DTYPE)
+            acc += tl.where(m, v - shift, 0.0)
+        mean_s = tl.sum(acc, axis=0) / D
     acc2 = tl.zeros([BLOCK], dtype=ACC_DTYPE)
     for start in range(0, D, BLOCK):
         m = start + offs < D
         v = tl.load(x_row + start + offs, mask=m, other=0.0).to(ACC_DTYPE)
-        d = tl.where(m, v - mean, 0.0)
+        d = tl.where(m, (v - shift) - mean_s, 0.0)
         acc2 += d * d
     var = tl.sum(acc2, axis=0) / D
-    return mean, var
+    return shift, mean_s, var
 
 
 @triton.jit
@@ -67,17 +76,17 @@ def _layer_norm_fwd_kernel(
     """One program per row: y = (x - mean) * rstd * w + b (RMS: mean = 0, no bias)."""
     row = tl.program_id(0)
     x_row = x_ptr + row * D
-    mean, var = _row_stats(x_row, D, RMS, ACC_DTYPE, BLOCK)
+    shift, mean_s, var = _row_stats(x_row, D, RMS, ACC_DTYPE, BLOCK)
     rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + eps)
     if not RMS:
-        tl.store(mean_ptr + row, mean)
+        tl.store(mean_ptr + row, shift + mean_s)
     tl.store(rstd_ptr + row, rstd)
     offs = tl.arange(0, BLOCK)
     for start in range(0, D, BLOCK):
         cols = start + offs
         m = cols < D
         v = tl.load(x_row + cols, mask=m, other=0.0).to(ACC_DTYPE)
-        y = (v - mean) * rstd
+        y = ((v - shift) - mean_s) * rstd  # the unrounded mean: better than x - mean
         if HAS_WEIGHT:
             y = y * tl.load(w_ptr + cols, mask=m, other=0.0).to(ACC_DTYPE)
         if HAS_BIAS:
@@ -283,9 +292,9 @@ def _group_norm_fwd_kernel(
     """One program per (n, g): a group is a contiguous run of C/G * L values."""
     row = tl.program_id(0)  # = n * G + g
     x_row = x_ptr + row * group_size
-    mean, var = _row_stats(x_row, group_size, False, ACC_DTYPE, BLOCK)
+    shift, mean_s, var = _row_stats(x_row, group_size, False, ACC_DTYPE, BLOCK)
     rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + eps)
-    tl.store(mean_ptr + row, mean)
+    tl.store(mean_ptr + row, shift + mean_s)
     tl.store(rstd_ptr + row, rstd)
     first_channel = (row % G) * channels_per_group
     offs = tl.arange(0, BLOCK)
@@ -294,7 +303,7 @@ def _group_norm_fwd_kernel(
         m = idx < group_size
         ch = first_channel + idx // L
         v = tl.load(x_row + idx, mask=m, other=0.0).to(ACC_DTYPE)
-        y = (v - mean) * rstd
+        y = ((v - shift) - mean_s) * rstd
         if HAS_WEIGHT:
             y = y * tl.load(w_ptr + ch, mask=m, other=0.0).to(ACC_DTYPE)
         if HAS_BIAS:
