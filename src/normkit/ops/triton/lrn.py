@@ -93,6 +93,7 @@ def _lrn_fwd_kernel(
     mask = (rows < R) & (cols < Q)
     s = k + alpha * _box_sum(x_ptr, base, rows, cols, R, Q, back_r, width_r, back_q, width_q,
                              True, ACC_DTYPE)
+    s = tl.where(mask, s, 1.0)  # lanes past the edge: keep k = 0 from producing 0 ** -beta
     x = tl.load(x_ptr + base + rows * Q + cols, mask=mask, other=0.0).to(ACC_DTYPE)
     y = x * _pow_neg_beta(s, beta, BETA_MODE)
     tl.store(y_ptr + base + rows * Q + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -126,6 +127,7 @@ def _lrn_bwd_kernel(
     offs = base + rows * Q + cols
     s = k + alpha * _box_sum(x_ptr, base, rows, cols, R, Q, back_r, width_r, back_q, width_q,
                              True, ACC_DTYPE)
+    s = tl.where(mask, s, 1.0)  # lanes past the edge: keep k = 0 from producing 0 ** -beta
     s_pow = _pow_neg_beta(s, beta, BETA_MODE)  # s^-beta
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC_DTYPE)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(ACC_DTYPE)
