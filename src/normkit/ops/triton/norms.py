@@ -106,7 +106,7 @@ def _layer_norm_bwd_kernel(
     db_part_ptr,  # (P, D) zero-initialised partial sum of dy (unused when RMS)
     M, D, rows_per_program,
     RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):
     """dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)), g = dy * w (RMS: no mean(g)).
 
@@ -117,46 +117,73 @@ def _layer_norm_bwd_kernel(
     offs = tl.arange(0, BLOCK)
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, M)
+    # ONE_CHUNK (D <= BLOCK): the row lives in registers and the program's
+    # weight/bias partials too, written once at the end
+    dw_acc = tl.zeros([BLOCK], dtype=ACC_DTYPE)
+    db_acc = tl.zeros([BLOCK], dtype=ACC_DTYPE)
     for row in range(row_start, row_end):
         rstd = tl.load(rstd_ptr + row).to(ACC_DTYPE)
         if RMS:
             mean = 0.0
         else:
             mean = tl.load(mean_ptr + row).to(ACC_DTYPE)
-        sum_g = tl.zeros([BLOCK], dtype=ACC_DTYPE)
-        sum_gx = tl.zeros([BLOCK], dtype=ACC_DTYPE)
-        for start in range(0, D, BLOCK):
-            cols = start + offs
-            m = cols < D
-            x = tl.load(x_ptr + row * D + cols, mask=m, other=0.0).to(ACC_DTYPE)
-            g = tl.load(dy_ptr + row * D + cols, mask=m, other=0.0).to(ACC_DTYPE)
-            if HAS_WEIGHT:
-                g = g * tl.load(w_ptr + cols, mask=m, other=0.0).to(ACC_DTYPE)
-            x_hat = tl.where(m, (x - mean) * rstd, 0.0)
-            sum_g += g
-            sum_gx += g * x_hat
-        mean_g = tl.sum(sum_g, axis=0) / D
-        mean_gx = tl.sum(sum_gx, axis=0) / D
-        for start in range(0, D, BLOCK):
-            cols = start + offs
-            m = cols < D
-            x = tl.load(x_ptr + row * D + cols, mask=m, other=0.0).to(ACC_DTYPE)
-            dy = tl.load(dy_ptr + row * D + cols, mask=m, other=0.0).to(ACC_DTYPE)
+        if ONE_CHUNK:
+            m = offs < D
+            x = tl.load(x_ptr + row * D + offs, mask=m, other=0.0).to(ACC_DTYPE)
+            dy = tl.load(dy_ptr + row * D + offs, mask=m, other=0.0).to(ACC_DTYPE)
             g = dy
             if HAS_WEIGHT:
-                g = g * tl.load(w_ptr + cols, mask=m, other=0.0).to(ACC_DTYPE)
-            x_hat = (x - mean) * rstd
+                g = g * tl.load(w_ptr + offs, mask=m, other=0.0).to(ACC_DTYPE)
+            x_hat = tl.where(m, (x - mean) * rstd, 0.0)
+            mean_gx = tl.sum(g * x_hat, axis=0) / D
             if RMS:
                 dx = rstd * (g - x_hat * mean_gx)
             else:
-                dx = rstd * (g - mean_g - x_hat * mean_gx)
-            tl.store(dx_ptr + row * D + cols, dx.to(dx_ptr.dtype.element_ty), mask=m)
-            # program-owned row of the partial buffer: plain read-modify-write, no race
-            part = pid * D + cols
-            tl.store(dw_part_ptr + part, tl.load(dw_part_ptr + part, mask=m) + dy * x_hat,
-                     mask=m)
-            if not RMS:
-                tl.store(db_part_ptr + part, tl.load(db_part_ptr + part, mask=m) + dy, mask=m)
+                dx = rstd * (g - tl.sum(g, axis=0) / D - x_hat * mean_gx)
+            tl.store(dx_ptr + row * D + offs, dx.to(dx_ptr.dtype.element_ty), mask=m)
+            dw_acc += dy * x_hat
+            db_acc += dy
+        else:
+            sum_g = tl.zeros([BLOCK], dtype=ACC_DTYPE)
+            sum_gx = tl.zeros([BLOCK], dtype=ACC_DTYPE)
+            for start in range(0, D, BLOCK):
+                cols = start + offs
+                m = cols < D
+                x = tl.load(x_ptr + row * D + cols, mask=m, other=0.0).to(ACC_DTYPE)
+                g = tl.load(dy_ptr + row * D + cols, mask=m, other=0.0).to(ACC_DTYPE)
+                if HAS_WEIGHT:
+                    g = g * tl.load(w_ptr + cols, mask=m, other=0.0).to(ACC_DTYPE)
+                x_hat = tl.where(m, (x - mean) * rstd, 0.0)
+                sum_g += g
+                sum_gx += g * x_hat
+            mean_g = tl.sum(sum_g, axis=0) / D
+            mean_gx = tl.sum(sum_gx, axis=0) / D
+            for start in range(0, D, BLOCK):
+                cols = start + offs
+                m = cols < D
+                x = tl.load(x_ptr + row * D + cols, mask=m, other=0.0).to(ACC_DTYPE)
+                dy = tl.load(dy_ptr + row * D + cols, mask=m, other=0.0).to(ACC_DTYPE)
+                g = dy
+                if HAS_WEIGHT:
+                    g = g * tl.load(w_ptr + cols, mask=m, other=0.0).to(ACC_DTYPE)
+                x_hat = (x - mean) * rstd
+                if RMS:
+                    dx = rstd * (g - x_hat * mean_gx)
+                else:
+                    dx = rstd * (g - mean_g - x_hat * mean_gx)
+                tl.store(dx_ptr + row * D + cols, dx.to(dx_ptr.dtype.element_ty), mask=m)
+                # program-owned row of the partial buffer: plain read-modify-write, no race
+                part = pid * D + cols
+                tl.store(dw_part_ptr + part, tl.load(dw_part_ptr + part, mask=m) + dy * x_hat,
+                         mask=m)
+                if not RMS:
+                    tl.store(db_part_ptr + part, tl.load(db_part_ptr + part, mask=m) + dy,
+                             mask=m)
+    if ONE_CHUNK:
+        m = offs < D
+        tl.store(dw_part_ptr + pid * D + offs, dw_acc, mask=m)
+        if not RMS:
+            tl.store(db_part_ptr + pid * D + offs, db_acc, mask=m)
 
 
 def _check_rows(name: str, x: torch.Tensor, weight, bias=None):
@@ -200,11 +227,12 @@ def _norm_rows_bwd(dy, x, mean, rstd, weight, rms: bool):
     db_part = torch.zeros(progs, d, dtype=sdt, device=x.device) if not rms else dw_part
     if m_rows > 0:
         w = weight.contiguous() if weight is not None else x
+        block = block_for(d, MAX_BLOCK)
         _layer_norm_bwd_kernel[(progs,)](
             dy, x, mean if mean is not None else rstd, rstd, w, dx, dw_part, db_part,
             m_rows, d, triton.cdiv(m_rows, progs),
             RMS=rms, HAS_WEIGHT=weight is not None, ACC_DTYPE=acc_dtype(x.dtype),
-            BLOCK=block_for(d, MAX_BLOCK))
+            BLOCK=block, ONE_CHUNK=d <= block)
     wdt = weight.dtype if weight is not None else x.dtype
     dweight = column_sum(dw_part, wdt) if weight is not None else None
     dbias = None if rms else column_sum(db_part, wdt)
