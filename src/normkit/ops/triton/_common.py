@@ -71,6 +71,11 @@ def block_for(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(max(1, n))))
 
 
+def warps_for(block: int) -> int:
+    """num_warps for a 1-D block: ~8-16 values per thread keeps registers from spilling."""
+    return 4 if block <= 1024 else 8 if block <= 2048 else 16
+
+
 @triton.jit
 def _column_sum_kernel(
     src_ptr,  # (R, K) partial sums, accumulator dtype

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, block_for, column_sum, num_partials, stats_dtype
+from ._common import acc_dtype, block_for, column_sum, num_partials, stats_dtype, warps_for
 
 __all__ = ["layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
            "group_norm_fwd", "group_norm_bwd"]
@@ -209,10 +209,11 @@ def _norm_rows_fwd(x, weight, bias, eps, rms: bool):
         raise ValueError(f"normalized size D must be > 0, got x shape {tuple(x.shape)}")
     w = weight.contiguous() if weight is not None else x
     b = bias.contiguous() if bias is not None else x
+    block = block_for(d, MAX_BLOCK)
     _layer_norm_fwd_kernel[(m_rows,)](
         x, w, b, y, mean, rstd, d, float(eps),
         RMS=rms, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        ACC_DTYPE=acc_dtype(x.dtype), BLOCK=block_for(d, MAX_BLOCK))
+        ACC_DTYPE=acc_dtype(x.dtype), BLOCK=block, num_warps=warps_for(block))
     return y, mean, rstd
 
 
@@ -232,7 +233,7 @@ def _norm_rows_bwd(dy, x, mean, rstd, weight, rms: bool):
             dy, x, mean if mean is not None else rstd, rstd, w, dx, dw_part, db_part,
             m_rows, d, triton.cdiv(m_rows, progs),
             RMS=rms, HAS_WEIGHT=weight is not None, ACC_DTYPE=acc_dtype(x.dtype),
-            BLOCK=block, ONE_CHUNK=d <= block)
+            BLOCK=block, ONE_CHUNK=d <= block, num_warps=warps_for(block))
     wdt = weight.dtype if weight is not None else x.dtype
     dweight = column_sum(dw_part, wdt) if weight is not None else None
     dbias = None if rms else column_sum(db_part, wdt)
@@ -447,10 +448,11 @@ def group_norm_fwd(x: torch.Tensor, weight, bias, num_groups: int, eps: float):
     group_size = cpg * length
     w = weight.contiguous() if weight is not None else x
     b = bias.contiguous() if bias is not None else x
+    block = block_for(group_size, MAX_BLOCK)
     _group_norm_fwd_kernel[(n * num_groups,)](
         x, w, b, y, mean, rstd, num_groups, length, group_size, cpg, float(eps),
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        ACC_DTYPE=acc_dtype(x.dtype), BLOCK=block_for(group_size, MAX_BLOCK))
+        ACC_DTYPE=acc_dtype(x.dtype), BLOCK=block, num_warps=warps_for(block))
     return y, mean, rstd
 
 
@@ -476,8 +478,9 @@ def group_norm_bwd(dy, x, mean, rstd, weight, num_groups: int):
     if x.numel() > 0:
         cpg = c // num_groups
         w = weight.contiguous() if weight is not None else x
+        block = block_for(length, MAX_BLOCK)
         meta = dict(HAS_WEIGHT=weight is not None, ACC_DTYPE=acc_dtype(x.dtype),
-                    BLOCK=block_for(length, MAX_BLOCK), BLOCK_CPG=block_for(cpg, 1 << 20))
+                    BLOCK=block, BLOCK_CPG=block_for(cpg, 1 << 20), num_warps=warps_for(block))
         for phase in (1, 2):
             _group_norm_bwd_kernel[(n * c,)](
                 dy, x, mean.contiguous(), rstd.contiguous(), w, dx, s_dy, s_dy_xhat,
