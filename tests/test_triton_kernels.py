@@ -175,6 +175,31 @@ def test_env_at_startup_routes_functional_through_triton():
     assert err_y < 1e-12 and err_dx < 1e-12
 
 
+def _compile_check(*flags):
+    """benchmarks/triton_compile_check.py in a fresh process without the interpreter."""
+    try:
+        importlib.import_module("triton.backends.nvidia")
+    except ImportError:
+        pytest.skip("this triton build has no NVIDIA backend to compile for")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/triton_compile_check.py"),
+                          *flags], env=env, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert "kernel configurations compiled for sm_90a" in out.stdout
+
+
+def test_every_kernel_compiles_for_h100():
+    """Triton's real compiler (not the interpreter) lowers each kernel to sm_90a PTX/cubin."""
+    _compile_check("--quick")
+
+
+@pytest.mark.slow
+def test_every_kernel_configuration_compiles_for_h100():
+    """Every dtype x option combination the launchers produce compiles for sm_90a."""
+    _compile_check()
+
+
 # --- LRN --------------------------------------------------------------------------------
 
 # (back, ahead): torch n=5, torch n=4 (back 2 ahead 1), ONNX n=4 (back 1 ahead 2),
