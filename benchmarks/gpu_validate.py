@@ -30,7 +30,7 @@ import os
 import pathlib
 import platform
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))

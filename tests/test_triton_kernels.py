@@ -26,7 +26,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton", reason="triton is not installed: normkit has no triton backend "
                                      "to test (pip install 'normkit[gpu]')")
 
-import normkit  # noqa: E402  -- the session's dispatch table, registered without the interpreter
+import normkit  # noqa: E402,F401  -- registers the triton backend in the dispatch table
 from normkit.conventions import CanonicalLRN  # noqa: E402
 from normkit.reference import lrn_backward, lrn_forward  # noqa: E402
 
@@ -290,6 +290,32 @@ def test_lrn_empty_and_errors():
         T.lrn_bwd(torch.zeros(2, 3, 4), torch.zeros(2, 3), 1, 1, 1e-4, 0.75, 1.0, False)
 
 
+def test_lrn_every_layout():
+    """channels_last, strided and transposed views give the contiguous answer."""
+    x = randn(2, 5, 3, 4, seed=27, dtype=torch.float32)
+    dy = randn(2, 5, 3, 4, seed=28, dtype=torch.float32)
+    for name, xl in hostile.layouts(x.cpu()):
+        _lrn_case(xl.to(DEVICE), dy, 2, 1, 0.3, 0.75, 1.0, False, torch.float32, name)
+
+
+def test_functional_and_autograd_through_dispatch():
+    """normkit.functional with backend='triton': forward and backward match torch's LRN."""
+    from normkit import dispatch
+    from normkit.functional import local_response_norm
+
+    x = randn(2, 6, 3, 3, seed=29).requires_grad_(True)
+    xr = x.detach().clone().requires_grad_(True)
+    y = local_response_norm(x, 4, 0.3, 0.75, 1.2, backend="triton")  # even size
+    assert dispatch.last_backend["lrn_fwd"] == "triton"
+    yr = F.local_response_norm(xr, 4, 0.3, 0.75, 1.2)
+    dy = randn(2, 6, 3, 3, seed=30)
+    y.backward(dy)
+    yr.backward(dy)
+    assert dispatch.last_backend["lrn_bwd"] == "triton"
+    assert_matches_reference(y, yr, torch.float64, what="y vs torch")
+    assert_matches_reference(x.grad, xr.grad, torch.float64, what="dx vs torch")
+
+
 def test_lrn_non_contiguous_input():
     x = randn(2, 3, 4, 7, seed=25, dtype=torch.float32).transpose(2, 3)  # (2, 3, 7, 4) view
     dy = randn(2, 3, 7, 4, seed=26, dtype=torch.float32)
@@ -391,7 +417,8 @@ def test_layer_norm_errors_and_empty():
     y, mean, rstd = T.layer_norm_fwd(torch.zeros(0, 3), torch.ones(3), None, 1e-5)
     assert y.shape == (0, 3) and mean.shape == (0,)
     dx, dw, db = T.layer_norm_bwd(torch.zeros(0, 3), torch.zeros(0, 3), mean, rstd, torch.ones(3))
-    assert dx.shape == (0, 3) and torch.equal(dw, torch.zeros(3)) and torch.equal(db, torch.zeros(3))
+    assert dx.shape == (0, 3)
+    assert torch.equal(dw, torch.zeros(3)) and torch.equal(db, torch.zeros(3))
 
 
 def test_layer_norm_constant_row():
@@ -468,7 +495,8 @@ def test_group_norm_identities():
 
 
 def test_group_norm_errors():
-    with pytest.raises(ValueError, match=r"num_channels \(6\) must be divisible by num_groups \(4\)"):
+    msg = r"num_channels \(6\) must be divisible by num_groups \(4\)"
+    with pytest.raises(ValueError, match=msg):
         T.group_norm_fwd(torch.zeros(2, 6, 3), None, None, 4, 1e-5)
     with pytest.raises(ValueError, match="3-D"):
         T.group_norm_fwd(torch.zeros(2, 6), None, None, 2, 1e-5)
