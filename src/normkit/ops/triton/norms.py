@@ -71,22 +71,42 @@ def _layer_norm_fwd_kernel(
     rstd_ptr,  # (M,) accumulator dtype
     D, eps,
     RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):
-    """One program per row: y = (x - mean) * rstd * w + b (RMS: mean = 0, no bias)."""
+    """One program per row: y = (x - mean) * rstd * w + b (RMS: mean = 0, no bias).
+
+    ONE_CHUNK (D <= BLOCK): the row is loaded once and kept in registers; longer
+    rows are walked three times (mean, variance, output), re-read from cache.
+    """
     row = tl.program_id(0)
     x_row = x_ptr + row * D
-    shift, mean_s, var = _row_stats(x_row, D, RMS, ACC_DTYPE, BLOCK)
+    offs = tl.arange(0, BLOCK)
+    if ONE_CHUNK:
+        m = offs < D
+        v = tl.load(x_row + offs, mask=m, other=0.0).to(ACC_DTYPE)
+        if RMS:
+            shift = 0.0
+            mean_s = 0.0
+            d = v
+        else:
+            shift = tl.load(x_row).to(ACC_DTYPE)  # see _row_stats: exact small differences
+            mean_s = tl.sum(tl.where(m, v - shift, 0.0), axis=0) / D
+            d = tl.where(m, (v - shift) - mean_s, 0.0)
+        var = tl.sum(d * d, axis=0) / D
+    else:
+        shift, mean_s, var = _row_stats(x_row, D, RMS, ACC_DTYPE, BLOCK)
     rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + eps)
     if not RMS:
         tl.store(mean_ptr + row, shift + mean_s)
     tl.store(rstd_ptr + row, rstd)
-    offs = tl.arange(0, BLOCK)
     for start in range(0, D, BLOCK):
         cols = start + offs
         m = cols < D
-        v = tl.load(x_row + cols, mask=m, other=0.0).to(ACC_DTYPE)
-        y = ((v - shift) - mean_s) * rstd  # the unrounded mean: better than x - mean
+        if ONE_CHUNK:
+            y = d * rstd
+        else:
+            v = tl.load(x_row + cols, mask=m, other=0.0).to(ACC_DTYPE)
+            y = ((v - shift) - mean_s) * rstd  # the unrounded mean: better than x - mean
         if HAS_WEIGHT:
             y = y * tl.load(w_ptr + cols, mask=m, other=0.0).to(ACC_DTYPE)
         if HAS_BIAS:
@@ -213,7 +233,8 @@ def _norm_rows_fwd(x, weight, bias, eps, rms: bool):
     _layer_norm_fwd_kernel[(m_rows,)](
         x, w, b, y, mean, rstd, d, float(eps),
         RMS=rms, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        ACC_DTYPE=acc_dtype(x.dtype), BLOCK=block, num_warps=warps_for(block))
+        ACC_DTYPE=acc_dtype(x.dtype), BLOCK=block, ONE_CHUNK=d <= block,
+        num_warps=warps_for(block))
     return y, mean, rstd
 
 
