@@ -340,14 +340,16 @@ def run_bench(T, device, dtypes, smoke) -> List[Dict]:
                     return T.batch_norm_bwd_apply(dy, x, mean, rstd, w, s1, s2,
                                                   x.shape[0] * x.shape[2])
             layer = _torch_layer(kind, kw, c)
-            xt = x.detach().clone().requires_grad_(True)
+            # torch's backward also computes dweight/dbias, as ours does
+            leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b)]
             try:
-                yt = layer(xt, w, b) if layer is not None else None
+                yt = layer(*leaves) if layer is not None else None
             except (RuntimeError, NotImplementedError):  # e.g. torch's CPU LRN in float16
                 layer = None
             if layer is not None:
                 t_fwd = lambda: layer(x, w, b)  # noqa: E731
-                t_bwd = lambda: torch.autograd.grad(yt, xt, dy, retain_graph=True)  # noqa: E731
+                t_bwd = lambda: torch.autograd.grad(  # noqa: E731
+                    yt, leaves, dy, retain_graph=True, allow_unused=True)
             fwd()
             bwd()
             if timer is None:  # smoke: every case builds and runs once
@@ -371,7 +373,7 @@ def run_bench(T, device, dtypes, smoke) -> List[Dict]:
                 print(f"{name:32s} {phase} {dname:9s} {mb:7.1f} MB  ours {ours_ms:8.4f} ms  "
                       f"torch {torch_ms:8.4f} ms  x{torch_ms / ours_ms:5.2f}  "
                       f"{gbps:6.0f} GB/s = {gbps / copy_gbps:.2f} of copy", flush=True)
-            del x, dy, xt
+            del x, dy, leaves, yt
             if device == "cuda":
                 torch.cuda.empty_cache()
     return rows
