@@ -342,6 +342,7 @@ def run_bench(T, device, dtypes, smoke) -> List[Dict]:
             layer = _torch_layer(kind, kw, c)
             # torch's backward also computes dweight/dbias, as ours does
             leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b)]
+            yt = None
             try:
                 yt = layer(*leaves) if layer is not None else None
             except (RuntimeError, NotImplementedError):  # e.g. torch's CPU LRN in float16
