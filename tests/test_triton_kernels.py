@@ -693,3 +693,18 @@ def test_wide_rows_1023(dtype):
     _check(dx, ref_dx, dtype, None, "dx")
     _lrn_case(randn(2, 5, 3, 1023, seed=93), randn(2, 5, 3, 1023, seed=94), 2, 2, 1e-4 / 5,
               0.75, 1.0, False, dtype, "wide spatial")
+
+
+@pytest.mark.slow
+def test_gpu_validate_script_smoke(tmp_path):
+    """benchmarks/gpu_validate.py --smoke: validation passes, every bench case builds, CSV."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT / "src"))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_validate.py"), "--smoke",
+                          "--out", str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=1200)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    csvs = list(tmp_path.glob("gpu_validate_smoke_*.csv"))
+    assert len(csvs) == 1
+    text = csvs[0].read_text()
+    assert "validate,layer_norm,dweight,bfloat16" in text and "\nbench,lrn across" in text
+    assert "validation: 84/84 passed" in out.stdout
