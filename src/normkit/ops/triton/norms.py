@@ -2,12 +2,12 @@
 
 Statistics are two-pass in the accumulator dtype (float32, float64 for float64
 inputs): the mean first, then the mean of squared deviations from it, never
-E[x^2] - E[x]^2 (DESIGN.md section 4). Each pass keeps a vector accumulator of
-BLOCK lanes across chunks and reduces it once at the end (pairwise tree), so a
-row of 1e4-mean values keeps ~7 significant digits of its variance.
+E[x^2] - E[x]^2 (DESIGN.md section 4), on data shifted by the row's first value
+(see ``_row_stats``). Each pass keeps a vector accumulator of BLOCK lanes across
+chunks and reduces it once at the end (a tree, not a serial sum).
 
-Rows longer than one block are walked in chunks; the second and third passes
-re-read the row, which for rows up to a few hundred KB comes from L2.
+Rows that fit one block stay in registers; longer rows are walked in chunks and
+the second and third passes re-read them, normally from L2.
 
 Weight/bias gradients are deterministic: every backward program owns one row
 of a partial buffer (no atomics, no locks), and ``column_sum`` adds the rows
