@@ -9,3 +9,4 @@ from .modules import LocalResponseNorm
 __version__ = "0.1.0"
 
 __all__ = ["conventions", "functional", "LocalResponseNorm", "__version__"]
+from .factory import create_norm  # noqa: E402
