@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="loss threshold for the 'steps to loss<' column (default 0.5)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="torch.set_num_threads (default: torch's own choice)")
+                        help="torch.set_num_threads (default: $OMP_NUM_THREADS if set, else 1)")
     parser.add_argument("--data", default=None, metavar="FILE.npz",
                         help="your own data: arrays x [N, C, H, W] and y [N] (integer labels)")
     parser.add_argument("--out", default=None,
@@ -170,6 +170,12 @@ def run(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # The lab's tensors are tiny (8x8 images, <= 64 channels): a second intra-op thread
+        # buys nothing, and on a shared machine OpenMP threads spin-waiting for a busy core
+        # made one epoch 10-30x slower (measured: 1.0-2.1 s/epoch with 1 thread vs 34-61 s
+        # with 2 at load average 8 on 2 cores). --threads or OMP_NUM_THREADS override this.
+        torch.set_num_threads(1)
     _check_norms(args.norms)
     if not 0.0 <= args.dropout < 1.0:
         raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
