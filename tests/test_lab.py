@@ -281,6 +281,13 @@ def test_progress_bar_goes_to_stderr(digits, capsys):
 # ------------------------------------------------------------------ distributed
 
 
+def _lab_json(tmp_path, *argv):
+    code, out = _lab(tmp_path, *argv)
+    assert code == 0
+    with open(out / "results.json") as f:
+        return json.load(f)
+
+
 def _run_lab(argv, out, nproc=None):
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
@@ -299,8 +306,8 @@ def test_ddp_two_processes_matches_single_process(tmp_path):
     # dropout 0: dropout masks are per-process random draws, the one thing DDP cannot share
     argv = ["--quick", "--norms", "batch,group", "--dropout", "0", "--batch-size", "32"]
     ddp = _run_lab(argv, tmp_path / "ddp", nproc=2)
-    single = _run_lab(argv, tmp_path / "single")
-    other_seed = _run_lab(argv + ["--seed", "1"], tmp_path / "seed1")
+    single, other_seed = [_lab_json(tmp_path / name, *argv, *extra) for name, extra in
+                          (("single", ()), ("seed1", ("--seed", "1")))]
     assert ddp["environment"]["world_size"] == 2 and single["environment"]["world_size"] == 1
     assert [r["built_as"] for r in ddp["runs"]] == ["sync-batch", "group"]
     for r_ddp, r_one, r_other in zip(ddp["runs"], single["runs"], other_seed["runs"]):
