@@ -127,8 +127,8 @@ def test_ics_quick(tmp_path):
     res = _check_schema(out, "ics")
     for run in res["runs"]:
         probe = run["probe"]
-        assert probe["steps"][0] == 0 and probe["layers"] == ["conv1", "conv2"]
-        assert len(probe["mean"]) == len(probe["std"]) == 2
+        assert probe["steps"][0] == 0 and probe["layers"] == ["conv1", "conv2", "fc1", "fc2"]
+        assert len(probe["mean"]) == len(probe["std"]) == 4
         assert all(len(m) == len(probe["steps"]) for m in probe["mean"])
         assert all(s > 0 for layer in probe["std"] for s in layer)
     # conv1 reads the raw images; before any step it is the same layer with or without BN

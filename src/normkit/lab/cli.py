@@ -196,7 +196,8 @@ def run(args) -> dict:
                    device=args.device, threshold=args.threshold, quick=args.quick,
                    progress=args.progress)
     t0 = time.perf_counter()
-    result = EXPERIMENTS[args.experiment](data, opts, out_dir if rank == 0 else _scratch())
+    # only rank 0 writes: the other processes train the same model and draw nothing
+    result = EXPERIMENTS[args.experiment](data, opts, out_dir if rank == 0 else None)
     result = {"schema": SCHEMA, "experiment": result.pop("experiment"),
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                   timespec="seconds"),
@@ -204,12 +205,6 @@ def run(args) -> dict:
               "seconds": time.perf_counter() - t0, **result}
     result["out_dir"] = out_dir
     return result
-
-
-def _scratch() -> str:
-    # non-zero ranks draw their plots into a throw-away directory: only rank 0 writes --out
-    import tempfile
-    return tempfile.mkdtemp(prefix="normkit-lab-")
 
 
 def main(args) -> int:

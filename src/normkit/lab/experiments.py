@@ -90,7 +90,7 @@ def compare(data: Dataset, opts: Options, out_dir: str) -> dict:
              r["steps_to_threshold"], r["seconds_per_epoch"]] for r in runs]
     title = (f"{data.name}: {depth} AlexNet-style net, batch {opts.batch_size}, "
              f"lr {opts.lr}, seed {opts.seed}")
-    png = plots.curves(runs, f"{out_dir}/curves.png", title)
+    png = plots.curves(runs, f"{out_dir}/curves.png", title) if out_dir else "curves.png"
 
     notes = []
     learned = [r["norm"] for r in runs if _learned(r, data)]
@@ -162,6 +162,13 @@ def batch_size(data: Dataset, opts: Options, out_dir: str) -> dict:
         for norm in norms:
             notes.append(f"{norm}: {100 * acc[norm][small]:.1f}% at batch {small}, "
                          f"{100 * acc[norm][large]:.1f}% at batch {large}")
+    big = max(sizes)
+    n_train = runs[0]["steps_per_epoch"] * sizes[0]
+    notes.append(f"budget: every run sees {epochs} epochs of data, so batch {big} gets only "
+                 f"{epochs * (n_train // big)} SGD steps; a norm that leaves the initial plateau "
+                 f"slowly can still be at chance there -- an optimization-budget effect, not "
+                 f"the norm's arithmetic. Single seed: differences of a few points are noise "
+                 f"(see lrn-effect for the seed spread).")
     notes.append("BatchNorm's training statistics come from the mini-batch: at batch 2 the "
                  "last layers (2 x 2 maps) estimate each channel's mean and variance from 8 "
                  "numbers, and the test-time running averages disagree with what training "
@@ -178,17 +185,29 @@ def batch_size(data: Dataset, opts: Options, out_dir: str) -> dict:
 
 # ---------------------------------------------------------------- internal covariate shift
 
+def _probed_layers(model: torch.nn.Module) -> list:
+    """(name, module) of every weight layer: conv1..convK, then fc1, fc2 of the head."""
+    convs = model.convs()
+    fcs = [m for m in model.classifier if isinstance(m, torch.nn.Linear)]
+    return ([(f"conv{i + 1}", m) for i, m in enumerate(convs)]
+            + [(f"fc{i + 1}", m) for i, m in enumerate(fcs)])
+
+
 def _probe(model: torch.nn.Module, x: torch.Tensor) -> tuple:
-    """(mean, std) of every conv layer's output (the pre-activation) on the probe batch x."""
+    """(mean, std) of every weight layer's output (its pre-activation) on the probe batch x."""
     # A copy in train mode: its norms use the probe's own statistics, as training does,
-    # and whatever it updates (BN running averages) is thrown away with it.
+    # and whatever it updates (BN running averages) is thrown away with it. Dropout is
+    # switched off so that the head's statistics do not change with the random mask.
     probe = copy.deepcopy(model).train()
+    for m in probe.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
     stats = []
-    hooks = [c.register_forward_hook(
+    hooks = [m.register_forward_hook(
         lambda _m, _i, out: stats.append((float(out.mean()), float(out.std()))))
-        for c in probe.convs()]
+        for _, m in _probed_layers(probe)]
     with torch.no_grad():
-        probe.features(x)
+        probe(x)
     for h in hooks:
         h.remove()
     return [s[0] for s in stats], [s[1] for s in stats]
@@ -221,7 +240,9 @@ def ics(data: Dataset, opts: Options, out_dir: str) -> dict:
                 rec["std"][j].append(s)
 
         run = train(data, cfg, progress=opts.progress, on_step=on_step)
-        rec["layers"] = [f"conv{j + 1}" for j in range(len(rec["mean"]))]
+        rec["layers"] = [name for name, _ in _probed_layers(build_model(
+            norm, seed=0, in_channels=data.in_channels, num_classes=data.num_classes,
+            image_size=data.image_size, depth=depth, norm_kwargs=cfg.norm_kwargs))]
         run["probe"] = rec
         runs.append(run)
         probes[norm] = rec
@@ -238,14 +259,26 @@ def ics(data: Dataset, opts: Options, out_dir: str) -> dict:
                     "training images)")
     notes = ["'mean drift' = (max - min of the layer's mean over training) / its average std; "
              "'std ratio' = largest / smallest std over training. conv1 sees the fixed input "
-             "images, so only its own weights move it.",
+             "images, so only its own weights move it; fc1/fc2 are the classifier head.",
              "The norm sits after the ReLU (AlexNet's place), so with BN every conv after the "
              "first reads an input whose per-channel mean and variance are fixed by BN's "
              "affine parameters; what still moves its pre-activation is its own weights.",
              "Santurkar et al. (2018) found BN's benefit does not come from reducing this "
              "shift; read the drift columns as a measurement, not as the mechanism."]
+    drift = {}
+    for row in rows:
+        if row[1] not in ("conv1",):  # conv1 reads the images: no earlier layer shifts it
+            drift.setdefault(row[0], []).append(row[6])
     for run in runs:
-        notes.append(f"{run['norm']}: final test accuracy {100 * run['test_accuracy']:.1f}%")
+        mean_drift = float(np.mean(drift[run["norm"]])) if drift.get(run["norm"]) else 0.0
+        notes.append(f"{run['norm']}: final test accuracy {100 * run['test_accuracy']:.1f}%, "
+                     f"mean drift of the layers after conv1 averaged {mean_drift:.2f}")
+    if "none" in drift and "batch" in drift:
+        less = np.mean(drift["batch"]) < np.mean(drift["none"])
+        notes.append("here BN " + ("reduced" if less else "did not reduce") + " the drift of "
+                     "the hidden pre-activations, and trained " + (
+                         "faster" if probes and runs[norms.index("batch")]["test_accuracy"] >
+                         runs[norms.index("none")]["test_accuracy"] else "no faster") + ".")
     return {"experiment": "ics",
             "config": {"norms": norms, "epochs": epochs, **_common(opts, depth)},
             "table": {"columns": ["norm", "layer", "mean@start", "mean@end", "std@start",

@@ -8,6 +8,9 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 
+LINESTYLES = ["-", "--", ":", "-."]
+
+
 def _plt():
     import matplotlib
     matplotlib.use("Agg", force=True)  # a headless machine has no display; never open a window
@@ -35,18 +38,21 @@ def curves(runs: List[dict], path: str, title: str) -> str:
     """Two panels: smoothed train loss per step, and test accuracy per epoch; one line per run."""
     plt = _plt()
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
-    for run in runs:
+    for i, run in enumerate(runs):
         h = run["history"]
         window = max(1, run["steps_per_epoch"] // 4)
         loss = _smooth(h["step_loss"], window)
-        (line,) = ax_l.plot(np.arange(1, loss.size + 1), loss, label=run["norm"], lw=1.4)
+        # runs that do not learn draw the same flat line; dashes keep them all visible
+        style = LINESTYLES[i % len(LINESTYLES)]
+        (line,) = ax_l.plot(np.arange(1, loss.size + 1), loss, label=run["norm"], lw=1.4,
+                            ls=style)
         epochs = np.arange(1, len(h["test_accuracy"]) + 1)
         ax_a.plot(epochs, 100 * np.asarray(h["test_accuracy"]), marker="o", ms=3,
-                  color=line.get_color(), label=run["norm"], lw=1.4)
+                  color=line.get_color(), label=run["norm"], lw=1.4, ls=style)
     ax_l.set(xlabel="step", ylabel="train loss (running mean)", title="training loss")
     ax_l.set_yscale("log")
     ax_a.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy", ylim=(0, 100))
-    ax_a.legend(fontsize=8, loc="lower right")
+    ax_l.legend(fontsize=8, loc="lower left", ncol=2)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
