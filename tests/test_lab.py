@@ -271,6 +271,16 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
         cli.main(["lab", "no-such-experiment"])
 
 
+def test_divergence_is_reported_not_hidden(tmp_path, capsys):
+    code, out = _lab(tmp_path, "--quick", "--norms", "none", "--lr", "1e6")
+    assert code == 0
+    assert "diverged" in capsys.readouterr().out
+    with open(out / "results.json") as f:
+        run = json.load(f)["runs"][0]
+    assert run["diverged"] is True and run["final_train_loss"] is None  # JSON has no NaN
+    assert len(run["history"]["step_loss"]) < run["steps_per_epoch"]  # stopped at the NaN
+
+
 def test_progress_bar_goes_to_stderr(digits, capsys):
     train(digits, TrainConfig(norm="none", epochs=1, max_train=64), progress=True)
     captured = capsys.readouterr()

@@ -73,7 +73,7 @@ def _learned(run: dict, data: Dataset) -> bool:
 
 
 def _fmt_norms(names) -> str:
-    return ", ".join(names) if names else "none"
+    return ", ".join(names) if names else "(no run)"  # never "none": that is a norm's name
 
 
 # ---------------------------------------------------------------- compare (the default)
@@ -97,6 +97,10 @@ def compare(data: Dataset, opts: Options, out_dir: str) -> dict:
     stuck = [r["norm"] for r in runs if not _learned(r, data)]
     notes.append(f"learned (test accuracy >= 2.5x chance): {_fmt_norms(learned)}; "
                  f"did not learn in {epochs} epoch(s): {_fmt_norms(stuck)}")
+    diverged = [r["norm"] for r in runs if r["diverged"]]
+    if diverged:
+        notes.append(f"diverged (the loss became NaN or infinite; the run stopped there): "
+                     f"{_fmt_norms(diverged)} -- lower --lr")
     reached = sorted((r["steps_to_threshold"], r["norm"]) for r in runs
                      if r["steps_to_threshold"] is not None)
     if reached:
