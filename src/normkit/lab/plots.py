@@ -129,6 +129,6 @@ def mean_std_bars(groups: Dict[str, Dict[str, List[float]]], path: str, title: s
                 stds.append(100 * float(np.std(vals)))
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=norm)
     ax.set_xticks(range(len(gnames)), gnames)
-    ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title=title)
-    ax.legend()
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 110), title=title)
+    ax.legend(loc="upper center", ncol=len(norms), fontsize=8)
     return _save(fig, path)
