@@ -75,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="deep = 6 conv layers (default), shallow = AlexNet's 2-block shape")
     parser.add_argument("--seed", type=int, default=0, help="seed for init, order, dropout")
     parser.add_argument("--seeds", type=_positive_int, default=None,
-                        help="lrn-effect: number of seeds (default 3)")
+                        help="lrn-effect: number of seeds (default 3); batch-size: seeds "
+                             "averaged per cell (default 1)")
     parser.add_argument("--groups", type=_positive_int, default=4,
                         help="GroupNorm's num_groups (default 4)")
     parser.add_argument("--dropout", type=float, default=0.2,

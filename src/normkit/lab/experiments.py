@@ -145,21 +145,27 @@ def batch_size(data: Dataset, opts: Options, out_dir: str) -> dict:
     norms = opts.norms or ["batch", "group", "layer"]
     sizes = opts.batch_sizes or ([4, 32] if opts.quick else BATCH_SIZES)
     epochs = opts.epochs or (1 if opts.quick else 5)
+    seeds = [opts.seed + i for i in range(opts.seeds or 1)]
     runs, acc = [], {n: {} for n in norms}
     for bs in sizes:
         # Goyal et al.'s linear scaling rule keeps the per-example step comparable, so the
         # batch size changes the statistics BN sees, not the optimization budget per epoch.
         lr = opts.lr * bs / REFERENCE_BATCH
         for norm in norms:
-            run = train(data, opts.config(norm, epochs=epochs, batch_size=bs, lr=lr),
-                        progress=opts.progress, label=f"{norm} bs={bs}")
-            runs.append(run)
-            acc[norm][bs] = run["test_accuracy"]
+            accs = []
+            for seed in seeds:
+                run = train(data, opts.config(norm, epochs=epochs, batch_size=bs, lr=lr,
+                                              seed=seed),
+                            progress=opts.progress, label=f"{norm} bs={bs} seed={seed}")
+                runs.append(run)
+                accs.append(run["test_accuracy"])
+            acc[norm][bs] = float(np.mean(accs))
     depth = runs[0]["config"]["depth"]
     rows = [[norm] + [100 * acc[norm][bs] for bs in sizes] for norm in norms]
     png = plots.batch_size(acc, f"{out_dir}/batch_size.png",
                            f"test accuracy vs batch size ({depth} net, {epochs} epochs, "
-                           f"lr {opts.lr} x batch/{REFERENCE_BATCH})")
+                           f"lr {opts.lr} x batch/{REFERENCE_BATCH}, "
+                           f"{'mean of %d seeds' % len(seeds) if len(seeds) > 1 else 'one seed'})")
     notes = []
     if "batch" in acc and len(sizes) > 1:
         small, large = min(sizes), max(sizes)
@@ -171,15 +177,17 @@ def batch_size(data: Dataset, opts: Options, out_dir: str) -> dict:
     notes.append(f"budget: every run sees {epochs} epochs of data, so batch {big} gets only "
                  f"{epochs * (n_train // big)} SGD steps; a norm that leaves the initial plateau "
                  f"slowly can still be at chance there -- an optimization-budget effect, not "
-                 f"the norm's arithmetic. Single seed: differences of a few points are noise "
-                 f"(see lrn-effect for the seed spread).")
+                 f"the norm's arithmetic." + (
+                     " One seed: differences of a few points are noise (see lrn-effect for "
+                     "the seed spread; --seeds N averages N seeds)." if len(seeds) == 1 else
+                     f" Each cell is the mean of {len(seeds)} seeds."))
     notes.append("BatchNorm's training statistics come from the mini-batch: at batch 2 the "
                  "last layers (2 x 2 maps) estimate each channel's mean and variance from 8 "
                  "numbers, and the test-time running averages disagree with what training "
                  "saw. GroupNorm and LayerNorm compute per example, so the batch size only "
                  "changes their optimization, not their arithmetic.")
     return {"experiment": "batch-size",
-            "config": {"norms": norms, "batch_sizes": sizes, "epochs": epochs,
+            "config": {"norms": norms, "batch_sizes": sizes, "epochs": epochs, "seeds": seeds,
                        "lr_rule": f"lr = {opts.lr} * batch / {REFERENCE_BATCH}",
                        **_common(opts, depth)},
             "table": {"columns": ["norm"] + [f"bs={b} acc %" for b in sizes],
