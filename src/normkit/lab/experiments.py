@@ -287,10 +287,11 @@ def ics(data: Dataset, opts: Options, out_dir: str) -> dict:
                      f"mean drift of the layers after conv1 averaged {mean_drift:.2f}")
     if "none" in drift and "batch" in drift:
         less = np.mean(drift["batch"]) < np.mean(drift["none"])
-        notes.append("here BN " + ("reduced" if less else "did not reduce") + " the drift of "
-                     "the hidden pre-activations, and trained " + (
-                         "faster" if probes and runs[norms.index("batch")]["test_accuracy"] >
-                         runs[norms.index("none")]["test_accuracy"] else "no faster") + ".")
+        acc = {r["norm"]: r["test_accuracy"] for r in runs}
+        better = acc["batch"] > acc["none"]
+        notes.append(f"here BN {'reduced' if less else 'did not reduce'} the drift of the "
+                     f"hidden pre-activations and reached {'a higher' if better else 'no higher'}"
+                     f" test accuracy in {epochs} epoch(s).")
     return {"experiment": "ics",
             "config": {"norms": norms, "epochs": epochs, **_common(opts, depth)},
             "table": {"columns": ["norm", "layer", "mean@start", "mean@end", "std@start",
