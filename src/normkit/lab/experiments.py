@@ -10,7 +10,6 @@ including where an effect is small at this scale).
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
@@ -471,9 +470,3 @@ EXPERIMENTS = {
     "lrn-effect": lrn_effect,
 }
 
-
-def finite_or_none(value):
-    """JSON has no NaN/inf: a diverged run's loss is written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
