@@ -212,6 +212,23 @@ def test_steps_to_threshold_hand_computed():
     assert steps_to_threshold([0.1] * 3, 0.5, window=10) is None  # too few steps to judge
 
 
+def test_digits_scaled_and_split_stratified(digits):
+    from sklearn.datasets import load_digits
+    raw = load_digits()
+    assert digits.x_train.shape[1:] == (1, 8, 8) and digits.num_classes == 10
+    x_all = torch.cat([digits.x_train, digits.x_test])
+    assert float(x_all.min()) == 0.0 and float(x_all.max()) == 1.0  # 0..16 -> [0, 1]
+    # every image once, with its own label: pixels * 16 give back scikit-learn's integers
+    got = sorted(map(tuple, (x_all.reshape(-1, 64) * 16).round().int().tolist()))
+    assert got == sorted(map(tuple, raw.data.astype(int).tolist()))
+    for label in range(10):
+        n_label = int((raw.target == label).sum())
+        n_test = int((digits.y_test == label).sum())
+        assert abs(n_test - 0.2 * n_label) <= 1  # same 20% of every class
+    again = lab_data.load_digits()
+    assert torch.equal(again.y_test, digits.y_test) and torch.equal(again.x_test, digits.x_test)
+
+
 # ------------------------------------------------------------------ --data
 
 
