@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "convert": ("normkit.convert_cli", "print the LRN layers of a Caffe/ONNX/TensorFlow model in "
                                        "every framework's terms, with porting warnings"),
     "scale": ("normkit.scale_cli", "fit/apply data scalers (minmax, zscore, ...) to CSV/.npy"),
+    "lab": ("normkit.lab.cli", "train with each normalization; tables and plots of the claims"),
 }
 
 
