@@ -1,0 +1,392 @@
+r"""Fused numba LRN kernels (forward and backward, across channels and within a channel).
+
+Canonical form (:mod:`normkit.conventions`)::
+
+    s_c = k + alpha * sum_{j=c-B}^{c+A} x_j^2,      y_c = x_c s_c^(-beta)
+    dx_j = dy_j s_j^(-beta) - 2 alpha beta x_j sum_{c=j-A}^{j+B} dy_c x_c s_c^(-beta-1)
+
+Numerics: every window sum is a direct sum of its ``B + A + 1`` terms, taken in
+ascending channel order over a zero-padded buffer (the reference's order), never a
+running add/subtract or a prefix sum: those cancel when one channel is 1000x its
+neighbours and give inf - inf = NaN for 1e38 inputs. Squares, sums and powers run in
+float32 (float64 for float64 input); float16/bfloat16 are converted around the kernel.
+
+``s^-beta`` is specialised: beta = 1/2 -> 1/sqrt(s), 3/4 -> 1/(r sqrt(r)) with
+r = sqrt(s), 1 -> 1/s, otherwise ``pow``; the special forms vectorise, ``pow`` does not.
+
+Layouts: ``(N, C, L)`` contiguous vectorises over positions ``l`` (a block of
+positions and all channels lives in a small buffer); channels-last memory
+(``x.movedim(1, -1)`` contiguous, e.g. NHWC input moved by ``functional``) is read as
+``(N, L, C)`` rows without a copy. Within-channel LRN works per ``(H, W)`` plane with
+a separable (rows, then columns) direct box sum.
+
+Backward recomputes ``s`` from ``x``: nothing but ``x`` is saved.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+
+from ._pool import parallel_for
+
+__all__ = ["lrn_fwd", "lrn_bwd", "beta_mode"]
+
+# work-buffer budget (elements per buffer): three such buffers stay well inside L2
+_BUFFER_ELEMS = 65536
+
+
+def beta_mode(beta: float) -> int:
+    """0: general pow; 1: beta = 1/2; 2: beta = 3/4; 3: beta = 1."""
+    return {0.5: 1, 0.75: 2, 1.0: 3}.get(float(beta), 0)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _neg_pow_row(s, p, w, mode, neg_beta, one):
+    """p[:w] = s[:w] ** -beta; the mode branch sits outside each loop so loops vectorise."""
+    if mode == 1:
+        for i in range(w):
+            p[i] = one / np.sqrt(s[i])
+    elif mode == 2:
+        for i in range(w):
+            r = np.sqrt(s[i])
+            p[i] = one / (r * np.sqrt(r))
+    elif mode == 3:
+        for i in range(w):
+            p[i] = one / s[i]
+    else:
+        for i in range(w):
+            p[i] = s[i] ** neg_beta
+
+
+# --- across channels, (N, C, L) layout ----------------------------------------------------
+# Loops run over 1-D row slices: numba's 3-D indexing keeps a stride multiply and a
+# wraparound test per element that stops LLVM from vectorising (measured 8x slower).
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _window_rows(buf, first, width, s, w):
+    """s[:w] = sum_{d < width} buf[first + d, :w], ascending (a direct sum, never running)."""
+    r0 = buf[first]
+    for i in range(w):
+        s[i] = r0[i]
+    for d in range(1, width):
+        rd = buf[first + d]
+        for i in range(w):
+            s[i] += rd[i]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _lrn_ncl_fwd_kernel(x, y, back, ahead, alpha, k, mode, neg_beta, one, block, start, stop):
+    # x, y: (N, C, L) contiguous; work item = (n, block of positions)
+    N, C, L = x.shape
+    width = back + ahead + 1
+    nblocks = (L + block - 1) // block
+    sq = np.zeros((C + width - 1, block), x.dtype)  # rows [back, back + C) hold x^2; pad rows 0
+    s = np.empty(block, x.dtype)
+    p = np.empty(block, x.dtype)
+    for item in range(start, stop):
+        n = item // nblocks
+        l0 = (item % nblocks) * block
+        w = min(L, l0 + block) - l0
+        for c in range(C):
+            xr = x[n, c, l0:l0 + w]
+            sr = sq[back + c]
+            for i in range(w):
+                sr[i] = xr[i] * xr[i]
+        for c in range(C):
+            _window_rows(sq, c, width, s, w)
+            for i in range(w):
+                s[i] = k + alpha * s[i]
+            _neg_pow_row(s, p, w, mode, neg_beta, one)
+            xr = x[n, c, l0:l0 + w]
+            yr = y[n, c, l0:l0 + w]
+            for i in range(w):
+                yr[i] = xr[i] * p[i]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _lrn_ncl_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, coef, block,
+                        start, stop):
+    # x, dy, dx: (N, C, L) contiguous; coef = 2 alpha beta
+    N, C, L = x.shape
+    width = back + ahead + 1
+    nblocks = (L + block - 1) // block
+    sq = np.zeros((C + width - 1, block), x.dtype)  # x^2, padded back before / ahead after
+    t = np.zeros((C + width - 1, block), x.dtype)  # dy x s^(-beta-1), padded ahead / back
+    p = np.empty((C, block), x.dtype)  # s^-beta
+    s = np.empty(block, x.dtype)
+    for item in range(start, stop):
+        n = item // nblocks
+        l0 = (item % nblocks) * block
+        w = min(L, l0 + block) - l0
+        for c in range(C):
+            xr = x[n, c, l0:l0 + w]
+            sr = sq[back + c]
+            for i in range(w):
+                sr[i] = xr[i] * xr[i]
+        for c in range(C):
+            _window_rows(sq, c, width, s, w)
+            for i in range(w):
+                s[i] = k + alpha * s[i]
+            pr = p[c]
+            _neg_pow_row(s, pr, w, mode, neg_beta, one)
+            xr = x[n, c, l0:l0 + w]
+            dyr = dy[n, c, l0:l0 + w]
+            tr = t[ahead + c]
+            for i in range(w):
+                tr[i] = dyr[i] * xr[i] * pr[i] / s[i]
+        for j in range(C):  # adjoint window: c in [j - ahead, j + back]
+            _window_rows(t, j, width, s, w)
+            pr = p[j]
+            xr = x[n, j, l0:l0 + w]
+            dyr = dy[n, j, l0:l0 + w]
+            dxr = dx[n, j, l0:l0 + w]
+            for i in range(w):
+                dxr[i] = dyr[i] * pr[i] - coef * xr[i] * s[i]
+
+
+# --- across channels, (N, L, C) layout (channels-last memory) ----------------------------
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _window_shifts(buf, width, s, n):
+    """s[:n] = sum_{d < width} buf[d : d + n] (direct, ascending)."""
+    for i in range(n):
+        s[i] = buf[i]
+    for d in range(1, width):
+        for i in range(n):
+            s[i] += buf[i + d]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _lrn_nlc_fwd_kernel(x, y, back, ahead, alpha, k, mode, neg_beta, one, start, stop):
+    # x, y: (R, C) contiguous rows (R = N * L); work item = one row
+    R, C = x.shape
+    width = back + ahead + 1
+    sq = np.zeros(C + width - 1, x.dtype)  # [back, back + C) = x^2, zero pads
+    s = np.empty(C, x.dtype)
+    p = np.empty(C, x.dtype)
+    for r in range(start, stop):
+        xr = x[r]
+        yr = y[r]
+        for c in range(C):
+            sq[back + c] = xr[c] * xr[c]
+        _window_shifts(sq, width, s, C)
+        for c in range(C):
+            s[c] = k + alpha * s[c]
+        _neg_pow_row(s, p, C, mode, neg_beta, one)
+        for c in range(C):
+            yr[c] = xr[c] * p[c]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _lrn_nlc_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, coef,
+                        start, stop):
+    # x, dy, dx: (R, C) contiguous rows
+    R, C = x.shape
+    width = back + ahead + 1
+    sq = np.zeros(C + width - 1, x.dtype)
+    t = np.zeros(C + width - 1, x.dtype)  # [ahead, ahead + C) = dy x s^(-beta-1)
+    s = np.empty(C, x.dtype)
+    p = np.empty(C, x.dtype)
+    for r in range(start, stop):
+        xr = x[r]
+        dyr = dy[r]
+        dxr = dx[r]
+        for c in range(C):
+            sq[back + c] = xr[c] * xr[c]
+        _window_shifts(sq, width, s, C)
+        for c in range(C):
+            s[c] = k + alpha * s[c]
+        _neg_pow_row(s, p, C, mode, neg_beta, one)
+        for c in range(C):
+            t[ahead + c] = dyr[c] * xr[c] * p[c] / s[c]
+        _window_shifts(t, width, s, C)
+        for c in range(C):
+            dxr[c] = dyr[c] * p[c] - coef * xr[c] * s[c]
+
+
+# --- within a channel: (N*C, H, W) planes -------------------------------------------------
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _box_sum(v, out, rows, width):
+    """out = direct width x width box sum of zero-padded v, along H first, then W.
+
+    v: (H + width - 1, W + width - 1); rows: scratch (H, W + width - 1); out: (H, W).
+    """
+    H, W = out.shape
+    for h in range(H):
+        _window_rows(v, h, width, rows[h], W + width - 1)
+    for h in range(H):
+        _window_shifts(rows[h], width, out[h], W)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _lrn_within_fwd_kernel(x, y, back, ahead, alpha, k, mode, neg_beta, one, start, stop):
+    # x, y: (P, H, W) contiguous planes (P = N * C); work item = one plane
+    P, H, W = x.shape
+    width = back + ahead + 1
+    sq = np.zeros((H + width - 1, W + width - 1), x.dtype)  # interior at [back, back)
+    rows = np.empty((H, W + width - 1), x.dtype)
+    s = np.empty((H, W), x.dtype)
+    p = np.empty(W, x.dtype)
+    for q in range(start, stop):
+        for h in range(H):
+            xr = x[q, h]
+            sr = sq[back + h, back:back + W]
+            for i in range(W):
+                sr[i] = xr[i] * xr[i]
+        _box_sum(sq, s, rows, width)
+        for h in range(H):
+            sh = s[h]
+            for i in range(W):
+                sh[i] = k + alpha * sh[i]
+            _neg_pow_row(sh, p, W, mode, neg_beta, one)
+            xr = x[q, h]
+            yr = y[q, h]
+            for i in range(W):
+                yr[i] = xr[i] * p[i]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _lrn_within_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, coef,
+                           start, stop):
+    # x, dy, dx: (P, H, W) contiguous planes
+    P, H, W = x.shape
+    width = back + ahead + 1
+    sq = np.zeros((H + width - 1, W + width - 1), x.dtype)  # x^2 at [back, back)
+    t = np.zeros((H + width - 1, W + width - 1), x.dtype)  # dy x s^(-b-1) at [ahead, ahead)
+    rows = np.empty((H, W + width - 1), x.dtype)
+    s = np.empty((H, W), x.dtype)
+    p = np.empty((H, W), x.dtype)
+    acc = np.empty((H, W), x.dtype)
+    for q in range(start, stop):
+        for h in range(H):
+            xr = x[q, h]
+            sr = sq[back + h, back:back + W]
+            for i in range(W):
+                sr[i] = xr[i] * xr[i]
+        _box_sum(sq, s, rows, width)
+        for h in range(H):
+            sh = s[h]
+            ph = p[h]
+            for i in range(W):
+                sh[i] = k + alpha * sh[i]
+            _neg_pow_row(sh, ph, W, mode, neg_beta, one)
+            xr = x[q, h]
+            dyr = dy[q, h]
+            tr = t[ahead + h, ahead:ahead + W]
+            for i in range(W):
+                tr[i] = dyr[i] * xr[i] * ph[i] / sh[i]
+        _box_sum(t, acc, rows, width)  # adjoint box: t is padded the mirrored way
+        for h in range(H):
+            xr = x[q, h]
+            dyr = dy[q, h]
+            dxr = dx[q, h]
+            ph = p[h]
+            ah = acc[h]
+            for i in range(W):
+                dxr[i] = dyr[i] * ph[i] - coef * xr[i] * ah[i]
+
+
+# --- launchers ---------------------------------------------------------------------------
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def _scalars(cdt, alpha, beta, k):
+    npt = np.float64 if cdt == torch.float64 else np.float32
+    return npt(alpha), npt(k), beta_mode(beta), npt(-beta), npt(1.0)
+
+
+def _across_layout(x: torch.Tensor):
+    """('nlc', (N*L, C) view) when channels are innermost in memory, else ('ncl', (N, C, L))."""
+    n, c = x.shape[0], x.shape[1]
+    moved = x.movedim(1, -1)
+    if c > 1 and moved.is_contiguous():
+        return "nlc", moved.reshape(-1, c)
+    xc = x.contiguous()
+    return "ncl", xc.reshape(n, c, -1)
+
+
+def _ncl_block(c: int, width: int, length: int) -> int:
+    block = max(16, (_BUFFER_ELEMS // (c + width - 1)) // 16 * 16)
+    return min(block, length) if length > 0 else 1
+
+
+def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float,
+            within: bool) -> torch.Tensor:
+    """y = x * (k + alpha * S)^-beta with fused numba kernels (see the module docstring)."""
+    cdt = _compute_dtype(x.dtype)
+    xc = x.detach().to(cdt)
+    if xc.numel() == 0:
+        return torch.empty_like(x)
+    a, kk, mode, nb, one = _scalars(cdt, alpha, beta, k)
+    if within:
+        xc = xc.contiguous()
+        n, c, h, w = xc.shape
+        y = torch.empty_like(xc)
+        parallel_for(_lrn_within_fwd_kernel, n * c,
+                     (_np(xc).reshape(n * c, h, w), _np(y).reshape(n * c, h, w), back, ahead,
+                      a, kk, mode, nb, one))
+    else:
+        layout, x3 = _across_layout(xc)
+        y3 = torch.empty_like(x3)
+        if layout == "nlc":
+            parallel_for(_lrn_nlc_fwd_kernel, x3.shape[0],
+                         (_np(x3), _np(y3), back, ahead, a, kk, mode, nb, one), min_items=64)
+            shape = list(xc.movedim(1, -1).shape)
+            y = y3.reshape(shape).movedim(-1, 1)
+        else:
+            n, c, length = x3.shape
+            block = _ncl_block(c, back + ahead + 1, length)
+            nblocks = -(-length // block)
+            parallel_for(_lrn_ncl_fwd_kernel, n * nblocks,
+                         (_np(x3), _np(y3), back, ahead, a, kk, mode, nb, one, block))
+            y = y3.reshape(xc.shape)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: float,
+            beta: float, k: float, within: bool) -> torch.Tensor:
+    """dx of LRN given dy, recomputing the scale from x (nothing else saved)."""
+    cdt = _compute_dtype(x.dtype)
+    xc = x.detach().to(cdt)
+    dyc = dy.detach().to(cdt)
+    if xc.numel() == 0:
+        return torch.empty_like(x)
+    a, kk, mode, nb, one = _scalars(cdt, alpha, beta, k)
+    coef = (np.float64 if cdt == torch.float64 else np.float32)(2.0 * alpha * beta)
+    if within:
+        xc, dyc = xc.contiguous(), dyc.contiguous()
+        n, c, h, w = xc.shape
+        dx = torch.empty_like(xc)
+        parallel_for(_lrn_within_bwd_kernel, n * c,
+                     (_np(xc).reshape(n * c, h, w), _np(dyc).reshape(n * c, h, w),
+                      _np(dx).reshape(n * c, h, w), back, ahead, a, kk, mode, nb, one, coef))
+    else:
+        layout, x3 = _across_layout(xc)
+        if layout == "nlc":
+            dy3 = dyc.movedim(1, -1).reshape(x3.shape)  # copies only if dy's layout differs
+            dy3 = dy3.contiguous()
+            dx3 = torch.empty_like(x3)
+            parallel_for(_lrn_nlc_bwd_kernel, x3.shape[0],
+                         (_np(x3), _np(dy3), _np(dx3), back, ahead, a, kk, mode, nb, one,
+                          coef), min_items=64)
+            dx = dx3.reshape(list(xc.movedim(1, -1).shape)).movedim(-1, 1)
+        else:
+            n, c, length = x3.shape
+            dy3 = dyc.contiguous().reshape(n, c, length)
+            dx3 = torch.empty_like(x3)
+            block = _ncl_block(c, back + ahead + 1, length)
+            nblocks = -(-length // block)
+            parallel_for(_lrn_ncl_bwd_kernel, n * nblocks,
+                         (_np(x3), _np(dy3), _np(dx3), back, ahead, a, kk, mode, nb, one,
+                          coef, block))
+            dx = dx3.reshape(xc.shape)
+    return dx if dx.dtype == x.dtype else dx.to(x.dtype)

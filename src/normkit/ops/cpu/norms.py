@@ -1,0 +1,463 @@
+r"""Fused numba kernels for LayerNorm, RMSNorm, GroupNorm (InstanceNorm) and BatchNorm.
+
+The op contract is ``docs/ops.md``; the math, with ``x_hat = (x - mean) * rstd`` and
+``g = dy * weight``::
+
+    LayerNorm/GroupNorm  y = x_hat * w + b,   dx = rstd * (g - mean(g) - x_hat * mean(g x_hat))
+    RMSNorm              y = x * rstd * w,    dx = rstd * (g - x_hat * mean(g x_hat)),
+                         rstd = 1 / sqrt(mean(x^2) + eps)
+    BatchNorm            per channel over (N, L); dx = w rstd (dy - sum_dy/M - x_hat sum_dy_xhat/M)
+
+Numerics: inside the kernels every statistic is accumulated in float64, whatever the
+input dtype (the memory traffic, not the arithmetic, bounds these kernels), by two
+passes over a row that sits in cache, or per-row two passes combined by Chan's
+formula for BatchNorm: never E[x^2] - E[x]^2, variance clamped at 0. Saved
+statistics are float32 (float64 for float64 input), as the contract asks.
+
+Determinism: weight/bias gradients are reduced from per-work-item partial buffers
+whose partition depends on the shape only (never on the thread count), summed in a
+fixed order by one serial pass: bitwise identical results for any number of threads.
+``fastmath={"reassoc", "contract"}`` lets LLVM vectorise the reductions (it never
+assumes away inf or NaN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit
+
+from ._pool import parallel_for
+
+__all__ = ["layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
+           "group_norm_fwd", "group_norm_bwd", "batch_norm_stats", "batch_norm_apply",
+           "batch_norm_bwd_reduce", "batch_norm_bwd_apply"]
+
+FM = {"reassoc", "contract"}
+_ROWS_PER_CHUNK = 32  # rows per partial buffer in LayerNorm/RMSNorm backward
+
+
+# --- LayerNorm / RMSNorm: rows of (M, D) ------------------------------------------------
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
+def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
+    # x, y: (M, D); w, b: (D,) float64 or (0,) when absent; mean, rstd: (M,)
+    M, D = x.shape
+    has_w = w.shape[0] > 0
+    has_b = b.shape[0] > 0
+    for r in range(start, stop):
+        m = 0.0
+        if not rms:
+            for i in range(D):
+                m += np.float64(x[r, i])
+            m /= D
+        v = 0.0
+        for i in range(D):
+            d = np.float64(x[r, i]) - m
+            v += d * d
+        v = max(v / D, 0.0)
+        rs = 1.0 / math.sqrt(v + eps)
+        mean[r] = m
+        rstd[r] = rs
+        if has_w and has_b:
+            for i in range(D):
+                y[r, i] = (np.float64(x[r, i]) - m) * rs * w[i] + b[i]
+        elif has_w:
+            for i in range(D):
+                y[r, i] = (np.float64(x[r, i]) - m) * rs * w[i]
+        elif has_b:
+            for i in range(D):
+                y[r, i] = (np.float64(x[r, i]) - m) * rs + b[i]
+        else:
+            for i in range(D):
+                y[r, i] = (np.float64(x[r, i]) - m) * rs
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
+def _layer_norm_bwd_kernel(dy, x, mean, rstd, w, dx, dw_part, db_part, rms, rows_per_chunk,
+                           start, stop):
+    # dy, x, dx: (M, D); mean, rstd: (M,); w: (D,) or (0,); dw_part, db_part: (chunks, D) f64
+    M, D = x.shape
+    has_w = w.shape[0] > 0
+    for chunk in range(start, stop):
+        for i in range(D):
+            dw_part[chunk, i] = 0.0
+            db_part[chunk, i] = 0.0
+        for r in range(chunk * rows_per_chunk, min(M, (chunk + 1) * rows_per_chunk)):
+            m = 0.0 if rms else np.float64(mean[r])
+            rs = np.float64(rstd[r])
+            sum_g = 0.0
+            sum_gx = 0.0
+            for i in range(D):
+                g = np.float64(dy[r, i])
+                xh = (np.float64(x[r, i]) - m) * rs
+                dw_part[chunk, i] += g * xh
+                db_part[chunk, i] += g
+                if has_w:
+                    g *= w[i]
+                sum_g += g
+                sum_gx += g * xh
+            c_g = 0.0 if rms else sum_g / D
+            c_gx = sum_gx / D
+            for i in range(D):
+                g = np.float64(dy[r, i])
+                if has_w:
+                    g *= w[i]
+                xh = (np.float64(x[r, i]) - m) * rs
+                dx[r, i] = rs * (g - c_g - xh * c_gx)
+
+
+# --- GroupNorm: (N, C, L), groups of C // G channels ------------------------------------
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
+def _group_norm_fwd_kernel(x, w, b, y, mean, rstd, groups, eps, start, stop):
+    # x, y: (N, C, L); w, b: (C,) f64 or (0,); mean, rstd: (N * G,); work item = (n, g)
+    N, C, L = x.shape
+    cg = C // groups
+    count = cg * L
+    has_w = w.shape[0] > 0
+    has_b = b.shape[0] > 0
+    for item in range(start, stop):
+        n = item // groups
+        c0 = (item % groups) * cg
+        m = 0.0
+        for c in range(c0, c0 + cg):
+            for i in range(L):
+                m += np.float64(x[n, c, i])
+        m /= count
+        v = 0.0
+        for c in range(c0, c0 + cg):
+            for i in range(L):
+                d = np.float64(x[n, c, i]) - m
+                v += d * d
+        v = max(v / count, 0.0)
+        rs = 1.0 / math.sqrt(v + eps)
+        mean[item] = m
+        rstd[item] = rs
+        for c in range(c0, c0 + cg):
+            a = rs * w[c] if has_w else rs
+            sh = b[c] if has_b else 0.0
+            for i in range(L):
+                y[n, c, i] = (np.float64(x[n, c, i]) - m) * a + sh
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
+def _group_norm_bwd_kernel(dy, x, mean, rstd, w, dx, dw_part, db_part, groups, start, stop):
+    # dy, x, dx: (N, C, L); mean, rstd: (N * G,); dw_part, db_part: (N, C) f64
+    N, C, L = x.shape
+    cg = C // groups
+    count = cg * L
+    has_w = w.shape[0] > 0
+    for item in range(start, stop):
+        n = item // groups
+        c0 = (item % groups) * cg
+        m = np.float64(mean[item])
+        rs = np.float64(rstd[item])
+        sum_g = 0.0
+        sum_gx = 0.0
+        for c in range(c0, c0 + cg):
+            s_dy = 0.0
+            s_dyx = 0.0
+            for i in range(L):
+                g = np.float64(dy[n, c, i])
+                s_dy += g
+                s_dyx += g * (np.float64(x[n, c, i]) - m)
+            dw_part[n, c] = s_dyx * rs
+            db_part[n, c] = s_dy
+            wc = w[c] if has_w else 1.0
+            sum_g += wc * s_dy
+            sum_gx += wc * s_dyx * rs
+        c_g = sum_g / count
+        c_gx = sum_gx / count
+        for c in range(c0, c0 + cg):
+            wc = w[c] if has_w else 1.0
+            a = rs * wc  # dx = a dy + rs (-c_g - x_hat c_gx)
+            bb = -rs * c_g
+            cc = -rs * rs * c_gx
+            for i in range(L):
+                dx[n, c, i] = a * np.float64(dy[n, c, i]) + bb + cc * (np.float64(x[n, c, i]) - m)
+
+
+# --- BatchNorm: per channel over (N, L) -------------------------------------------------
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
+def _batch_norm_stats_kernel(x, mean, var, start, stop):
+    # x: (N, C, L); mean, var: (C,); work item = one channel; rows combined by Chan
+    N, C, L = x.shape
+    for c in range(start, stop):
+        count = 0.0
+        m = 0.0
+        m2 = 0.0
+        for n in range(N):
+            rm = 0.0
+            for i in range(L):
+                rm += np.float64(x[n, c, i])
+            rm /= L
+            rv = 0.0
+            for i in range(L):
+                d = np.float64(x[n, c, i]) - rm
+                rv += d * d
+            total = count + L
+            delta = rm - m
+            m += delta * (L / total)
+            m2 += rv + delta * delta * (count * L / total)
+            count = total
+        mean[c] = m
+        var[c] = max(m2 / count, 0.0)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
+def _batch_norm_apply_kernel(x, mean, rstd, w, b, y, start, stop):
+    # x, y: (N, C, L); mean, rstd: (C,); w, b: (C,) f64 or (0,); work item = row (n, c)
+    N, C, L = x.shape
+    has_w = w.shape[0] > 0
+    has_b = b.shape[0] > 0
+    for item in range(start, stop):
+        n = item // C
+        c = item % C
+        m = np.float64(mean[c])
+        a = np.float64(rstd[c]) * (w[c] if has_w else 1.0)
+        sh = b[c] if has_b else 0.0
+        for i in range(L):
+            y[n, c, i] = (np.float64(x[n, c, i]) - m) * a + sh
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
+def _batch_norm_bwd_reduce_kernel(dy, x, mean, rstd, sum_dy, sum_dy_xhat, start, stop):
+    # dy, x: (N, C, L); mean, rstd, sum_dy, sum_dy_xhat: (C,); work item = one channel
+    N, C, L = x.shape
+    for c in range(start, stop):
+        m = np.float64(mean[c])
+        s_dy = 0.0
+        s_dyx = 0.0
+        for n in range(N):
+            r_dy = 0.0  # per-row partials keep long channels accurate
+            r_dyx = 0.0
+            for i in range(L):
+                g = np.float64(dy[n, c, i])
+                r_dy += g
+                r_dyx += g * (np.float64(x[n, c, i]) - m)
+            s_dy += r_dy
+            s_dyx += r_dyx
+        sum_dy[c] = s_dy
+        sum_dy_xhat[c] = s_dyx * np.float64(rstd[c])
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
+def _batch_norm_bwd_apply_kernel(dy, x, mean, rstd, w, sum_dy, sum_dy_xhat, count, dx,
+                                 start, stop):
+    # dy, x, dx: (N, C, L); per-channel vectors (C,); work item = row (n, c)
+    N, C, L = x.shape
+    has_w = w.shape[0] > 0
+    for item in range(start, stop):
+        n = item // C
+        c = item % C
+        m = np.float64(mean[c])
+        rs = np.float64(rstd[c])
+        a = rs * (w[c] if has_w else 1.0)
+        bb = -a * np.float64(sum_dy[c]) / count
+        cc = -a * rs * np.float64(sum_dy_xhat[c]) / count
+        for i in range(L):
+            dx[n, c, i] = a * np.float64(dy[n, c, i]) + bb + cc * (np.float64(x[n, c, i]) - m)
+
+
+# --- launchers ---------------------------------------------------------------------------
+
+def _cdt(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def _in(t: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
+    """A contiguous compute-dtype copy only when needed."""
+    return t.detach().to(cdt).contiguous()
+
+
+def _vec(t, n: int, name: str) -> np.ndarray:
+    """Per-feature parameter as a float64 array, or an empty one when absent."""
+    if t is None:
+        return np.empty(0, np.float64)
+    if t.numel() != n:
+        raise ValueError(f"{name} must have {n} elements (one per feature), got shape "
+                         f"{tuple(t.shape)}; pass a ({n},) tensor or None")
+    return t.detach().to("cpu", torch.float64).contiguous().reshape(n).numpy()
+
+
+def _out(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _as_mcl(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, *) -> (N, C, L) view of a contiguous tensor."""
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def layer_norm_fwd(x, weight, bias, eps):
+    """LayerNorm over the last dim: ``(y, mean, rstd)``; x: (M, D) (any leading dims)."""
+    cdt = _cdt(x.dtype)
+    xc = _in(x, cdt)
+    d = x.shape[-1]
+    x2 = xc.reshape(-1, d)
+    y = torch.empty_like(x2)
+    mean = torch.empty(x2.shape[0], dtype=cdt)
+    rstd = torch.empty(x2.shape[0], dtype=cdt)
+    if x2.numel():
+        parallel_for(_layer_norm_fwd_kernel, x2.shape[0],
+                     (_np(x2), _vec(weight, d, "weight"), _vec(bias, d, "bias"), _np(y),
+                      _np(mean), _np(rstd), float(eps), False), min_items=8)
+    lead = x.shape[:-1]
+    return _out(y.reshape(x.shape), x.dtype), mean.reshape(lead), rstd.reshape(lead)
+
+
+def _rowwise_bwd(dy, x, mean, rstd, weight, rms):
+    cdt = _cdt(x.dtype)
+    d = x.shape[-1]
+    x2 = _in(x, cdt).reshape(-1, d)
+    dy2 = _in(dy, cdt).reshape(-1, d)
+    m = x2.shape[0]
+    mean_np = _np(_in(mean, cdt).reshape(-1)) if mean is not None else np.empty(0, np.float64)
+    rstd_np = _np(_in(rstd, cdt).reshape(-1))
+    dx = torch.empty_like(x2)
+    chunks = max(1, -(-m // _ROWS_PER_CHUNK))
+    dw_part = np.zeros((chunks, d), np.float64)
+    db_part = np.zeros((chunks, d), np.float64)
+    if x2.numel():
+        parallel_for(_layer_norm_bwd_kernel, chunks,
+                     (_np(dy2), _np(x2), mean_np, rstd_np, _vec(weight, d, "weight"), _np(dx),
+                      dw_part, db_part, rms, _ROWS_PER_CHUNK))
+    wdt = weight.dtype if weight is not None else x.dtype
+    dweight = torch.from_numpy(dw_part.sum(axis=0)).to(wdt) if weight is not None else None
+    dbias = torch.from_numpy(db_part.sum(axis=0)).to(wdt)
+    return _out(dx.reshape(x.shape), x.dtype), dweight, dbias
+
+
+def layer_norm_bwd(dy, x, mean, rstd, weight):
+    """``(dx, dweight, dbias)``; dweight is None without weight, dbias = column sums of dy."""
+    return _rowwise_bwd(dy, x, mean, rstd, weight, False)
+
+
+def rms_norm_fwd(x, weight, eps):
+    """RMSNorm over the last dim: ``(y, rstd)`` with rstd = 1/sqrt(mean(x^2) + eps)."""
+    cdt = _cdt(x.dtype)
+    xc = _in(x, cdt)
+    d = x.shape[-1]
+    x2 = xc.reshape(-1, d)
+    y = torch.empty_like(x2)
+    mean = torch.empty(x2.shape[0], dtype=cdt)  # stays 0: RMSNorm does not centre
+    rstd = torch.empty(x2.shape[0], dtype=cdt)
+    if x2.numel():
+        parallel_for(_layer_norm_fwd_kernel, x2.shape[0],
+                     (_np(x2), _vec(weight, d, "weight"), np.empty(0, np.float64), _np(y),
+                      _np(mean), _np(rstd), float(eps), True), min_items=8)
+    return _out(y.reshape(x.shape), x.dtype), rstd.reshape(x.shape[:-1])
+
+
+def rms_norm_bwd(dy, x, rstd, weight):
+    """``(dx, dweight)``; dweight is None without weight."""
+    dx, dweight, _ = _rowwise_bwd(dy, x, None, rstd, weight, True)
+    return dx, dweight
+
+
+def _check_groups(c: int, groups: int) -> None:
+    if groups < 1 or c % groups:
+        raise ValueError(f"GroupNorm: num_channels ({c}) must be divisible by num_groups "
+                         f"({groups}); choose num_groups dividing {c}")
+
+
+def group_norm_fwd(x, weight, bias, num_groups, eps):
+    """GroupNorm: ``(y, mean, rstd)``; x: (N, C, *); mean, rstd: (N, G)."""
+    cdt = _cdt(x.dtype)
+    n, c = x.shape[0], x.shape[1]
+    _check_groups(c, num_groups)
+    x3 = _as_mcl(_in(x, cdt))
+    y = torch.empty_like(x3)
+    mean = torch.empty(n, num_groups, dtype=cdt)
+    rstd = torch.empty(n, num_groups, dtype=cdt)
+    if x3.numel():
+        parallel_for(_group_norm_fwd_kernel, n * num_groups,
+                     (_np(x3), _vec(weight, c, "weight"), _vec(bias, c, "bias"), _np(y),
+                      _np(mean).reshape(-1), _np(rstd).reshape(-1), num_groups, float(eps)))
+    return _out(y.reshape(x.shape), x.dtype), mean, rstd
+
+
+def group_norm_bwd(dy, x, mean, rstd, weight, num_groups):
+    """``(dx, dweight, dbias)`` of GroupNorm (InstanceNorm: num_groups = C)."""
+    cdt = _cdt(x.dtype)
+    n, c = x.shape[0], x.shape[1]
+    _check_groups(c, num_groups)
+    x3 = _as_mcl(_in(x, cdt))
+    dy3 = _as_mcl(_in(dy, cdt))
+    dx = torch.empty_like(x3)
+    dw_part = np.zeros((n, c), np.float64)
+    db_part = np.zeros((n, c), np.float64)
+    if x3.numel():
+        parallel_for(_group_norm_bwd_kernel, n * num_groups,
+                     (_np(dy3), _np(x3), _np(_in(mean, cdt)).reshape(-1),
+                      _np(_in(rstd, cdt)).reshape(-1), _vec(weight, c, "weight"), _np(dx),
+                      dw_part, db_part, num_groups))
+    wdt = weight.dtype if weight is not None else x.dtype
+    dweight = torch.from_numpy(dw_part.sum(axis=0)).to(wdt) if weight is not None else None
+    dbias = torch.from_numpy(db_part.sum(axis=0)).to(wdt)
+    return _out(dx.reshape(x.shape), x.dtype), dweight, dbias
+
+
+def batch_norm_stats(x):
+    """Per-channel ``(mean, var)`` (biased) over all dims but 1; x: (N, C, *)."""
+    cdt = _cdt(x.dtype)
+    x3 = _as_mcl(_in(x, cdt))
+    c = x3.shape[1]
+    mean = torch.empty(c, dtype=cdt)
+    var = torch.empty(c, dtype=cdt)
+    if x3.shape[0] * x3.shape[2] == 0:
+        raise ValueError(f"BatchNorm: needs at least one value per channel, got input shape "
+                         f"{tuple(x.shape)}; use a non-empty batch")
+    parallel_for(_batch_norm_stats_kernel, c, (_np(x3), _np(mean), _np(var)))
+    return mean, var
+
+
+def batch_norm_apply(x, mean, rstd, weight, bias):
+    """y = (x - mean) * rstd * weight + bias per channel (training and eval)."""
+    cdt = _cdt(x.dtype)
+    x3 = _as_mcl(_in(x, cdt))
+    n, c, _ = x3.shape
+    y = torch.empty_like(x3)
+    if x3.numel():
+        parallel_for(_batch_norm_apply_kernel, n * c,
+                     (_np(x3), _np(_in(mean, cdt)), _np(_in(rstd, cdt)),
+                      _vec(weight, c, "weight"), _vec(bias, c, "bias"), _np(y)), min_items=4)
+    return _out(y.reshape(x.shape), x.dtype)
+
+
+def batch_norm_bwd_reduce(dy, x, mean, rstd):
+    """Per-channel ``(sum_dy, sum_dy_xhat)`` (what SyncBatchNorm all-reduces)."""
+    cdt = _cdt(x.dtype)
+    x3 = _as_mcl(_in(x, cdt))
+    dy3 = _as_mcl(_in(dy, cdt))
+    c = x3.shape[1]
+    sum_dy = torch.empty(c, dtype=cdt)
+    sum_dy_xhat = torch.empty(c, dtype=cdt)
+    parallel_for(_batch_norm_bwd_reduce_kernel, c,
+                 (_np(dy3), _np(x3), _np(_in(mean, cdt)), _np(_in(rstd, cdt)), _np(sum_dy),
+                  _np(sum_dy_xhat)))
+    return sum_dy, sum_dy_xhat
+
+
+def batch_norm_bwd_apply(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count):
+    """dx = w rstd (dy - sum_dy/count - x_hat sum_dy_xhat/count)."""
+    cdt = _cdt(x.dtype)
+    x3 = _as_mcl(_in(x, cdt))
+    dy3 = _as_mcl(_in(dy, cdt))
+    n, c, _ = x3.shape
+    dx = torch.empty_like(x3)
+    count = float(count.item() if isinstance(count, torch.Tensor) else count)
+    if x3.numel():
+        parallel_for(_batch_norm_bwd_apply_kernel, n * c,
+                     (_np(dy3), _np(x3), _np(_in(mean, cdt)), _np(_in(rstd, cdt)),
+                      _vec(weight, c, "weight"), _np(_in(sum_dy, cdt)),
+                      _np(_in(sum_dy_xhat, cdt)), count, _np(dx)), min_items=4)
+    return _out(dx.reshape(x.shape), x.dtype)
