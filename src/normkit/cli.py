@@ -15,6 +15,7 @@ import sys
 # name -> (module, one-line help). Add a subcommand by adding one line here.
 SUBCOMMANDS = {
     "check": ("normkit.check", "conformance report of normkit against every installed peer"),
+    "bench": ("normkit.bench", "time normkit's backends against torch eager (ratios, GB/s, CSV)"),
 }
 
 
