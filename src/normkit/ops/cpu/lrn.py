@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from numba import njit
 
+from . import _alloc
 from ._pool import parallel_for
 
 __all__ = ["lrn_fwd", "lrn_bwd", "beta_mode"]
@@ -330,13 +331,13 @@ def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k
     if within:
         xc = xc.contiguous()
         n, c, h, w = xc.shape
-        y = torch.empty_like(xc)
+        y = _alloc.empty_like(xc)
         parallel_for(_lrn_within_fwd_kernel, n * c,
                      (_np(xc).reshape(n * c, h, w), _np(y).reshape(n * c, h, w), back, ahead,
                       a, kk, mode, nb, one))
     else:
         layout, x3 = _across_layout(xc)
-        y3 = torch.empty_like(x3)
+        y3 = _alloc.empty_like(x3)
         if layout == "nlc":
             parallel_for(_lrn_nlc_fwd_kernel, x3.shape[0],
                          (_np(x3), _np(y3), back, ahead, a, kk, mode, nb, one), min_items=64)
@@ -365,7 +366,7 @@ def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: flo
     if within:
         xc, dyc = xc.contiguous(), dyc.contiguous()
         n, c, h, w = xc.shape
-        dx = torch.empty_like(xc)
+        dx = _alloc.empty_like(xc)
         parallel_for(_lrn_within_bwd_kernel, n * c,
                      (_np(xc).reshape(n * c, h, w), _np(dyc).reshape(n * c, h, w),
                       _np(dx).reshape(n * c, h, w), back, ahead, a, kk, mode, nb, one, coef))
@@ -374,7 +375,7 @@ def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: flo
         if layout == "nlc":
             dy3 = dyc.movedim(1, -1).reshape(x3.shape)  # copies only if dy's layout differs
             dy3 = dy3.contiguous()
-            dx3 = torch.empty_like(x3)
+            dx3 = _alloc.empty_like(x3)
             parallel_for(_lrn_nlc_bwd_kernel, x3.shape[0],
                          (_np(x3), _np(dy3), _np(dx3), back, ahead, a, kk, mode, nb, one,
                           coef), min_items=64)
@@ -382,7 +383,7 @@ def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: flo
         else:
             n, c, length = x3.shape
             dy3 = dyc.contiguous().reshape(n, c, length)
-            dx3 = torch.empty_like(x3)
+            dx3 = _alloc.empty_like(x3)
             block = _ncl_block(c, back + ahead + 1, length)
             nblocks = -(-length // block)
             parallel_for(_lrn_ncl_bwd_kernel, n * nblocks,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from numba import njit
 
+from . import _alloc
 from ._pool import parallel_for
 
 __all__ = ["layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
@@ -303,7 +304,7 @@ def layer_norm_fwd(x, weight, bias, eps):
     xc = _in(x, cdt)
     d = x.shape[-1]
     x2 = xc.reshape(-1, d)
-    y = torch.empty_like(x2)
+    y = _alloc.empty_like(x2)
     mean = torch.empty(x2.shape[0], dtype=cdt)
     rstd = torch.empty(x2.shape[0], dtype=cdt)
     if x2.numel():
@@ -322,7 +323,7 @@ def _rowwise_bwd(dy, x, mean, rstd, weight, rms):
     m = x2.shape[0]
     mean_np = _np(_in(mean, cdt).reshape(-1)) if mean is not None else np.empty(0, np.float64)
     rstd_np = _np(_in(rstd, cdt).reshape(-1))
-    dx = torch.empty_like(x2)
+    dx = _alloc.empty_like(x2)
     chunks = max(1, -(-m // _ROWS_PER_CHUNK))
     dw_part = np.zeros((chunks, d), np.float64)
     db_part = np.zeros((chunks, d), np.float64)
@@ -347,7 +348,7 @@ def rms_norm_fwd(x, weight, eps):
     xc = _in(x, cdt)
     d = x.shape[-1]
     x2 = xc.reshape(-1, d)
-    y = torch.empty_like(x2)
+    y = _alloc.empty_like(x2)
     mean = torch.empty(x2.shape[0], dtype=cdt)  # stays 0: RMSNorm does not centre
     rstd = torch.empty(x2.shape[0], dtype=cdt)
     if x2.numel():
@@ -375,7 +376,7 @@ def group_norm_fwd(x, weight, bias, num_groups, eps):
     n, c = x.shape[0], x.shape[1]
     _check_groups(c, num_groups)
     x3 = _as_mcl(_in(x, cdt))
-    y = torch.empty_like(x3)
+    y = _alloc.empty_like(x3)
     mean = torch.empty(n, num_groups, dtype=cdt)
     rstd = torch.empty(n, num_groups, dtype=cdt)
     if x3.numel():
@@ -392,7 +393,7 @@ def group_norm_bwd(dy, x, mean, rstd, weight, num_groups):
     _check_groups(c, num_groups)
     x3 = _as_mcl(_in(x, cdt))
     dy3 = _as_mcl(_in(dy, cdt))
-    dx = torch.empty_like(x3)
+    dx = _alloc.empty_like(x3)
     dw_part = np.zeros((n, c), np.float64)
     db_part = np.zeros((n, c), np.float64)
     if x3.numel():
@@ -425,7 +426,7 @@ def batch_norm_apply(x, mean, rstd, weight, bias):
     cdt = _cdt(x.dtype)
     x3 = _as_mcl(_in(x, cdt))
     n, c, _ = x3.shape
-    y = torch.empty_like(x3)
+    y = _alloc.empty_like(x3)
     if x3.numel():
         parallel_for(_batch_norm_apply_kernel, n * c,
                      (_np(x3), _np(_in(mean, cdt)), _np(_in(rstd, cdt)),
@@ -453,7 +454,7 @@ def batch_norm_bwd_apply(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count):
     x3 = _as_mcl(_in(x, cdt))
     dy3 = _as_mcl(_in(dy, cdt))
     n, c, _ = x3.shape
-    dx = torch.empty_like(x3)
+    dx = _alloc.empty_like(x3)
     count = float(count.item() if isinstance(count, torch.Tensor) else count)
     if x3.numel():
         parallel_for(_batch_norm_bwd_apply_kernel, n * c,
