@@ -24,6 +24,7 @@ items write per-item partials that one serial pass sums in a fixed order.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
@@ -34,6 +35,7 @@ import torch
 __all__ = ["num_threads", "parallel_for", "reset_after_fork"]
 
 ENV_THREADS = "NORMKIT_NUM_THREADS"
+_CHUNKS_PER_THREAD = 4
 
 
 def num_threads() -> int:
@@ -120,6 +122,9 @@ def parallel_for(kernel: Callable, total: int, args: Sequence, min_items: int = 
 
     ``kernel`` must be a ``nogil`` numba function whose chunks are independent.
     ``min_items``: fewest work items worth a thread (small calls stay serial).
+    The range is cut into a few chunks per thread that the threads pull from a
+    shared counter, so a thread the OS descheduled (a busy, shared machine) holds
+    up one small chunk, not half of the work.
     """
     if total <= 0:
         return
@@ -130,15 +135,24 @@ def parallel_for(kernel: Callable, total: int, args: Sequence, min_items: int = 
     if threads <= 1:
         kernel(*args, 0, total)
         return
-    ranges = split(total, threads)
+    ranges = split(total, threads * _CHUNKS_PER_THREAD)
+    counter = itertools.count()  # next() is atomic under the GIL
+
+    def drain() -> None:
+        while True:
+            i = next(counter)
+            if i >= len(ranges):
+                return
+            kernel(*args, *ranges[i])
+
     pool = _get_pool(threads - 1)
     pending = []
-    for start, stop in ranges[1:]:
+    for _ in range(threads - 1):
         done = _Done()
-        pool.tasks.put((kernel, (*args, start, stop), done))
+        pool.tasks.put((drain, (), done))
         pending.append(done)
     try:
-        kernel(*args, *ranges[0])
+        drain()
     finally:
         for done in pending:
             done.wait()
