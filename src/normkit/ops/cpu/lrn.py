@@ -160,51 +160,75 @@ def _window_shifts(buf, width, s, n):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _lrn_nlc_fwd_kernel(x, y, back, ahead, alpha, k, mode, neg_beta, one, start, stop):
-    # x, y: (R, C) contiguous rows (R = N * L); work item = one row
+def _lrn_nlc_fwd_kernel(x, y, back, ahead, alpha, k, mode, neg_beta, one, rows, start, stop):
+    # x, y: (R, C) contiguous rows (R = N * L); work item = a block of ``rows`` rows.
+    # The block's squares sit in one flat buffer, each row padded by width - 1 zeros, so
+    # one long shifted sum serves every row (C-long loops would be all overhead).
     R, C = x.shape
     width = back + ahead + 1
-    sq = np.zeros(C + width - 1, x.dtype)  # [back, back + C) = x^2, zero pads
-    s = np.empty(C, x.dtype)
-    p = np.empty(C, x.dtype)
-    for r in range(start, stop):
-        xr = x[r]
-        yr = y[r]
-        for c in range(C):
-            sq[back + c] = xr[c] * xr[c]
-        _window_shifts(sq, width, s, C)
-        for c in range(C):
-            s[c] = k + alpha * s[c]
-        _neg_pow_row(s, p, C, mode, neg_beta, one)
-        for c in range(C):
-            yr[c] = xr[c] * p[c]
+    seg = C + width - 1
+    sq = np.zeros(rows * seg, x.dtype)  # row r: x^2 at [r*seg + back, r*seg + back + C)
+    s = np.empty(rows * seg, x.dtype)
+    p = np.empty(rows * seg, x.dtype)
+    for item in range(start, stop):
+        r0 = item * rows
+        nr = min(R, r0 + rows) - r0
+        for r in range(nr):
+            xr = x[r0 + r]
+            o = r * seg + back
+            for c in range(C):
+                sq[o + c] = xr[c] * xr[c]
+        n = nr * seg - (width - 1)  # s[r*seg + c] (c < C) is row r's window sum
+        _window_shifts(sq, width, s, n)
+        for i in range(n):
+            s[i] = k + alpha * s[i]
+        _neg_pow_row(s, p, n, mode, neg_beta, one)
+        for r in range(nr):
+            xr = x[r0 + r]
+            yr = y[r0 + r]
+            o = r * seg
+            for c in range(C):
+                yr[c] = xr[c] * p[o + c]
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _lrn_nlc_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, coef,
+def _lrn_nlc_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, coef, rows,
                         start, stop):
-    # x, dy, dx: (R, C) contiguous rows
+    # x, dy, dx: (R, C) contiguous rows; flat padded buffers as in the forward
     R, C = x.shape
     width = back + ahead + 1
-    sq = np.zeros(C + width - 1, x.dtype)
-    t = np.zeros(C + width - 1, x.dtype)  # [ahead, ahead + C) = dy x s^(-beta-1)
-    s = np.empty(C, x.dtype)
-    p = np.empty(C, x.dtype)
-    for r in range(start, stop):
-        xr = x[r]
-        dyr = dy[r]
-        dxr = dx[r]
-        for c in range(C):
-            sq[back + c] = xr[c] * xr[c]
-        _window_shifts(sq, width, s, C)
-        for c in range(C):
-            s[c] = k + alpha * s[c]
-        _neg_pow_row(s, p, C, mode, neg_beta, one)
-        for c in range(C):
-            t[ahead + c] = dyr[c] * xr[c] * p[c] / s[c]
-        _window_shifts(t, width, s, C)
-        for c in range(C):
-            dxr[c] = dyr[c] * p[c] - coef * xr[c] * s[c]
+    seg = C + width - 1
+    sq = np.zeros(rows * seg, x.dtype)  # x^2 at [r*seg + back, +C)
+    t = np.zeros(rows * seg, x.dtype)  # dy x s^(-beta-1) at [r*seg + ahead, +C)
+    s = np.empty(rows * seg, x.dtype)
+    p = np.empty(rows * seg, x.dtype)
+    for item in range(start, stop):
+        r0 = item * rows
+        nr = min(R, r0 + rows) - r0
+        for r in range(nr):
+            xr = x[r0 + r]
+            o = r * seg + back
+            for c in range(C):
+                sq[o + c] = xr[c] * xr[c]
+        n = nr * seg - (width - 1)
+        _window_shifts(sq, width, s, n)
+        for i in range(n):
+            s[i] = k + alpha * s[i]
+        _neg_pow_row(s, p, n, mode, neg_beta, one)
+        for r in range(nr):
+            xr = x[r0 + r]
+            dyr = dy[r0 + r]
+            o = r * seg
+            for c in range(C):
+                t[o + ahead + c] = dyr[c] * xr[c] * p[o + c] / s[o + c]
+        _window_shifts(t, width, s, n)  # adjoint window (t is padded the mirrored way)
+        for r in range(nr):
+            xr = x[r0 + r]
+            dyr = dy[r0 + r]
+            dxr = dx[r0 + r]
+            o = r * seg
+            for c in range(C):
+                dxr[c] = dyr[c] * p[o + c] - coef * xr[c] * s[o + c]
 
 
 # --- within a channel: (N*C, H, W) planes -------------------------------------------------
@@ -320,6 +344,10 @@ def _ncl_block(c: int, width: int, length: int) -> int:
     return min(block, length) if length > 0 else 1
 
 
+def _nlc_rows(c: int, width: int) -> int:
+    return max(1, (_BUFFER_ELEMS // 8) // (c + width - 1))
+
+
 def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float,
             within: bool) -> torch.Tensor:
     """y = x * (k + alpha * S)^-beta with fused numba kernels (see the module docstring)."""
@@ -339,8 +367,9 @@ def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k
         layout, x3 = _across_layout(xc)
         y3 = _alloc.empty_like(x3)
         if layout == "nlc":
-            parallel_for(_lrn_nlc_fwd_kernel, x3.shape[0],
-                         (_np(x3), _np(y3), back, ahead, a, kk, mode, nb, one), min_items=64)
+            rows = _nlc_rows(x3.shape[1], back + ahead + 1)
+            parallel_for(_lrn_nlc_fwd_kernel, -(-x3.shape[0] // rows),
+                         (_np(x3), _np(y3), back, ahead, a, kk, mode, nb, one, rows))
             shape = list(xc.movedim(1, -1).shape)
             y = y3.reshape(shape).movedim(-1, 1)
         else:
@@ -376,9 +405,10 @@ def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: flo
             dy3 = dyc.movedim(1, -1).reshape(x3.shape)  # copies only if dy's layout differs
             dy3 = dy3.contiguous()
             dx3 = _alloc.empty_like(x3)
-            parallel_for(_lrn_nlc_bwd_kernel, x3.shape[0],
+            rows = _nlc_rows(x3.shape[1], back + ahead + 1)
+            parallel_for(_lrn_nlc_bwd_kernel, -(-x3.shape[0] // rows),
                          (_np(x3), _np(dy3), _np(dx3), back, ahead, a, kk, mode, nb, one,
-                          coef), min_items=64)
+                          coef, rows))
             dx = dx3.reshape(list(xc.movedim(1, -1).shape)).movedim(-1, 1)
         else:
             n, c, length = x3.shape
