@@ -431,7 +431,7 @@ def main(args) -> int:
         "torch_version": torch.__version__, "numba_version": _version("numba"),
         "triton_version": _version("triton"), "threads": args.threads,
         "allocator": allocator_description(), "dtype": args.dtype,
-        "copy_gbps": f"{copy_gbps:.2f}",
+        "copy_gbps": f"{copy_gbps:.4g}",
     }
     print(f"normkit bench on {common['device_name']} ({args.device}), {args.threads} threads, "
           f"torch {torch.__version__}, numba {common['numba_version']}, "
@@ -457,10 +457,10 @@ def main(args) -> int:
                     mem = peak_extra_memory(case, impl.name, args.threads, args.dtype)
                 row = dict(common, layer=case.layer, shape="x".join(map(str, case.shape)),
                            params=case.params, **{"pass": pass_name}, impl=impl.name,
-                           median_ms=f"{ms:.3f}", repeats=repeats,
-                           torch_ms=f"{torch_ms:.3f}" if torch_ms else "",
-                           ratio_vs_torch=f"{torch_ms / ms:.2f}" if torch_ms else "",
-                           gbps=f"{gbps:.2f}", frac_copy_bw=f"{gbps / copy_gbps:.3f}",
+                           median_ms=f"{ms:.4g}", repeats=repeats,
+                           torch_ms=f"{torch_ms:.4g}" if torch_ms else "",
+                           ratio_vs_torch=f"{torch_ms / ms:.3g}" if torch_ms else "",
+                           gbps=f"{gbps:.4g}", frac_copy_bw=f"{gbps / copy_gbps:.4g}",
                            peak_extra_mem_x_input="" if mem is None else f"{mem:.2f}")
                 rows.append(row)
                 print(f"{case.layer:<13}{row['shape']:<20}{case.params:<22}{pass_name:<8}"
