@@ -29,5 +29,7 @@ class LocalResponseNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         (x,) = ctx.saved_tensors
-        dx = library.lrn_bwd(x, dy.contiguous(), *ctx.params, ctx.backend)
+        # dy as it comes: each backend makes the layout it needs (a channels-last dy made
+        # contiguous here would be copied back to channels-last by the cpu kernel)
+        dx = library.lrn_bwd(x, dy, *ctx.params, ctx.backend)
         return dx, None, None, None, None, None, None, None
