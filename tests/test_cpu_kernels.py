@@ -454,3 +454,16 @@ def test_atol_floor_is_tight_for_float32_lrn():
     ours = local_response_norm(x, 5, 1e-2, backend="cpu")
     theirs = F.local_response_norm(x, 5, 1e-2)
     assert max_err(ours, ref) <= 2 * max_err(theirs, ref) + ATOL[torch.float32] * 1e-3
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lrn_backward_with_expanded_grad_from_sum(channels_last):
+    # y.sum().backward() hands backward a stride-0 dy
+    x = randn(2, 6, 4, 4, seed=83)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ours = x.clone().requires_grad_()
+    local_response_norm(ours, 5, backend="cpu").sum().backward()
+    theirs = x.clone().requires_grad_()
+    F.local_response_norm(theirs, 5).sum().backward()
+    assert max_err(ours.grad, theirs.grad) < 1e-13
