@@ -422,7 +422,27 @@ def _nlc_rows(c: int, width: int) -> int:
 
 def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float,
             within: bool) -> torch.Tensor:
-    """y = x * (k + alpha * S)^-beta with fused numba kernels (see the module docstring)."""
+    """LRN forward with fused numba kernels: ``y = x * (k + alpha * S)^-beta``.
+
+    ``S`` is the direct sum of ``x^2`` over channels ``[c - back, c + ahead]`` (or the
+    box ``[h - back, h + ahead] x [w - back, w + ahead]`` when ``within``), zero padded.
+
+    Args:
+        x: input, channels on dim 1.
+        back, ahead: window reach before / after the centre (canonical form).
+        alpha: coefficient of the window sum (the framework's alpha / D).
+        beta: exponent; 1/2, 3/4 and 1 take exact fast paths.
+        k: additive constant.
+        within: spatial box instead of a channel window.
+
+    Shape:
+        x: (N, C, *) across, (N, C, H, W) within; y like x (channels-last input gives a
+        channels-last y). float16/bfloat16 are computed in float32.
+
+    Example::
+
+        >>> y = lrn_fwd(torch.randn(2, 8, 5, 5), 2, 2, 1e-4 / 5, 0.75, 1.0, False)
+    """
     cdt = _compute_dtype(x.dtype)
     xc = x.detach().to(cdt)
     if xc.numel() == 0:
@@ -456,7 +476,22 @@ def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k
 
 def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: float,
             beta: float, k: float, within: bool) -> torch.Tensor:
-    """dx of LRN given dy, recomputing the scale from x (nothing else saved)."""
+    """LRN backward: dx given dy, recomputing the scale from x (nothing else is saved).
+
+    ``dx_j = dy_j s_j^-beta - 2 alpha beta x_j sum_{c = j-ahead}^{j+back} dy_c x_c s_c^(-beta-1)``
+
+    Args:
+        x: the forward input; dy: gradient of the output (any layout, like x's shape).
+        back, ahead, alpha, beta, k, within: as in :func:`lrn_fwd`.
+
+    Shape:
+        dx like x.
+
+    Example::
+
+        >>> x = torch.randn(2, 8, 5, 5)
+        >>> dx = lrn_bwd(x, torch.ones_like(x), 2, 2, 1e-4 / 5, 0.75, 1.0, False)
+    """
     cdt = _compute_dtype(x.dtype)
     xc = x.detach().to(cdt)
     dyc = dy.detach().to(cdt)
