@@ -41,6 +41,8 @@ _ROWS_PER_CHUNK = 32  # rows per partial buffer in LayerNorm/RMSNorm backward
 
 
 # --- LayerNorm / RMSNorm: rows of (M, D) ------------------------------------------------
+# Loops run over 1-D row slices (xr = x[r]): numba's 2-D/3-D element indexing keeps a
+# stride multiply and a wraparound test per element that blocks vectorisation.
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
@@ -49,14 +51,16 @@ def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
     has_w = w.shape[0] > 0
     has_b = b.shape[0] > 0
     for r in range(start, stop):
+        xr = x[r]
+        yr = y[r]
         m = 0.0
         if not rms:
             for i in range(D):
-                m += np.float64(x[r, i])
+                m += np.float64(xr[i])
             m /= D
         v = 0.0
         for i in range(D):
-            d = np.float64(x[r, i]) - m
+            d = np.float64(xr[i]) - m
             v += d * d
         v = max(v / D, 0.0)
         rs = 1.0 / math.sqrt(v + eps)
@@ -64,16 +68,16 @@ def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
         rstd[r] = rs
         if has_w and has_b:
             for i in range(D):
-                y[r, i] = (np.float64(x[r, i]) - m) * rs * w[i] + b[i]
+                yr[i] = (np.float64(xr[i]) - m) * rs * w[i] + b[i]
         elif has_w:
             for i in range(D):
-                y[r, i] = (np.float64(x[r, i]) - m) * rs * w[i]
+                yr[i] = (np.float64(xr[i]) - m) * rs * w[i]
         elif has_b:
             for i in range(D):
-                y[r, i] = (np.float64(x[r, i]) - m) * rs + b[i]
+                yr[i] = (np.float64(xr[i]) - m) * rs + b[i]
         else:
             for i in range(D):
-                y[r, i] = (np.float64(x[r, i]) - m) * rs
+                yr[i] = (np.float64(xr[i]) - m) * rs
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
@@ -83,31 +87,45 @@ def _layer_norm_bwd_kernel(dy, x, mean, rstd, w, dx, dw_part, db_part, rms, rows
     M, D = x.shape
     has_w = w.shape[0] > 0
     for chunk in range(start, stop):
+        dwp = dw_part[chunk]
+        dbp = db_part[chunk]
         for i in range(D):
-            dw_part[chunk, i] = 0.0
-            db_part[chunk, i] = 0.0
+            dwp[i] = 0.0
+            dbp[i] = 0.0
         for r in range(chunk * rows_per_chunk, min(M, (chunk + 1) * rows_per_chunk)):
+            xr = x[r]
+            dyr = dy[r]
+            dxr = dx[r]
             m = 0.0 if rms else np.float64(mean[r])
             rs = np.float64(rstd[r])
             sum_g = 0.0
             sum_gx = 0.0
-            for i in range(D):
-                g = np.float64(dy[r, i])
-                xh = (np.float64(x[r, i]) - m) * rs
-                dw_part[chunk, i] += g * xh
-                db_part[chunk, i] += g
-                if has_w:
-                    g *= w[i]
-                sum_g += g
-                sum_gx += g * xh
+            if has_w:
+                for i in range(D):
+                    g = np.float64(dyr[i])
+                    xh = (np.float64(xr[i]) - m) * rs
+                    dwp[i] += g * xh
+                    dbp[i] += g
+                    gw = g * w[i]
+                    sum_g += gw
+                    sum_gx += gw * xh
+            else:
+                for i in range(D):
+                    g = np.float64(dyr[i])
+                    xh = (np.float64(xr[i]) - m) * rs
+                    dbp[i] += g
+                    sum_g += g
+                    sum_gx += g * xh
             c_g = 0.0 if rms else sum_g / D
             c_gx = sum_gx / D
-            for i in range(D):
-                g = np.float64(dy[r, i])
-                if has_w:
-                    g *= w[i]
-                xh = (np.float64(x[r, i]) - m) * rs
-                dx[r, i] = rs * (g - c_g - xh * c_gx)
+            if has_w:
+                for i in range(D):
+                    xh = (np.float64(xr[i]) - m) * rs
+                    dxr[i] = rs * (np.float64(dyr[i]) * w[i] - c_g - xh * c_gx)
+            else:
+                for i in range(D):
+                    xh = (np.float64(xr[i]) - m) * rs
+                    dxr[i] = rs * (np.float64(dyr[i]) - c_g - xh * c_gx)
 
 
 # --- GroupNorm: (N, C, L), groups of C // G channels ------------------------------------
@@ -125,13 +143,15 @@ def _group_norm_fwd_kernel(x, w, b, y, mean, rstd, groups, eps, start, stop):
         c0 = (item % groups) * cg
         m = 0.0
         for c in range(c0, c0 + cg):
+            xr = x[n, c]
             for i in range(L):
-                m += np.float64(x[n, c, i])
+                m += np.float64(xr[i])
         m /= count
         v = 0.0
         for c in range(c0, c0 + cg):
+            xr = x[n, c]
             for i in range(L):
-                d = np.float64(x[n, c, i]) - m
+                d = np.float64(xr[i]) - m
                 v += d * d
         v = max(v / count, 0.0)
         rs = 1.0 / math.sqrt(v + eps)
@@ -140,8 +160,10 @@ def _group_norm_fwd_kernel(x, w, b, y, mean, rstd, groups, eps, start, stop):
         for c in range(c0, c0 + cg):
             a = rs * w[c] if has_w else rs
             sh = b[c] if has_b else 0.0
+            xr = x[n, c]
+            yr = y[n, c]
             for i in range(L):
-                y[n, c, i] = (np.float64(x[n, c, i]) - m) * a + sh
+                yr[i] = (np.float64(xr[i]) - m) * a + sh
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
@@ -159,12 +181,14 @@ def _group_norm_bwd_kernel(dy, x, mean, rstd, w, dx, dw_part, db_part, groups, s
         sum_g = 0.0
         sum_gx = 0.0
         for c in range(c0, c0 + cg):
+            xr = x[n, c]
+            dyr = dy[n, c]
             s_dy = 0.0
             s_dyx = 0.0
             for i in range(L):
-                g = np.float64(dy[n, c, i])
+                g = np.float64(dyr[i])
                 s_dy += g
-                s_dyx += g * (np.float64(x[n, c, i]) - m)
+                s_dyx += g * (np.float64(xr[i]) - m)
             dw_part[n, c] = s_dyx * rs
             db_part[n, c] = s_dy
             wc = w[c] if has_w else 1.0
@@ -177,8 +201,11 @@ def _group_norm_bwd_kernel(dy, x, mean, rstd, w, dx, dw_part, db_part, groups, s
             a = rs * wc  # dx = a dy + rs (-c_g - x_hat c_gx)
             bb = -rs * c_g
             cc = -rs * rs * c_gx
+            xr = x[n, c]
+            dyr = dy[n, c]
+            dxr = dx[n, c]
             for i in range(L):
-                dx[n, c, i] = a * np.float64(dy[n, c, i]) + bb + cc * (np.float64(x[n, c, i]) - m)
+                dxr[i] = a * np.float64(dyr[i]) + bb + cc * (np.float64(xr[i]) - m)
 
 
 # --- BatchNorm: per channel over (N, L) -------------------------------------------------
@@ -192,13 +219,14 @@ def _batch_norm_stats_kernel(x, mean, var, start, stop):
         m = 0.0
         m2 = 0.0
         for n in range(N):
+            xr = x[n, c]
             rm = 0.0
             for i in range(L):
-                rm += np.float64(x[n, c, i])
+                rm += np.float64(xr[i])
             rm /= L
             rv = 0.0
             for i in range(L):
-                d = np.float64(x[n, c, i]) - rm
+                d = np.float64(xr[i]) - rm
                 rv += d * d
             total = count + L
             delta = rm - m
@@ -221,8 +249,10 @@ def _batch_norm_apply_kernel(x, mean, rstd, w, b, y, start, stop):
         m = np.float64(mean[c])
         a = np.float64(rstd[c]) * (w[c] if has_w else 1.0)
         sh = b[c] if has_b else 0.0
+        xr = x[n, c]
+        yr = y[n, c]
         for i in range(L):
-            y[n, c, i] = (np.float64(x[n, c, i]) - m) * a + sh
+            yr[i] = (np.float64(xr[i]) - m) * a + sh
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
@@ -234,12 +264,14 @@ def _batch_norm_bwd_reduce_kernel(dy, x, mean, rstd, sum_dy, sum_dy_xhat, start,
         s_dy = 0.0
         s_dyx = 0.0
         for n in range(N):
+            xr = x[n, c]
+            dyr = dy[n, c]
             r_dy = 0.0  # per-row partials keep long channels accurate
             r_dyx = 0.0
             for i in range(L):
-                g = np.float64(dy[n, c, i])
+                g = np.float64(dyr[i])
                 r_dy += g
-                r_dyx += g * (np.float64(x[n, c, i]) - m)
+                r_dyx += g * (np.float64(xr[i]) - m)
             s_dy += r_dy
             s_dyx += r_dyx
         sum_dy[c] = s_dy
@@ -260,8 +292,11 @@ def _batch_norm_bwd_apply_kernel(dy, x, mean, rstd, w, sum_dy, sum_dy_xhat, coun
         a = rs * (w[c] if has_w else 1.0)
         bb = -a * np.float64(sum_dy[c]) / count
         cc = -a * rs * np.float64(sum_dy_xhat[c]) / count
+        xr = x[n, c]
+        dyr = dy[n, c]
+        dxr = dx[n, c]
         for i in range(L):
-            dx[n, c, i] = a * np.float64(dy[n, c, i]) + bb + cc * (np.float64(x[n, c, i]) - m)
+            dxr[i] = a * np.float64(dyr[i]) + bb + cc * (np.float64(xr[i]) - m)
 
 
 # --- launchers ---------------------------------------------------------------------------
