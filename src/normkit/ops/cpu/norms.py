@@ -46,46 +46,63 @@ _ROWS_PER_CHUNK = 32  # rows per partial buffer in LayerNorm/RMSNorm backward
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
-    # x, y: (M, D); w, b: (D,) float64 or (0,) when absent; mean, rstd: (M,)
+    # x, y: (M, D); w, b: (D,) in x's dtype, or (0,) when absent; mean, rstd: (M,).
+    # Arithmetic in x's dtype (float32 or float64). The mean is taken of x - x[r, 0]
+    # (values of the size of the spread, not of the mean: no loss at mean 1e4) and kept as
+    # a hi + lo pair, so x - mean stays exact; the variance is a second pass over x - mean.
     M, D = x.shape
     has_w = w.shape[0] > 0
     has_b = b.shape[0] > 0
+    cast = np.empty(3, x.dtype)  # float64 -> x's dtype
     for r in range(start, stop):
         xr = x[r]
         yr = y[r]
-        m = 0.0
-        if not rms:
+        if rms:
+            m = 0.0
+            cast[0] = 0.0
+            cast[1] = 0.0
+        else:
+            x0 = xr[0]
+            sh = x0 - x0  # zero of x's dtype
             for i in range(D):
-                m += np.float64(xr[i])
-            m /= D
-        v = 0.0
+                sh += xr[i] - x0
+            m = np.float64(x0) + np.float64(sh) / D
+            cast[0] = m
+            cast[1] = m - np.float64(cast[0])
+        m_hi = cast[0]
+        m_lo = cast[1]
+        v = m_hi - m_hi
         for i in range(D):
-            d = np.float64(xr[i]) - m
+            d = (xr[i] - m_hi) - m_lo
             v += d * d
-        v = max(v / D, 0.0)
-        rs = 1.0 / math.sqrt(v + eps)
+        rs = 1.0 / math.sqrt(max(np.float64(v) / D, 0.0) + eps)
         mean[r] = m
         rstd[r] = rs
+        cast[2] = rs
+        rs_t = cast[2]
         if has_w and has_b:
             for i in range(D):
-                yr[i] = (np.float64(xr[i]) - m) * rs * w[i] + b[i]
+                yr[i] = ((xr[i] - m_hi) - m_lo) * (rs_t * w[i]) + b[i]
         elif has_w:
             for i in range(D):
-                yr[i] = (np.float64(xr[i]) - m) * rs * w[i]
+                yr[i] = ((xr[i] - m_hi) - m_lo) * (rs_t * w[i])
         elif has_b:
             for i in range(D):
-                yr[i] = (np.float64(xr[i]) - m) * rs + b[i]
+                yr[i] = ((xr[i] - m_hi) - m_lo) * rs_t + b[i]
         else:
             for i in range(D):
-                yr[i] = (np.float64(xr[i]) - m) * rs
+                yr[i] = ((xr[i] - m_hi) - m_lo) * rs_t
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _layer_norm_bwd_kernel(dy, x, mean, rstd, w, dx, dw_part, db_part, rms, rows_per_chunk,
                            start, stop):
-    # dy, x, dx: (M, D); mean, rstd: (M,); w: (D,) or (0,); dw_part, db_part: (chunks, D) f64
+    # dy, x, dx: (M, D); mean, rstd: (M,); w: (D,) in x's dtype or (0,);
+    # dw_part, db_part: (chunks, D) in x's dtype: sums of at most rows_per_chunk rows,
+    # reduced across chunks in float64 by the launcher
     M, D = x.shape
     has_w = w.shape[0] > 0
+    cast = np.empty(5, x.dtype)
     for chunk in range(start, stop):
         dwp = dw_part[chunk]
         dbp = db_part[chunk]
@@ -97,13 +114,18 @@ def _layer_norm_bwd_kernel(dy, x, mean, rstd, w, dx, dw_part, db_part, rms, rows
             dyr = dy[r]
             dxr = dx[r]
             m = 0.0 if rms else np.float64(mean[r])
-            rs = np.float64(rstd[r])
-            sum_g = 0.0
-            sum_gx = 0.0
+            cast[0] = m
+            cast[1] = m - np.float64(cast[0])
+            cast[2] = rstd[r]
+            m_hi = cast[0]
+            m_lo = cast[1]
+            rs = cast[2]
+            sum_g = rs - rs
+            sum_gx = rs - rs
             if has_w:
                 for i in range(D):
-                    g = np.float64(dyr[i])
-                    xh = (np.float64(xr[i]) - m) * rs
+                    g = dyr[i]
+                    xh = ((xr[i] - m_hi) - m_lo) * rs
                     dwp[i] += g * xh
                     dbp[i] += g
                     gw = g * w[i]
@@ -111,59 +133,69 @@ def _layer_norm_bwd_kernel(dy, x, mean, rstd, w, dx, dw_part, db_part, rms, rows
                     sum_gx += gw * xh
             else:
                 for i in range(D):
-                    g = np.float64(dyr[i])
-                    xh = (np.float64(xr[i]) - m) * rs
+                    g = dyr[i]
+                    xh = ((xr[i] - m_hi) - m_lo) * rs
                     dbp[i] += g
                     sum_g += g
                     sum_gx += g * xh
-            c_g = 0.0 if rms else sum_g / D
-            c_gx = sum_gx / D
+            cast[3] = 0.0 if rms else np.float64(sum_g) / D
+            cast[4] = np.float64(sum_gx) / D
+            c_g = cast[3]
+            c_gx = cast[4]
             if has_w:
                 for i in range(D):
-                    xh = (np.float64(xr[i]) - m) * rs
-                    dxr[i] = rs * (np.float64(dyr[i]) * w[i] - c_g - xh * c_gx)
+                    xh = ((xr[i] - m_hi) - m_lo) * rs
+                    dxr[i] = rs * (dyr[i] * w[i] - c_g - xh * c_gx)
             else:
                 for i in range(D):
-                    xh = (np.float64(xr[i]) - m) * rs
-                    dxr[i] = rs * (np.float64(dyr[i]) - c_g - xh * c_gx)
+                    xh = ((xr[i] - m_hi) - m_lo) * rs
+                    dxr[i] = rs * (dyr[i] - c_g - xh * c_gx)
 
 
 # --- GroupNorm: (N, C, L), groups of C // G channels ------------------------------------
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _group_norm_fwd_kernel(x, w, b, y, mean, rstd, groups, eps, start, stop):
-    # x, y: (N, C, L); w, b: (C,) f64 or (0,); mean, rstd: (N * G,); work item = (n, g)
+    # x, y: (N, C, L); w, b: (C,) f64 or (0,); mean, rstd: (N * G,); work item = (n, g).
+    # Arithmetic in x's dtype with the shifted mean and hi + lo split of the LayerNorm kernel.
     N, C, L = x.shape
     cg = C // groups
     count = cg * L
     has_w = w.shape[0] > 0
     has_b = b.shape[0] > 0
+    cast = np.empty(4, x.dtype)
     for item in range(start, stop):
         n = item // groups
         c0 = (item % groups) * cg
-        m = 0.0
+        x0 = x[n, c0, 0]
+        sh = x0 - x0
         for c in range(c0, c0 + cg):
             xr = x[n, c]
             for i in range(L):
-                m += np.float64(xr[i])
-        m /= count
-        v = 0.0
+                sh += xr[i] - x0
+        m = np.float64(x0) + np.float64(sh) / count
+        cast[0] = m
+        cast[1] = m - np.float64(cast[0])
+        m_hi = cast[0]
+        m_lo = cast[1]
+        v = m_hi - m_hi
         for c in range(c0, c0 + cg):
             xr = x[n, c]
             for i in range(L):
-                d = np.float64(xr[i]) - m
+                d = (xr[i] - m_hi) - m_lo
                 v += d * d
-        v = max(v / count, 0.0)
-        rs = 1.0 / math.sqrt(v + eps)
+        rs = 1.0 / math.sqrt(max(np.float64(v) / count, 0.0) + eps)
         mean[item] = m
         rstd[item] = rs
         for c in range(c0, c0 + cg):
-            a = rs * w[c] if has_w else rs
-            sh = b[c] if has_b else 0.0
+            cast[2] = rs * w[c] if has_w else rs
+            cast[3] = b[c] if has_b else 0.0
+            a = cast[2]
+            bc = cast[3]
             xr = x[n, c]
             yr = y[n, c]
             for i in range(L):
-                yr[i] = (np.float64(xr[i]) - m) * a + sh
+                yr[i] = ((xr[i] - m_hi) - m_lo) * a + bc
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
@@ -314,14 +346,14 @@ def _in(t: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
     return t.detach().to(cdt).contiguous()
 
 
-def _vec(t, n: int, name: str) -> np.ndarray:
-    """Per-feature parameter as a float64 array, or an empty one when absent."""
+def _vec(t, n: int, name: str, dtype: torch.dtype = torch.float64) -> np.ndarray:
+    """Per-feature parameter as a ``dtype`` array, or an empty one when absent."""
     if t is None:
-        return np.empty(0, np.float64)
+        return np.empty(0, np.float64 if dtype == torch.float64 else np.float32)
     if t.numel() != n:
         raise ValueError(f"{name} must have {n} elements (one per feature), got shape "
                          f"{tuple(t.shape)}; pass a ({n},) tensor or None")
-    return t.detach().to("cpu", torch.float64).contiguous().reshape(n).numpy()
+    return t.detach().to("cpu", dtype).contiguous().reshape(n).numpy()
 
 
 def _out(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -344,8 +376,8 @@ def layer_norm_fwd(x, weight, bias, eps):
     rstd = torch.empty(x2.shape[0], dtype=cdt)
     if x2.numel():
         parallel_for(_layer_norm_fwd_kernel, x2.shape[0],
-                     (_np(x2), _vec(weight, d, "weight"), _vec(bias, d, "bias"), _np(y),
-                      _np(mean), _np(rstd), float(eps), False), min_items=8)
+                     (_np(x2), _vec(weight, d, "weight", cdt), _vec(bias, d, "bias", cdt),
+                      _np(y), _np(mean), _np(rstd), float(eps), False), min_items=8)
     lead = x.shape[:-1]
     return _out(y.reshape(x.shape), x.dtype), mean.reshape(lead), rstd.reshape(lead)
 
@@ -356,19 +388,22 @@ def _rowwise_bwd(dy, x, mean, rstd, weight, rms):
     x2 = _in(x, cdt).reshape(-1, d)
     dy2 = _in(dy, cdt).reshape(-1, d)
     m = x2.shape[0]
-    mean_np = _np(_in(mean, cdt).reshape(-1)) if mean is not None else np.empty(0, np.float64)
     rstd_np = _np(_in(rstd, cdt).reshape(-1))
+    mean_np = _np(_in(mean, cdt).reshape(-1)) if mean is not None else rstd_np[:0]
     dx = _alloc.empty_like(x2)
     chunks = max(1, -(-m // _ROWS_PER_CHUNK))
-    dw_part = np.zeros((chunks, d), np.float64)
-    db_part = np.zeros((chunks, d), np.float64)
+    npdt = np.float64 if cdt == torch.float64 else np.float32
+    dw_part = np.zeros((chunks, d), npdt)
+    db_part = np.zeros((chunks, d), npdt)
     if x2.numel():
         parallel_for(_layer_norm_bwd_kernel, chunks,
-                     (_np(dy2), _np(x2), mean_np, rstd_np, _vec(weight, d, "weight"), _np(dx),
-                      dw_part, db_part, rms, _ROWS_PER_CHUNK))
+                     (_np(dy2), _np(x2), mean_np, rstd_np, _vec(weight, d, "weight", cdt),
+                      _np(dx), dw_part, db_part, rms, _ROWS_PER_CHUNK))
     wdt = weight.dtype if weight is not None else x.dtype
-    dweight = torch.from_numpy(dw_part.sum(axis=0)).to(wdt) if weight is not None else None
-    dbias = torch.from_numpy(db_part.sum(axis=0)).to(wdt)
+    # one fixed-order reduction of the per-chunk partials, in float64
+    dweight = (torch.from_numpy(dw_part.astype(np.float64).sum(axis=0)).to(wdt)
+               if weight is not None else None)
+    dbias = torch.from_numpy(db_part.astype(np.float64).sum(axis=0)).to(wdt)
     return _out(dx.reshape(x.shape), x.dtype), dweight, dbias
 
 
@@ -388,8 +423,8 @@ def rms_norm_fwd(x, weight, eps):
     rstd = torch.empty(x2.shape[0], dtype=cdt)
     if x2.numel():
         parallel_for(_layer_norm_fwd_kernel, x2.shape[0],
-                     (_np(x2), _vec(weight, d, "weight"), np.empty(0, np.float64), _np(y),
-                      _np(mean), _np(rstd), float(eps), True), min_items=8)
+                     (_np(x2), _vec(weight, d, "weight", cdt), _vec(None, d, "bias", cdt),
+                      _np(y), _np(mean), _np(rstd), float(eps), True), min_items=8)
     return _out(y.reshape(x.shape), x.dtype), rstd.reshape(x.shape[:-1])
 
 
