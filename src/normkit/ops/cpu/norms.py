@@ -8,11 +8,14 @@ The op contract is ``docs/ops.md``; the math, with ``x_hat = (x - mean) * rstd``
                          rstd = 1 / sqrt(mean(x^2) + eps)
     BatchNorm            per channel over (N, L); dx = w rstd (dy - sum_dy/M - x_hat sum_dy_xhat/M)
 
-Numerics: inside the kernels every statistic is accumulated in float64, whatever the
-input dtype (the memory traffic, not the arithmetic, bounds these kernels), by two
-passes over a row that sits in cache, or per-row two passes combined by Chan's
-formula for BatchNorm: never E[x^2] - E[x]^2, variance clamped at 0. Saved
-statistics are float32 (float64 for float64 input), as the contract asks.
+Numerics: never E[x^2] - E[x]^2; variance clamped at 0. LayerNorm, RMSNorm and
+GroupNorm forward and LayerNorm backward compute in the input's dtype (float32 for
+float16/bfloat16/float32 input): the mean is taken of ``x - x_0`` (values the size of
+the spread, so a mean of 1e4 costs nothing), kept as a hi + lo pair so that
+``x - mean`` stays exact, and the variance is a second pass over ``x - mean`` while
+the row is in cache. GroupNorm backward and BatchNorm accumulate in float64 (BatchNorm
+statistics: per-row two passes combined by Chan's formula). Saved statistics are
+float32 (float64 for float64 input), as the contract asks.
 
 Determinism: weight/bias gradients are reduced from per-work-item partial buffers
 whose partition depends on the shape only (never on the thread count), summed in a
