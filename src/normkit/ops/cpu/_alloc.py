@@ -5,7 +5,8 @@ faulted in on first touch; on a VM each fault costs microseconds, and for a
 memory-bound kernel the faults of its output can cost as much as the kernel
 itself (DESIGN.md section 5). Asking the kernel for transparent huge pages on a
 fresh buffer (``madvise(MADV_HUGEPAGE)``, before anything touched it) cuts the
-fault count 512x. Purely advisory: where THP is off, the platform is not Linux or
+fault count 512x. Only buffers of 32 MiB or more are advised: smaller ones are usually
+recycled from glibc's heap, already mapped, where advice buys nothing. Purely advisory: where THP is off, the platform is not Linux or
 the call fails, the buffer is an ordinary one.
 """
 
@@ -21,7 +22,9 @@ __all__ = ["empty_like", "empty"]
 
 _MADV_HUGEPAGE = 14
 _HUGE = 2 * 1024 * 1024
-_MIN_BYTES = 4 * _HUGE  # below this the faults are cheap and the rounding is not
+# glibc serves allocations of 32 MiB and more (its largest dynamic mmap threshold) with a
+# fresh mmap every time; smaller ones are usually recycled from the heap, already mapped
+_MIN_BYTES = 32 * 1024 * 1024
 
 _madvise = None
 if sys.platform.startswith("linux"):
