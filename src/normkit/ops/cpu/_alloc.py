@@ -5,9 +5,10 @@ faulted in on first touch; on a VM each fault costs microseconds, and for a
 memory-bound kernel the faults of its output can cost as much as the kernel
 itself (DESIGN.md section 5). Asking the kernel for transparent huge pages on a
 fresh buffer (``madvise(MADV_HUGEPAGE)``, before anything touched it) cuts the
-fault count 512x. Only buffers of 32 MiB or more are advised: smaller ones are usually
-recycled from glibc's heap, already mapped, where advice buys nothing. Purely advisory: where THP is off, the platform is not Linux or
-the call fails, the buffer is an ordinary one.
+fault count 512x. Only buffers of 32 MiB or more are advised: smaller ones are
+usually recycled from glibc's heap, already mapped, where advice buys nothing.
+Purely advisory: where THP is off, the platform is not Linux or the call fails, the
+buffer is an ordinary one.
 """
 
 from __future__ import annotations
