@@ -9,12 +9,12 @@ The op contract is ``docs/ops.md``; the math, with ``x_hat = (x - mean) * rstd``
     BatchNorm            per channel over (N, L); dx = w rstd (dy - sum_dy/M - x_hat sum_dy_xhat/M)
 
 Numerics: never E[x^2] - E[x]^2; variance clamped at 0. LayerNorm, RMSNorm and
-GroupNorm forward and LayerNorm backward compute in the input's dtype (float32 for
-float16/bfloat16/float32 input): the mean is taken of ``x - x_0`` (values the size of
+GroupNorm and BatchNorm compute elementwise work and row sums in the input's dtype
+(float32 for float16/bfloat16/float32 input): the mean is taken of ``x - x_0`` (values the size of
 the spread, so a mean of 1e4 costs nothing), kept as a hi + lo pair so that
 ``x - mean`` stays exact, and the variance is a second pass over ``x - mean`` while
-the row is in cache. GroupNorm backward and BatchNorm accumulate in float64 (BatchNorm
-statistics: per-row two passes combined by Chan's formula). Saved statistics are
+the row is in cache. Sums across rows are combined in float64 (BatchNorm statistics:
+per-row two passes combined by Chan's formula). Saved statistics are
 float32 (float64 for float64 input), as the contract asks.
 
 Determinism: weight/bias gradients are reduced from per-work-item partial buffers
@@ -203,70 +203,89 @@ def _group_norm_fwd_kernel(x, w, b, y, mean, rstd, groups, eps, start, stop):
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _group_norm_bwd_kernel(dy, x, mean, rstd, w, dx, dw_part, db_part, groups, start, stop):
-    # dy, x, dx: (N, C, L); mean, rstd: (N * G,); dw_part, db_part: (N, C) f64
+    # dy, x, dx: (N, C, L); mean, rstd: (N * G,); dw_part, db_part: (N, C) f64.
+    # Elementwise work and per-row sums in x's dtype; per-channel scalars in float64.
     N, C, L = x.shape
     cg = C // groups
     count = cg * L
     has_w = w.shape[0] > 0
+    cast = np.empty(5, x.dtype)
     for item in range(start, stop):
         n = item // groups
         c0 = (item % groups) * cg
         m = np.float64(mean[item])
         rs = np.float64(rstd[item])
+        cast[0] = m
+        cast[1] = m - np.float64(cast[0])
+        m_hi = cast[0]
+        m_lo = cast[1]
         sum_g = 0.0
         sum_gx = 0.0
         for c in range(c0, c0 + cg):
             xr = x[n, c]
             dyr = dy[n, c]
-            s_dy = 0.0
-            s_dyx = 0.0
+            s_dy = m_hi - m_hi
+            s_dyx = m_hi - m_hi
             for i in range(L):
-                g = np.float64(dyr[i])
+                g = dyr[i]
                 s_dy += g
-                s_dyx += g * (np.float64(xr[i]) - m)
-            dw_part[n, c] = s_dyx * rs
-            db_part[n, c] = s_dy
+                s_dyx += g * ((xr[i] - m_hi) - m_lo)
+            s_dy64 = np.float64(s_dy)
+            s_dyx64 = np.float64(s_dyx)
+            dw_part[n, c] = s_dyx64 * rs
+            db_part[n, c] = s_dy64
             wc = w[c] if has_w else 1.0
-            sum_g += wc * s_dy
-            sum_gx += wc * s_dyx * rs
+            sum_g += wc * s_dy64
+            sum_gx += wc * s_dyx64 * rs
         c_g = sum_g / count
         c_gx = sum_gx / count
         for c in range(c0, c0 + cg):
             wc = w[c] if has_w else 1.0
-            a = rs * wc  # dx = a dy + rs (-c_g - x_hat c_gx)
-            bb = -rs * c_g
-            cc = -rs * rs * c_gx
+            cast[2] = rs * wc  # dx = a dy + rs (-c_g - x_hat c_gx)
+            cast[3] = -rs * c_g
+            cast[4] = -rs * rs * c_gx
+            a = cast[2]
+            bb = cast[3]
+            cc = cast[4]
             xr = x[n, c]
             dyr = dy[n, c]
             dxr = dx[n, c]
             for i in range(L):
-                dxr[i] = a * np.float64(dyr[i]) + bb + cc * (np.float64(xr[i]) - m)
+                dxr[i] = a * dyr[i] + bb + cc * ((xr[i] - m_hi) - m_lo)
 
 
 # --- BatchNorm: per channel over (N, L) -------------------------------------------------
+# Rows (n, c) are reduced in x's dtype (shifted, so a mean of 1e4 costs nothing) and the
+# row results combined in float64.
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _batch_norm_stats_kernel(x, mean, var, start, stop):
     # x: (N, C, L); mean, var: (C,); work item = one channel; rows combined by Chan
     N, C, L = x.shape
+    cast = np.empty(2, x.dtype)
     for c in range(start, stop):
         count = 0.0
         m = 0.0
         m2 = 0.0
         for n in range(N):
             xr = x[n, c]
-            rm = 0.0
+            x0 = xr[0]
+            sh = x0 - x0
             for i in range(L):
-                rm += np.float64(xr[i])
-            rm /= L
-            rv = 0.0
+                sh += xr[i] - x0
+            rm = np.float64(x0) + np.float64(sh) / L
+            cast[0] = rm
+            cast[1] = rm - np.float64(cast[0])
+            rm_hi = cast[0]
+            rm_lo = cast[1]
+            rv = rm_hi - rm_hi
             for i in range(L):
-                d = np.float64(xr[i]) - rm
+                d = (xr[i] - rm_hi) - rm_lo
                 rv += d * d
             total = count + L
             delta = rm - m
             m += delta * (L / total)
-            m2 += rv + delta * delta * (count * L / total)
+            m2 += np.float64(rv) + delta * delta * (count * L / total)
             count = total
         mean[c] = m
         var[c] = max(m2 / count, 0.0)
@@ -278,37 +297,49 @@ def _batch_norm_apply_kernel(x, mean, rstd, w, b, y, start, stop):
     N, C, L = x.shape
     has_w = w.shape[0] > 0
     has_b = b.shape[0] > 0
+    cast = np.empty(4, x.dtype)
     for item in range(start, stop):
         n = item // C
         c = item % C
         m = np.float64(mean[c])
-        a = np.float64(rstd[c]) * (w[c] if has_w else 1.0)
-        sh = b[c] if has_b else 0.0
+        cast[0] = m
+        cast[1] = m - np.float64(cast[0])
+        cast[2] = np.float64(rstd[c]) * (w[c] if has_w else 1.0)
+        cast[3] = b[c] if has_b else 0.0
+        m_hi = cast[0]
+        m_lo = cast[1]
+        a = cast[2]
+        sh = cast[3]
         xr = x[n, c]
         yr = y[n, c]
         for i in range(L):
-            yr[i] = (np.float64(xr[i]) - m) * a + sh
+            yr[i] = ((xr[i] - m_hi) - m_lo) * a + sh
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _batch_norm_bwd_reduce_kernel(dy, x, mean, rstd, sum_dy, sum_dy_xhat, start, stop):
     # dy, x: (N, C, L); mean, rstd, sum_dy, sum_dy_xhat: (C,); work item = one channel
     N, C, L = x.shape
+    cast = np.empty(2, x.dtype)
     for c in range(start, stop):
         m = np.float64(mean[c])
+        cast[0] = m
+        cast[1] = m - np.float64(cast[0])
+        m_hi = cast[0]
+        m_lo = cast[1]
         s_dy = 0.0
         s_dyx = 0.0
         for n in range(N):
             xr = x[n, c]
             dyr = dy[n, c]
-            r_dy = 0.0  # per-row partials keep long channels accurate
-            r_dyx = 0.0
+            r_dy = m_hi - m_hi  # per-row partials in x's dtype, rows summed in float64
+            r_dyx = m_hi - m_hi
             for i in range(L):
-                g = np.float64(dyr[i])
+                g = dyr[i]
                 r_dy += g
-                r_dyx += g * (np.float64(xr[i]) - m)
-            s_dy += r_dy
-            s_dyx += r_dyx
+                r_dyx += g * ((xr[i] - m_hi) - m_lo)
+            s_dy += np.float64(r_dy)
+            s_dyx += np.float64(r_dyx)
         sum_dy[c] = s_dy
         sum_dy_xhat[c] = s_dyx * np.float64(rstd[c])
 
@@ -319,19 +350,28 @@ def _batch_norm_bwd_apply_kernel(dy, x, mean, rstd, w, sum_dy, sum_dy_xhat, coun
     # dy, x, dx: (N, C, L); per-channel vectors (C,); work item = row (n, c)
     N, C, L = x.shape
     has_w = w.shape[0] > 0
+    cast = np.empty(5, x.dtype)
     for item in range(start, stop):
         n = item // C
         c = item % C
         m = np.float64(mean[c])
         rs = np.float64(rstd[c])
         a = rs * (w[c] if has_w else 1.0)
-        bb = -a * np.float64(sum_dy[c]) / count
-        cc = -a * rs * np.float64(sum_dy_xhat[c]) / count
+        cast[0] = m
+        cast[1] = m - np.float64(cast[0])
+        cast[2] = a
+        cast[3] = -a * np.float64(sum_dy[c]) / count
+        cast[4] = -a * rs * np.float64(sum_dy_xhat[c]) / count
+        m_hi = cast[0]
+        m_lo = cast[1]
+        a_t = cast[2]
+        bb = cast[3]
+        cc = cast[4]
         xr = x[n, c]
         dyr = dy[n, c]
         dxr = dx[n, c]
         for i in range(L):
-            dxr[i] = a * np.float64(dyr[i]) + bb + cc * (np.float64(xr[i]) - m)
+            dxr[i] = a_t * dyr[i] + bb + cc * ((xr[i] - m_hi) - m_lo)
 
 
 # --- launchers ---------------------------------------------------------------------------
