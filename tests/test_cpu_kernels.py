@@ -467,3 +467,73 @@ def test_lrn_backward_with_expanded_grad_from_sum(channels_last):
     theirs = x.clone().requires_grad_()
     F.local_response_norm(theirs, 5).sum().backward()
     assert max_err(ours.grad, theirs.grad) < 1e-13
+
+
+# --- the large-buffer cache -------------------------------------------------------------
+
+BIG = (9, 1024, 1024)  # 36 MiB of float32: above the cache's threshold
+
+
+def test_buffer_cache_hands_out_only_unreferenced_buffers():
+    from normkit.ops.cpu import _alloc
+
+    _alloc.clear_cache()
+    a = _alloc.empty(BIG, torch.float32)
+    b = _alloc.empty(BIG, torch.float32)
+    assert a.data_ptr() != b.data_ptr()
+    kept_view = a[1:3]
+    kept_numpy = b.numpy()
+    ptr_a, ptr_b = a.data_ptr(), b.data_ptr()
+    del a, b
+    c = _alloc.empty(BIG, torch.float32)  # both old buffers are still referenced
+    assert c.data_ptr() not in (ptr_a, ptr_b)
+    del kept_view
+    d = _alloc.empty(BIG, torch.float32)  # a's buffer is free now
+    assert d.data_ptr() == ptr_a
+    del kept_numpy
+    _alloc.clear_cache()
+    assert _alloc.cached_bytes() == 0
+
+
+def test_live_outputs_never_alias_and_cache_can_be_disabled(monkeypatch):
+    from normkit.ops.cpu import _alloc
+
+    x = randn(2, 48, 256, 384, seed=90, dtype=torch.float32)  # 36 MiB
+    y1 = cpu.lrn.lrn_fwd(x, 2, 2, 1e-3, 0.75, 1.0, False)
+    y2 = cpu.lrn.lrn_fwd(x * 2, 2, 2, 1e-3, 0.75, 1.0, False)
+    assert y1.data_ptr() != y2.data_ptr()
+    ref = torch_ops.lrn_fwd(x, 2, 2, 1e-3, 0.75, 1.0, False)
+    assert max_err(y1, ref) < 1e-5  # y1 was not overwritten by the second call
+    monkeypatch.setenv("NORMKIT_CPU_CACHE_MB", "0")
+    _alloc.clear_cache()
+    del y1, y2
+    cpu.lrn.lrn_fwd(x, 2, 2, 1e-3, 0.75, 1.0, False)
+    assert _alloc.cached_bytes() == 0
+
+
+def test_buffer_cache_under_threads():
+    import threading
+
+    from normkit.ops.cpu import _alloc
+
+    _alloc.clear_cache()
+    seen, errors = [], []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                t = _alloc.empty(BIG, torch.float32)
+                t.fill_(float(i))
+                seen.append(t.data_ptr())
+                assert torch.all(t == float(i))  # nobody else wrote into our buffer
+                del t
+        except AssertionError as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(seen) == 15
+    _alloc.clear_cache()
