@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import dispatch
+from . import dispatch, library
 
 
 class LocalResponseNormFunction(torch.autograd.Function):
@@ -22,13 +22,16 @@ class LocalResponseNormFunction(torch.autograd.Function):
         ctx.save_for_backward(x)
         ctx.params = (back, ahead, alpha, beta, k, within)
         ctx.backend = backend
-        return dispatch.call("lrn_fwd", backend, x, back, ahead, alpha, beta, k, within)
+        # through the custom op so that torch.compile keeps the kernel as one graph node
+        return library.lrn_fwd(x, back, ahead, alpha, beta, k, within, backend)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
         (x,) = ctx.saved_tensors
-        dx = dispatch.call("lrn_bwd", ctx.backend, x, dy.contiguous(), *ctx.params)
+        # dy as it comes: each backend makes the layout it needs (a channels-last dy made
+        # contiguous here would be copied back to channels-last by the cpu kernel)
+        dx = library.lrn_bwd(x, dy, *ctx.params, ctx.backend)
         return dx, None, None, None, None, None, None, None
 
 

@@ -19,6 +19,7 @@ SUBCOMMANDS = {
                                        "every framework's terms, with porting warnings"),
     "scale": ("normkit.scale_cli", "fit/apply data scalers (minmax, zscore, ...) to CSV/.npy"),
     "lab": ("normkit.lab.cli", "train with each normalization; tables and plots of the claims"),
+    "bench": ("normkit.bench", "time normkit's backends against torch eager (ratios, GB/s, CSV)"),
 }
 
 

@@ -1,0 +1,475 @@
+"""``normkit bench``: normkit's backends against torch eager, in the same process.
+
+For each layer and shape: warm-up, many repeats, the median time of the forward
+and of forward+backward, for torch eager and for every normkit backend that can
+run the tensor. Prints the ratio (torch time / normkit time: > 1 means normkit is
+faster), the effective bandwidth under DESIGN.md's minimum-traffic model (forward
+reads x and writes y: 2·N·s bytes; backward reads x and dy and writes dx: 3·N·s;
+so forward+backward is 5·N·s) and that bandwidth as a fraction of a measured large
+tensor copy. For LRN forward+backward it also reports the peak extra memory as a
+multiple of the input size, measured in a fresh subprocess per implementation: the
+peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) while one
+forward+backward runs, minus the resident set just before it (inputs allocated,
+kernels compiled on a tiny input, ``malloc_trim`` called). torch's CPU allocator
+keeps no statistics and ``tracemalloc`` does not see torch's allocations, so the
+resident set is the honest measure; it counts the output ``y`` and ``dx`` too.
+
+Every case becomes one CSV row in ``benchmarks/results/<device>-<timestamp>.csv``
+(``--out`` picks another folder) with the device, library versions, thread count
+and allocator settings. Timings on a shared machine are noisy: compare the ratios
+of one run, not absolute times across runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["add_arguments", "main", "CASES"]
+
+LAYERS = ("lrn", "rmsnorm", "instancenorm", "batchnorm", "layernorm", "groupnorm")
+LRN_BETAS = (0.5, 0.75, 1.0, 0.6)
+CSV_FIELDS = ["timestamp", "device", "device_name", "torch_version", "numba_version",
+              "triton_version", "threads", "allocator", "layer", "shape", "dtype", "params",
+              "pass", "impl", "median_ms", "repeats", "torch_ms", "ratio_vs_torch", "gbps",
+              "copy_gbps", "frac_copy_bw", "peak_extra_mem_x_input"]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where to run (default cpu)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small shapes and few repeats (a smoke run, not a measurement)")
+    parser.add_argument("--layers", default=",".join(LAYERS),
+                        help=f"comma-separated subset of {','.join(LAYERS)} (default all)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats per case (default 20, --quick 3)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed warm-up calls per case (default 3, --quick 1)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch intra-op threads, also used by normkit's cpu kernels "
+                             "(default 2)")
+    parser.add_argument("--dtype", choices=("float32", "float64", "float16", "bfloat16"),
+                        default="float32", help="input dtype (default float32)")
+    parser.add_argument("--memory", choices=("auto", "on", "off"), default="auto",
+                        help="measure LRN peak extra memory in subprocesses "
+                             "(auto: on unless --quick)")
+    parser.add_argument("--out", default=None,
+                        help="folder for the CSV (default benchmarks/results)")
+
+
+# --- cases -----------------------------------------------------------------------------
+
+@dataclass
+class Impl:
+    name: str
+    fwd: Callable[[], object]
+    fwdbwd: Callable[[], object]
+
+
+@dataclass
+class Case:
+    layer: str
+    shape: tuple
+    params: str
+    x: torch.Tensor
+    impls: List[Impl] = field(default_factory=list)
+    lrn_args: Optional[dict] = None  # for the memory subprocess
+
+
+def _backends(op: str, x: torch.Tensor) -> List[str]:
+    from . import dispatch
+
+    return [name for name, entry in sorted(dispatch.table.get(op, {}).items())
+            if entry.why_not(x) is None]
+
+
+def _autograd_pair(fn, inputs, dy):
+    """(forward, forward+backward) closures for an autograd function of ``inputs``."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
+
+    def fwd():
+        with torch.no_grad():
+            return fn(*leaves)
+
+    def fwdbwd():
+        for t in leaves:
+            if t is not None:
+                t.grad = None
+        y = fn(*leaves)
+        y.backward(dy)
+        return y
+
+    return fwd, fwdbwd
+
+
+def _lrn_case(x, dy, beta, size=5, alpha=1e-4, k=1.0) -> Case:
+    from .functional import local_response_norm
+
+    case = Case("lrn", tuple(x.shape), f"size={size} beta={beta}", x,
+                lrn_args=dict(size=size, alpha=alpha, beta=beta, k=k))
+    f, fb = _autograd_pair(lambda v: F.local_response_norm(v, size, alpha, beta, k), [x], dy)
+    case.impls.append(Impl("torch-eager", f, fb))
+    for backend in _backends("lrn_fwd", x):
+        f, fb = _autograd_pair(
+            lambda v, b=backend: local_response_norm(v, size, alpha, beta, k, backend=b), [x], dy)
+        case.impls.append(Impl(f"normkit-{backend}", f, fb))
+    return case
+
+
+def _raw_backends(ops, x):
+    from . import dispatch
+
+    names = None
+    for op in ops:
+        have = set(_backends(op, x)) if op in dispatch.table else set()
+        names = have if names is None else names & have
+    return sorted(names or ())
+
+
+def _call(op, backend, *args):
+    from . import dispatch
+
+    return dispatch.call(op, backend, *args)
+
+
+def _row_case(layer, x, dy, rms: bool) -> Case:
+    d = x.shape[-1]
+    w = torch.randn(d, dtype=x.dtype, device=x.device)
+    b = None if rms else torch.randn(d, dtype=x.dtype, device=x.device)
+    case = Case(layer, tuple(x.shape), "affine", x)
+    if rms:
+        f, fb = _autograd_pair(lambda v, ww: F.rms_norm(v, (d,), ww, 1e-6), [x, w], dy)
+    else:
+        f, fb = _autograd_pair(lambda v, ww, bb: F.layer_norm(v, (d,), ww, bb, 1e-5),
+                               [x, w, b], dy)
+    case.impls.append(Impl("torch-eager", f, fb))
+    ops = ("rms_norm_fwd", "rms_norm_bwd") if rms else ("layer_norm_fwd", "layer_norm_bwd")
+    for backend in _raw_backends(ops, x):
+        if rms:
+            def fwd(be=backend):
+                return _call("rms_norm_fwd", be, x, w, 1e-6)
+
+            def fwdbwd(be=backend):
+                y, rstd = _call("rms_norm_fwd", be, x, w, 1e-6)
+                return _call("rms_norm_bwd", be, dy, x, rstd, w)
+        else:
+            def fwd(be=backend):
+                return _call("layer_norm_fwd", be, x, w, b, 1e-5)
+
+            def fwdbwd(be=backend):
+                y, mean, rstd = _call("layer_norm_fwd", be, x, w, b, 1e-5)
+                return _call("layer_norm_bwd", be, dy, x, mean, rstd, w)
+        case.impls.append(Impl(f"normkit-{backend}", fwd, fwdbwd))
+    return case
+
+
+def _group_case(layer, x, dy, groups, affine: bool) -> Case:
+    c = x.shape[1]
+    w = torch.randn(c, dtype=x.dtype, device=x.device) if affine else None
+    b = torch.randn(c, dtype=x.dtype, device=x.device) if affine else None
+    case = Case(layer, tuple(x.shape), f"groups={groups} affine={affine}", x)
+    if layer == "instancenorm":
+        f, fb = _autograd_pair(lambda v: F.instance_norm(v, eps=1e-5), [x], dy)
+    else:
+        f, fb = _autograd_pair(lambda v, ww, bb: F.group_norm(v, groups, ww, bb, 1e-5),
+                               [x, w, b], dy)
+    case.impls.append(Impl("torch-eager", f, fb))
+    for backend in _raw_backends(("group_norm_fwd", "group_norm_bwd"), x):
+        def fwd(be=backend):
+            return _call("group_norm_fwd", be, x, w, b, groups, 1e-5)
+
+        def fwdbwd(be=backend):
+            y, mean, rstd = _call("group_norm_fwd", be, x, w, b, groups, 1e-5)
+            return _call("group_norm_bwd", be, dy, x, mean, rstd, w, groups)
+
+        case.impls.append(Impl(f"normkit-{backend}", fwd, fwdbwd))
+    return case
+
+
+def _batch_case(x, dy) -> Case:
+    c = x.shape[1]
+    w = torch.randn(c, dtype=x.dtype, device=x.device)
+    b = torch.randn(c, dtype=x.dtype, device=x.device)
+    rm = torch.zeros(c, dtype=x.dtype, device=x.device)
+    rv = torch.ones(c, dtype=x.dtype, device=x.device)
+    case = Case("batchnorm", tuple(x.shape), "train affine momentum=0.1", x)
+    f, fb = _autograd_pair(
+        lambda v, ww, bb: F.batch_norm(v, rm, rv, ww, bb, training=True, momentum=0.1,
+                                       eps=1e-5), [x, w, b], dy)
+    case.impls.append(Impl("torch-eager", f, fb))
+    ops = ("batch_norm_stats", "batch_norm_apply", "batch_norm_bwd_reduce",
+           "batch_norm_bwd_apply")
+    count = x.numel() // c
+    nrm, nrv = rm.clone(), rv.clone()
+
+    for backend in _raw_backends(ops, x):
+        def fwd(be=backend):
+            mean, var = _call("batch_norm_stats", be, x)
+            rstd = (var + 1e-5).rsqrt_()
+            # running statistics as torch keeps them (unbiased variance), for a fair race
+            nrm.mul_(0.9).add_(mean.to(nrm.dtype), alpha=0.1)
+            nrv.mul_(0.9).add_(var.to(nrv.dtype), alpha=0.1 * count / max(count - 1, 1))
+            return _call("batch_norm_apply", be, x, mean, rstd, w, b), mean, rstd
+
+        def fwdbwd(be=backend):
+            y, mean, rstd = fwd(be)
+            sum_dy, sum_dy_xhat = _call("batch_norm_bwd_reduce", be, dy, x, mean, rstd)
+            return _call("batch_norm_bwd_apply", be, dy, x, mean, rstd, w, sum_dy,
+                         sum_dy_xhat, count)
+
+        case.impls.append(Impl(f"normkit-{backend}", fwd, fwdbwd))
+    return case
+
+
+SHAPES = {  # layer -> (full shape, --quick shape); the full ones are the issue-4 targets
+    "lrn": ((32, 96, 55, 55), (4, 32, 16, 16)),
+    "rmsnorm": ((8192, 768), (256, 128)),
+    "layernorm": ((8192, 768), (256, 128)),
+    "instancenorm": ((16, 64, 64, 64), (2, 8, 16, 16)),
+    "groupnorm": ((16, 256, 32, 32), (2, 64, 8, 8)),
+    "batchnorm": ((32, 96, 55, 55), (4, 16, 16, 16)),
+}
+
+
+def CASES(layers, quick: bool, device: str, dtype: torch.dtype) -> List[Case]:
+    """Build the benchmark cases (inputs allocated once, reused by every repeat)."""
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for layer in layers:
+        shape = SHAPES[layer][1 if quick else 0]
+        x = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+        dy = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+        if layer == "lrn":
+            cases += [_lrn_case(x, dy, beta) for beta in LRN_BETAS]
+        elif layer in ("rmsnorm", "layernorm"):
+            cases.append(_row_case(layer, x, dy, rms=layer == "rmsnorm"))
+        elif layer == "instancenorm":
+            cases.append(_group_case(layer, x, dy, shape[1], affine=False))
+        elif layer == "groupnorm":
+            cases.append(_group_case(layer, x, dy, 32, affine=True))
+        elif layer == "batchnorm":
+            cases.append(_batch_case(x, dy))
+    return cases
+
+
+# --- timing ------------------------------------------------------------------------------
+
+def _median_ms(fn, device: str, warmup: int, repeats: int) -> float:
+    if device == "cuda":
+        try:
+            from triton.testing import do_bench
+
+            return float(do_bench(fn, warmup=max(25, warmup), rep=max(100, repeats * 10),
+                                  return_mode="median"))
+        except ImportError:
+            pass
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def copy_bandwidth_gbps(device: str, nbytes: int = 256 * 2 ** 20) -> float:
+    """Bandwidth of a large tensor copy into a preallocated buffer (read + write bytes)."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    ms = _median_ms(lambda: dst.copy_(src), device, 2, 7)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+# --- peak memory (subprocess) ------------------------------------------------------------
+
+_MEM_SCRIPT = r"""
+import ctypes, gc, json, sys
+import torch
+import torch.nn.functional as F
+from normkit.functional import local_response_norm
+torch.set_num_threads({threads})
+shape, impl, a = {shape!r}, {impl!r}, {args!r}
+dtype = getattr(torch, {dtype!r})
+
+def run(x, dy):
+    x = x.detach().requires_grad_()
+    if impl == "torch-eager":
+        y = F.local_response_norm(x, a["size"], a["alpha"], a["beta"], a["k"])
+    else:
+        y = local_response_norm(x, a["size"], a["alpha"], a["beta"], a["k"],
+                                backend=impl.split("-", 1)[1])
+    y.backward(dy)
+    return y, x.grad
+
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+small = torch.randn(2, shape[1], 3, 3, dtype=dtype)
+run(small, torch.randn_like(small))  # compile kernels, start the thread pool
+x = torch.randn(*shape, dtype=dtype)
+dy = torch.randn(*shape, dtype=dtype)
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+base = rss("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
+out = run(x, dy)
+peak = rss("VmHWM")
+print(json.dumps({{"extra": peak - base, "input": x.numel() * x.element_size()}}))
+"""
+
+
+def peak_extra_memory(case: Case, impl: str, threads: int, dtype: str) -> Optional[float]:
+    """Peak extra resident memory of one LRN forward+backward, as a multiple of the input."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    code = _MEM_SCRIPT.format(threads=threads, shape=case.shape, impl=impl,
+                              args=case.lrn_args, dtype=dtype)
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=600, env=env)
+        import json
+
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        return result["extra"] / result["input"]
+    except (subprocess.TimeoutExpired, ValueError, IndexError, KeyError, OSError):
+        return None
+
+
+# --- environment -------------------------------------------------------------------------
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def allocator_description() -> str:
+    """The C allocator in use and the settings that change its page-fault behaviour."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    if "jemalloc" in preload:
+        name = "jemalloc (LD_PRELOAD)"
+    elif "tcmalloc" in preload:
+        name = "tcmalloc (LD_PRELOAD)"
+    else:
+        libc, version = platform.libc_ver()
+        name = f"{libc or 'libc'} {version} malloc".strip()
+    settings = [f"{k}={v}" for k, v in sorted(os.environ.items())
+                if k.startswith("MALLOC_") or k in ("THP_MEM_ALLOC_ENABLE",)]
+    try:
+        thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read().strip()
+        settings.append(f"THP={thp.split('[')[1].split(']')[0]}")
+    except (OSError, IndexError):
+        pass
+    return "; ".join([name] + settings)
+
+
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except Exception:  # not installed or broken: record the absence, do not fail
+        return "absent"
+
+
+# --- main --------------------------------------------------------------------------------
+
+def main(args) -> int:
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()]
+    unknown = [s for s in layers if s not in LAYERS]
+    if unknown:
+        print(f"normkit bench: unknown layer(s) {unknown}; choose from {','.join(LAYERS)}",
+              file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("normkit bench: --device cuda but torch sees no CUDA device; use --device cpu",
+              file=sys.stderr)
+        return 2
+    if args.threads < 1:
+        print(f"normkit bench: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 20)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    memory = args.memory == "on" or (args.memory == "auto" and not args.quick)
+    dtype = getattr(torch, args.dtype)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = args.out or os.path.join("benchmarks", "results")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{args.device}-{stamp}.csv")
+
+    copy_gbps = copy_bandwidth_gbps(args.device,
+                                    16 * 2 ** 20 if args.quick else 256 * 2 ** 20)
+    common = {
+        "timestamp": stamp, "device": args.device, "device_name": _device_name(args.device),
+        "torch_version": torch.__version__, "numba_version": _version("numba"),
+        "triton_version": _version("triton"), "threads": args.threads,
+        "allocator": allocator_description(), "dtype": args.dtype,
+        "copy_gbps": f"{copy_gbps:.4g}",
+    }
+    print(f"normkit bench on {common['device_name']} ({args.device}), {args.threads} threads, "
+          f"torch {torch.__version__}, numba {common['numba_version']}, "
+          f"copy bandwidth {copy_gbps:.1f} GB/s; allocator: {common['allocator']}")
+    print("ratio = torch eager time / normkit time (> 1: normkit faster); medians of "
+          f"{repeats} repeats after {warmup} warm-up calls")
+    header = (f"{'layer':<13}{'shape':<20}{'params':<22}{'pass':<8}{'impl':<16}"
+              f"{'ms':>9}{'ratio':>8}{'GB/s':>8}{'%copy':>7}{'mem/in':>8}")
+    print(header)
+    rows = []
+    for case in CASES(layers, args.quick, args.device, dtype):
+        nbytes = case.x.numel() * case.x.element_size()
+        for pass_name, traffic in (("fwd", 2), ("fwdbwd", 5)):
+            torch_ms = None
+            for impl in case.impls:
+                fn = impl.fwd if pass_name == "fwd" else impl.fwdbwd
+                ms = _median_ms(fn, args.device, warmup, repeats)
+                if impl.name == "torch-eager":
+                    torch_ms = ms
+                gbps = traffic * nbytes / (ms * 1e-3) / 1e9
+                mem = None
+                if memory and case.layer == "lrn" and pass_name == "fwdbwd":
+                    mem = peak_extra_memory(case, impl.name, args.threads, args.dtype)
+                row = dict(common, layer=case.layer, shape="x".join(map(str, case.shape)),
+                           params=case.params, **{"pass": pass_name}, impl=impl.name,
+                           median_ms=f"{ms:.4g}", repeats=repeats,
+                           torch_ms=f"{torch_ms:.4g}" if torch_ms else "",
+                           ratio_vs_torch=f"{torch_ms / ms:.3g}" if torch_ms else "",
+                           gbps=f"{gbps:.4g}", frac_copy_bw=f"{gbps / copy_gbps:.4g}",
+                           peak_extra_mem_x_input="" if mem is None else f"{mem:.2f}")
+                rows.append(row)
+                print(f"{case.layer:<13}{row['shape']:<20}{case.params:<22}{pass_name:<8}"
+                      f"{impl.name:<16}{ms:9.2f}{row['ratio_vs_torch']:>8}{gbps:8.2f}"
+                      f"{100 * gbps / copy_gbps:6.0f}%"
+                      f"{row['peak_extra_mem_x_input']:>8}", flush=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} rows to {path}")
+    return 0

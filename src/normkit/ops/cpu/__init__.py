@@ -1,0 +1,55 @@
+"""The ``cpu`` backend: fused numba kernels for CPU tensors.
+
+Importing this package raises ``ImportError`` when numba is missing; ``dispatch``
+then keeps the torch fallback only. Kernels are serial ``nogil`` functions over
+chunks run on a small fork-safe thread pool (see :mod:`._pool` for why not
+numba's ``parallel=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numba  # noqa: F401  (ImportError here disables the backend)
+import torch
+
+from . import lrn, norms
+
+__all__ = ["register", "why_not", "OPS"]
+
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def why_not(x: torch.Tensor) -> Optional[str]:
+    """None when the numba kernels can run on ``x``, else the reason they cannot."""
+    if not isinstance(x, torch.Tensor):
+        return f"expected a torch.Tensor, got {type(x).__name__}"
+    if x.device.type != "cpu":
+        return f"the cpu backend needs a CPU tensor, got device {x.device}"
+    if x.dtype not in _DTYPES:
+        return f"the cpu backend supports float16/bfloat16/float32/float64, got {x.dtype}"
+    if x.is_sparse or x.layout != torch.strided:
+        return f"the cpu backend needs a dense strided tensor, got layout {x.layout}"
+    return None
+
+
+OPS = {
+    "lrn_fwd": lrn.lrn_fwd,
+    "lrn_bwd": lrn.lrn_bwd,
+    "layer_norm_fwd": norms.layer_norm_fwd,
+    "layer_norm_bwd": norms.layer_norm_bwd,
+    "rms_norm_fwd": norms.rms_norm_fwd,
+    "rms_norm_bwd": norms.rms_norm_bwd,
+    "group_norm_fwd": norms.group_norm_fwd,
+    "group_norm_bwd": norms.group_norm_bwd,
+    "batch_norm_stats": norms.batch_norm_stats,
+    "batch_norm_apply": norms.batch_norm_apply,
+    "batch_norm_bwd_reduce": norms.batch_norm_bwd_reduce,
+    "batch_norm_bwd_apply": norms.batch_norm_bwd_apply,
+}
+
+
+def register(register_fn) -> None:
+    """Register every op above as backend ``cpu`` (called by ``dispatch`` at import)."""
+    for op, fn in OPS.items():
+        register_fn(op, "cpu", fn, why_not)
