@@ -344,6 +344,9 @@ def test_ddp_two_processes_matches_single_process(tmp_path):
         # over the global batch: the only difference is float32 summation order (gloo's
         # all-reduce, per-shard conv reductions), ~1e-7 relative per step. 1e-4 leaves room
         # for that to grow over 8 steps and is still 100x below what a changed seed does.
+        # Both runs must use the same kernels: near-silent channels (rstd up to 1/sqrt(eps))
+        # amplify rounding so much that switching the single run from the torch to the cpu
+        # backend alone moves this curve by 2.5e-2 (measured while merging).
         assert np.max(np.abs(a - b)) < 1e-4
         c = np.array(r_other["history"]["step_loss"])
         assert np.max(np.abs(b - c)) > 1e-2

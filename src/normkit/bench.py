@@ -213,6 +213,8 @@ def _batch_case(x, dy) -> Case:
            "batch_norm_bwd_apply")
     count = x.numel() // c
     nrm, nrv = rm.clone(), rv.clone()
+    # the raw ops take (N, C, L) (docs/ops.md); the module/functional layer does this view
+    x, dy = x.reshape(x.shape[0], c, -1), dy.reshape(dy.shape[0], c, -1)
 
     for backend in _raw_backends(ops, x):
         def fwd(be=backend):

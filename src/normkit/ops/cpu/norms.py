@@ -405,7 +405,8 @@ def _out(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _as_mcl(x: torch.Tensor) -> torch.Tensor:
     """(N, C, *) -> (N, C, L) view of a contiguous tensor."""
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    # L spelled out: reshape cannot infer -1 for a tensor with zero elements (an empty rank)
+    return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
 def layer_norm_fwd(x, weight, bias, eps):
