@@ -28,6 +28,29 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerN
 _shape_t = Union[int, Sequence[int], torch.Size]
 
 
+
+def _register_affine(module: nn.Module, shape, enabled: bool, bias: Optional[bool],
+                     factory: dict) -> None:
+    """Register ``weight`` and ``bias`` of ``shape`` exactly as torch lays them out.
+
+    Disabled parameters are registered as ``None`` (so state_dict keys match torch);
+    ``bias=None`` means the layer has no bias slot at all (RMSNorm).
+    """
+    module.register_parameter(
+        "weight", Parameter(torch.empty(shape, **factory)) if enabled else None)
+    if bias is not None:
+        module.register_parameter(
+            "bias", Parameter(torch.empty(shape, **factory)) if enabled and bias else None)
+
+
+def _reset_affine(module: nn.Module) -> None:
+    """weight <- 1, bias <- 0 where they exist."""
+    if module.weight is not None:
+        init.ones_(module.weight)
+    if getattr(module, "bias", None) is not None:
+        init.zeros_(module.bias)
+
+
 class _NormBase(nn.Module):
     """Parameters, buffers and state_dict handling shared by batch and instance norm."""
 
@@ -46,15 +69,7 @@ class _NormBase(nn.Module):
         self.affine = affine
         self.track_running_stats = track_running_stats
         self.backend = "auto"
-        if affine:
-            self.weight = Parameter(torch.empty(num_features, **factory))
-            if bias:
-                self.bias = Parameter(torch.empty(num_features, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _register_affine(self, num_features, affine, bias, factory)
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features, **factory))
             self.register_buffer("running_var", torch.ones(num_features, **factory))
@@ -77,10 +92,7 @@ class _NormBase(nn.Module):
     def reset_parameters(self) -> None:
         """Reset the running stats, weight <- 1 and bias <- 0."""
         self.reset_running_stats()
-        if self.affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
+        _reset_affine(self)
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         raise NotImplementedError
@@ -442,23 +454,12 @@ class LayerNorm(nn.Module):
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         self.backend = "auto"
-        if elementwise_affine:
-            self.weight = Parameter(torch.empty(self.normalized_shape, **factory))
-            if bias:
-                self.bias = Parameter(torch.empty(self.normalized_shape, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _register_affine(self, self.normalized_shape, elementwise_affine, bias, factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight <- 1, bias <- 0."""
-        if self.elementwise_affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
@@ -509,23 +510,12 @@ class GroupNorm(nn.Module):
         self.eps = eps
         self.affine = affine
         self.backend = "auto"
-        if affine:
-            self.weight = Parameter(torch.empty(num_channels, **factory))
-            if bias:
-                self.bias = Parameter(torch.empty(num_channels, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _register_affine(self, num_channels, affine, bias, factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight <- 1, bias <- 0."""
-        if self.affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() >= 2 and input.size(1) != self.num_channels:
@@ -570,16 +560,12 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         self.backend = "auto"
-        if elementwise_affine:
-            self.weight = Parameter(torch.empty(self.normalized_shape, **factory))
-        else:
-            self.register_parameter("weight", None)
+        _register_affine(self, self.normalized_shape, elementwise_affine, None, factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight <- 1."""
-        if self.elementwise_affine:
-            init.ones_(self.weight)
+        _reset_affine(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps,
@@ -622,15 +608,12 @@ class ChannelRMSNorm(nn.Module):
         self.eps = eps
         self.affine = affine
         self.backend = "auto"
-        if affine:
-            self.weight = Parameter(torch.ones(num_channels, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
+        _register_affine(self, num_channels, affine, None, {"device": device, "dtype": dtype})
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight <- 1."""
-        if self.affine:
-            init.ones_(self.weight)
+        _reset_affine(self)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() < 2 or input.size(1) != self.num_channels:
