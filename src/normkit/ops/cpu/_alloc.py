@@ -10,8 +10,10 @@ large buffer is advised to use transparent huge pages (``madvise(MADV_HUGEPAGE)`
 before anything touched it: 512x fewer faults). Smaller buffers are plain
 ``torch.empty`` (glibc recycles them from its heap, already mapped).
 
-The cache holds at most ``NORMKIT_CPU_CACHE_MB`` MiB (default 1024; 0 disables it) of
-buffers nobody uses; :func:`clear_cache` releases them.
+The cache holds at most ``NORMKIT_CPU_CACHE_MB`` MiB (default 256: room for the
+2-4 outputs of a forward+backward at AlexNet-layer sizes; 0 disables it) of buffers;
+:func:`clear_cache` releases them. It needs torch's storage use count, a private
+function: a torch without it gets plain allocations (the cache is off).
 """
 
 from __future__ import annotations
@@ -58,14 +60,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+# private torch API: without it we cannot tell whether a caller still holds a buffer
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
 def _uses(t: torch.Tensor) -> int:
-    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+    return _storage_use_count(t.untyped_storage()._cdata)
 
 
 def _limit() -> int:
+    if _storage_use_count is None:
+        return 0
     env = os.environ.get(ENV_CACHE)
     if not env:
-        return 1024 * 2 ** 20
+        return 256 * 2 ** 20
     try:
         return max(0, int(env)) * 2 ** 20
     except ValueError:
