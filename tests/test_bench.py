@@ -9,7 +9,7 @@ from normkit import bench, cli
 
 
 def test_bench_quick_writes_well_formed_csv(tmp_path, capsys):
-    code = cli.main(["bench", "--quick", "--layers", "lrn,layernorm,batchnorm",
+    code = cli.main(["bench", "--quick", "--layers", ",".join(bench.LAYERS),
                      "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)])
     assert code == 0
     files = list(tmp_path.glob("cpu-*.csv"))
@@ -19,7 +19,7 @@ def test_bench_quick_writes_well_formed_csv(tmp_path, capsys):
         assert reader.fieldnames == bench.CSV_FIELDS
         rows = list(reader)
     layers = {r["layer"] for r in rows}
-    assert layers == {"lrn", "layernorm", "batchnorm"}
+    assert layers == set(bench.LAYERS)  # every layer: each feeds the raw ops their contract
     # every case has a torch baseline and at least one normkit implementation, both passes
     for layer in layers:
         impls = {(r["impl"], r["pass"]) for r in rows if r["layer"] == layer}
