@@ -269,3 +269,49 @@ def test_fullgraph_inductor_norm_layers():
         assert max_err(y, y_ref) < 1e-5, family
         for k in g_ref:
             assert max_err(g[k], g_ref[k]) < 1e-4, (family, k)
+
+
+def _sync_compile_worker(rank, world, init_file, out_dir):
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    torch.manual_seed(0)
+    eager = torch.nn.Sequential(torch.nn.Conv1d(2, 3, 3, padding=1), normkit.SyncBatchNorm(3))
+    model = copy.deepcopy(eager)
+    compiled = torch.compile(model, backend="aot_eager")  # fullgraph=False: sync runs eagerly
+    out = {}
+    for name, run, params in (("eager", eager, eager), ("compiled", compiled, model)):
+        x = randn(2 + rank, 2, 5, seed=rank, dtype=torch.float32)
+        y, grads = _step(run, params, x, 100 + rank)
+        out[name] = (y, grads, [b.clone() for b in params.buffers()])
+    torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_sync_batch_norm_two_processes_compiled_without_fullgraph_runs_eagerly():
+    """fullgraph=False: dynamo breaks the graph at the sync step, the collectives run
+    eagerly and every rank's outputs, gradients and running stats equal eager ones."""
+    import os
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_sync_compile_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2,
+                 join=True)
+        results = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
+    for res in results:
+        (y_e, g_e, b_e), (y_c, g_c, b_c) = res["eager"], res["compiled"]
+        assert max_err(y_c, y_e) < 1e-5
+        for k in g_e:
+            assert max_err(g_c[k], g_e[k]) < 1e-5, k
+        for b, b_ref in zip(b_c, b_e):
+            assert max_err(b, b_ref) < 1e-6
+    # the statistics spanned both ranks: identical running stats on each
+    assert torch.equal(results[0]["compiled"][2][0], results[1]["compiled"][2][0])
