@@ -315,3 +315,23 @@ def test_sync_batch_norm_two_processes_compiled_without_fullgraph_runs_eagerly()
             assert max_err(b, b_ref) < 1e-6
     # the statistics spanned both ranks: identical running stats on each
     assert torch.equal(results[0]["compiled"][2][0], results[1]["compiled"][2][0])
+
+
+def test_eager_fast_path_equals_the_custom_op_and_tracers_see_the_op():
+    """Plain eager calls skip the custom-op dispatcher; results, strides and the recorded
+    backend are the op's, and under a fake-tensor mode the fake kernel answers."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = randn(4, 6, 3, seed=95, dtype=torch.float32).transpose(1, 2).contiguous().transpose(1, 2)
+    dispatch.last_backend.clear()
+    direct = library.group_norm_fwd(x, _W, None, 2, 1e-5, "cpu")
+    assert dispatch.last_backend == {"group_norm_fwd": "cpu"}
+    through_op = torch.ops.normkit.group_norm_fwd.default(x, _W, None, 2, 1e-5, "cpu")
+    for a, b in zip(direct, through_op):
+        assert torch.equal(a, b) and a.stride() == b.stride() and a.dtype == b.dtype
+    assert direct[0].stride() == x.stride()  # y follows torch.empty_like(x)
+    with FakeTensorMode() as mode:
+        fx = mode.from_tensor(x)
+        y, mean, rstd = library.group_norm_fwd(fx, None, None, 2, 1e-5, "cpu")
+    assert y.shape == x.shape and mean.shape == rstd.shape == (4, 2)
+    assert mean.dtype == torch.float32
