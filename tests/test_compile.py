@@ -335,3 +335,23 @@ def test_eager_fast_path_equals_the_custom_op_and_tracers_see_the_op():
         y, mean, rstd = library.group_norm_fwd(fx, None, None, 2, 1e-5, "cpu")
     assert y.shape == x.shape and mean.shape == rstd.shape == (4, 2)
     assert mean.dtype == torch.float32
+
+
+@pytest.mark.parametrize("family", ["BatchNorm2d", "LayerNorm"])
+def test_fullgraph_dynamic_shapes(family):
+    """dynamic=True: one graph with symbolic sizes serves batches of several sizes."""
+    make, shape = _FAMILIES[family]
+    torch.manual_seed(0)
+    eager = make()
+    model = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+    for step, n in enumerate((2, 3, 5)):
+        x = randn(n, *shape[1:], seed=96 + step, dtype=torch.float32)
+        y_ref, g_ref = _step(eager, eager, x, 97 + step)
+        y, g = _step(compiled, model, x, 97 + step)
+        assert max_err(y, y_ref) < 1e-5
+        for k in g_ref:
+            assert max_err(g[k], g_ref[k]) < 1e-5, (step, k)
+    for b, b_ref in zip(model.buffers(), eager.buffers()):
+        assert max_err(b, b_ref) < 1e-6
