@@ -2,7 +2,8 @@
 
 Functions hold no parameters and never see kernels directly: they resolve a
 backend once in forward (stored on ``ctx``) and call the op through
-:mod:`normkit.dispatch`, forward and backward alike.
+:mod:`normkit.dispatch`, forward and backward alike, through the custom ops of
+:mod:`normkit.library` (so that ``torch.compile`` keeps each kernel as one graph node).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import dispatch, library
+from . import library
 
 
 class LocalResponseNormFunction(torch.autograd.Function):
@@ -52,20 +53,18 @@ class LayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps: float, backends: dict):
-        y, mean, rstd = dispatch.call("layer_norm_fwd", backends["layer_norm_fwd"], x, weight,
-                                      bias, eps)
-        ctx.save_for_backward(x, mean, rstd, weight)
-        ctx.has_bias = bias is not None
+        y, mean, rstd = library.layer_norm_fwd(x, weight, bias, eps, backends["layer_norm_fwd"])
+        ctx.save_for_backward(x, mean, rstd, weight, bias)
         ctx.backend = backends["layer_norm_bwd"]
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x, mean, rstd, weight = ctx.saved_tensors
-        dx, dweight, dbias = dispatch.call("layer_norm_bwd", ctx.backend, dy.contiguous(), x,
-                                           mean, rstd, weight)
-        return dx, dweight, (dbias if ctx.has_bias else None), None, None
+        x, mean, rstd, weight, bias = ctx.saved_tensors
+        dx, dweight, dbias = library.layer_norm_bwd(dy.contiguous(), x, mean, rstd, weight,
+                                                    ctx.backend)
+        return dx, _grad_like(dweight, weight), _grad_like(dbias, bias), None, None
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -73,7 +72,7 @@ class RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, eps: float, backends: dict):
-        y, rstd = dispatch.call("rms_norm_fwd", backends["rms_norm_fwd"], x, weight, eps)
+        y, rstd = library.rms_norm_fwd(x, weight, eps, backends["rms_norm_fwd"])
         ctx.save_for_backward(x, rstd, weight)
         ctx.backend = backends["rms_norm_bwd"]
         return y
@@ -82,9 +81,8 @@ class RMSNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x, rstd, weight = ctx.saved_tensors
-        dx, dweight = dispatch.call("rms_norm_bwd", ctx.backend, dy.contiguous(), x, rstd,
-                                    weight)
-        return dx, dweight, None, None
+        dx, dweight = library.rms_norm_bwd(dy.contiguous(), x, rstd, weight, ctx.backend)
+        return dx, _grad_like(dweight, weight), None, None
 
 
 class GroupNormFunction(torch.autograd.Function):
@@ -92,10 +90,9 @@ class GroupNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, num_groups: int, eps: float, backends: dict):
-        y, mean, rstd = dispatch.call("group_norm_fwd", backends["group_norm_fwd"], x, weight,
-                                      bias, num_groups, eps)
-        ctx.save_for_backward(x, mean, rstd, weight)
-        ctx.has_bias = bias is not None
+        y, mean, rstd = library.group_norm_fwd(x, weight, bias, num_groups, eps,
+                                               backends["group_norm_fwd"])
+        ctx.save_for_backward(x, mean, rstd, weight, bias)
         ctx.num_groups = num_groups
         ctx.backend = backends["group_norm_bwd"]
         return y
@@ -103,10 +100,10 @@ class GroupNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x, mean, rstd, weight = ctx.saved_tensors
-        dx, dweight, dbias = dispatch.call("group_norm_bwd", ctx.backend, dy.contiguous(), x,
-                                           mean, rstd, weight, ctx.num_groups)
-        return dx, dweight, (dbias if ctx.has_bias else None), None, None, None
+        x, mean, rstd, weight, bias = ctx.saved_tensors
+        dx, dweight, dbias = library.group_norm_bwd(dy.contiguous(), x, mean, rstd, weight,
+                                                    ctx.num_groups, ctx.backend)
+        return dx, _grad_like(dweight, weight), _grad_like(dbias, bias), None, None, None
 
 
 def _stats_dtype(x):
@@ -131,37 +128,34 @@ def _batch_norm_backward(ctx, dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, co
     """(dx, dweight, dbias) given the (possibly all-reduced) sums and the local ones."""
     dx = None
     if ctx.needs_input_grad[0]:
-        dx = dispatch.call("batch_norm_bwd_apply", ctx.backends["batch_norm_bwd_apply"], dy, x,
-                           mean, rstd, weight, sum_dy, sum_dy_xhat, count)
+        dx = library.batch_norm_bwd_apply(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count,
+                                          ctx.backends["batch_norm_bwd_apply"])
     return dx, _grad_like(local_dy_xhat, weight), (_grad_like(local_dy, weight)
                                                    if ctx.has_bias else None)
 
 
-class BatchNormFunction(torch.autograd.Function):
-    """Batch norm of (N, C, L); training mode updates the running stats in place.
+def batch_norm_batch_stats(x, backend: str):
+    """Batch (mean, biased var) of (N, C, L), detached: the backward pass differentiates
+    through them analytically (``batch_norm_bwd_reduce``), not through autograd."""
+    with torch.no_grad():
+        return library.batch_norm_stats(x.detach(), backend)
 
-    Saves x, mean and rstd (C,) in the compute dtype, and the weight. In
-    evaluation the statistics are the (constant) running ones, so the input
-    gradient is dy * weight * rstd: the same apply op with zero sums.
+
+class BatchNormFunction(torch.autograd.Function):
+    """Batch norm of (N, C, L) given its statistics (C,) in the compute dtype.
+
+    The caller computes the statistics (:func:`batch_norm_batch_stats` in training,
+    the running ones in evaluation) and updates the running stats with plain torch
+    ops, outside this Function: ``torch.compile`` then sees the buffer mutation as
+    an ordinary in-place op. Saves x, mean, rstd and the weight. ``count`` is the
+    number of values per channel in training; 0 in evaluation, where the statistics
+    are constants and the input gradient is dy * weight * rstd (the same apply op
+    with zero sums).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, training: bool,
-                momentum: float, eps: float, backends: dict):
-        n, c, length = x.shape
-        if training:
-            mean, var = dispatch.call("batch_norm_stats", backends["batch_norm_stats"], x)
-            count = n * length
-            update_running_stats(running_mean, running_var, mean, var * (count / (count - 1)),
-                                 momentum)
-        else:
-            cdt = _stats_dtype(x)
-            mean = running_mean.to(cdt, copy=True)
-            var = running_var.to(cdt)
-            count = 0
-        rstd = torch.rsqrt(var + eps)
-        y = dispatch.call("batch_norm_apply", backends["batch_norm_apply"], x, mean, rstd,
-                          weight, bias)
+    def forward(ctx, x, weight, bias, mean, rstd, training: bool, count: int, backends: dict):
+        y = library.batch_norm_apply(x, mean, rstd, weight, bias, backends["batch_norm_apply"])
         ctx.save_for_backward(x, mean, rstd, weight)
         ctx.training, ctx.count, ctx.backends = training, count, backends
         ctx.has_bias = bias is not None
@@ -172,9 +166,8 @@ class BatchNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, mean, rstd, weight = ctx.saved_tensors
         dy = dy.contiguous()
-        sum_dy, sum_dy_xhat = dispatch.call("batch_norm_bwd_reduce",
-                                            ctx.backends["batch_norm_bwd_reduce"], dy, x, mean,
-                                            rstd)
+        sum_dy, sum_dy_xhat = library.batch_norm_bwd_reduce(
+            dy, x, mean, rstd, ctx.backends["batch_norm_bwd_reduce"])
         if ctx.training:
             grads = _batch_norm_backward(ctx, dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat,
                                          ctx.count, sum_dy_xhat, sum_dy)
@@ -182,7 +175,7 @@ class BatchNormFunction(torch.autograd.Function):
             zeros = torch.zeros_like(sum_dy)
             grads = _batch_norm_backward(ctx, dy, x, mean, rstd, weight, zeros, zeros, 1,
                                          sum_dy_xhat, sum_dy)
-        return grads + (None,) * 6
+        return grads + (None,) * 5
 
 
 class SyncBatchNormFunction(torch.autograd.Function):
@@ -206,7 +199,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         cdt = _stats_dtype(x)
         local_count = n * length
         if local_count > 0:
-            mean, var = dispatch.call("batch_norm_stats", backends["batch_norm_stats"], x)
+            mean, var = library.batch_norm_stats(x, backends["batch_norm_stats"])
         else:
             mean = var = torch.zeros(c, dtype=cdt, device=x.device)
         # float64 packing: counts stay exact past 2**24 and the merge loses nothing
@@ -230,8 +223,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         update_running_stats(running_mean, running_var, mean,
                              (m2_total / (total - 1)).to(cdt), momentum)
         rstd = torch.rsqrt(var + eps)
-        y = dispatch.call("batch_norm_apply", backends["batch_norm_apply"], x, mean, rstd,
-                          weight, bias)
+        y = library.batch_norm_apply(x, mean, rstd, weight, bias, backends["batch_norm_apply"])
         ctx.save_for_backward(x, mean, rstd, weight)
         ctx.count, ctx.backends, ctx.process_group = int(total), backends, process_group
         ctx.has_bias = bias is not None
@@ -244,9 +236,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
 
         x, mean, rstd, weight = ctx.saved_tensors
         dy = dy.contiguous()
-        sum_dy, sum_dy_xhat = dispatch.call("batch_norm_bwd_reduce",
-                                            ctx.backends["batch_norm_bwd_reduce"], dy, x, mean,
-                                            rstd)
+        sum_dy, sum_dy_xhat = library.batch_norm_bwd_reduce(
+            dy, x, mean, rstd, ctx.backends["batch_norm_bwd_reduce"])
         c = sum_dy.numel()
         packed = torch.cat([sum_dy, sum_dy_xhat])  # a copy: the local sums stay intact
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=ctx.process_group)

@@ -124,7 +124,8 @@ import math  # noqa: E402
 from typing import Optional, Sequence, Union  # noqa: E402
 
 from .autograd import (BatchNormFunction, GroupNormFunction, LayerNormFunction,  # noqa: E402
-                       RMSNormFunction, SyncBatchNormFunction, update_running_stats)
+                       RMSNormFunction, SyncBatchNormFunction, batch_norm_batch_stats,
+                       update_running_stats)
 
 _BN_OPS = ("batch_norm_stats", "batch_norm_apply", "batch_norm_bwd_reduce",
            "batch_norm_bwd_apply")
@@ -235,8 +236,18 @@ def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
     x = input.reshape(input.shape[0], input.shape[1], math.prod(input.shape[2:]))
     backends = _backends(_BN_OPS, x, backend)
-    y = BatchNormFunction.apply(x, weight, bias, running_mean, running_var, bool(training),
-                                float(momentum), float(eps), backends)
+    if training:
+        mean, var = batch_norm_batch_stats(x, backends["batch_norm_stats"])
+        count = x.shape[0] * x.shape[2]
+        # plain torch ops outside the autograd Function: torch.compile traces the buffer
+        # update as an in-place op on the module's buffers
+        update_running_stats(running_mean, running_var, mean, var * (count / (count - 1)),
+                             float(momentum))
+    else:
+        cdt = torch.float64 if input.dtype == torch.float64 else torch.float32
+        mean, var, count = running_mean.to(cdt, copy=True), running_var.to(cdt), 0
+    rstd = torch.rsqrt(var + float(eps))
+    y = BatchNormFunction.apply(x, weight, bias, mean, rstd, bool(training), count, backends)
     return y.reshape(input.shape)
 
 
@@ -278,6 +289,13 @@ def sync_batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
     if world == 1:
         return batch_norm(input, running_mean, running_var, weight, bias, training, momentum,
                           eps, backend=backend)
+    if torch.compiler.is_compiling():
+        # collectives inside an autograd.Function are not traceable; under
+        # fullgraph=False dynamo breaks the graph here and runs this part eagerly
+        raise RuntimeError(f"{name}: synchronising over {world} processes is eager-only, "
+                           "torch.compile(fullgraph=True) cannot trace its collectives; compile "
+                           "with fullgraph=False (the sync step then runs eagerly), or convert "
+                           "to BatchNorm for a single process")
     _check_tensor(name, input)
     _check_rank(name, input, 2)
     c = input.shape[1]
@@ -493,7 +511,7 @@ def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = No
         # per-instance stats through the same stats core: (1, N*C, L) over (N, L)
         op = dispatch.resolve("batch_norm_stats", x, backend)
         with torch.no_grad():
-            mean, var = dispatch.call("batch_norm_stats", op, x.detach().reshape(1, n * c, -1))
+            mean, var = batch_norm_batch_stats(x.reshape(1, n * c, -1), op)
             unbiased = var.view(n, c) * (spatial / (spatial - 1))
             update_running_stats(running_mean, running_var, mean.view(n, c).mean(0),
                                  unbiased.mean(0), float(momentum))
