@@ -6,6 +6,8 @@ import pytest
 from normkit.conventions import canonicalize
 from normkit.reference import lrn_backward, lrn_forward, window_sum
 
+from tolerance import numeric_grad
+
 
 def test_window_sum_by_hand():
     v = np.array([1.0, 2.0, 3.0, 4.0])
@@ -41,28 +43,15 @@ def test_size_larger_than_channels_keeps_divisor_n():
     assert lrn_forward(x, spec)[0, 0, 0, 0] == pytest.approx(2 / (1 + 0.1 * 8))
 
 
-def _numeric_grad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    flat = x.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        plus = f(x)
-        flat[i] = old - eps
-        minus = f(x)
-        flat[i] = old
-        g.reshape(-1)[i] = (plus - minus) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("convention,size,region", [
     ("torch", 4, "across"), ("onnx", 4, "across"), ("torch", 5, "across"),
     ("chainer", 2, "across"), ("caffe", 3, "within"), ("cuda-convnet", 2, "within"),
+
 ])
 def test_backward_matches_finite_differences(convention, size, region):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 5, 3, 4))
     dy = rng.standard_normal(x.shape)
     spec = canonicalize(size, 0.7, 0.65, 1.3, region=region, convention=convention)
-    numeric = _numeric_grad(lambda v: float(np.sum(lrn_forward(v, spec) * dy)), x.copy())
+    numeric = numeric_grad(lambda v: float(np.sum(lrn_forward(v, spec) * dy)), x.copy())
     np.testing.assert_allclose(lrn_backward(x, dy, spec), numeric, rtol=1e-6, atol=1e-8)

@@ -9,31 +9,19 @@ from normkit.reference import (batch_norm_backward, batch_norm_eval_forward, bat
                                moments, rms_norm_backward, rms_norm_forward,
                                running_stats_update)
 
-
-def _numeric_grad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    flat = x.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        plus = f(x)
-        flat[i] = old - eps
-        minus = f(x)
-        flat[i] = old
-        g.reshape(-1)[i] = (plus - minus) / (2 * eps)
-    return g
+from tolerance import numeric_grad
 
 
 def _check_grads(forward, backward, x, params, dy, rtol=1e-6, atol=1e-8):
     """Finite differences of sum(forward(x, *params) * dy) against backward's outputs."""
     analytic = backward(x, dy, *params)
-    numeric = _numeric_grad(lambda v: float(np.sum(forward(v, *params) * dy)), x.copy())
+    numeric = numeric_grad(lambda v: float(np.sum(forward(v, *params) * dy)), x.copy())
     np.testing.assert_allclose(analytic[0], numeric, rtol=rtol, atol=atol)
     for i, p in enumerate(params):
         if p is None:
             assert analytic[i + 1] is None
             continue
-        num = _numeric_grad(lambda v: float(np.sum(
+        num = numeric_grad(lambda v: float(np.sum(
             forward(x, *[v if j == i else q for j, q in enumerate(params)]) * dy)), p.copy())
         np.testing.assert_allclose(analytic[i + 1], num, rtol=rtol, atol=atol)
 
@@ -128,7 +116,7 @@ def test_batch_norm_eval_backward_is_dy_weight_rstd():
     x = RNG.standard_normal((3, 2, 4))
     dy = RNG.standard_normal(x.shape)
     rm, rv, w = np.array([0.3, -1.0]), np.array([2.0, 0.5]), np.array([1.5, -0.7])
-    numeric = _numeric_grad(
+    numeric = numeric_grad(
         lambda v: float(np.sum(batch_norm_eval_forward(v, rm, rv, w, None, 1e-5) * dy)), x.copy())
     analytic = dy * (w / np.sqrt(rv + 1e-5))[None, :, None]
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
@@ -179,3 +167,4 @@ def test_rms_norm_is_layer_norm_without_centring():
     x -= x.mean(1, keepdims=True)
     np.testing.assert_allclose(rms_norm_forward(x, (6,), eps=1e-5)[0],
                                layer_norm_forward(x, (6,), eps=1e-5)[0], rtol=1e-12)
+

@@ -51,3 +51,18 @@ def assert_matches_reference(ours, ref, dtype, torch_same_dtype=None, what="outp
     bound = 2 * torch_err + ATOL[dtype] * scale
     assert err <= bound, (f"{what}: max|ours - ref| = {err:.3g} exceeds 2*{torch_err:.3g} + "
                           f"{ATOL[dtype]:g}*{scale:.3g} = {bound:.3g} ({dtype})")
+
+
+def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central finite differences of the scalar ``f`` at ``x`` (float64; ``x`` is restored)."""
+    g = np.zeros_like(x)
+    flat = x.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        plus = f(x)
+        flat[i] = old - eps
+        minus = f(x)
+        flat[i] = old
+        g.reshape(-1)[i] = (plus - minus) / (2 * eps)
+    return g
