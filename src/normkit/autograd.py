@@ -116,11 +116,10 @@ def update_running_stats(running_mean, running_var, mean, unbiased_var,
     var * n / (n - 1), which is what torch stores."""
     if running_mean is None:
         return
-    unbiased = unbiased_var
     with torch.no_grad():
         cdt = mean.dtype
         running_mean.copy_(running_mean.to(cdt) * (1.0 - momentum) + mean * momentum)
-        running_var.copy_(running_var.to(cdt) * (1.0 - momentum) + unbiased * momentum)
+        running_var.copy_(running_var.to(cdt) * (1.0 - momentum) + unbiased_var * momentum)
 
 
 def _batch_norm_backward(ctx, dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count,

@@ -47,12 +47,34 @@ _ROWS_PER_CHUNK = 32  # rows per partial buffer in LayerNorm/RMSNorm backward
 # Loops run over 1-D row slices (xr = x[r]): numba's 2-D/3-D element indexing keeps a
 # stride multiply and a wraparound test per element that blocks vectorisation.
 
+# inline="always": inlined in numba IR, so the callers' loops vectorize as if written there
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _row_moments(xr, cast):
+    # xr: (D,). Returns (mean as float64, mean_hi, mean_lo, sum of (xr - mean)^2), the
+    # last three in xr's dtype. The mean is taken of xr - xr[0] (values of the size of the
+    # spread, not of the mean: no loss at mean 1e4) and kept as a hi + lo pair, so
+    # (xr - hi) - lo is exact; the squared deviations are a second pass over the row.
+    D = xr.shape[0]
+    x0 = xr[0]
+    sh = x0 - x0  # zero of xr's dtype
+    for i in range(D):
+        sh += xr[i] - x0
+    m = np.float64(x0) + np.float64(sh) / D
+    cast[0] = m
+    cast[1] = m - np.float64(cast[0])
+    m_hi = cast[0]
+    m_lo = cast[1]
+    m2 = m_hi - m_hi
+    for i in range(D):
+        d = (xr[i] - m_hi) - m_lo
+        m2 += d * d
+    return m, m_hi, m_lo, m2
+
+
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
     # x, y: (M, D); w, b: (D,) in x's dtype, or (0,) when absent; mean, rstd: (M,).
-    # Arithmetic in x's dtype (float32 or float64). The mean is taken of x - x[r, 0]
-    # (values of the size of the spread, not of the mean: no loss at mean 1e4) and kept as
-    # a hi + lo pair, so x - mean stays exact; the variance is a second pass over x - mean.
+    # Arithmetic in x's dtype (float32 or float64); the row statistics by _row_moments.
     M, D = x.shape
     has_w = w.shape[0] > 0
     has_b = b.shape[0] > 0
@@ -63,21 +85,13 @@ def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
         if rms:
             m = 0.0
             cast[0] = 0.0
-            cast[1] = 0.0
-        else:
-            x0 = xr[0]
-            sh = x0 - x0  # zero of x's dtype
+            m_hi = cast[0]
+            m_lo = cast[0]
+            v = m_hi - m_hi
             for i in range(D):
-                sh += xr[i] - x0
-            m = np.float64(x0) + np.float64(sh) / D
-            cast[0] = m
-            cast[1] = m - np.float64(cast[0])
-        m_hi = cast[0]
-        m_lo = cast[1]
-        v = m_hi - m_hi
-        for i in range(D):
-            d = (xr[i] - m_hi) - m_lo
-            v += d * d
+                v += xr[i] * xr[i]
+        else:
+            m, m_hi, m_lo, v = _row_moments(xr, cast)
         rs = 1.0 / math.sqrt(max(np.float64(v) / D, 0.0) + eps)
         mean[r] = m
         rstd[r] = rs
@@ -268,20 +282,7 @@ def _batch_norm_stats_kernel(x, mean, var, start, stop):
         m = 0.0
         m2 = 0.0
         for n in range(N):
-            xr = x[n, c]
-            x0 = xr[0]
-            sh = x0 - x0
-            for i in range(L):
-                sh += xr[i] - x0
-            rm = np.float64(x0) + np.float64(sh) / L
-            cast[0] = rm
-            cast[1] = rm - np.float64(cast[0])
-            rm_hi = cast[0]
-            rm_lo = cast[1]
-            rv = rm_hi - rm_hi
-            for i in range(L):
-                d = (xr[i] - rm_hi) - rm_lo
-                rv += d * d
+            rm, _, _, rv = _row_moments(x[n, c], cast)
             total = count + L
             delta = rm - m
             m += delta * (L / total)
