@@ -318,6 +318,23 @@ def _box_sum(v, out, rows, width):
         _window_shifts(rows[h], width, out[h], W)
 
 
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _plane_scale(xq, sq, s, rows, back, width, alpha, k):
+    # xq: (H, W) plane; s <- k + alpha * (width x width box sum of xq^2), zero padded.
+    # sq: (H + width - 1, W + width - 1) with zero borders, interior at [back, back).
+    H, W = xq.shape
+    for h in range(H):
+        xr = xq[h]
+        sr = sq[back + h, back:back + W]
+        for i in range(W):
+            sr[i] = xr[i] * xr[i]
+    _box_sum(sq, s, rows, width)
+    for h in range(H):
+        sh = s[h]
+        for i in range(W):
+            sh[i] = k + alpha * sh[i]
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _lrn_within_fwd_kernel(x, y, back, ahead, alpha, k, mode, neg_beta, one, start, stop):
     # x, y: (P, H, W) contiguous planes (P = N * C); work item = one plane
@@ -328,16 +345,9 @@ def _lrn_within_fwd_kernel(x, y, back, ahead, alpha, k, mode, neg_beta, one, sta
     s = np.empty((H, W), x.dtype)
     p = np.empty(W, x.dtype)
     for q in range(start, stop):
-        for h in range(H):
-            xr = x[q, h]
-            sr = sq[back + h, back:back + W]
-            for i in range(W):
-                sr[i] = xr[i] * xr[i]
-        _box_sum(sq, s, rows, width)
+        _plane_scale(x[q], sq, s, rows, back, width, alpha, k)
         for h in range(H):
             sh = s[h]
-            for i in range(W):
-                sh[i] = k + alpha * sh[i]
             _neg_pow_row(sh, p, W, mode, neg_beta, one)
             xr = x[q, h]
             yr = y[q, h]
@@ -358,17 +368,10 @@ def _lrn_within_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one
     p = np.empty((H, W), x.dtype)
     acc = np.empty((H, W), x.dtype)
     for q in range(start, stop):
-        for h in range(H):
-            xr = x[q, h]
-            sr = sq[back + h, back:back + W]
-            for i in range(W):
-                sr[i] = xr[i] * xr[i]
-        _box_sum(sq, s, rows, width)
+        _plane_scale(x[q], sq, s, rows, back, width, alpha, k)  # recomputed: nothing saved
         for h in range(H):
             sh = s[h]
             ph = p[h]
-            for i in range(W):
-                sh[i] = k + alpha * sh[i]
             _neg_pow_row(sh, ph, W, mode, neg_beta, one)
             xr = x[q, h]
             dyr = dy[q, h]
