@@ -41,10 +41,8 @@ def _check_channel_dim(name: str, input: torch.Tensor, channel_dim) -> int:
     return channel_dim
 
 
-def lrn_canonical(input: torch.Tensor, spec: CanonicalLRN, *, channel_dim: int = 1,
-                  backend: str = "auto") -> torch.Tensor:
-    """Apply an LRN already in canonical form (see :mod:`normkit.conventions`)."""
-    name = "local_response_norm"
+def check_lrn_input(name: str, input, spec: CanonicalLRN, channel_dim) -> int:
+    """Validate an LRN input (tensor, dtype, rank, channel_dim); the channel dim, >= 1."""
     _check_tensor(name, input)
     if spec.region == "across" and input.dim() < 3:
         raise ValueError(f"{name}: across-channel LRN needs an input of rank >= 3 (N, C, *), "
@@ -52,7 +50,13 @@ def lrn_canonical(input: torch.Tensor, spec: CanonicalLRN, *, channel_dim: int =
     if spec.region == "within" and input.dim() != 4:
         raise ValueError(f"{name}: within-channel LRN needs a 4-D input (N, C, H, W), got "
                          f"shape {tuple(input.shape)}")
-    channel_dim = _check_channel_dim(name, input, channel_dim)
+    return _check_channel_dim(name, input, channel_dim)
+
+
+def lrn_canonical(input: torch.Tensor, spec: CanonicalLRN, *, channel_dim: int = 1,
+                  backend: str = "auto") -> torch.Tensor:
+    """Apply an LRN already in canonical form (see :mod:`normkit.conventions`)."""
+    channel_dim = check_lrn_input("local_response_norm", input, spec, channel_dim)
     if torch.onnx.is_in_onnx_export():
         # exporters get standard ONNX ops, never the eager kernels (lazy: onnx machinery
         # is only needed while exporting)

@@ -44,6 +44,7 @@ import torch.nn.functional as torch_F
 from torch import nn
 
 from ..conventions import CanonicalLRN
+from ..functional import check_lrn_input
 
 __all__ = [
     "ExportContext", "export_onnx", "register_exporter", "export_forward_for", "lrn_export",
@@ -218,23 +219,9 @@ def lrn_export_graph(x: torch.Tensor, spec: CanonicalLRN, *, lrn_nodes: bool = T
     return lrn_decomposition(x, spec)
 
 
-def _channels_first(x: torch.Tensor, spec: CanonicalLRN, channel_dim: int) -> int:
-    what = "LocalResponseNorm export"
-    if spec.region == "across" and x.dim() < 3:
-        raise ValueError(f"{what}: across-channel LRN needs an input of rank >= 3 (N, C, *), got "
-                         f"shape {tuple(x.shape)}")
-    if spec.region == "within" and x.dim() != 4:
-        raise ValueError(f"{what}: within-channel LRN needs a 4-D input (N, C, H, W), got shape "
-                         f"{tuple(x.shape)}")
-    if not -x.dim() <= channel_dim < x.dim() or channel_dim % x.dim() == 0:
-        raise ValueError(f"{what}: channel_dim must be a non-batch dim of a {x.dim()}-D input, "
-                         f"got {channel_dim}")
-    return channel_dim % x.dim()
-
-
 def lrn_export(input: torch.Tensor, spec: CanonicalLRN, channel_dim: int = 1) -> torch.Tensor:
     """Export-time LRN with channels on ``channel_dim`` (the hook ``functional`` calls)."""
-    channel_dim = _channels_first(input, spec, channel_dim)
+    channel_dim = check_lrn_input("LocalResponseNorm export", input, spec, channel_dim)
     ctx = _current_context()
     x = input if channel_dim == 1 else input.movedim(channel_dim, 1)
     y = lrn_export_graph(x, spec, lrn_nodes=ctx.lrn_nodes)
