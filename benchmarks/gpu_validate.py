@@ -11,7 +11,7 @@ One command on a machine with a CUDA GPU (see benchmarks/README-gpu.md):
 2. Benchmark: tensors of at least 16 MB, timed with triton.testing.do_bench (median),
    normkit's Triton kernels against torch's own CUDA ops in the same dtype; reported
    as time ratios and as a fraction of the measured device-to-device copy bandwidth,
-   using the minimum-traffic bytes model of DESIGN.md section 5.
+   using the minimum-traffic bytes model of docs/design.md section 3.
 
 A CSV (one row per case) goes to $OUT if set, else benchmarks/results/. Exit status 1
 if any validation case fails.
@@ -44,31 +44,29 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 # --------------------------------------------------------------------------- references
-
-def ref_layer_norm(x, w, b, eps):
-    mean = x.mean(-1, keepdim=True)
-    var = ((x - mean) ** 2).mean(-1, keepdim=True)
-    y = (x - mean) / torch.sqrt(var + eps)
-    return y * w + b
+#
+# The ground truth is normkit.reference (float64 NumPy, hand-derived backward passes), the
+# same one the test-suite uses: each function returns [y, dx, dweight(, dbias)] as float64.
 
 
-def ref_rms_norm(x, w, eps):
-    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
+def ref_outputs(kind, x, dy, w, b, eps, groups=None):
+    from normkit import reference as R
+    from tolerance import as_f64
 
-
-def ref_group_norm(x, w, b, groups, eps):
-    n, c, length = x.shape
-    xg = x.reshape(n, groups, -1)
-    mean = xg.mean(-1, keepdim=True)
-    var = ((xg - mean) ** 2).mean(-1, keepdim=True)
-    y = ((xg - mean) / torch.sqrt(var + eps)).reshape(n, c, length)
-    return y * w[:, None] + b[:, None]
-
-
-def ref_batch_norm(x, w, b, eps):
-    mean = x.mean((0, 2), keepdim=True)
-    var = ((x - mean) ** 2).mean((0, 2), keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps) * w[:, None] + b[:, None]
+    x, dy, w, b = (as_f64(t) for t in (x, dy, w, b))
+    if kind == "layer_norm":
+        shape = (x.shape[-1],)
+        y = R.layer_norm_forward(x, shape, w, b, eps)[0]
+        return [y, *R.layer_norm_backward(x, dy, shape, w, b, eps)]
+    if kind == "rms_norm":
+        shape = (x.shape[-1],)
+        y = R.rms_norm_forward(x, shape, w, eps)[0]
+        return [y, *R.rms_norm_backward(x, dy, shape, w, eps)]
+    if kind == "group_norm":
+        y = R.group_norm_forward(x, groups, w, b, eps)[0]
+        return [y, *R.group_norm_backward(x, dy, groups, w, b, eps)]
+    y = R.batch_norm_forward(x, w, b, eps)[0]
+    return [y, *R.batch_norm_backward(x, dy, w, b, eps)]
 
 
 def grads(fn, inputs, dy):
@@ -176,7 +174,6 @@ def run_validation(T, device, dtypes, smoke) -> List[Dict]:
             c = shape[-1] if kind in ("layer_norm", "rms_norm") else shape[1]
             w = (1 + 0.5 * torch.randn(c, generator=gen, dtype=torch.float64)).to(dtype).to(device)
             b = (0.5 * torch.randn(c, generator=gen, dtype=torch.float64)).to(dtype).to(device)
-            xd, dyd, wd, bd = (t.double() for t in (x, dy, w, b))
             eps = 1e-5
             if kind == "lrn":
                 back, ahead, within = kw["back"], kw["ahead"], kw["within"]
@@ -192,25 +189,25 @@ def run_validation(T, device, dtypes, smoke) -> List[Dict]:
                         xx, back + ahead + 1, alpha * (back + ahead + 1), beta, k), [x], dy)
                 labels = ["y", "dx"]
             elif kind == "layer_norm":
-                ref = grads(lambda *a: ref_layer_norm(*a, eps), [xd, wd, bd], dyd)
+                ref = ref_outputs(kind, x, dy, w, b, eps)
                 got = ours["layer_norm"](x, w, b, dy, eps)
                 peer = torch_peer(lambda xx, ww, bb: F.layer_norm(xx, (c,), ww, bb, eps),
                                   [x, w, b], dy)
                 labels = ["y", "dx", "dweight", "dbias"]
             elif kind == "rms_norm":
-                ref = grads(lambda *a: ref_rms_norm(*a, eps), [xd, wd], dyd)
+                ref = ref_outputs(kind, x, dy, w, None, eps)
                 got = ours["rms_norm"](x, w, dy, eps)
                 peer = torch_peer(lambda xx, ww: F.rms_norm(xx, (c,), ww, eps), [x, w], dy)
                 labels = ["y", "dx", "dweight"]
             elif kind == "group_norm":
                 g = kw["groups"]
-                ref = grads(lambda *a: ref_group_norm(*a, g, eps), [xd, wd, bd], dyd)
+                ref = ref_outputs(kind, x, dy, w, b, eps, groups=g)
                 got = ours["group_norm"](x, w, b, dy, g, eps)
                 peer = torch_peer(lambda xx, ww, bb: F.group_norm(xx, g, ww, bb, eps),
                                   [x, w, b], dy)
                 labels = ["y", "dx", "dweight", "dbias"]
             else:
-                ref = grads(lambda *a: ref_batch_norm(*a, eps), [xd, wd, bd], dyd)
+                ref = ref_outputs(kind, x, dy, w, b, eps)
                 got = ours["batch_norm"](x, w, b, dy, eps)
                 peer = torch_peer(lambda xx, ww, bb: F.batch_norm(xx, None, None, ww, bb, True,
                                                                   0.1, eps), [x, w, b], dy)
@@ -234,7 +231,7 @@ def run_validation(T, device, dtypes, smoke) -> List[Dict]:
 # ---------------------------------------------------------------------------- benchmark
 
 def bench_cases(smoke: bool):
-    """(name, kind, shape, kwargs). Sizes: >= 16 MB in float32 and float16 (DESIGN.md 5)."""
+    """(name, kind, shape, kwargs). Sizes: >= 16 MB in float32 and float16 (docs/design.md section 3)."""
     if smoke:
         return [("lrn across n=5", "lrn", (2, 8, 4, 4), dict(back=2, ahead=2, within=False)),
                 ("layer_norm", "layer_norm", (4, 64), {}),
@@ -274,7 +271,7 @@ def _torch_layer(kind, kw, c, eps=1e-5):
 
 
 def _model_bytes(kind, numel, itemsize):
-    """Minimum DRAM traffic (DESIGN.md 5): fwd 2N (BatchNorm 3N), bwd 3N (BatchNorm 5N)."""
+    """Minimum DRAM traffic (docs/design.md section 3): fwd 2N (BatchNorm 3N), bwd 3N (BatchNorm 5N)."""
     if kind == "batch_norm":
         return 3 * numel * itemsize, 5 * numel * itemsize
     return 2 * numel * itemsize, 3 * numel * itemsize

@@ -13,16 +13,13 @@ op itself is a pure function of its arguments.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
-
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import dispatch
+from .ops import schema
 
-__all__ = ["lrn_fwd", "lrn_bwd", "layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd",
-           "rms_norm_bwd", "group_norm_fwd", "group_norm_bwd", "batch_norm_stats",
-           "batch_norm_apply", "batch_norm_bwd_reduce", "batch_norm_bwd_apply"]
+__all__ = ["OPS", *schema.OPS]  # one custom op per schema entry, defined at the bottom
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
@@ -44,8 +41,9 @@ class _Op:
     (dynamo, make_fx, fake tensors) always see the custom op.
     """
 
-    def __init__(self, name: str, fn):
-        self.op = torch.library.custom_op(f"normkit::{name}", mutates_args=())(fn)
+    def __init__(self, name: str, fn, op_schema: str):
+        self.op = torch.library.custom_op(f"normkit::{name}", fn, mutates_args=(),
+                                          schema=op_schema)
         self._fn = fn
         functools.update_wrapper(self, fn)
 
@@ -56,10 +54,6 @@ class _Op:
 
     def register_fake(self, fake):
         return self.op.register_fake(fake)
-
-
-def _op(name: str):
-    return lambda fn: _Op(name, fn)
 
 
 def _like(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -73,38 +67,13 @@ def _like(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return like
 
 
-@_op("lrn_fwd")
-def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float,
-            within: bool, backend: str) -> torch.Tensor:
-    """LRN forward in canonical form on the already resolved ``backend``."""
-    return _like(x, dispatch.call("lrn_fwd", backend, x, back, ahead, alpha, beta, k, within))
-
-
-@lrn_fwd.register_fake
-def _lrn_fwd_fake(x, back, ahead, alpha, beta, k, within, backend):
-    return torch.empty_like(x)
-
-
-@_op("lrn_bwd")
-def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: float,
-            beta: float, k: float, within: bool, backend: str) -> torch.Tensor:
-    """LRN backward (dx from x and dy; the scale is recomputed)."""
-    return _like(x, dispatch.call("lrn_bwd", backend, x, dy, back, ahead, alpha, beta, k,
-                                  within))
-
-
-@lrn_bwd.register_fake
-def _lrn_bwd_fake(x, dy, back, ahead, alpha, beta, k, within, backend):
-    return torch.empty_like(x)
-
-
-# --- batch / layer / group / RMS norm -------------------------------------------------
+# --- every op of the schema as a custom op ----------------------------------------------
 #
-# Schemas follow docs/ops.md with one change: a custom op cannot return None, so a
-# weight gradient for an op called with weight=None comes back as an empty (0,) tensor
-# and autograd.py turns it back into None. Every output is a fresh tensor, contiguous
-# except y/dx, which have the strides of ``torch.empty_like(x)`` (what the fake kernels
-# promise); stats are float32 (float64 for float64 input).
+# Outputs follow normkit.ops.schema's rules (see docs/ops.md): a custom op cannot return
+# None, so a weight gradient for an op called with weight=None comes back as an empty (0,)
+# tensor and autograd.py turns it back into None. Every output is a fresh tensor,
+# contiguous except y/dx, which have the strides of ``torch.empty_like(x)`` (what the fake
+# kernels promise); stats are float32 (float64 for float64 input).
 
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
@@ -115,16 +84,16 @@ def _grad_dtype(x: torch.Tensor, weight) -> torch.dtype:
     return x.dtype if weight is None else weight.dtype
 
 
-def _fresh(out: torch.Tensor, *inputs) -> torch.Tensor:
+def _fresh(out: torch.Tensor, inputs) -> torch.Tensor:
     """``out``, copied if it shares memory with an input (a custom op may not return
     an alias of its arguments)."""
     ptr = out.untyped_storage().data_ptr()
-    if any(t is not None and t.untyped_storage().data_ptr() == ptr for t in inputs):
+    if any(t.untyped_storage().data_ptr() == ptr for t in inputs):
         out = out.clone()
     return out
 
 
-def _stats(t: torch.Tensor, shape, x: torch.Tensor, *inputs) -> torch.Tensor:
+def _stats(t: torch.Tensor, shape, x: torch.Tensor, inputs) -> torch.Tensor:
     # each step only when needed: this runs on every eager call (a few us each)
     cdt = _stats_dtype(x)
     if t.dtype != cdt:
@@ -133,177 +102,64 @@ def _stats(t: torch.Tensor, shape, x: torch.Tensor, *inputs) -> torch.Tensor:
         t = t.reshape(shape)
     if not t.is_contiguous():
         t = t.contiguous()
-    return _fresh(t, x, *inputs)
+    return _fresh(t, inputs)
 
 
-def _weight_grad(g, weight, x: torch.Tensor, *inputs) -> torch.Tensor:
-    if weight is None or g is None:
-        return x.new_empty((0,), dtype=_grad_dtype(x, weight))
-    return _fresh(g.to(weight.dtype).reshape(weight.shape).contiguous(), x, weight, *inputs)
+def _output(rule: schema.Out, t, bound, inputs) -> torch.Tensor:
+    """One eager output brought to the schema's rule."""
+    x = bound["x"]
+    if rule.kind == "like":
+        return _fresh(_like(bound[rule.like], t), inputs)
+    if rule.kind == "stats":
+        return _stats(t, rule.shape(bound), x, inputs)
+    weight = bound.get("weight")
+    if rule.kind == "weight_grad":
+        if weight is None or t is None:
+            return x.new_empty((0,), dtype=_grad_dtype(x, weight))
+        return _fresh(t.to(weight.dtype).reshape(weight.shape).contiguous(), inputs)
+    # param_grad
+    return _fresh(t.to(_grad_dtype(x, weight)).reshape(rule.shape(bound)).contiguous(), inputs)
 
 
-def _fake_weight_grad(weight, x):
-    if weight is None:
-        return x.new_empty((0,))
-    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+def _fake_output(rule: schema.Out, bound) -> torch.Tensor:
+    x = bound["x"]
+    if rule.kind == "like":
+        return torch.empty_like(bound[rule.like])
+    if rule.kind == "stats":
+        return x.new_empty(rule.shape(bound), dtype=_stats_dtype(x))
+    weight = bound.get("weight")
+    if rule.kind == "weight_grad":
+        if weight is None:
+            return x.new_empty((0,))
+        return torch.empty_like(weight, memory_format=torch.contiguous_format)
+    return x.new_empty(rule.shape(bound), dtype=_grad_dtype(x, weight))
 
 
-def _fake_stats(x, *shape):
-    return x.new_empty(shape, dtype=_stats_dtype(x))
+def _define(spec: schema.OpSchema) -> _Op:
+    """The custom op ``normkit::<name>`` of a schema entry, with its fake kernel."""
+    name, rules, single = spec.name, spec.outputs, len(spec.outputs) == 1
+
+    def body(*args):
+        *raw, backend = args
+        outs = dispatch.call(name, backend, *raw)
+        bound = spec.bind(raw)
+        inputs = [t for t in raw if isinstance(t, torch.Tensor)]
+        if single:
+            return _output(rules[0], outs, bound, inputs)
+        return tuple(_output(r, t, bound, inputs) for r, t in zip(rules, outs))
+
+    def fake(*args):
+        bound = spec.bind(args[:-1])
+        if single:
+            return _fake_output(rules[0], bound)
+        return tuple(_fake_output(r, bound) for r in rules)
+
+    body.__name__ = body.__qualname__ = name
+    body.__doc__ = f"{spec.doc}: ``{spec.signature()}`` on an already resolved backend."
+    op = _Op(name, body, schema.custom_op_schema(spec))
+    op.register_fake(fake)
+    return op
 
 
-@_op("layer_norm_fwd")
-def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor],
-                   bias: Optional[torch.Tensor], eps: float,
-                   backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Layer norm of rows (M, D) -> (y, mean (M,), rstd (M,))."""
-    y, mean, rstd = dispatch.call("layer_norm_fwd", backend, x, weight, bias, eps)
-    m = x.shape[0]
-    return (_fresh(_like(x, y), x, weight, bias), _stats(mean, (m,), x, weight, bias),
-            _stats(rstd, (m,), x, weight, bias))
-
-
-@layer_norm_fwd.register_fake
-def _layer_norm_fwd_fake(x, weight, bias, eps, backend):
-    m = x.shape[0]
-    return torch.empty_like(x), _fake_stats(x, m), _fake_stats(x, m)
-
-
-@_op("layer_norm_bwd")
-def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                   weight: Optional[torch.Tensor],
-                   backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dweight, dbias); dweight is empty (0,) when weight is None, dbias is
-    (D,) in the weight's dtype (x's without weight)."""
-    dx, dweight, dbias = dispatch.call("layer_norm_bwd", backend, dy, x, mean, rstd, weight)
-    d = x.shape[1]
-    dbias = _fresh(dbias.to(_grad_dtype(x, weight)).reshape(d).contiguous(), dy, x, weight)
-    return (_fresh(_like(x, dx), dy, x, weight), _weight_grad(dweight, weight, x, dy), dbias)
-
-
-@layer_norm_bwd.register_fake
-def _layer_norm_bwd_fake(dy, x, mean, rstd, weight, backend):
-    dbias = x.new_empty((x.shape[1],), dtype=_grad_dtype(x, weight))
-    return torch.empty_like(x), _fake_weight_grad(weight, x), dbias
-
-
-@_op("rms_norm_fwd")
-def rms_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float,
-                 backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """RMS norm of rows (M, D) -> (y, rstd (M,))."""
-    y, rstd = dispatch.call("rms_norm_fwd", backend, x, weight, eps)
-    return _fresh(_like(x, y), x, weight), _stats(rstd, (x.shape[0],), x, weight)
-
-
-@rms_norm_fwd.register_fake
-def _rms_norm_fwd_fake(x, weight, eps, backend):
-    return torch.empty_like(x), _fake_stats(x, x.shape[0])
-
-
-@_op("rms_norm_bwd")
-def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, rstd: torch.Tensor,
-                 weight: Optional[torch.Tensor],
-                 backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(dx, dweight); dweight is empty (0,) when weight is None."""
-    dx, dweight = dispatch.call("rms_norm_bwd", backend, dy, x, rstd, weight)
-    return _fresh(_like(x, dx), dy, x, weight), _weight_grad(dweight, weight, x, dy)
-
-
-@rms_norm_bwd.register_fake
-def _rms_norm_bwd_fake(dy, x, rstd, weight, backend):
-    return torch.empty_like(x), _fake_weight_grad(weight, x)
-
-
-@_op("group_norm_fwd")
-def group_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor],
-                   bias: Optional[torch.Tensor], num_groups: int, eps: float,
-                   backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Group norm of (N, C, L) -> (y, mean (N, G), rstd (N, G))."""
-    y, mean, rstd = dispatch.call("group_norm_fwd", backend, x, weight, bias, num_groups, eps)
-    shape = (x.shape[0], num_groups)
-    return (_fresh(_like(x, y), x, weight, bias), _stats(mean, shape, x, weight, bias),
-            _stats(rstd, shape, x, weight, bias))
-
-
-@group_norm_fwd.register_fake
-def _group_norm_fwd_fake(x, weight, bias, num_groups, eps, backend):
-    n = x.shape[0]
-    return (torch.empty_like(x), _fake_stats(x, n, num_groups),
-            _fake_stats(x, n, num_groups))
-
-
-@_op("group_norm_bwd")
-def group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                   weight: Optional[torch.Tensor], num_groups: int,
-                   backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dweight, dbias) as :func:`layer_norm_bwd`, dweight/dbias (C,)."""
-    dx, dweight, dbias = dispatch.call("group_norm_bwd", backend, dy, x, mean, rstd, weight,
-                                       num_groups)
-    c = x.shape[1]
-    dbias = _fresh(dbias.to(_grad_dtype(x, weight)).reshape(c).contiguous(), dy, x, weight)
-    return (_fresh(_like(x, dx), dy, x, weight), _weight_grad(dweight, weight, x, dy), dbias)
-
-
-@group_norm_bwd.register_fake
-def _group_norm_bwd_fake(dy, x, mean, rstd, weight, num_groups, backend):
-    dbias = x.new_empty((x.shape[1],), dtype=_grad_dtype(x, weight))
-    return torch.empty_like(x), _fake_weight_grad(weight, x), dbias
-
-
-@_op("batch_norm_stats")
-def batch_norm_stats(x: torch.Tensor, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (mean, biased var) of (N, C, L), each (C,)."""
-    mean, var = dispatch.call("batch_norm_stats", backend, x)
-    c = x.shape[1]
-    return _stats(mean, (c,), x), _stats(var, (c,), x)
-
-
-@batch_norm_stats.register_fake
-def _batch_norm_stats_fake(x, backend):
-    c = x.shape[1]
-    return _fake_stats(x, c), _fake_stats(x, c)
-
-
-@_op("batch_norm_apply")
-def batch_norm_apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                     weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                     backend: str) -> torch.Tensor:
-    """y = (x - mean) rstd weight + bias per channel of (N, C, L)."""
-    y = dispatch.call("batch_norm_apply", backend, x, mean, rstd, weight, bias)
-    return _fresh(_like(x, y), x, mean, rstd, weight, bias)
-
-
-@batch_norm_apply.register_fake
-def _batch_norm_apply_fake(x, mean, rstd, weight, bias, backend):
-    return torch.empty_like(x)
-
-
-@_op("batch_norm_bwd_reduce")
-def batch_norm_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
-                          rstd: torch.Tensor, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(sum_dy, sum_dy_xhat), each (C,) in the stats dtype."""
-    sum_dy, sum_dy_xhat = dispatch.call("batch_norm_bwd_reduce", backend, dy, x, mean, rstd)
-    c = x.shape[1]
-    return _stats(sum_dy, (c,), x, dy, mean, rstd), _stats(sum_dy_xhat, (c,), x, dy, mean, rstd)
-
-
-@batch_norm_bwd_reduce.register_fake
-def _batch_norm_bwd_reduce_fake(dy, x, mean, rstd, backend):
-    c = x.shape[1]
-    return _fake_stats(x, c), _fake_stats(x, c)
-
-
-@_op("batch_norm_bwd_apply")
-def batch_norm_bwd_apply(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
-                         rstd: torch.Tensor, weight: Optional[torch.Tensor],
-                         sum_dy: torch.Tensor, sum_dy_xhat: torch.Tensor, count: int,
-                         backend: str) -> torch.Tensor:
-    """dx of batch norm given the (possibly all-reduced) sums and the element count."""
-    dx = dispatch.call("batch_norm_bwd_apply", backend, dy, x, mean, rstd, weight, sum_dy,
-                       sum_dy_xhat, count)
-    return _fresh(_like(x, dx), dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat)
-
-
-@batch_norm_bwd_apply.register_fake
-def _batch_norm_bwd_apply_fake(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count, backend):
-    return torch.empty_like(x)
+OPS = {name: _define(spec) for name, spec in schema.OPS.items()}
+globals().update(OPS)  # library.<op>(*args, backend), as autograd.py calls them
