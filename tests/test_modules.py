@@ -1,0 +1,155 @@
+"""Conformance checks run on every entry of the module database (tests/module_db.py).
+
+Each public layer class goes through the same checks: state_dict round trips (with its
+torch counterpart where it has one), repr, pickle, non-contiguous and channels-last
+inputs, outputs that are not autograd views (in-place ops after the layer train as the
+out-of-place ones do), ``torch.compile(fullgraph=True)``, ``torch.export`` and both
+ONNX exporters run in onnxruntime. Expected values come from torch (the twin layer, or
+the same computation written out of place) or from the layer's own eager float64 run.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from module_db import MODULES, public_layer_classes
+from tolerance import max_err
+
+IDS = [m.id for m in MODULES]
+HEAVY = [m for m in MODULES if m.heavy]
+HEAVY_IDS = [m.id for m in HEAVY]
+
+
+def _flat(out):
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _seeded(info, dtype=torch.float32, seed=0):
+    """The layer with random (not default) parameters and buffers, reproducibly."""
+    module = info.build(dtype)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_((1 + 0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64)))
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.2 * torch.randn(b.shape, generator=g, dtype=torch.float64))
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g, dtype=torch.float64) + 0.5)
+    return module
+
+
+def test_every_public_layer_class_has_an_entry():
+    covered = {m.cls for m in MODULES}
+    missing = [c.__name__ for c in public_layer_classes() if c not in covered]
+    assert not missing, f"public layer classes missing from tests/module_db.py: {missing}"
+
+
+@pytest.mark.parametrize("info", MODULES, ids=IDS)
+def test_state_dict_repr_and_pickle(info):
+    module = _seeded(info)
+    fresh = info.build()
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf))
+    for (k, a), (_, b) in zip(module.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), k
+    twin = info.build_twin()
+    if twin is not None:
+        assert repr(module) == repr(twin)
+        assert list(module.state_dict()) == list(twin.state_dict())
+        twin.load_state_dict(module.state_dict())
+        module.load_state_dict(twin.state_dict())
+    clone = pickle.loads(pickle.dumps(module))
+    module.eval()
+    clone.eval()
+    inputs = info.inputs()
+    for a, b in zip(_flat(clone(*inputs)), _flat(module(*inputs))):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("info", MODULES, ids=IDS)
+def test_non_contiguous_and_channels_last_inputs(info, training):
+    module = _seeded(info).train(training)
+    inputs = info.inputs()
+    x = inputs[0]
+    expected = _flat(copy.deepcopy(module)(*inputs))
+    # a non-contiguous view with the same values: every other element of a wider tensor
+    wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype)
+    wide[..., ::2] = x
+    variants = [wide[..., ::2]]
+    if info.channels_last and x.dim() == 4:
+        variants.append(x.contiguous(memory_format=torch.channels_last))
+    for v in variants:
+        assert v.stride() != x.stride() and torch.equal(v, x)  # same values, other layout
+        got = _flat(copy.deepcopy(module)(v, *inputs[1:]))
+        for a, b in zip(got, expected):
+            assert a.shape == b.shape
+            assert max_err(a, b) <= 1e-5 * max(1.0, float(b.detach().abs().max())), info.id
+
+
+@pytest.mark.parametrize("info", MODULES, ids=IDS)
+def test_outputs_are_not_views_and_in_place_ops_train(info):
+    """``y.relu_(); y.add_(1)`` after the layer gives the gradients of ``(y.relu() + 1)``."""
+    module = _seeded(info, torch.float64).train()
+    twin = copy.deepcopy(module)
+    inputs = info.inputs(torch.float64, seed=3)
+    x1 = inputs[0].clone().requires_grad_(True)
+    x2 = inputs[0].clone().requires_grad_(True)
+    outs = _flat(module(x1, *inputs[1:]))
+    for y in outs:
+        assert not y._is_view(), f"{info.id}: output is an autograd view"
+    loss_inplace = sum((y.relu_().add_(1.0) ** 2).sum() for y in outs)
+    loss_inplace.backward()
+    ref_outs = _flat(twin(x2, *inputs[1:]))
+    loss_ref = sum(((y.relu() + 1.0) ** 2).sum() for y in ref_outs)
+    loss_ref.backward()
+    assert max_err(x1.grad, x2.grad) <= 1e-12 * max(1.0, float(x2.grad.abs().max()))
+    for (n, p), (_, q) in zip(module.named_parameters(), twin.named_parameters()):
+        assert max_err(p.grad, q.grad) <= 1e-12 * max(1.0, float(q.grad.abs().max())), n
+
+
+@pytest.mark.parametrize("info", HEAVY, ids=HEAVY_IDS)
+def test_compile_fullgraph_matches_eager(info):
+    module = _seeded(info).eval()
+    inputs = info.inputs()
+    expected = _flat(module(*inputs))
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    for a, b in zip(_flat(compiled(*inputs)), expected):
+        assert max_err(a, b) <= 1e-6 * max(1.0, float(b.detach().abs().max()))
+
+
+@pytest.mark.parametrize("info", HEAVY, ids=HEAVY_IDS)
+def test_torch_export_matches_eager(info):
+    module = _seeded(info).eval()
+    inputs = info.inputs()
+    expected = _flat(module(*inputs))
+    program = torch.export.export(module, inputs)
+    for a, b in zip(_flat(program.module()(*inputs)), expected):
+        assert max_err(a, b) <= 1e-5 * max(1.0, float(b.detach().abs().max()))
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("info", HEAVY, ids=HEAVY_IDS)
+def test_standard_onnx_export_runs_in_onnxruntime(info, dynamo, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    module = _seeded(info).eval()
+    inputs = info.inputs()
+    expected = _flat(module(*inputs))
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(module, inputs, str(path), dynamo=dynamo)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
+    got = session.run(None, feeds)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        b = b.detach().numpy()
+        assert np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(b).max())), info.id
