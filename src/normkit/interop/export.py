@@ -266,9 +266,10 @@ def rms_norm_forward(module, input: torch.Tensor) -> torch.Tensor:
 
 def channel_rms_norm_forward(module, input: torch.Tensor) -> torch.Tensor:
     """ChannelRMSNorm: RMSNorm over dim 1 of (N, C, *), via a transpose to channels-last."""
-    y = _export_path.rms_norm(input.movedim(1, -1), (module.num_channels,), module.weight,
+    last = input.dim() - 1  # not -1: the TorchScript exporter writes perm=-1 as is
+    y = _export_path.rms_norm(input.movedim(1, last), (module.num_channels,), module.weight,
                               _rms_eps(module, input))
-    return y.movedim(-1, 1)
+    return y.movedim(last, 1)
 
 
 EXPORTERS: Dict[Type[nn.Module], Callable] = {}
