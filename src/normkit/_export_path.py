@@ -32,6 +32,7 @@ This module imports only torch and :mod:`normkit.conventions`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import torch
@@ -39,7 +40,7 @@ import torch.nn.functional as torch_F
 
 from .conventions import CanonicalLRN
 
-__all__ = ["exporting", "set_lrn_hook", "lrn", "lrn_decomposition", "batch_norm",
+__all__ = ["exporting", "set_lrn_hook", "clamp_window", "lrn", "lrn_decomposition", "batch_norm",
            "layer_norm", "group_norm", "instance_norm", "rms_norm"]
 
 
@@ -57,6 +58,22 @@ def set_lrn_hook(fn: Optional[Callable]) -> None:
     (:mod:`normkit.interop.export` installs its ONNX-``LRN``-node writer on import)."""
     global _LRN_HOOK
     _LRN_HOOK = fn
+
+
+def clamp_window(spec: CanonicalLRN, x: torch.Tensor) -> CanonicalLRN:
+    """``spec`` with its window extents cut to the extent they slide over in ``x``.
+
+    A window reaching more than ``C`` channels (or ``max(H, W)`` pixels within) past its
+    centre sums the same values as one reaching exactly that far, so ``back``/``ahead``
+    are clamped; ``size`` and the divisor already folded into ``alpha`` are kept, so the
+    result is unchanged while a hostile ``size=2**64 + 1`` never reaches a kernel or an
+    allocation. ``x`` has channels on dim 1.
+    """
+    extent = x.shape[1] if spec.region == "across" else max(x.shape[2], x.shape[3])
+    if spec.back <= extent and spec.ahead <= extent:
+        return spec
+    return dataclasses.replace(spec, back=min(spec.back, extent),
+                               ahead=min(spec.ahead, extent))
 
 
 def _window_sum(v: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:
@@ -109,7 +126,7 @@ def lrn(input: torch.Tensor, spec: CanonicalLRN, channel_dim: int) -> torch.Tens
     if _LRN_HOOK is not None:
         return _LRN_HOOK(input, spec, channel_dim)
     x = input if channel_dim == 1 else input.movedim(channel_dim, 1)
-    y = lrn_decomposition(x, spec)
+    y = lrn_decomposition(x, clamp_window(spec, x))
     return y if channel_dim == 1 else y.movedim(1, channel_dim)
 
 

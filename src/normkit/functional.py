@@ -35,6 +35,7 @@ def lrn_canonical(input: torch.Tensor, spec: CanonicalLRN, *, channel_dim: int =
     if input.numel() == 0:
         return input.clone()
     x = input if channel_dim == 1 else input.movedim(channel_dim, 1)
+    spec = _xp.clamp_window(spec, x)  # hostile sizes (2**64 + 1) never reach a kernel
     chosen = dispatch.resolve("lrn_fwd", x, backend)
     y = LocalResponseNormFunction.apply(x, spec.back, spec.ahead, spec.alpha, spec.beta,
                                         spec.k, spec.region == "within", chosen)

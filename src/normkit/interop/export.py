@@ -187,7 +187,8 @@ def lrn_export(input: torch.Tensor, spec: CanonicalLRN, channel_dim: int = 1) ->
     channel_dim = check_lrn_input("LocalResponseNorm export", input, spec, channel_dim)
     ctx = _current_context()
     x = input if channel_dim == 1 else input.movedim(channel_dim, 1)
-    y = lrn_export_graph(x, spec, lrn_nodes=ctx.lrn_nodes)
+    # a window wider than C is a window of C (an ONNX LRN size must fit an int64)
+    y = lrn_export_graph(x, _export_path.clamp_window(spec, x), lrn_nodes=ctx.lrn_nodes)
     return y if channel_dim == 1 else y.movedim(1, channel_dim)
 
 
