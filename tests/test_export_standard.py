@@ -371,6 +371,13 @@ def test_opset_rule_for_rms_and_group_norm(opset, how):
                                  what=f"{type(module).__name__} opset {opset}")
 
 
+def test_torchscript_exporter_opset_past_20_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"TorchScript exporter .* up to 20, got opset=23"):
+        export_onnx(_RmsAndGroup(), (randn(3, 4, 6, dtype=torch.float32),
+                                     randn(2, 6, 4, 4, dtype=torch.float32)),
+                    opset=23, dynamo=False)
+
+
 def test_export_onnx_still_writes_lrn_nodes():
     model = nn.Sequential(normkit.LocalResponseNorm.from_caffe(5, 1e-4, 0.75))
     x = randn(1, 8, 4, 4, dtype=torch.float32, seed=9)

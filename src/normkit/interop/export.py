@@ -59,6 +59,8 @@ __all__ = [
 ]
 
 _OP_NAMESPACE = "normkit_onnx"
+# torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET in torch 2.13 (private, so copied)
+_TORCHSCRIPT_MAX_OPSET = 20
 _LRN_OP = f"{_OP_NAMESPACE}::lrn"
 
 
@@ -373,7 +375,9 @@ def export_onnx(model: nn.Module, args, f=None, *, opset: Optional[int] = None,
         args: a tensor or tuple of positional inputs.
         f: path to write the ``.onnx`` file to. Default None (only return the model).
         opset: ONNX opset. Default None (the exporter's default; 20 for torch 2.13's dynamo
-            exporter).
+            exporter). RMSNorm becomes ``RMSNormalization`` at >= 23 and GroupNorm
+            ``GroupNormalization`` at >= 21 (dynamo only: the TorchScript exporter stops
+            at 20), a decomposition below.
         dynamo: True (default, torch.export + onnxscript) or False (the legacy TorchScript
             exporter).
         lrn: ``"node"`` (default): an ONNX ``LRN`` node wherever the layer is one;
@@ -407,6 +411,10 @@ def export_onnx(model: nn.Module, args, f=None, *, opset: Optional[int] = None,
                         f"{type(args).__name__}")
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)):
         raise TypeError(f"export_onnx: opset must be an int, got {opset!r}")
+    if not dynamo and opset is not None and opset > _TORCHSCRIPT_MAX_OPSET:
+        raise ValueError(f"export_onnx: the TorchScript exporter (dynamo=False) writes opsets up "
+                         f"to {_TORCHSCRIPT_MAX_OPSET}, got opset={opset}; use dynamo=True (it "
+                         "writes RMSNormalization at >= 23 and GroupNormalization at >= 21)")
     if lrn not in ("node", "decompose"):
         raise ValueError(f"export_onnx: lrn must be 'node' or 'decompose', got {lrn!r}")
     exporter = "dynamo" if dynamo else "torchscript"
