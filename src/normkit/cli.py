@@ -23,6 +23,36 @@ SUBCOMMANDS = {
 }
 
 
+# --- subcommands whose dependencies are an extra, not core (issue 10 item 7) ---
+# name -> (extra, {import name: pip name}); checked before the subcommand runs so a plain
+# install prints one line naming the extra instead of a ModuleNotFoundError traceback
+EXTRAS = {
+    "lab": ("lab", {"tqdm": "tqdm", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}),
+}
+
+
+def missing_extra(command: str):
+    """One-line message naming what to install when ``command``'s extra is missing, else None."""
+    if command not in EXTRAS:
+        return None
+    import importlib.util
+
+    extra, needs = EXTRAS[command]
+    missing = []
+    for module, pip_name in needs.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(pip_name)
+    if not missing:
+        return None
+    return (f"normkit {command}: missing {', '.join(missing)} (the [{extra}] extra); "
+            f'install it with: pip install "normkit[{extra}]"')
+# ---
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normkit",
@@ -46,6 +76,10 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    message = missing_extra(args.command)
+    if message is not None:
+        print(message, file=sys.stderr)
+        return 1
     module = importlib.import_module(args._module)
     return int(module.main(args) or 0)
 

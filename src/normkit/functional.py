@@ -16,55 +16,26 @@ __all__ = ["local_response_norm", "lrn_canonical"]
 __all__ += ["batch_norm", "sync_batch_norm", "layer_norm", "group_norm", "instance_norm",
             "rms_norm"]
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _check_tensor(name: str, input) -> None:
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{name}: input must be a torch.Tensor, got {type(input).__name__}; "
-                        "convert with torch.as_tensor(x, dtype=torch.float32)")
-    if input.dtype not in _FLOATS:
-        raise TypeError(f"{name}: input dtype must be floating point (float16, bfloat16, "
-                        f"float32, float64), got {input.dtype}; cast with .float()")
-
-
-def _check_channel_dim(name: str, input: torch.Tensor, channel_dim) -> int:
-    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
-        raise TypeError(f"{name}: channel_dim must be an int, got {type(channel_dim).__name__}")
-    if not -input.dim() <= channel_dim < input.dim():
-        raise ValueError(f"{name}: channel_dim must be in [{-input.dim()}, {input.dim() - 1}] "
-                         f"for a {input.dim()}-D input, got {channel_dim}")
-    channel_dim %= input.dim()
-    if channel_dim == 0:
-        raise ValueError(f"{name}: channel_dim=0 is the batch dim; inputs are (N, C, *) "
-                         "(channel_dim=1) or (N, *, C) (channel_dim=-1)")
-    return channel_dim
-
-
-def check_lrn_input(name: str, input, spec: CanonicalLRN, channel_dim) -> int:
-    """Validate an LRN input (tensor, dtype, rank, channel_dim); the channel dim, >= 1."""
-    _check_tensor(name, input)
-    if spec.region == "across" and input.dim() < 3:
-        raise ValueError(f"{name}: across-channel LRN needs an input of rank >= 3 (N, C, *), "
-                         f"got shape {tuple(input.shape)}; add a batch dim with x.unsqueeze(0)")
-    if spec.region == "within" and input.dim() != 4:
-        raise ValueError(f"{name}: within-channel LRN needs a 4-D input (N, C, H, W), got "
-                         f"shape {tuple(input.shape)}")
-    return _check_channel_dim(name, input, channel_dim)
+# --- validation lives in a leaf module shared with normkit.interop (no import cycle) ---
+from ._validation import FLOATS as _FLOATS  # noqa: E402,F401
+from ._validation import check_channel_dim as _check_channel_dim  # noqa: E402,F401
+from ._validation import check_lrn_input  # noqa: E402
+from ._validation import check_tensor as _check_tensor  # noqa: E402
+# --- export: plain torch ops while torch.onnx / torch.export trace (see _export_path) ---
+from . import _export_path as _xp  # noqa: E402
+# ---
 
 
 def lrn_canonical(input: torch.Tensor, spec: CanonicalLRN, *, channel_dim: int = 1,
                   backend: str = "auto") -> torch.Tensor:
     """Apply an LRN already in canonical form (see :mod:`normkit.conventions`)."""
     channel_dim = check_lrn_input("local_response_norm", input, spec, channel_dim)
-    if torch.onnx.is_in_onnx_export():
-        # exporters get standard ONNX ops, never the eager kernels (lazy: onnx machinery
-        # is only needed while exporting)
-        from .interop.export import lrn_export
-        return lrn_export(input, spec, channel_dim)
+    if _xp.exporting():  # export: standard ops, never the eager kernels
+        return _xp.lrn(input, spec, channel_dim)
     if input.numel() == 0:
         return input.clone()
     x = input if channel_dim == 1 else input.movedim(channel_dim, 1)
+    spec = _xp.clamp_window(spec, x)  # hostile sizes (2**64 + 1) never reach a kernel
     chosen = dispatch.resolve("lrn_fwd", x, backend)
     y = LocalResponseNormFunction.apply(x, spec.back, spec.ahead, spec.alpha, spec.beta,
                                         spec.k, spec.region == "within", chosen)
@@ -236,6 +207,9 @@ def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
     """
     name = "batch_norm"
     _bn_prepare(name, input, running_mean, running_var, weight, bias, training, momentum, eps)
+    if _xp.exporting():  # export: torch's ops (see normkit._export_path)
+        return _xp.batch_norm(input, running_mean, running_var, weight, bias, training,
+                              momentum, eps)
     if input.numel() == 0:  # torch leaves the running stats alone on an empty batch
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
     x = input.reshape(input.shape[0], input.shape[1], math.prod(input.shape[2:]))
@@ -368,6 +342,8 @@ def layer_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
     _check_param(name, "bias", bias, shape)
     _check_eps(name, eps, strict=False)
     x = _rows(name, input, shape)
+    if _xp.exporting():  # export: torch's ops (see normkit._export_path)
+        return _xp.layer_norm(input, shape, weight, bias, eps)
     if input.numel() == 0:
         return _empty_result(input, weight, bias, shape)
     w = None if weight is None else weight.reshape(-1)
@@ -408,6 +384,8 @@ def rms_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
     _check_eps(name, eps, strict=False)
     x = _rows(name, input, shape)
+    if _xp.exporting():  # export: torch's ops (see normkit._export_path)
+        return _xp.rms_norm(input, shape, weight, eps)
     if input.numel() == 0:
         return _empty_result(input, weight, None, shape)
     w = None if weight is None else weight.reshape(-1)
@@ -451,6 +429,8 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
     _check_param(name, "bias", bias, (c,))
     _check_eps(name, eps, strict=False)
     _verify_more_than_one(name, input.shape, n * (c // num_groups) * math.prod(input.shape[2:]))
+    if _xp.exporting():  # export: torch's ops (see normkit._export_path)
+        return _xp.group_norm(input, num_groups, weight, bias, eps)
     if input.numel() == 0:
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
     x = input.reshape(n, c, math.prod(input.shape[2:]))
@@ -498,6 +478,9 @@ def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = No
                     ("weight", weight), ("bias", bias)):
         _check_param(name, what, t, (c,))
     _check_eps(name, eps, strict=False)
+    if _xp.exporting():  # export: torch's ops (see normkit._export_path)
+        return _xp.instance_norm(input, running_mean, running_var, weight, bias,
+                                 use_input_stats, momentum, eps)
     if not use_input_stats:
         if running_mean is None or running_var is None:
             raise ValueError(f"{name}: use_input_stats=False needs running_mean and "

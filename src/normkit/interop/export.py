@@ -8,9 +8,12 @@ at the eager path. Instead:
   plain torch ops (or one custom op, below) that compute the same result and that both
   exporters translate into standard ONNX. :func:`export_onnx` swaps them in for the
   duration of an export (per instance, restored afterwards);
-* LRN additionally hooks :func:`normkit.functional.lrn_canonical`: while
-  ``torch.onnx.is_in_onnx_export()`` it calls :func:`lrn_export`, so a plain
-  ``torch.onnx.export`` of a model using ``normkit.functional`` also works.
+* every functional norm computes with plain torch ops while any exporter traces
+  (:mod:`normkit._export_path`), so a plain ``torch.onnx.export`` (either exporter) or
+  ``torch.export.export`` of any model with normkit layers works too. LRN's export-time
+  computation there is a hook this module installs on import
+  (:func:`normkit._export_path.set_lrn_hook`): :func:`lrn_export`. The dependency points
+  one way, interop -> functional, never back.
 
 LRN becomes an ONNX ``LRN`` node when the layer is expressible as one and
 onnxruntime can run it (across channels, a symmetric window i.e. odd width, not
@@ -43,17 +46,21 @@ import torch
 import torch.nn.functional as torch_F
 from torch import nn
 
+from .. import _export_path
+from .._export_path import _window_sum, lrn_decomposition  # noqa: F401  (public here too)
+from .._validation import check_lrn_input
 from ..conventions import CanonicalLRN
-from ..functional import check_lrn_input
 
 __all__ = [
     "ExportContext", "export_onnx", "register_exporter", "export_forward_for", "lrn_export",
     "lrn_export_graph", "lrn_decomposition", "EXPORTERS",
     "batch_norm_forward", "layer_norm_forward", "group_norm_forward", "instance_norm_forward",
-    "rms_norm_forward", "lrn_forward",
+    "rms_norm_forward", "channel_rms_norm_forward", "lrn_forward",
 ]
 
 _OP_NAMESPACE = "normkit_onnx"
+# torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET in torch 2.13 (private, so copied)
+_TORCHSCRIPT_MAX_OPSET = 20
 _LRN_OP = f"{_OP_NAMESPACE}::lrn"
 
 
@@ -88,48 +95,6 @@ def _current_context() -> ExportContext:
 
 
 # --- the LRN custom op: eager value, fake value, and its two ONNX translations ------------
-
-def _window_sum(v: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:
-    """sum_{j=i-before}^{i+after} v[j] along ``dim``, zero padded: Pad + Slices + Adds."""
-    if before == 0 and after == 0:
-        return v
-    length = v.shape[dim]
-    pad = [0, 0] * (v.dim() - dim)  # F.pad lists the last dim first
-    pad[-2], pad[-1] = before, after
-    padded = torch_F.pad(v, pad)
-    # a direct sum of (before + after + 1) slices: exact in float32 for a channel 1000x
-    # louder than its neighbours, where a running or prefix sum cancels
-    out = padded.narrow(dim, 0, length)
-    for offset in range(1, before + after + 1):
-        out = out + padded.narrow(dim, offset, length)
-    return out
-
-
-def lrn_decomposition(x: torch.Tensor, spec: CanonicalLRN) -> torch.Tensor:
-    """The canonical LRN written with ops every ONNX runtime has.
-
-    .. math::
-        y = x \\cdot (k + \\alpha S)^{-\\beta}, \\quad S = \\text{window sum of } x^2
-
-    Args:
-        x: ``(N, C, *)`` across channels, ``(N, C, H, W)`` within; channels on dim 1.
-        spec: the canonical LRN.
-
-    Shape:
-        output like ``x``. float16/bfloat16 are computed in float32 and cast back.
-    """
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x32 = x if x.dtype == compute else x.to(compute)  # a no-op .to() still traces a Cast
-    acc = x32 * x32
-    for dim in ((2, 3) if spec.region == "within" else (1,)):
-        acc = _window_sum(acc, spec.back, spec.ahead, dim)
-    # constants as tensors of the compute dtype: the dynamo exporter rounds Python scalars
-    # through float32 (measured: 6.5e-8 relative error on a float64 model)
-    alpha, k, neg_beta = (torch.tensor(v, dtype=compute) for v in (spec.alpha, spec.k, -spec.beta))
-    scale = acc * alpha + k
-    y = x32 * torch.pow(scale, neg_beta)
-    return y if y.dtype == x.dtype else y.to(x.dtype)
-
 
 def _lrn_eager(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float):
     half = (size - 1) // 2
@@ -224,13 +189,18 @@ def lrn_export(input: torch.Tensor, spec: CanonicalLRN, channel_dim: int = 1) ->
     channel_dim = check_lrn_input("LocalResponseNorm export", input, spec, channel_dim)
     ctx = _current_context()
     x = input if channel_dim == 1 else input.movedim(channel_dim, 1)
-    y = lrn_export_graph(x, spec, lrn_nodes=ctx.lrn_nodes)
+    # a window wider than C is a window of C (an ONNX LRN size must fit an int64)
+    y = lrn_export_graph(x, _export_path.clamp_window(spec, x), lrn_nodes=ctx.lrn_nodes)
     return y if channel_dim == 1 else y.movedim(1, channel_dim)
+
+
+# functional's export path calls this for every LRN traced by an exporter
+_export_path.set_lrn_hook(lrn_export)
 
 
 # --- export forwards for every layer family -------------------------------------------------
 # Each takes (module, input) and reads torch's attribute names, which normkit's modules
-# copy exactly (DESIGN.md section 7), so the torch.nn classes stand in for them in tests.
+# copy exactly, so the torch.nn classes stand in for them in tests.
 
 def lrn_forward(module, input: torch.Tensor) -> torch.Tensor:
     """normkit.LocalResponseNorm."""
@@ -284,17 +254,25 @@ def instance_norm_forward(module, input: torch.Tensor) -> torch.Tensor:
     return y.squeeze(0) if unbatched else y
 
 
+def _rms_eps(module, input: torch.Tensor) -> float:
+    if module.eps is not None:
+        return module.eps
+    # normkit's default, as torch's: the eps of the compute dtype (float32 for 16-bit input)
+    return torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
+
+
 def rms_norm_forward(module, input: torch.Tensor) -> torch.Tensor:
     """RMSNorm: ONNX RMSNormalization at opset >= 23 (dynamo), else a decomposition."""
-    shape = tuple(module.normalized_shape)
-    ctx = _ACTIVE.get()
-    if ctx is None or ctx.exporter == "dynamo":
-        return torch_F.rms_norm(input, shape, module.weight, module.eps)
-    # the TorchScript exporter has no aten::rms_norm symbolic
-    eps = module.eps if module.eps is not None else torch.finfo(input.dtype).eps
-    dims = tuple(range(-len(shape), 0))
-    y = input * torch.rsqrt(input.pow(2).mean(dims, keepdim=True) + eps)
-    return y * module.weight if module.weight is not None else y
+    return _export_path.rms_norm(input, tuple(module.normalized_shape), module.weight,
+                                 _rms_eps(module, input))
+
+
+def channel_rms_norm_forward(module, input: torch.Tensor) -> torch.Tensor:
+    """ChannelRMSNorm: RMSNorm over dim 1 of (N, C, *), via a transpose to channels-last."""
+    last = input.dim() - 1  # not -1: the TorchScript exporter writes perm=-1 as is
+    y = _export_path.rms_norm(input.movedim(1, last), (module.num_channels,), module.weight,
+                              _rms_eps(module, input))
+    return y.movedim(last, 1)
 
 
 EXPORTERS: Dict[Type[nn.Module], Callable] = {}
@@ -308,6 +286,7 @@ _BY_NAME = {
     "LayerNorm": layer_norm_forward, "GroupNorm": group_norm_forward,
     "InstanceNorm1d": instance_norm_forward, "InstanceNorm2d": instance_norm_forward,
     "InstanceNorm3d": instance_norm_forward, "RMSNorm": rms_norm_forward,
+    "ChannelRMSNorm": channel_rms_norm_forward,
 }
 
 
@@ -396,7 +375,9 @@ def export_onnx(model: nn.Module, args, f=None, *, opset: Optional[int] = None,
         args: a tensor or tuple of positional inputs.
         f: path to write the ``.onnx`` file to. Default None (only return the model).
         opset: ONNX opset. Default None (the exporter's default; 20 for torch 2.13's dynamo
-            exporter).
+            exporter). RMSNorm becomes ``RMSNormalization`` at >= 23 and GroupNorm
+            ``GroupNormalization`` at >= 21 (dynamo only: the TorchScript exporter stops
+            at 20), a decomposition below.
         dynamo: True (default, torch.export + onnxscript) or False (the legacy TorchScript
             exporter).
         lrn: ``"node"`` (default): an ONNX ``LRN`` node wherever the layer is one;
@@ -430,6 +411,10 @@ def export_onnx(model: nn.Module, args, f=None, *, opset: Optional[int] = None,
                         f"{type(args).__name__}")
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)):
         raise TypeError(f"export_onnx: opset must be an int, got {opset!r}")
+    if not dynamo and opset is not None and opset > _TORCHSCRIPT_MAX_OPSET:
+        raise ValueError(f"export_onnx: the TorchScript exporter (dynamo=False) writes opsets up "
+                         f"to {_TORCHSCRIPT_MAX_OPSET}, got opset={opset}; use dynamo=True (it "
+                         "writes RMSNormalization at >= 23 and GroupNormalization at >= 21)")
     if lrn not in ("node", "decompose"):
         raise ValueError(f"export_onnx: lrn must be 'node' or 'decompose', got {lrn!r}")
     exporter = "dynamo" if dynamo else "torchscript"

@@ -20,6 +20,7 @@ with ``#`` comments and optional ``,`` / ``;`` between fields. Anything else rai
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Iterator, List, Tuple, Union
 
@@ -50,9 +51,15 @@ class Scalar:
     def as_float(self, what: str) -> float:
         """The value as a float (numbers and inf/nan identifiers)."""
         if self.kind == "number":
-            if re.match(r"^[-+]?0[xX]", self.text):
-                return float(int(self.text, 16))
-            return float(self.text.rstrip("fF"))
+            try:
+                if re.match(r"^[-+]?0[xX]", self.text):
+                    return float(int(self.text, 16))
+                return float(self.text.rstrip("fF"))
+            except OverflowError:  # a hex literal past float range (float('1e999') is inf)
+                raise ValueError(f"line {self.line}: {what} = {self._shown()} is out of the "
+                                 f"float range (|x| <= {sys.float_info.max:.4g})") from None
+            except ValueError:
+                pass  # not a number after all: the message below
         if self.kind == "ident" and self.text.lower().lstrip("+-") in ("inf", "infinity", "nan"):
             return float(self.text.lower().replace("infinity", "inf"))
         raise ValueError(f"line {self.line}: {what} must be a number, got {self._shown()}")
@@ -60,7 +67,11 @@ class Scalar:
     def as_int(self, what: str) -> int:
         """The value as an int (a float-looking value is rejected, as protobuf does)."""
         if self.kind == "number" and re.match(r"^[-+]?(0[xX][0-9a-fA-F]+|\d+)$", self.text):
-            return int(self.text, 0) if re.match(r"^[-+]?0[xX]", self.text) else int(self.text)
+            try:
+                return int(self.text, 0) if re.match(r"^[-+]?0[xX]", self.text) else int(self.text)
+            except ValueError:  # Python refuses decimal ints of more than 4300 digits
+                raise ValueError(f"line {self.line}: {what} = {self._shown()} has too many "
+                                 "digits to be an integer") from None
         raise ValueError(f"line {self.line}: {what} must be an integer, got {self._shown()}")
 
     def as_bool(self, what: str) -> bool:
@@ -71,7 +82,9 @@ class Scalar:
         raise ValueError(f"line {self.line}: {what} must be true or false, got {self._shown()}")
 
     def _shown(self) -> str:
-        return repr(self.text) if self.kind == "string" else self.text
+        text = repr(self.text) if self.kind == "string" else self.text
+        # a hostile file can hold a megabyte-long value: keep the one-line error short
+        return text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
 
 
 Value = Union[Scalar, "Message"]
@@ -148,6 +161,10 @@ def _tokens(text: str):
     yield "eof", "", line, pos - line_start + 1
 
 
+# the deepest nesting of messages accepted (protobuf's default recursion limit)
+MAX_DEPTH = 100
+
+
 class _Parser:
     def __init__(self, text: str):
         self.toks = list(_tokens(text))
@@ -166,7 +183,12 @@ class _Parser:
         got = "end of file" if kind == "eof" else repr(text)
         return ValueError(f"line {line}, column {col}: expected {expected}, got {got}")
 
-    def message(self, closer: str, line: int) -> Message:
+    def message(self, closer: str, line: int, depth: int = 0) -> Message:
+        if depth > MAX_DEPTH:
+            # iterating instead would only move the problem: every consumer of the tree
+            # recurses; protobuf's own text parser stops at 100 levels too
+            raise ValueError(f"line {line}: messages nested more than {MAX_DEPTH} levels deep; "
+                             "a model file never nests this deep, the file is corrupt or hostile")
         msg = Message(line=line)
         while True:
             tok = self.peek()
@@ -193,7 +215,8 @@ class _Parser:
                 nxt = self.peek()
             if nxt[0] == "punct" and nxt[1] in "{<":
                 self.take()
-                msg.fields.append((name, self.message("}" if nxt[1] == "{" else ">", nxt[2])))
+                msg.fields.append((name, self.message("}" if nxt[1] == "{" else ">", nxt[2],
+                                                      depth + 1)))
             elif nxt[0] == "punct" and nxt[1] == "[":
                 self.take()
                 if self.peek()[:2] == ("punct", "]"):
