@@ -310,10 +310,10 @@ def register_exporter(cls: Type[nn.Module], forward: Optional[Callable] = None):
 
 
 def _register_builtin() -> None:
-    import normkit
+    from .. import modules
 
     for name, fn in _BY_NAME.items():
-        cls = getattr(normkit, name, None)
+        cls = getattr(modules, name, None)
         if isinstance(cls, type) and issubclass(cls, nn.Module) and cls not in EXPORTERS:
             EXPORTERS[cls] = fn
 
