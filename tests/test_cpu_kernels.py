@@ -559,3 +559,27 @@ def test_output_kept_only_through_its_storage_stays_intact():
         local_response_norm(_lrn_item(i), 3, 1e-2, 0.75, 1.0, backend="cpu")
     kept = torch.empty(0).set_(storage).view(_SAFE_SHAPE)
     assert max_err(kept, _torch_lrn(0)) < 1e-5
+
+
+def test_memoised_auto_resolution_follows_env_and_registrations(monkeypatch):
+    x = torch.ones(2, 3)
+    monkeypatch.delenv("NORMKIT_BACKEND", raising=False)
+    assert dispatch.resolve("layer_norm_fwd", x) == "cpu"
+    assert dispatch.resolve("layer_norm_fwd", x) == "cpu"  # memoised: same answer
+    monkeypatch.setenv("NORMKIT_BACKEND", "torch")
+    assert dispatch.resolve("layer_norm_fwd", x) == "torch"  # the env var still wins
+    monkeypatch.setenv("NORMKIT_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="unknown backend 'bogus'"):
+        dispatch.resolve("layer_norm_fwd", x)
+    monkeypatch.delenv("NORMKIT_BACKEND")
+    # a dtype the cpu backend cannot run falls back to torch, memoised separately
+    assert dispatch.resolve("layer_norm_fwd", torch.ones(2, 3, dtype=torch.int64)) == "torch"
+    assert dispatch.resolve("layer_norm_fwd", x) == "cpu"
+    # registering a backend again forgets what was memoised
+    entry = dispatch.table["layer_norm_fwd"]["cpu"]
+    dispatch.register("layer_norm_fwd", "cpu", entry.fn, lambda t: "disabled for the test")
+    try:
+        assert dispatch.resolve("layer_norm_fwd", x) == "torch"
+    finally:
+        dispatch.register("layer_norm_fwd", "cpu", entry.fn, entry.why_not)
+    assert dispatch.resolve("layer_norm_fwd", x) == "cpu"

@@ -8,6 +8,8 @@ backend once in forward (stored on ``ctx``) and call the op through
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -143,7 +145,10 @@ class GroupNormFunction(torch.autograd.Function):
 
 def _ncl(t: torch.Tensor) -> torch.Tensor:
     """An (N, C, *) tensor as (N, C, L), a view where the layout allows."""
-    return t.reshape(t.shape[0], t.shape[1], -1) if t.dim() != 3 else t
+    if t.dim() == 3:
+        return t
+    # L spelled out: reshape cannot infer -1 for a tensor with zero elements (an empty rank)
+    return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
 
 
 def _stats_dtype(x):
