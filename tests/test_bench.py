@@ -33,7 +33,28 @@ def test_bench_quick_writes_well_formed_csv(tmp_path, capsys):
             assert math.isfinite(value) and value > 0, (key, r)
     assert {r["params"] for r in rows if r["layer"] == "lrn"} == {
         f"size=5 beta={b}" for b in bench.LRN_BETAS}
-    assert "wrote" in capsys.readouterr().out
+    # the machine's load is recorded (three averages), so a reader can tell a loaded run
+    for r in rows:
+        assert len([float(v) for v in r["load_avg"].split()]) == 3
+    # per-call overhead: one tiny-input case per layer class; whole-model train steps
+    assert {r["params"] for r in rows if r["layer"] == "overhead"} == {
+        "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm2d", "RMSNorm",
+        "LocalResponseNorm"}
+    models = {r["params"].split()[0] for r in rows if r["layer"] == "model"}
+    assert {"resnet18-bn", "small-bn", "transformer-ln"} <= models
+    out = capsys.readouterr().out
+    assert "per-call overhead" in out and "wrote" in out
+
+
+def test_model_cases_start_from_identical_weights():
+    # the race is fair only if both models compute the same function at the start; float64,
+    # since BN over 2 values per channel (the quick ResNet's last stage) amplifies float32
+    # rounding differences
+    import torch
+
+    for case in bench._model_cases(True, "cpu", torch.float64):
+        theirs, ours = case.impls[0].fwd(), case.impls[1].fwd()
+        assert torch.allclose(ours, theirs, rtol=1e-9, atol=1e-9), case.params
 
 
 def test_bench_rejects_unknown_layer(tmp_path, capsys):

@@ -672,3 +672,165 @@ def test_op_contract_shapes_dtypes_and_values(backend, dtype):
     if ran == 0:
         assert backend != "torch"
         pytest.skip(f"backend {backend!r} claims none of these ops for {dtype} CPU tensors")
+
+
+# --- outputs are never autograd views: in-place ops on them train like torch (issue 10) ---
+#
+# torchvision/timm blocks modify a norm's output in place (ReLU(inplace=True),
+# ``out += identity``, Hardswish(inplace=True)). A custom Function output that is a view
+# of a tensor made inside it (a reshape of the kernel's (M, D) result) cannot be
+# modified in place, so every normkit output must be an ordinary tensor. The expected
+# gradients come from the same in-place step on torch's layers.
+
+def _within_lrn_peer(x, size=3, alpha=1e-2, beta=0.75):
+    # Caffe WITHIN_CHANNEL written with torch ops: scale = 1 + alpha/size^2 * box sum of x^2
+    pad = size // 2
+    box = nn.functional.avg_pool2d(x * x, size, stride=1, padding=pad, count_include_pad=True)
+    return x * (1.0 + alpha * box) ** -beta
+
+
+class _Moved(nn.Module):
+    """torch's channels-first layer applied with channels moved from ``dim`` to 1 (peer)."""
+
+    def __init__(self, inner, dim, to=1):
+        super().__init__()
+        self.inner, self.dim, self.to = inner, dim, to
+
+    def forward(self, x):
+        return self.inner(x.movedim(self.dim, self.to)).movedim(self.to, self.dim)
+
+
+class _Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+# (id, normkit layer, torch peer, input shape, train mode)
+_INPLACE_LAYERS = [
+    ("lrn-across", lambda: normkit.LocalResponseNorm(3, 1e-2),
+     lambda: nn.LocalResponseNorm(3, 1e-2), (2, 6, 4, 5), True),
+    ("lrn-within", lambda: normkit.LocalResponseNorm(3, 1e-2, region="within",
+                                                     convention="caffe"),
+     lambda: _Fn(_within_lrn_peer), (2, 3, 5, 4), True),
+    ("lrn-nhwc", lambda: normkit.LocalResponseNorm(3, 1e-2, channel_dim=-1),
+     lambda: _Moved(nn.LocalResponseNorm(3, 1e-2), -1), (2, 4, 5, 6), True),
+    ("bn1d", lambda: normkit.BatchNorm1d(4), lambda: nn.BatchNorm1d(4), (6, 4), True),
+    ("bn1d-3d", lambda: normkit.BatchNorm1d(4), lambda: nn.BatchNorm1d(4), (3, 4, 5), True),
+    ("bn2d", lambda: normkit.BatchNorm2d(4), lambda: nn.BatchNorm2d(4), (3, 4, 5, 3), True),
+    ("bn2d-eval", lambda: normkit.BatchNorm2d(4), lambda: nn.BatchNorm2d(4), (3, 4, 5, 3),
+     False),
+    ("bn3d", lambda: normkit.BatchNorm3d(3), lambda: nn.BatchNorm3d(3), (2, 3, 2, 3, 4), True),
+    ("bn3d-eval", lambda: normkit.BatchNorm3d(3), lambda: nn.BatchNorm3d(3), (2, 3, 2, 3, 4),
+     False),
+    ("syncbn", lambda: normkit.SyncBatchNorm(4), lambda: nn.BatchNorm2d(4), (3, 4, 3, 3), True),
+    ("ln", lambda: normkit.LayerNorm(6), lambda: nn.LayerNorm(6), (2, 5, 6), True),
+    ("ln-2d-shape", lambda: normkit.LayerNorm([5, 6]), lambda: nn.LayerNorm([5, 6]),
+     (2, 5, 6), True),
+    ("gn", lambda: normkit.GroupNorm(2, 6), lambda: nn.GroupNorm(2, 6), (2, 6, 4, 3), True),
+    ("in1d", lambda: normkit.InstanceNorm1d(3, affine=True),
+     lambda: nn.InstanceNorm1d(3, affine=True), (2, 3, 7), True),
+    ("in2d", lambda: normkit.InstanceNorm2d(3, affine=True),
+     lambda: nn.InstanceNorm2d(3, affine=True), (2, 3, 4, 5), True),
+    ("in3d-tracked", lambda: normkit.InstanceNorm3d(3, affine=True, track_running_stats=True),
+     lambda: nn.InstanceNorm3d(3, affine=True, track_running_stats=True), (2, 3, 2, 3, 4),
+     True),
+    ("rms", lambda: normkit.RMSNorm(6), lambda: nn.RMSNorm(6), (2, 5, 6), True),
+    ("channel-rms", lambda: normkit.ChannelRMSNorm(4),
+     lambda: _Moved(nn.RMSNorm(4), 1, -1), (2, 4, 3, 5), True),
+]
+
+_INPLACE_OPS = {
+    "relu_": lambda y, r: y.relu_(),
+    "add_residual": lambda y, r: y.add_(r),
+    "mul_": lambda y, r: y.mul_(r),
+    "hardswish_inplace": lambda y, r: nn.functional.hardswish(y, inplace=True),
+}
+
+_INPLACE_BACKENDS = ["torch"] + [b for b in ("cpu", "triton")
+                                 if b in dispatch.table["layer_norm_fwd"]]
+
+
+def _same_params(ours, theirs, seed):
+    g = torch.Generator().manual_seed(seed)
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        assert p.shape == q.shape
+        v = torch.rand(p.shape, generator=g, dtype=torch.float64) + 0.5
+        with torch.no_grad():
+            p.copy_(v)
+            q.copy_(v)
+    for name, b in ours.named_buffers():
+        if name.startswith("running_var"):
+            v = torch.rand(b.shape, generator=g, dtype=torch.float64) + 0.5
+        elif name.startswith("running_mean"):
+            v = torch.randn(b.shape, generator=g, dtype=torch.float64)
+        else:
+            continue
+        b.copy_(v)
+        dict(theirs.named_buffers())[name].copy_(v)
+
+
+# the triton interpreter is slow: one in-place op per layer covers it there
+_INPLACE_COMBOS = [(op, b) for b in _INPLACE_BACKENDS for op in sorted(_INPLACE_OPS)
+                   if b != "triton" or op == "relu_"]
+
+
+@pytest.mark.parametrize("op,backend", _INPLACE_COMBOS)
+@pytest.mark.parametrize("case", _INPLACE_LAYERS, ids=[c[0] for c in _INPLACE_LAYERS])
+def test_inplace_ops_on_outputs_train_like_torch(case, op, backend):
+    label, make_ours, make_theirs, shape, train = case
+    ours, theirs = make_ours().double(), make_theirs().double()
+    ours.backend = backend
+    _same_params(ours, theirs, seed=len(label))
+    ours.train(train)
+    theirs.train(train)
+    x = randn(*shape, seed=7 + len(label), dtype=torch.float64)
+    r = randn(*shape, seed=8, dtype=torch.float64)
+    upstream = randn(*shape, seed=9, dtype=torch.float64)
+    results = []
+    for layer in (ours, theirs):
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        if layer is ours:
+            assert y._base is None and not y._is_view(), f"{label}: output is an autograd view"
+        out = _INPLACE_OPS[op](y, r)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), xi.grad, [p.grad for p in layer.parameters()],
+                        [b.clone() for b in layer.buffers()]))
+    (y1, gx1, gp1, b1), (y2, gx2, gp2, b2) = results
+    assert_matches_reference(y1, y2, torch.float64, what=f"{label} output")
+    assert_matches_reference(gx1, gx2, torch.float64, what=f"{label} input grad")
+    for a, b in zip(gp1, gp2):
+        assert_matches_reference(a, b, torch.float64, what=f"{label} param grad")
+    for a, b in zip(b1, b2):
+        assert_matches_reference(a, b, torch.float64, what=f"{label} buffer")
+
+
+@pytest.mark.parametrize("backend", _INPLACE_BACKENDS[:2])
+def test_functional_outputs_are_not_views(backend):
+    x = randn(3, 4, 5, 2, seed=11, dtype=torch.float32)
+    c = torch.ones(4)
+    outs = {
+        "local_response_norm": NF.local_response_norm(x, 3, backend=backend),
+        "local_response_norm-nhwc": NF.local_response_norm(x, 3, channel_dim=-1,
+                                                           backend=backend),
+        "batch_norm-train": NF.batch_norm(x, None, None, training=True, backend=backend),
+        "batch_norm-eval": NF.batch_norm(x, c * 0, c, training=False, backend=backend),
+        "sync_batch_norm": NF.sync_batch_norm(x, None, None, training=True, backend=backend),
+        "layer_norm": NF.layer_norm(x, [5, 2], backend=backend),
+        "group_norm": NF.group_norm(x, 2, backend=backend),
+        "instance_norm": NF.instance_norm(x, backend=backend),
+        "rms_norm": NF.rms_norm(x, [2], backend=backend),
+        "channel_rms_norm": NF.channel_rms_norm(x, backend=backend),
+    }
+    for name, y in outs.items():
+        assert y.shape == x.shape, name
+        assert y._base is None and not y._is_view(), f"{name} returned an autograd view"
+    # each output owns its memory: writing into one changes no other and not the input
+    before = x.clone()
+    for y in outs.values():
+        y.zero_()
+    assert torch.equal(x, before)

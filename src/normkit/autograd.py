@@ -8,32 +8,52 @@ backend once in forward (stored on ``ctx``) and call the op through
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.autograd.function import once_differentiable
 
 from . import library
 
 
+def _owned(y: torch.Tensor) -> torch.Tensor:
+    """``y`` as a tensor that is not an autograd view of anything.
+
+    A Function's output that is a view of a tensor made inside ``forward`` (a reshape of
+    the kernel's (M, D) or (N, C, L) result, or of a larger buffer) may not be modified
+    in place: autograd raises on ``y.relu_()`` or ``y += identity``, which ordinary
+    training code does (torchvision's ResNet). ``detach`` makes a non-differentiable
+    alias of the same memory with no ``_base``; the original view dies with ``forward``.
+    Each Function therefore takes the user's tensor, reshapes it inside, and returns
+    the output in the user's shape through this function.
+    """
+    return y.detach()
+
+
 class LocalResponseNormFunction(torch.autograd.Function):
     """LRN in canonical form; saves only the input and recomputes the scale in backward."""
 
     @staticmethod
-    def forward(ctx, x, back: int, ahead: int, alpha: float, beta: float, k: float,
-                within: bool, backend: str):
-        ctx.save_for_backward(x)
+    def forward(ctx, input, back: int, ahead: int, alpha: float, beta: float, k: float,
+                within: bool, backend: str, channel_dim: int = 1):
+        ctx.save_for_backward(input)
         ctx.params = (back, ahead, alpha, beta, k, within)
-        ctx.backend = backend
+        ctx.backend, ctx.channel_dim = backend, channel_dim
+        x = input if channel_dim == 1 else input.movedim(channel_dim, 1)
         # through the custom op so that torch.compile keeps the kernel as one graph node
-        return library.lrn_fwd(x, back, ahead, alpha, beta, k, within, backend)
+        y = library.lrn_fwd(x, back, ahead, alpha, beta, k, within, backend)
+        return _owned(y if channel_dim == 1 else y.movedim(1, channel_dim))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
+        (input,) = ctx.saved_tensors
+        cd = ctx.channel_dim
+        x = input if cd == 1 else input.movedim(cd, 1)
         # dy as it comes: each backend makes the layout it needs (a channels-last dy made
         # contiguous here would be copied back to channels-last by the cpu kernel)
-        dx = library.lrn_bwd(x, dy, *ctx.params, ctx.backend)
-        return dx, None, None, None, None, None, None, None
+        dx = library.lrn_bwd(x, dy if cd == 1 else dy.movedim(cd, 1), *ctx.params, ctx.backend)
+        return (dx if cd == 1 else dx.movedim(1, cd),) + (None,) * 8
 
 
 # --- batch / layer / group / RMS norm -------------------------------------------------
@@ -49,61 +69,86 @@ def _grad_like(grad, param):
 
 
 class LayerNormFunction(torch.autograd.Function):
-    """Layer norm over rows of (M, D); saves x, mean, rstd (M,) and weight."""
+    """Layer norm of the user's tensor as rows (M, D); saves x, mean, rstd (M,) and weight."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps: float, backends: dict):
+    def forward(ctx, input, weight, bias, eps: float, backends: dict, d: int):
+        x = input.reshape(-1, d)
         y, mean, rstd = library.layer_norm_fwd(x, weight, bias, eps, backends["layer_norm_fwd"])
         ctx.save_for_backward(x, mean, rstd, weight, bias)
-        ctx.backend = backends["layer_norm_bwd"]
-        return y
+        ctx.backend, ctx.shape = backends["layer_norm_bwd"], input.shape
+        return _owned(y.reshape(input.shape))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
         x, mean, rstd, weight, bias = ctx.saved_tensors
-        dx, dweight, dbias = library.layer_norm_bwd(dy.contiguous(), x, mean, rstd, weight,
-                                                    ctx.backend)
-        return dx, _grad_like(dweight, weight), _grad_like(dbias, bias), None, None
+        dx, dweight, dbias = library.layer_norm_bwd(dy.reshape(x.shape).contiguous(), x, mean,
+                                                    rstd, weight, ctx.backend)
+        return (dx.reshape(ctx.shape), _grad_like(dweight, weight), _grad_like(dbias, bias),
+                None, None, None)
 
 
 class RMSNormFunction(torch.autograd.Function):
-    """RMS norm over rows of (M, D); saves x, rstd (M,) and weight."""
+    """RMS norm of the user's tensor as rows (M, D); saves x, rstd (M,) and weight.
+
+    ``channel_dim=1`` normalizes over dim 1 of an (N, C, *) input (ChannelRMSNorm):
+    the rows are then the input with channels moved last.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, eps: float, backends: dict):
+    def forward(ctx, input, weight, eps: float, backends: dict, d: int, channel_dim: int = -1):
+        moved = input if channel_dim == -1 else input.movedim(channel_dim, -1)
+        x = moved.reshape(-1, d)
         y, rstd = library.rms_norm_fwd(x, weight, eps, backends["rms_norm_fwd"])
         ctx.save_for_backward(x, rstd, weight)
-        ctx.backend = backends["rms_norm_bwd"]
-        return y
+        ctx.backend, ctx.moved, ctx.channel_dim = backends["rms_norm_bwd"], moved.shape, channel_dim
+        y = y.reshape(moved.shape)
+        return _owned(y if channel_dim == -1 else y.movedim(-1, channel_dim))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
         x, rstd, weight = ctx.saved_tensors
-        dx, dweight = library.rms_norm_bwd(dy.contiguous(), x, rstd, weight, ctx.backend)
-        return dx, _grad_like(dweight, weight), None, None
+        cd = ctx.channel_dim
+        dy = dy if cd == -1 else dy.movedim(cd, -1)
+        dx, dweight = library.rms_norm_bwd(dy.reshape(x.shape).contiguous(), x, rstd, weight,
+                                           ctx.backend)
+        dx = dx.reshape(ctx.moved)
+        return ((dx if cd == -1 else dx.movedim(-1, cd)), _grad_like(dweight, weight),
+                None, None, None, None)
 
 
 class GroupNormFunction(torch.autograd.Function):
-    """Group norm of (N, C, L) (instance norm: G = C); saves x, mean, rstd (N, G), weight."""
+    """Group norm of an (N, C, *) input as (N, C, L) (instance norm: G = C); saves x,
+    mean, rstd (N, G) and weight."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, num_groups: int, eps: float, backends: dict):
+    def forward(ctx, input, weight, bias, num_groups: int, eps: float, backends: dict):
+        x = _ncl(input)
         y, mean, rstd = library.group_norm_fwd(x, weight, bias, num_groups, eps,
                                                backends["group_norm_fwd"])
         ctx.save_for_backward(x, mean, rstd, weight, bias)
-        ctx.num_groups = num_groups
+        ctx.num_groups, ctx.shape = num_groups, input.shape
         ctx.backend = backends["group_norm_bwd"]
-        return y
+        return _owned(y.reshape(input.shape))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
         x, mean, rstd, weight, bias = ctx.saved_tensors
-        dx, dweight, dbias = library.group_norm_bwd(dy.contiguous(), x, mean, rstd, weight,
-                                                    ctx.num_groups, ctx.backend)
-        return dx, _grad_like(dweight, weight), _grad_like(dbias, bias), None, None, None
+        dx, dweight, dbias = library.group_norm_bwd(dy.reshape(x.shape).contiguous(), x, mean,
+                                                    rstd, weight, ctx.num_groups, ctx.backend)
+        return (dx.reshape(ctx.shape), _grad_like(dweight, weight), _grad_like(dbias, bias),
+                None, None, None)
+
+
+def _ncl(t: torch.Tensor) -> torch.Tensor:
+    """An (N, C, *) tensor as (N, C, L), a view where the layout allows."""
+    if t.dim() == 3:
+        return t
+    # L spelled out: reshape cannot infer -1 for a tensor with zero elements (an empty rank)
+    return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
 
 
 def _stats_dtype(x):
@@ -133,6 +178,11 @@ def _batch_norm_backward(ctx, dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, co
                                                    if ctx.has_bias else None)
 
 
+def _user_shaped(grads, shape):
+    dx = grads[0]
+    return (None if dx is None else dx.reshape(shape),) + tuple(grads[1:])
+
+
 def batch_norm_batch_stats(x, backend: str):
     """Batch (mean, biased var) of (N, C, L), detached: the backward pass differentiates
     through them analytically (``batch_norm_bwd_reduce``), not through autograd."""
@@ -153,18 +203,20 @@ class BatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, rstd, training: bool, count: int, backends: dict):
+    def forward(ctx, input, weight, bias, mean, rstd, training: bool, count: int,
+                backends: dict):
+        x = _ncl(input)
         y = library.batch_norm_apply(x, mean, rstd, weight, bias, backends["batch_norm_apply"])
         ctx.save_for_backward(x, mean, rstd, weight)
         ctx.training, ctx.count, ctx.backends = training, count, backends
-        ctx.has_bias = bias is not None
-        return y
+        ctx.has_bias, ctx.shape = bias is not None, input.shape
+        return _owned(y.reshape(input.shape))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
         x, mean, rstd, weight = ctx.saved_tensors
-        dy = dy.contiguous()
+        dy = dy.reshape(x.shape).contiguous()
         sum_dy, sum_dy_xhat = library.batch_norm_bwd_reduce(
             dy, x, mean, rstd, ctx.backends["batch_norm_bwd_reduce"])
         if ctx.training:
@@ -174,7 +226,7 @@ class BatchNormFunction(torch.autograd.Function):
             zeros = torch.zeros_like(sum_dy)
             grads = _batch_norm_backward(ctx, dy, x, mean, rstd, weight, zeros, zeros, 1,
                                          sum_dy_xhat, sum_dy)
-        return grads + (None,) * 5
+        return _user_shaped(grads, ctx.shape) + (None,) * 5
 
 
 class SyncBatchNormFunction(torch.autograd.Function):
@@ -190,10 +242,11 @@ class SyncBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float,
-                process_group, world_size: int, backends: dict):
+    def forward(ctx, input, weight, bias, running_mean, running_var, momentum: float,
+                eps: float, process_group, world_size: int, backends: dict):
         import torch.distributed as dist
 
+        x = _ncl(input)
         n, c, length = x.shape
         cdt = _stats_dtype(x)
         local_count = n * length
@@ -225,8 +278,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
         y = library.batch_norm_apply(x, mean, rstd, weight, bias, backends["batch_norm_apply"])
         ctx.save_for_backward(x, mean, rstd, weight)
         ctx.count, ctx.backends, ctx.process_group = int(total), backends, process_group
-        ctx.has_bias = bias is not None
-        return y
+        ctx.has_bias, ctx.shape = bias is not None, input.shape
+        return _owned(y.reshape(input.shape))
 
     @staticmethod
     @once_differentiable
@@ -234,7 +287,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         import torch.distributed as dist
 
         x, mean, rstd, weight = ctx.saved_tensors
-        dy = dy.contiguous()
+        dy = dy.reshape(x.shape).contiguous()
         sum_dy, sum_dy_xhat = library.batch_norm_bwd_reduce(
             dy, x, mean, rstd, ctx.backends["batch_norm_bwd_reduce"])
         c = sum_dy.numel()
@@ -242,4 +295,4 @@ class SyncBatchNormFunction(torch.autograd.Function):
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=ctx.process_group)
         grads = _batch_norm_backward(ctx, dy, x, mean, rstd, weight, packed[:c], packed[c:],
                                      ctx.count, sum_dy_xhat, sum_dy)
-        return grads + (None,) * 7
+        return _user_shaped(grads, ctx.shape) + (None,) * 7

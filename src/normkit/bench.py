@@ -38,10 +38,11 @@ import torch.nn.functional as F
 
 __all__ = ["add_arguments", "main", "CASES"]
 
-LAYERS = ("lrn", "rmsnorm", "instancenorm", "batchnorm", "layernorm", "groupnorm")
+LAYERS = ("lrn", "rmsnorm", "instancenorm", "batchnorm", "layernorm", "groupnorm",
+          "overhead", "model")
 LRN_BETAS = (0.5, 0.75, 1.0, 0.6)
 CSV_FIELDS = ["timestamp", "device", "device_name", "torch_version", "numba_version",
-              "triton_version", "threads", "allocator", "layer", "shape", "dtype", "params",
+              "triton_version", "threads", "allocator", "load_avg", "layer", "shape", "dtype", "params",
               "pass", "impl", "median_ms", "repeats", "torch_ms", "ratio_vs_torch", "gbps",
               "copy_gbps", "frac_copy_bw", "peak_extra_mem_x_input"]
 
@@ -252,6 +253,12 @@ def CASES(layers, quick: bool, device: str, dtype: torch.dtype) -> List[Case]:
     gen = torch.Generator().manual_seed(0)
     cases = []
     for layer in layers:
+        if layer == "overhead":
+            cases += _overhead_cases(device, dtype)
+            continue
+        if layer == "model":
+            cases += _model_cases(quick, device, dtype)
+            continue
         shape = SHAPES[layer][1 if quick else 0]
         x = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
         dy = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
@@ -265,6 +272,192 @@ def CASES(layers, quick: bool, device: str, dtype: torch.dtype) -> List[Case]:
             cases.append(_group_case(layer, x, dy, 32, affine=True))
         elif layer == "batchnorm":
             cases.append(_batch_case(x, dy))
+    return cases
+
+
+# --- per-call overhead and whole-model train steps ---------------------------------------
+#
+# A user judges the step of the model they run, not a kernel: these cases time normkit's
+# modules against torch.nn's inside whole models (same weights, same data, SGD step), and
+# the fixed cost of one layer call on a tiny input (where the kernel costs next to nothing
+# and Python dispatch, autograd and validation dominate).
+
+def _norm_factory(lib):
+    """Constructors of the norm layers of ``lib`` (torch.nn or normkit)."""
+    return {
+        "bn2d": lambda c: lib.BatchNorm2d(c),
+        "ln": lambda d: lib.LayerNorm(d),
+    }
+
+
+def _overhead_layers(lib):
+    """name -> (constructor, tiny input shape); ``lib`` is torch.nn or normkit (same API)."""
+    return {
+        "BatchNorm2d": (lambda: lib.BatchNorm2d(4), (2, 4, 4, 4)),
+        "LayerNorm": (lambda: lib.LayerNorm(8), (2, 8)),
+        "GroupNorm": (lambda: lib.GroupNorm(2, 4), (2, 4, 4, 4)),
+        "InstanceNorm2d": (lambda: lib.InstanceNorm2d(4, affine=True), (2, 4, 4, 4)),
+        "RMSNorm": (lambda: lib.RMSNorm(8), (2, 8)),
+        "LocalResponseNorm": (lambda: lib.LocalResponseNorm(3), (2, 4, 4, 4)),
+    }
+
+
+def _module_pair(module, x):
+    """(forward, forward+backward) of a module on ``x`` (the input needs its gradient)."""
+    leaf = x.detach().clone().requires_grad_()
+
+    def fwd():
+        with torch.no_grad():
+            return module(leaf)
+
+    def fwdbwd():
+        leaf.grad = None
+        module.zero_grad(set_to_none=True)
+        y = module(leaf)
+        y.sum().backward()
+        return y
+
+    return fwd, fwdbwd
+
+
+def _overhead_cases(device, dtype) -> List[Case]:
+    import torch.nn as nn
+
+    import normkit
+
+    ours, theirs = _overhead_layers(normkit), _overhead_layers(nn)
+    cases = []
+    gen = torch.Generator().manual_seed(1)
+    for name, (make, shape) in ours.items():
+        x = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+        case = Case("overhead", shape, name, x)
+        t = theirs[name][0]().to(device=device, dtype=dtype)
+        case.impls.append(Impl("torch-eager", *_module_pair(t, x)))
+        m = make().to(device=device, dtype=dtype)
+        case.impls.append(Impl("normkit-auto", *_module_pair(m, x)))
+        cases.append(case)
+    return cases
+
+
+class _BasicBlock(torch.nn.Module):
+    """torchvision's ResNet BasicBlock: conv-BN-ReLU(inplace)-conv-BN, ``out += identity``."""
+
+    def __init__(self, norms, cin, cout, stride):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = norms["bn2d"](cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = norms["bn2d"](cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                      norms["bn2d"](cout))
+
+    def forward(self, x):
+        identity = x if self.down is None else self.down(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+def _resnet(norms, stages, stem=64, classes=10, pool=True):
+    nn = torch.nn
+    layers = [nn.Conv2d(3, stem, 3, 1, 1, bias=False), norms["bn2d"](stem), nn.ReLU(inplace=True)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    cin = stem
+    for cout, stride, blocks in stages:
+        for i in range(blocks):
+            layers.append(_BasicBlock(norms, cin, cout, stride if i == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
+    return nn.Sequential(*layers)
+
+
+class _PreNormBlock(torch.nn.Module):
+    def __init__(self, norms, d, heads):
+        super().__init__()
+        nn = torch.nn
+        self.ln1, self.ln2 = norms["ln"](d), norms["ln"](d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.heads = heads
+
+    def forward(self, x):
+        b, s, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, self.heads, d // self.heads).unbind(2)
+        att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                             v.transpose(1, 2))
+        x = x + self.proj(att.transpose(1, 2).reshape(b, s, d))
+        return x + self.mlp(self.ln2(x))
+
+
+def _transformer(norms, d=256, depth=4, heads=4, classes=10):
+    nn = torch.nn
+    return nn.Sequential(*[_PreNormBlock(norms, d, heads) for _ in range(depth)],
+                         norms["ln"](d), nn.Flatten(1), nn.LazyLinear(classes))
+
+
+# name -> (builder, input shape without batch, full batches, --quick batches)
+MODELS = {
+    # BN from 64ch x 64x64 (stem) down to 512ch x 4x4: torchvision resnet18's stages
+    "resnet18-bn": (lambda n: _resnet(n, [(64, 1, 2), (128, 2, 2), (256, 2, 2), (512, 2, 2)]),
+                    (3, 64, 64), (8, 1), (2,)),
+    # many small BN tensors: per-call overhead dominates
+    "small-bn": (lambda n: _resnet(n, [(16, 1, 1), (32, 2, 1), (32, 2, 1)], stem=16),
+                 (3, 16, 16), (8, 1), (2,)),
+    # 4-layer pre-norm Transformer encoder, d 256, sequence 64
+    "transformer-ln": (lambda n: _transformer(n), (64, 256), (8, 1), (2,)),
+    # large BN tensors: 64ch at 64x64 throughout
+    "resnet-big-bn": (lambda n: _resnet(n, [(64, 1, 2)], pool=False), (3, 64, 64), (8,), ()),
+}
+
+
+def _train_step_pair(model, x, target):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def fwd():
+        with torch.no_grad():
+            return model(x)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), target)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return fwd, step
+
+
+def _model_cases(quick, device, dtype) -> List[Case]:
+    import copy
+
+    import torch.nn as nn
+
+    import normkit
+
+    cases = []
+    for name, (build, shape, batches, quick_batches) in MODELS.items():
+        for batch in (quick_batches if quick else batches):
+            gen = torch.Generator().manual_seed(2)
+            if quick:  # a smoke run: smaller inputs
+                shape = (shape[0], 16, 16) if len(shape) == 3 else (16, shape[1])
+            x = torch.randn(batch, *shape, generator=gen).to(device=device, dtype=dtype)
+            target = torch.randint(0, 10, (batch,), generator=gen).to(device)
+            torch.manual_seed(3)
+            ref = build(_norm_factory(nn)).to(device=device, dtype=dtype)
+            ref(x)  # materialise lazy layers
+            ours = build(_norm_factory(normkit)).to(device=device, dtype=dtype)
+            ours(x)
+            ours.load_state_dict(copy.deepcopy(ref.state_dict()))
+            case = Case("model", tuple(x.shape), f"{name} batch={batch}", x)
+            case.impls.append(Impl("torch-eager", *_train_step_pair(ref, x, target)))
+            case.impls.append(Impl("normkit-auto", *_train_step_pair(ours, x, target)))
+            cases.append(case)
     return cases
 
 
@@ -395,11 +588,36 @@ def allocator_description() -> str:
     return "; ".join([name] + settings)
 
 
+def _load_average() -> str:
+    """1/5/15-minute load average: how busy the machine was (ratios shift under load)."""
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def _version(module: str) -> str:
     try:
         return __import__(module).__version__
     except Exception:  # not installed or broken: record the absence, do not fail
         return "absent"
+
+
+def _print_overhead_table(rows) -> None:
+    """Fixed cost per layer call (tiny input), normkit vs torch, in microseconds."""
+    table = {}
+    for r in rows:
+        if r["layer"] == "overhead":
+            table.setdefault((r["params"], r["pass"]), {})[r["impl"]] = 1e3 * float(r["median_ms"])
+    if not table:
+        return
+    print("\nper-call overhead (tiny inputs; microseconds per call)")
+    print(f"{'layer':<20}{'pass':<8}{'torch':>9}{'normkit':>9}{'extra':>9}")
+    for (layer, pass_name), t in table.items():
+        ours, theirs = t.get("normkit-auto"), t.get("torch-eager")
+        if ours is None or theirs is None:
+            continue
+        print(f"{layer:<20}{pass_name:<8}{theirs:9.1f}{ours:9.1f}{ours - theirs:9.1f}")
 
 
 # --- main --------------------------------------------------------------------------------
@@ -435,8 +653,11 @@ def main(args) -> int:
         "torch_version": torch.__version__, "numba_version": _version("numba"),
         "triton_version": _version("triton"), "threads": args.threads,
         "allocator": allocator_description(), "dtype": args.dtype,
+        "load_avg": _load_average(),
         "copy_gbps": f"{copy_gbps:.4g}",
     }
+    print(f"load average {common['load_avg']} (1/5/15 min; more than the thread count "
+          "means a loaded machine: ratios are then not final)")
     print(f"normkit bench on {common['device_name']} ({args.device}), {args.threads} threads, "
           f"torch {torch.__version__}, numba {common['numba_version']}, "
           f"copy bandwidth {copy_gbps:.1f} GB/s; allocator: {common['allocator']}")
@@ -468,9 +689,10 @@ def main(args) -> int:
                            peak_extra_mem_x_input="" if mem is None else f"{mem:.2f}")
                 rows.append(row)
                 print(f"{case.layer:<13}{row['shape']:<20}{case.params:<28}{pass_name:<8}"
-                      f"{impl.name:<16}{ms:9.2f}{row['ratio_vs_torch']:>8}{gbps:8.2f}"
+                      f"{impl.name:<16}{ms:9.3g}{row['ratio_vs_torch']:>8}{gbps:8.2f}"
                       f"{100 * gbps / copy_gbps:6.0f}%"
                       f"{row['peak_extra_mem_x_input']:>8}", flush=True)
+    _print_overhead_table(rows)
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()

@@ -47,6 +47,12 @@ def _always(_x: torch.Tensor) -> Optional[str]:
 table: Dict[str, Dict[str, Entry]] = {}
 last_backend: Dict[str, str] = {}
 
+# Backends whose ``why_not`` depends only on the tensor's device type, dtype and layout
+# (not on its size): their resolution is memoised per (op, request, device type, dtype,
+# layout), so a layer call does not re-check the same conditions every time.
+_STATIC = frozenset(("torch", "cpu"))
+_memo: Dict[tuple, str] = {}
+
 
 def register(op: str, backend: str, fn: Callable,
              why_not: Callable[[torch.Tensor], Optional[str]] = _always) -> None:
@@ -54,6 +60,7 @@ def register(op: str, backend: str, fn: Callable,
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     table.setdefault(op, {})[backend] = Entry(fn, why_not)
+    _memo.clear()
 
 
 def _requested(backend: str) -> str:
@@ -69,6 +76,22 @@ def _requested(backend: str) -> str:
 
 def resolve(op: str, x: torch.Tensor, backend: str = "auto") -> str:
     """Name of the backend that will run ``op`` on ``x``."""
+    env = os.environ.get(ENV_VAR)
+    if backend == "auto" and (not env or env == "auto") and type(x) is torch.Tensor:
+        key = (op, x.device.type, x.dtype, x.layout)
+        chosen = _memo.get(key)
+        if chosen is None:
+            chosen = _resolve(op, x, backend)
+            # memoise only when every backend auto looked at is size-independent
+            order = _PREFERENCE.get(x.device.type, ("torch",))
+            looked = order[:order.index(chosen) + 1] if chosen in order else order
+            if all(name in _STATIC for name in looked if name in table.get(op, {})):
+                _memo[key] = chosen
+        return chosen
+    return _resolve(op, x, backend)
+
+
+def _resolve(op: str, x: torch.Tensor, backend: str) -> str:
     if op not in table:
         raise KeyError(f"normkit has no op {op!r}; known: {sorted(table)}")
     impls = table[op]

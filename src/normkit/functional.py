@@ -14,7 +14,7 @@ from .conventions import CanonicalLRN, canonicalize
 
 __all__ = ["local_response_norm", "lrn_canonical"]
 __all__ += ["batch_norm", "sync_batch_norm", "layer_norm", "group_norm", "instance_norm",
-            "rms_norm"]
+            "rms_norm", "channel_rms_norm"]
 
 # --- validation lives in a leaf module shared with normkit.interop (no import cycle) ---
 from ._validation import FLOATS as _FLOATS  # noqa: E402,F401
@@ -34,12 +34,12 @@ def lrn_canonical(input: torch.Tensor, spec: CanonicalLRN, *, channel_dim: int =
         return _xp.lrn(input, spec, channel_dim)
     if input.numel() == 0:
         return input.clone()
-    x = input if channel_dim == 1 else input.movedim(channel_dim, 1)
-    spec = _xp.clamp_window(spec, x)  # hostile sizes (2**64 + 1) never reach a kernel
-    chosen = dispatch.resolve("lrn_fwd", x, backend)
-    y = LocalResponseNormFunction.apply(x, spec.back, spec.ahead, spec.alpha, spec.beta,
-                                        spec.k, spec.region == "within", chosen)
-    return y if channel_dim == 1 else y.movedim(1, channel_dim)
+    # hostile sizes (2**64 + 1) never reach a kernel: the window is clamped to the tensor
+    spec = _xp.clamp_window(spec, input if channel_dim == 1 else input.movedim(channel_dim, 1))
+    chosen = dispatch.resolve("lrn_fwd", input, backend)
+    # the Function moves the channel dim itself: its output is never an autograd view
+    return LocalResponseNormFunction.apply(input, spec.back, spec.ahead, spec.alpha, spec.beta,
+                                           spec.k, spec.region == "within", chosen, channel_dim)
 
 
 def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4,
@@ -225,8 +225,9 @@ def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
         cdt = torch.float64 if input.dtype == torch.float64 else torch.float32
         mean, var, count = running_mean.to(cdt, copy=True), running_var.to(cdt), 0
     rstd = torch.rsqrt(var + float(eps))
-    y = BatchNormFunction.apply(x, weight, bias, mean, rstd, bool(training), count, backends)
-    return y.reshape(input.shape)
+    # the Function reshapes input and output itself: its output is never an autograd view
+    return BatchNormFunction.apply(input, weight, bias, mean, rstd, bool(training), count,
+                                   backends)
 
 
 def _sync_world(process_group) -> int:
@@ -286,9 +287,9 @@ def sync_batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
     _check_eps(name, eps, strict=True)
     x = input.reshape(input.shape[0], c, math.prod(input.shape[2:]))
     backends = _backends(_BN_OPS, x, backend)
-    y = SyncBatchNormFunction.apply(x, weight, bias, running_mean, running_var,
-                                    float(momentum), float(eps), process_group, world, backends)
-    return y.reshape(input.shape)
+    return SyncBatchNormFunction.apply(input, weight, bias, running_mean, running_var,
+                                       float(momentum), float(eps), process_group, world,
+                                       backends)
 
 
 def _normalized_shape(name: str, normalized_shape) -> tuple:
@@ -348,9 +349,9 @@ def layer_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
         return _empty_result(input, weight, bias, shape)
     w = None if weight is None else weight.reshape(-1)
     b = None if bias is None else bias.reshape(-1)
-    y = LayerNormFunction.apply(x, w, b, float(eps),
-                                _backends(("layer_norm_fwd", "layer_norm_bwd"), x, backend))
-    return y.reshape(input.shape)
+    return LayerNormFunction.apply(input, w, b, float(eps),
+                                   _backends(("layer_norm_fwd", "layer_norm_bwd"), x, backend),
+                                   x.shape[1])
 
 
 def rms_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
@@ -389,9 +390,51 @@ def rms_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
     if input.numel() == 0:
         return _empty_result(input, weight, None, shape)
     w = None if weight is None else weight.reshape(-1)
-    y = RMSNormFunction.apply(x, w, float(eps),
-                              _backends(("rms_norm_fwd", "rms_norm_bwd"), x, backend))
-    return y.reshape(input.shape)
+    return RMSNormFunction.apply(input, w, float(eps),
+                                 _backends(("rms_norm_fwd", "rms_norm_bwd"), x, backend),
+                                 x.shape[1])
+
+
+def channel_rms_norm(input: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                     eps: Optional[float] = None, *, backend: str = "auto") -> torch.Tensor:
+    r"""RMS normalization over the channel dim 1 of an (N, C, *) input.
+
+    .. math:: y_{n,c,s} = \gamma_c \frac{x_{n,c,s}}{\sqrt{\frac{1}{C}\sum_{c'} x_{n,c',s}^2
+              + \epsilon}}
+
+    The same numbers as ``rms_norm(input.movedim(1, -1), (C,), ...).movedim(-1, 1)``,
+    but the output is an ordinary tensor, not a view (in-place ops on it are allowed).
+
+    Args:
+        input: (N, C, *) tensor.
+        weight: (C,) or None. Default None.
+        eps: Default None: ``torch.finfo(compute dtype).eps``, as :func:`rms_norm`.
+        backend: keyword-only, as :func:`batch_norm`.
+
+    Shape:
+        output like the input (with the strides of a channels-last copy).
+
+    Example::
+
+        >>> channel_rms_norm(torch.tensor([[[3.0], [4.0]]]), eps=0.0).flatten()
+        tensor([0.8485, 1.1314])
+    """
+    name = "channel_rms_norm"
+    _check_tensor(name, input)
+    _check_rank(name, input, 2)
+    c = input.shape[1]
+    _check_param(name, "weight", weight, (c,))
+    if eps is None:
+        eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
+    _check_eps(name, eps, strict=False)
+    if _xp.exporting():  # export: torch's ops; non-negative dims for the TorchScript exporter
+        last = input.dim() - 1
+        return _xp.rms_norm(input.movedim(1, last), (c,), weight, eps).movedim(last, 1)
+    if input.numel() == 0:
+        return _empty_result(input, weight, None, (1, -1) + (1,) * (input.dim() - 2))
+    return RMSNormFunction.apply(input, weight, float(eps),
+                                 _backends(("rms_norm_fwd", "rms_norm_bwd"), input, backend),
+                                 c, 1)
 
 
 def group_norm(input: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor] = None,
@@ -434,9 +477,8 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
     if input.numel() == 0:
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
     x = input.reshape(n, c, math.prod(input.shape[2:]))
-    y = GroupNormFunction.apply(x, weight, bias, num_groups, float(eps),
-                                _backends(("group_norm_fwd", "group_norm_bwd"), x, backend))
-    return y.reshape(input.shape)
+    return GroupNormFunction.apply(input, weight, bias, num_groups, float(eps),
+                                   _backends(("group_norm_fwd", "group_norm_bwd"), x, backend))
 
 
 def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
@@ -502,6 +544,5 @@ def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = No
             unbiased = var.view(n, c) * (spatial / (spatial - 1))
             update_running_stats(running_mean, running_var, mean.view(n, c).mean(0),
                                  unbiased.mean(0), float(momentum))
-    y = GroupNormFunction.apply(x, weight, bias, c, float(eps),
-                                _backends(("group_norm_fwd", "group_norm_bwd"), x, backend))
-    return y.reshape(input.shape)
+    return GroupNormFunction.apply(input, weight, bias, c, float(eps),
+                                   _backends(("group_norm_fwd", "group_norm_bwd"), x, backend))

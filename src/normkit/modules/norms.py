@@ -619,10 +619,7 @@ class ChannelRMSNorm(nn.Module):
         if input.dim() < 2 or input.size(1) != self.num_channels:
             raise ValueError(f"ChannelRMSNorm: expected an (N, {self.num_channels}, *) input, "
                              f"got shape {tuple(input.shape)}")
-        last = input.dim() - 1  # not -1: the TorchScript ONNX exporter writes perm=-1 as is
-        y = F.rms_norm(input.movedim(1, last), (self.num_channels,), self.weight, self.eps,
-                       backend=self.backend)
-        return y.movedim(last, 1)
+        return F.channel_rms_norm(input, self.weight, self.eps, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
