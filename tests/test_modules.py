@@ -98,7 +98,8 @@ def test_non_contiguous_and_channels_last_inputs(info, training):
 
 @pytest.mark.parametrize("info", MODULES, ids=IDS)
 def test_outputs_are_not_views_and_in_place_ops_train(info):
-    """``y.relu_(); y.add_(1)`` after the layer gives the gradients of ``(y.relu() + 1)``."""
+    """``y.add_(0.5).relu_()`` after the layer (a residual add, then ``ReLU(inplace=True)``)
+    gives the gradients of the out-of-place ``(y + 0.5).relu()``."""
     module = _seeded(info, torch.float64).train()
     twin = copy.deepcopy(module)
     inputs = info.inputs(torch.float64, seed=3)
@@ -107,10 +108,10 @@ def test_outputs_are_not_views_and_in_place_ops_train(info):
     outs = _flat(module(x1, *inputs[1:]))
     for y in outs:
         assert not y._is_view(), f"{info.id}: output is an autograd view"
-    loss_inplace = sum((y.relu_().add_(1.0) ** 2).sum() for y in outs)
+    loss_inplace = sum((y.add_(0.5).relu_() ** 2).sum() for y in outs)
     loss_inplace.backward()
     ref_outs = _flat(twin(x2, *inputs[1:]))
-    loss_ref = sum(((y.relu() + 1.0) ** 2).sum() for y in ref_outs)
+    loss_ref = sum(((y + 0.5).relu() ** 2).sum() for y in ref_outs)
     loss_ref.backward()
     assert max_err(x1.grad, x2.grad) <= 1e-12 * max(1.0, float(x2.grad.abs().max()))
     for (n, p), (_, q) in zip(module.named_parameters(), twin.named_parameters()):
