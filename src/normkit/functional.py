@@ -522,3 +522,9 @@ def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = No
     y = GroupNormFunction.apply(x, weight, bias, c, float(eps),
                                 _backends(("group_norm_fwd", "group_norm_bwd"), x, backend))
     return y.reshape(input.shape)
+
+
+# --- Filter Response Normalization (implementation in normkit/frn.py) -----------------
+from .frn import filter_response_norm  # noqa: E402
+
+__all__ += ["filter_response_norm"]
