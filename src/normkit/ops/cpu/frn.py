@@ -111,14 +111,16 @@ def frn_fwd(x, weight, bias, tau, eps):
     """FRN + TLU of (N, C, L): ``(y, rstd (N, C))``."""
     n, c, length = x.shape
     cdt = _cdt(x.dtype)
-    x2 = x.detach().to(cdt).contiguous().reshape(n * c, length)
-    y = _alloc.empty_like(x2)
+    x3 = x.detach().to(cdt).contiguous()
+    # y is allocated (N, C, L) and only viewed as (P, L) for the kernel: a returned view
+    # would make the autograd output a view (no in-place ops on it)
+    y = _alloc.empty_like(x3)
     rstd = torch.empty(n * c, dtype=cdt)
-    if x2.numel():
+    if x3.numel():
         parallel_for(_frn_fwd_kernel, n * c,
-                     (x2.numpy(), _vec64(weight, c), _vec64(bias, c), _vec64(tau, c),
-                      _vec64(eps, c), y.numpy(), rstd.numpy(), c), min_items=4)
-    y = y.reshape(n, c, length)
+                     (x3.view(n * c, length).numpy(), _vec64(weight, c), _vec64(bias, c),
+                      _vec64(tau, c), _vec64(eps, c), y.view(n * c, length).numpy(),
+                      rstd.numpy(), c), min_items=4)
     return (y if y.dtype == x.dtype else y.to(x.dtype)), rstd.reshape(n, c)
 
 
@@ -129,13 +131,14 @@ def frn_bwd(dy, x, rstd, weight, bias, tau):
     x2 = x.detach().to(cdt).contiguous().reshape(n * c, length)
     dy2 = dy.detach().to(cdt).contiguous().reshape(n * c, length)
     r = rstd.detach().to(cdt).contiguous().reshape(n * c)
-    dx = _alloc.empty_like(x2)
+    dx = _alloc.empty((n, c, length), cdt)  # (N, C, L), not a view: see frn_fwd
     parts = torch.zeros(4, n * c, dtype=torch.float64)
     if x2.numel():
         pn = parts.numpy()
         parallel_for(_frn_bwd_kernel, n * c,
                      (dy2.numpy(), x2.numpy(), r.numpy(), _vec64(weight, c), _vec64(bias, c),
-                      _vec64(tau, c), dx.numpy(), pn[0], pn[1], pn[2], pn[3], c), min_items=4)
-    sums = parts.view(4, n, c).sum(1).to(cdt)
-    dx = dx.reshape(n, c, length)
-    return (dx if dx.dtype == x.dtype else dx.to(x.dtype)), sums[0], sums[1], sums[2], sums[3]
+                      _vec64(tau, c), dx.view(n * c, length).numpy(), pn[0], pn[1], pn[2], pn[3], c), min_items=4)
+    sums = parts.view(4, n, c).sum(1)
+    # four separate tensors: a custom op's outputs may not alias one another
+    dweight, dbias, dtau, deps = (sums[i].to(cdt, copy=True) for i in range(4))
+    return (dx if dx.dtype == x.dtype else dx.to(x.dtype)), dweight, dbias, dtau, deps
