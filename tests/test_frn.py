@@ -13,7 +13,7 @@ from normkit.reference import frn_backward, frn_forward
 from hostile import randn
 from tolerance import assert_matches_reference, numeric_grad
 
-BACKENDS = ["torch", "cpu"]
+BACKENDS = ["torch", "cpu", "triton"]
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 

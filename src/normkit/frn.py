@@ -5,7 +5,7 @@ The layer is FRN followed by the Thresholded Linear Unit (Singh & Krishnan, CVPR
     y = max(weight * x / sqrt(mean_{H,W}(x^2) + eps) + bias, tau)
 
 Backends (:mod:`normkit.dispatch`): ``torch`` (:mod:`normkit.ops.torch_frn`), ``cpu``
-(numba, :mod:`normkit.ops.cpu.frn`). The ops are ``normkit::frn_fwd`` /
+(numba, :mod:`normkit.ops.cpu.frn`) and ``triton`` (:mod:`normkit.ops.triton.frn`). The ops are ``normkit::frn_fwd`` /
 ``normkit::frn_bwd`` custom ops with fake implementations, so
 ``torch.compile(fullgraph=True)`` keeps each kernel as one graph node. While exporting
 (``torch.compiler.is_exporting()`` or ``torch.onnx.is_in_onnx_export()``) the functional
@@ -34,10 +34,18 @@ def _register() -> None:
     try:
         from .ops import cpu
         from .ops.cpu import frn as cpu_frn
-    except ImportError:  # numba missing: torch fallback only
+    except ImportError:  # numba missing: no cpu backend
+        pass
+    else:
+        dispatch.register("frn_fwd", "cpu", cpu_frn.frn_fwd, cpu.why_not)
+        dispatch.register("frn_bwd", "cpu", cpu_frn.frn_bwd, cpu.why_not)
+    try:
+        from .ops import triton as triton_ops
+        from .ops.triton import frn as triton_frn
+    except ImportError:  # triton missing: no triton backend
         return
-    dispatch.register("frn_fwd", "cpu", cpu_frn.frn_fwd, cpu.why_not)
-    dispatch.register("frn_bwd", "cpu", cpu_frn.frn_bwd, cpu.why_not)
+    dispatch.register("frn_fwd", "triton", triton_frn.frn_fwd, triton_ops.why_not_tensor)
+    dispatch.register("frn_bwd", "triton", triton_frn.frn_bwd, triton_ops.why_not_tensor)
 
 
 _register()
@@ -153,7 +161,7 @@ def filter_response_norm(input: torch.Tensor, weight: Optional[torch.Tensor] = N
         tau: (C,) TLU threshold; None means no TLU (plain FRN). Default None.
         eps: positive float, or a (C,) tensor (the module passes ``eps + |eps_l|`` when
             eps is learned; its gradient flows). Default 1e-6.
-        backend: ``"auto"``, ``"torch"`` or ``"cpu"`` (keyword-only).
+        backend: ``"auto"``, ``"torch"``, ``"cpu"`` or ``"triton"`` (keyword-only).
 
     Shape:
         output like the input (channels_last stays channels_last).
