@@ -209,3 +209,16 @@ def test_custom_op_schema_and_fake_tensor():
     torch.library.opcheck(torch.ops.normkit.frn_fwd.default, (x, w, b, tau, eps, "cpu"))
     _, rstd = torch.ops.normkit.frn_fwd(x, w, b, tau, eps, "cpu")
     torch.library.opcheck(torch.ops.normkit.frn_bwd.default, (dy, x, rstd, w, b, tau, "cpu"))
+
+
+def test_cpu_kernel_is_bitwise_independent_of_thread_count(monkeypatch):
+    x, w, b, tau, dy = _inputs(torch.float32, shape=(6, 8, 9, 9), seed=16)
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("NORMKIT_NUM_THREADS", threads)
+        leaves = [t.clone().requires_grad_() for t in (x, w, b, tau)]
+        y = filter_response_norm(*leaves, backend="cpu")
+        y.backward(dy)
+        results.append([y.detach()] + [t.grad for t in leaves])
+    for a, b_ in zip(*results):
+        assert torch.equal(a, b_)

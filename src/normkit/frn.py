@@ -5,9 +5,9 @@ The layer is FRN followed by the Thresholded Linear Unit (Singh & Krishnan, CVPR
     y = max(weight * x / sqrt(mean_{H,W}(x^2) + eps) + bias, tau)
 
 Backends (:mod:`normkit.dispatch`): ``torch`` (:mod:`normkit.ops.torch_frn`), ``cpu``
-(numba, :mod:`normkit.ops.cpu.frn`) and ``triton`` (:mod:`normkit.ops.triton.frn`). The ops are ``normkit::frn_fwd`` /
-``normkit::frn_bwd`` custom ops with fake implementations, so
-``torch.compile(fullgraph=True)`` keeps each kernel as one graph node. While exporting
+(numba, :mod:`normkit.ops.cpu.frn`) and ``triton`` (:mod:`normkit.ops.triton.frn`).
+The ops are ``normkit::frn_fwd`` / ``normkit::frn_bwd`` custom ops with fake
+implementations, so ``torch.compile(fullgraph=True)`` keeps each kernel as one graph node. While exporting
 (``torch.compiler.is_exporting()`` or ``torch.onnx.is_in_onnx_export()``) the functional
 computes with plain torch ops, which both ONNX exporters translate.
 """

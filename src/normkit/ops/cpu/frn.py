@@ -137,7 +137,8 @@ def frn_bwd(dy, x, rstd, weight, bias, tau):
         pn = parts.numpy()
         parallel_for(_frn_bwd_kernel, n * c,
                      (dy2.numpy(), x2.numpy(), r.numpy(), _vec64(weight, c), _vec64(bias, c),
-                      _vec64(tau, c), dx.view(n * c, length).numpy(), pn[0], pn[1], pn[2], pn[3], c), min_items=4)
+                      _vec64(tau, c), dx.view(n * c, length).numpy(), pn[0], pn[1], pn[2],
+                      pn[3], c), min_items=4)
     sums = parts.view(4, n, c).sum(1)
     # four separate tensors: a custom op's outputs may not alias one another
     dweight, dbias, dtau, deps = (sums[i].to(cdt, copy=True) for i in range(4))
