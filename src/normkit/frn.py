@@ -7,9 +7,9 @@ The layer is FRN followed by the Thresholded Linear Unit (Singh & Krishnan, CVPR
 Backends (:mod:`normkit.dispatch`): ``torch`` (:mod:`normkit.ops.torch_frn`), ``cpu``
 (numba, :mod:`normkit.ops.cpu.frn`) and ``triton`` (:mod:`normkit.ops.triton.frn`).
 The ops are ``normkit::frn_fwd`` / ``normkit::frn_bwd`` custom ops with fake
-implementations, so ``torch.compile(fullgraph=True)`` keeps each kernel as one graph node. While exporting
-(``torch.compiler.is_exporting()`` or ``torch.onnx.is_in_onnx_export()``) the functional
-computes with plain torch ops, which both ONNX exporters translate.
+implementations, so ``torch.compile(fullgraph=True)`` keeps each kernel as one graph node.
+While exporting (``torch.compiler.is_exporting()`` or ``torch.onnx.is_in_onnx_export()``)
+the functional computes with plain torch ops, which both ONNX exporters translate.
 """
 
 from __future__ import annotations
