@@ -42,7 +42,8 @@ def _frn_fwd_kernel(x, w, b, t, e, y, rstd, channels, start, stop):
             ss += v * v
         rs = 1.0 / math.sqrt(ss / max(L, 1) + e[c])
         rstd[p] = rs
-        cast[0] = rs * w[c]
+        # the scale from the stored (rounded) rstd: the backward recomputes the same z
+        cast[0] = np.float64(rstd[p]) * w[c]
         cast[1] = b[c]
         cast[2] = t[c]
         scale = cast[0]
