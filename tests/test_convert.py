@@ -103,7 +103,7 @@ def test_convert_root_norm_returns_twin_and_leaves_subclasses():
 
 def test_registry_names_are_the_labs_contract():
     assert set(NORMS) == {"none", "lrn", "lrn-within", "batch", "group", "layer", "instance",
-                          "rms", "sync-batch"}
+                          "rms", "sync-batch", "frn", "ws-group"}
 
 
 @pytest.mark.parametrize("name", sorted(NORMS))

@@ -23,3 +23,10 @@ __all__ += ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "Layer
             "ChannelRMSNorm", "convert", "create_norm", "NORMS"]
 __all__ += ["interop"]
 __all__ += ["preprocessing"]
+
+# --- FRN, Weight Standardization, BatchNorm folding (issue 13) ---
+from .modules import FilterResponseNorm2d, WSConv2d  # noqa: E402
+from .fold import fold_batch_norm  # noqa: E402
+from .factory import create_conv  # noqa: E402
+
+__all__ += ["FilterResponseNorm2d", "WSConv2d", "fold_batch_norm", "create_conv"]

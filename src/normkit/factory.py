@@ -20,7 +20,17 @@ name                    layer
 ``instance``            ``InstanceNorm2d(C, affine=True)``
 ``rms``                 ``ChannelRMSNorm(C)``: RMS over the C channels at each (h, w), with
                         a per-channel weight
+``frn``                 ``FilterResponseNorm2d(C)``: FRN + TLU (Singh & Krishnan 2020)
+``ws-group``            ``GroupNorm`` as ``group``; the ``ws-`` prefix asks for
+                        weight-standardized convolutions (:func:`create_conv` builds
+                        ``WSConv2d`` for it): BiT's WS + GN
 ======================  ==================================================================
+
+Weight Standardization is not a layer after the conv but a change of the conv itself,
+so ``create_norm`` cannot build it; a network builder asks :func:`create_conv` for the
+conv that goes with a normalization name (``WSConv2d`` for names starting with ``ws-``,
+``nn.Conv2d`` otherwise) and :func:`create_norm` for the norm. ``create_norm("ws-group")``
+alone is just the GroupNorm.
 """
 
 from __future__ import annotations
@@ -29,10 +39,10 @@ from typing import Callable, Dict
 
 from torch import nn
 
-from .modules import (BatchNorm2d, ChannelRMSNorm, GroupNorm, InstanceNorm2d,
-                      LocalResponseNorm, SyncBatchNorm)
+from .modules import (BatchNorm2d, ChannelRMSNorm, FilterResponseNorm2d, GroupNorm,
+                      InstanceNorm2d, LocalResponseNorm, SyncBatchNorm, WSConv2d)
 
-__all__ = ["NORMS", "create_norm", "default_num_groups"]
+__all__ = ["NORMS", "create_norm", "create_conv", "default_num_groups"]
 
 
 def default_num_groups(num_channels: int, max_groups: int = 32) -> int:
@@ -75,7 +85,12 @@ NORMS: Dict[str, Callable[..., nn.Module]] = {
     "layer": lambda c, **kw: GroupNorm(1, c, **kw),
     "instance": lambda c, **kw: InstanceNorm2d(c, **{"affine": True, **kw}),
     "rms": lambda c, **kw: ChannelRMSNorm(c, **kw),
+    "frn": lambda c, **kw: FilterResponseNorm2d(c, **kw),
+    "ws-group": _group,
 }
+
+WS_PREFIX = "ws-"
+
 
 
 def create_norm(name: str, num_channels: int, **kwargs) -> nn.Module:
@@ -101,3 +116,23 @@ def create_norm(name: str, num_channels: int, **kwargs) -> nn.Module:
         raise ValueError(f"create_norm: num_channels must be a positive int, got "
                          f"{num_channels!r}")
     return NORMS[name](num_channels, **kwargs)
+
+
+def create_conv(norm: str, in_channels: int, out_channels: int, kernel_size, **kwargs) -> nn.Module:
+    """The conv layer that goes with the normalization ``norm`` (see the module docstring).
+
+    Args:
+        norm: a :data:`NORMS` name; ``ws-*`` names give ``WSConv2d``, the others ``nn.Conv2d``.
+        in_channels, out_channels, kernel_size, **kwargs: ``nn.Conv2d``'s arguments
+            (``eps=`` too for ``WSConv2d``).
+
+    Example::
+
+        >>> type(create_conv("ws-group", 3, 8, 3)).__name__
+        'WSConv2d'
+    """
+    if norm not in NORMS:
+        raise ValueError(f"create_conv: unknown normalization {norm!r}; choose one of "
+                         f"{sorted(NORMS)}")
+    cls = WSConv2d if norm.startswith(WS_PREFIX) else nn.Conv2d
+    return cls(in_channels, out_channels, kernel_size, **kwargs)

@@ -546,3 +546,9 @@ def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = No
                                  unbiased.mean(0), float(momentum))
     return GroupNormFunction.apply(input, weight, bias, c, float(eps),
                                    _backends(("group_norm_fwd", "group_norm_bwd"), x, backend))
+
+
+# --- Filter Response Normalization (implementation in normkit/frn.py) -----------------
+from .frn import filter_response_norm  # noqa: E402
+
+__all__ += ["filter_response_norm"]

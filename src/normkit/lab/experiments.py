@@ -51,7 +51,7 @@ class Options:
     def norm_kwargs(self, norm: str) -> Dict:
         # GroupNorm(4): 8-16 channels per group on these 32-64-channel layers. torch's
         # usual 32 groups would leave 1-2 channels per group -- InstanceNorm in disguise.
-        return {"num_groups": self.groups} if norm == "group" else {}
+        return {"num_groups": self.groups} if norm in ("group", "ws-group") else {}
 
     def config(self, norm: str, **over) -> TrainConfig:
         base = TrainConfig(norm=norm, depth=self.depth or "deep", epochs=self.epochs or 8,

@@ -73,7 +73,9 @@ class LabNet(nn.Module):
         layers = []
         c = in_channels
         for (out, pool), k in zip(DEPTHS[depth], KERNEL[depth]):
-            layers += [nn.Conv2d(c, out, k, padding=k // 2), nn.ReLU(inplace=False),
+            # create_conv: WSConv2d for ws-* norms, nn.Conv2d otherwise
+            layers += [normkit.create_conv(norm, c, out, k, padding=k // 2),
+                       nn.ReLU(inplace=False),
                        normkit.create_norm(norm, out, **dict(norm_kwargs or {}))]
             if pool:
                 layers.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))

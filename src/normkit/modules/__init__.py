@@ -9,3 +9,8 @@ __all__ = ["LocalResponseNorm"]
 __all__ += ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm",
             "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
             "ChannelRMSNorm"]
+
+from .frn import FilterResponseNorm2d  # noqa: E402
+from .ws import WSConv2d  # noqa: E402
+
+__all__ += ["FilterResponseNorm2d", "WSConv2d"]

@@ -14,3 +14,7 @@ __all__ += ["moments", "batch_norm_forward", "batch_norm_backward", "batch_norm_
             "running_stats_update", "layer_norm_forward", "layer_norm_backward",
             "group_norm_forward", "group_norm_backward", "instance_norm_forward",
             "instance_norm_backward", "rms_norm_forward", "rms_norm_backward"]
+
+from .frn import frn_backward, frn_forward, weight_standardize  # noqa: E402
+
+__all__ += ["frn_forward", "frn_backward", "weight_standardize"]
