@@ -76,6 +76,13 @@ MODULES = [
     ModuleInfo("rms", normkit.RMSNorm, lambda m: m.RMSNorm(8), (3, 8), heavy=True),
     ModuleInfo("channel-rms", normkit.ChannelRMSNorm, lambda m: normkit.ChannelRMSNorm(4),
                (2, 4, 3, 3), twin=False, channels_last=True, heavy=True),
+    ModuleInfo("frn", normkit.FilterResponseNorm2d, lambda m: normkit.FilterResponseNorm2d(3),
+               (2, 3, 4, 4), twin=False, channels_last=True, heavy=True),
+    ModuleInfo("frn-learnable-eps", normkit.FilterResponseNorm2d,
+               lambda m: normkit.FilterResponseNorm2d(3, learnable_eps=True), (2, 3, 4, 4),
+               twin=False),
+    ModuleInfo("ws-conv", normkit.WSConv2d, lambda m: normkit.WSConv2d(3, 4, 3, padding=1),
+               (2, 3, 5, 5), twin=False, channels_last=True, heavy=True),
 ]
 
 

@@ -172,3 +172,15 @@ def rms_norm(input, normalized_shape, weight, eps: float):
     y = x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps_t)
     y = y if y.dtype == input.dtype else y.to(input.dtype)
     return y * weight if weight is not None else y
+
+
+def filter_response_norm(x, weight, bias, tau, eps):
+    """The same math in differentiable torch ops (export and the reference for autograd)."""
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    xc = x.to(cdt)
+    dims = tuple(range(2, x.dim()))
+    nu2 = (xc * xc).mean(dims, keepdim=True)
+    z = xc * torch.rsqrt(nu2 + eps.to(cdt).view(view)) * weight.to(cdt).view(view) \
+        + bias.to(cdt).view(view)
+    return torch.maximum(z, tau.to(cdt).view(view)).to(x.dtype)

@@ -35,13 +35,13 @@ class LocalResponseNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, back: int, ahead: int, alpha: float, beta: float, k: float,
-                within: bool, backend: str, channel_dim: int = 1):
+                within: bool, backends: dict, channel_dim: int = 1):
         ctx.save_for_backward(input)
         ctx.params = (back, ahead, alpha, beta, k, within)
-        ctx.backend, ctx.channel_dim = backend, channel_dim
+        ctx.backend, ctx.channel_dim = backends["lrn_bwd"], channel_dim
         x = input if channel_dim == 1 else input.movedim(channel_dim, 1)
         # through the custom op so that torch.compile keeps the kernel as one graph node
-        y = library.lrn_fwd(x, back, ahead, alpha, beta, k, within, backend)
+        y = library.lrn_fwd(x, back, ahead, alpha, beta, k, within, backends["lrn_fwd"])
         return _owned(y if channel_dim == 1 else y.movedim(1, channel_dim))
 
     @staticmethod
@@ -183,11 +183,11 @@ def _user_shaped(grads, shape):
     return (None if dx is None else dx.reshape(shape),) + tuple(grads[1:])
 
 
-def batch_norm_batch_stats(x, backend: str):
+def batch_norm_batch_stats(x, backends: dict):
     """Batch (mean, biased var) of (N, C, L), detached: the backward pass differentiates
     through them analytically (``batch_norm_bwd_reduce``), not through autograd."""
     with torch.no_grad():
-        return library.batch_norm_stats(x.detach(), backend)
+        return library.batch_norm_stats(x.detach(), backends["batch_norm_stats"])
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -296,3 +296,33 @@ class SyncBatchNormFunction(torch.autograd.Function):
         grads = _batch_norm_backward(ctx, dy, x, mean, rstd, weight, packed[:c], packed[c:],
                                      ctx.count, sum_dy_xhat, sum_dy)
         return _user_shaped(grads, ctx.shape) + (None,) * 7
+
+
+# --- Filter Response Normalization + TLU -------------------------------------------------
+
+class FilterResponseNormFunction(torch.autograd.Function):
+    """FRN + TLU of (N, C, *); saves x, rstd (N, C), weight, bias and tau (never y).
+
+    The op layout is (N, C, L): the Function reshapes inside and returns the output in
+    the user's shape through :func:`_owned`, so in-place ops on it work.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, tau, eps, backends: dict):
+        x = input.reshape(input.shape[0], input.shape[1], -1)
+        y, rstd = library.frn_fwd(x, weight, bias, tau, eps, backends["frn_fwd"])
+        ctx.save_for_backward(x, rstd, weight, bias, tau)
+        ctx.backend, ctx.shape = backends["frn_bwd"], input.shape
+        ctx.dtypes = tuple(t.dtype for t in (weight, bias, tau, eps))
+        return _owned(y.reshape(input.shape))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, rstd, weight, bias, tau = ctx.saved_tensors
+        dy = dy.reshape(x.shape)
+        dx, *grads = library.frn_bwd(dy, x, rstd, weight, bias, tau, ctx.backend)
+        dx = dx.reshape(ctx.shape)
+        grads = [g.to(dt) if need else None
+                 for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[1:5])]
+        return (dx if ctx.needs_input_grad[0] else None, *grads, None)

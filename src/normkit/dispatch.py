@@ -120,23 +120,27 @@ def call(op: str, backend: str, *args):
 
 
 def _register_builtin() -> None:
-    from .ops import torch_ops
+    """Register every backend's implementations, as declared in :mod:`normkit.ops.schema`.
 
-    register("lrn_fwd", "torch", torch_ops.lrn_fwd)
-    register("lrn_bwd", "torch", torch_ops.lrn_bwd)
-    for op in ("layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
-               "group_norm_fwd", "group_norm_bwd", "batch_norm_stats", "batch_norm_apply",
-               "batch_norm_bwd_reduce", "batch_norm_bwd_apply"):
-        register(op, "torch", getattr(torch_ops, op))
-    # optional fast backends: each package registers its ops if its compiler imports
+    Kernel modules attach themselves to ops with ``@schema.implements(op, backend)``;
+    importing a backend package imports its kernel modules. ``schema.check_backend``
+    fails loudly when a backend implements an op the schema does not list for it, or
+    misses one it does.
+    """
     import importlib
 
+    from .ops import schema, torch_frn, torch_ops  # noqa: F401  (imports register the kernels)
+
+    for op, fn in schema.check_backend("torch").items():
+        register(op, "torch", fn)
+    # optional fast backends: registered when their compiler (numba / triton) imports
     for package in ("cpu", "triton"):
         try:
             backend = importlib.import_module(f".ops.{package}", __package__)
         except ImportError:  # numba / triton not installed: torch fallback only
             continue
-        backend.register(register)
+        for op, fn in schema.check_backend(package).items():
+            register(op, package, fn, backend.why_not)
 
 
 _register_builtin()

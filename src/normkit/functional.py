@@ -6,24 +6,26 @@ keyword-only (``convention=``, ``region=``, ``channel_dim=``, ``backend=``).
 
 from __future__ import annotations
 
+import math
+from typing import Optional, Sequence, Union
+
 import torch
 
+from . import _export_path as _xp  # plain torch ops while torch.onnx / torch.export trace
 from . import dispatch
-from .autograd import LocalResponseNormFunction
+from ._validation import FLOATS as _FLOATS
+from ._validation import check_channel_dim as _check_channel_dim  # noqa: F401
+from ._validation import check_lrn_input
+from ._validation import check_tensor as _check_tensor
+from .autograd import (BatchNormFunction, FilterResponseNormFunction, GroupNormFunction,
+                       LayerNormFunction, LocalResponseNormFunction, RMSNormFunction,
+                       SyncBatchNormFunction, batch_norm_batch_stats, update_running_stats)
 from .conventions import CanonicalLRN, canonicalize
+from .ops import schema
 
 __all__ = ["local_response_norm", "lrn_canonical"]
 __all__ += ["batch_norm", "sync_batch_norm", "layer_norm", "group_norm", "instance_norm",
             "rms_norm", "channel_rms_norm"]
-
-# --- validation lives in a leaf module shared with normkit.interop (no import cycle) ---
-from ._validation import FLOATS as _FLOATS  # noqa: E402,F401
-from ._validation import check_channel_dim as _check_channel_dim  # noqa: E402,F401
-from ._validation import check_lrn_input  # noqa: E402
-from ._validation import check_tensor as _check_tensor  # noqa: E402
-# --- export: plain torch ops while torch.onnx / torch.export trace (see _export_path) ---
-from . import _export_path as _xp  # noqa: E402
-# ---
 
 
 def lrn_canonical(input: torch.Tensor, spec: CanonicalLRN, *, channel_dim: int = 1,
@@ -36,10 +38,11 @@ def lrn_canonical(input: torch.Tensor, spec: CanonicalLRN, *, channel_dim: int =
         return input.clone()
     # hostile sizes (2**64 + 1) never reach a kernel: the window is clamped to the tensor
     spec = _xp.clamp_window(spec, input if channel_dim == 1 else input.movedim(channel_dim, 1))
-    chosen = dispatch.resolve("lrn_fwd", input, backend)
+    backends = _backends(schema.ops_of("lrn"), input, backend)
     # the Function moves the channel dim itself: its output is never an autograd view
     return LocalResponseNormFunction.apply(input, spec.back, spec.ahead, spec.alpha, spec.beta,
-                                           spec.k, spec.region == "within", chosen, channel_dim)
+                                           spec.k, spec.region == "within", backends,
+                                           channel_dim)
 
 
 def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4,
@@ -95,15 +98,7 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4,
 # (N, C, L)), resolves one backend per op and makes one autograd call. Signatures are
 # torch.nn.functional's; ``backend`` is keyword-only.
 
-import math  # noqa: E402
-from typing import Optional, Sequence, Union  # noqa: E402
-
-from .autograd import (BatchNormFunction, GroupNormFunction, LayerNormFunction,  # noqa: E402
-                       RMSNormFunction, SyncBatchNormFunction, batch_norm_batch_stats,
-                       update_running_stats)
-
-_BN_OPS = ("batch_norm_stats", "batch_norm_apply", "batch_norm_bwd_reduce",
-           "batch_norm_bwd_apply")
+_BN_OPS = schema.ops_of("batch_norm")
 
 
 def _backends(ops, x: torch.Tensor, backend: str) -> dict:
@@ -215,7 +210,7 @@ def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
     x = input.reshape(input.shape[0], input.shape[1], math.prod(input.shape[2:]))
     backends = _backends(_BN_OPS, x, backend)
     if training:
-        mean, var = batch_norm_batch_stats(x, backends["batch_norm_stats"])
+        mean, var = batch_norm_batch_stats(x, backends)
         count = x.shape[0] * x.shape[2]
         # plain torch ops outside the autograd Function: torch.compile traces the buffer
         # update as an in-place op on the module's buffers
@@ -350,7 +345,7 @@ def layer_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
     w = None if weight is None else weight.reshape(-1)
     b = None if bias is None else bias.reshape(-1)
     return LayerNormFunction.apply(input, w, b, float(eps),
-                                   _backends(("layer_norm_fwd", "layer_norm_bwd"), x, backend),
+                                   _backends(schema.ops_of("layer_norm"), x, backend),
                                    x.shape[1])
 
 
@@ -391,7 +386,7 @@ def rms_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
         return _empty_result(input, weight, None, shape)
     w = None if weight is None else weight.reshape(-1)
     return RMSNormFunction.apply(input, w, float(eps),
-                                 _backends(("rms_norm_fwd", "rms_norm_bwd"), x, backend),
+                                 _backends(schema.ops_of("rms_norm"), x, backend),
                                  x.shape[1])
 
 
@@ -433,7 +428,7 @@ def channel_rms_norm(input: torch.Tensor, weight: Optional[torch.Tensor] = None,
     if input.numel() == 0:
         return _empty_result(input, weight, None, (1, -1) + (1,) * (input.dim() - 2))
     return RMSNormFunction.apply(input, weight, float(eps),
-                                 _backends(("rms_norm_fwd", "rms_norm_bwd"), input, backend),
+                                 _backends(schema.ops_of("rms_norm"), input, backend),
                                  c, 1)
 
 
@@ -478,7 +473,7 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
     x = input.reshape(n, c, math.prod(input.shape[2:]))
     return GroupNormFunction.apply(input, weight, bias, num_groups, float(eps),
-                                   _backends(("group_norm_fwd", "group_norm_bwd"), x, backend))
+                                   _backends(schema.ops_of("group_norm"), x, backend))
 
 
 def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
@@ -538,17 +533,86 @@ def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = No
     x = input.reshape(n, c, math.prod(input.shape[2:]))
     if running_mean is not None and running_var is not None:
         # per-instance stats through the same stats core: (1, N*C, L) over (N, L)
-        op = dispatch.resolve("batch_norm_stats", x, backend)
+        bn_backends = _backends(schema.ops_of("batch_norm"), x, backend)
         with torch.no_grad():
-            mean, var = batch_norm_batch_stats(x.reshape(1, n * c, -1), op)
+            mean, var = batch_norm_batch_stats(x.reshape(1, n * c, -1), bn_backends)
             unbiased = var.view(n, c) * (spatial / (spatial - 1))
             update_running_stats(running_mean, running_var, mean.view(n, c).mean(0),
                                  unbiased.mean(0), float(momentum))
     return GroupNormFunction.apply(input, weight, bias, c, float(eps),
-                                   _backends(("group_norm_fwd", "group_norm_bwd"), x, backend))
+                                   _backends(schema.ops_of("group_norm"), x, backend))
 
 
-# --- Filter Response Normalization (implementation in normkit/frn.py) -----------------
-from .frn import filter_response_norm  # noqa: E402
+# --- Filter Response Normalization + TLU ----------------------------------------------
+
+def _frn_param(name: str, t, c: int, fill: float, like: torch.Tensor) -> torch.Tensor:
+    if t is None:
+        return torch.full((c,), fill, dtype=like.dtype if like.dtype == torch.float64
+                          else torch.float32, device=like.device)
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"filter_response_norm: {name} must be a torch.Tensor or None, got "
+                        f"{type(t).__name__}")
+    if t.numel() != c:
+        raise ValueError(f"filter_response_norm: {name} must have {c} elements (one per "
+                         f"channel), got shape {tuple(t.shape)}; create it with shape ({c},)")
+    return t.reshape(c)
+
+
+def filter_response_norm(input: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                         bias: Optional[torch.Tensor] = None, tau: Optional[torch.Tensor] = None,
+                         eps: Union[float, torch.Tensor] = 1e-6, *,
+                         backend: str = "auto") -> torch.Tensor:
+    r"""Filter Response Normalization followed by the Thresholded Linear Unit.
+
+    .. math::
+        \nu^2_{n,c} = \frac{1}{HW}\sum_{h,w} x_{n,c,h,w}^2, \qquad
+        y = \max\Big(\gamma_c \frac{x}{\sqrt{\nu^2_{n,c} + \epsilon_c}} + \beta_c,\ \tau_c\Big)
+
+    (Singh & Krishnan, CVPR 2020). Per sample and channel, no centring, no batch
+    dependence. float16/bfloat16 inputs are computed in float32.
+
+    Args:
+        input: (N, C, H, W) (any rank >= 3: the mean is over every dim after C).
+        weight, bias: (C,) gamma and beta; None means 1 and 0. Default None.
+        tau: (C,) TLU threshold; None means no TLU (plain FRN). Default None.
+        eps: positive float, or a (C,) tensor (the module passes ``eps + |eps_l|`` when
+            eps is learned; its gradient flows). Default 1e-6.
+        backend: ``"auto"``, ``"torch"``, ``"cpu"`` or ``"triton"`` (keyword-only).
+
+    Shape:
+        output like the input (channels_last stays channels_last).
+
+    Example::
+
+        >>> x = torch.randn(2, 3, 4, 4)
+        >>> y = filter_response_norm(x, tau=torch.zeros(3))
+        >>> bool((y >= 0).all())
+        True
+    """
+    name = "filter_response_norm"
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name}: input must be a torch.Tensor, got {type(input).__name__}")
+    if input.dtype not in _FLOATS:
+        raise TypeError(f"{name}: input dtype must be floating point, got {input.dtype}; "
+                        "cast with .float()")
+    if input.dim() < 3:
+        raise ValueError(f"{name}: expected an input of rank >= 3 (N, C, H, W), got shape "
+                         f"{tuple(input.shape)}; add a batch dim with x.unsqueeze(0)")
+    n, c = input.shape[:2]
+    weight = _frn_param("weight", weight, c, 1.0, input)
+    bias = _frn_param("bias", bias, c, 0.0, input)
+    tau = _frn_param("tau", tau, c, float("-inf"), input)
+    if isinstance(eps, torch.Tensor):
+        eps_t = _frn_param("eps", eps, c, 0.0, input)
+    else:
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+            raise ValueError(f"{name}: eps must be a positive float, got {eps!r}; FRN divides "
+                             "by sqrt(mean(x^2) + eps), which is 0 on an all-zero plane")
+        eps_t = torch.full((c,), float(eps), dtype=weight.dtype, device=input.device)
+    if _xp.exporting() or input.numel() == 0:  # standard ops (export; empty input)
+        return _xp.filter_response_norm(input, weight, bias, tau, eps_t)
+    backends = _backends(schema.ops_of("frn"), input, backend)
+    return FilterResponseNormFunction.apply(input, weight, bias, tau, eps_t, backends)
+
 
 __all__ += ["filter_response_norm"]

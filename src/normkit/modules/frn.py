@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..frn import filter_response_norm
+from ..functional import filter_response_norm
 
 __all__ = ["FilterResponseNorm2d"]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["Arg", "Out", "OpSchema", "OPS", "BACKENDS", "implements", "implementations",
-           "check_backend", "custom_op_schema", "markdown_table"]
+           "check_backend", "custom_op_schema", "markdown_table", "ops_of", "declare"]
 
 BACKENDS = ("torch", "cpu", "triton")
 
@@ -87,9 +87,14 @@ class OpSchema:
     shapes: str
     saved: str = ""
     backends: Tuple[str, ...] = BACKENDS
+    # the layer family the op serves (functional resolves a backend for each op of a family)
+    family: str = ""
     _arg_index: Dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not self.family:
+            family = self.name.rsplit("_", 1)[0] if self.name.endswith(("_fwd", "_bwd")) else ""
+            object.__setattr__(self, "family", family or "batch_norm")
         self._arg_index.update({a.name: i for i, a in enumerate(self.args)})
         for out in self.outputs:
             if out.kind == "like" and out.like not in self._arg_index:
@@ -123,6 +128,10 @@ def _cols(a) -> Tuple[int, ...]:
 
 def _groups(a) -> Tuple[int, ...]:
     return (a["x"].shape[0], a["num_groups"])
+
+
+def _planes(a) -> Tuple[int, ...]:
+    return (a["x"].shape[0], a["x"].shape[1])
 
 
 _T, _OT = "Tensor", "Tensor?"
@@ -187,6 +196,20 @@ def _schemas() -> Tuple[OpSchema, ...]:
                   Arg("weight", _OT), Arg("sum_dy", _T), Arg("sum_dy_xhat", _T),
                   Arg("count", "int")),
                  (dx,), "BatchNorm input gradient", "dweight = sum_dy_xhat, dbias = sum_dy"),
+        OpSchema("frn_fwd",
+                 (Arg("x", _T), Arg("weight", _T), Arg("bias", _T), Arg("tau", _T),
+                  Arg("eps", _T)),
+                 (y, Out("rstd", "stats", _planes, "(N, C)")),
+                 "Filter Response Normalization + TLU",
+                 "x: (N, C, L); weight, bias, tau, eps: (C,) (absent ones filled with 1, 0, "
+                 "-inf and the float eps); rstd: (N, C) f32 stats",
+                 saved="x, rstd, weight, bias, tau"),
+        OpSchema("frn_bwd",
+                 (Arg("dy", _T), Arg("x", _T), Arg("rstd", _T), Arg("weight", _T),
+                  Arg("bias", _T), Arg("tau", _T)),
+                 (dx,) + tuple(Out(n, "stats", _cols, "(C,)")
+                               for n in ("dweight", "dbias", "dtau", "deps")),
+                 "FRN + TLU backward", "dweight, dbias, dtau, deps: (C,) f32 stats"),
     )
 
 
@@ -194,6 +217,14 @@ OPS: Dict[str, OpSchema] = {s.name: s for s in _schemas()}
 
 # {backend: {op: fn}}, filled by @implements as backend modules import
 _IMPLS: Dict[str, Dict[str, Callable]] = {b: {} for b in BACKENDS}
+
+
+def ops_of(family: str) -> Tuple[str, ...]:
+    """The ops serving one layer family, in declaration order (e.g. ``("frn_fwd", "frn_bwd")``)."""
+    names = tuple(name for name, s in OPS.items() if s.family == family)
+    if not names:
+        raise KeyError(f"no op of family {family!r}; known: {sorted({s.family for s in OPS.values()})}")
+    return names
 
 
 def declare(schema: OpSchema) -> OpSchema:

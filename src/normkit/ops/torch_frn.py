@@ -14,6 +14,7 @@ The math and its derivation are in :mod:`normkit.reference.frn`.
 from __future__ import annotations
 
 import torch
+from .schema import implements
 
 __all__ = ["frn_fwd", "frn_bwd", "compute_dtype"]
 
@@ -26,6 +27,7 @@ def _col(t: torch.Tensor, cdt) -> torch.Tensor:
     return t.to(cdt).view(1, -1, 1)
 
 
+@implements("frn_fwd", "torch")
 def frn_fwd(x: torch.Tensor, weight, bias, tau, eps):
     """y = max(weight x rstd + bias, tau), rstd = 1/sqrt(<x^2>_L + eps); returns (y, rstd)."""
     cdt = compute_dtype(x.dtype)
@@ -36,6 +38,7 @@ def frn_fwd(x: torch.Tensor, weight, bias, tau, eps):
     return y.to(x.dtype), rstd.view(x.shape[0], x.shape[1])
 
 
+@implements("frn_bwd", "torch")
 def frn_bwd(dy: torch.Tensor, x: torch.Tensor, rstd, weight, bias, tau):
     """(dx, dweight, dbias, dtau, deps), the reference's formulas with torch ops."""
     cdt = rstd.dtype

@@ -10,6 +10,7 @@ cast back.
 from __future__ import annotations
 
 import torch
+from .schema import implements
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -47,6 +48,7 @@ def _scale(x32: torch.Tensor, back: int, ahead: int, alpha: float, k: float, wit
     return acc.mul_(alpha).add_(k)
 
 
+@implements("lrn_fwd", "torch")
 def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float,
             within: bool) -> torch.Tensor:
     """y = x * (k + alpha * S)^-beta."""
@@ -56,6 +58,7 @@ def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k
     return y.to(x.dtype)
 
 
+@implements("lrn_bwd", "torch")
 def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: float,
             beta: float, k: float, within: bool) -> torch.Tensor:
     """dx = dy s^-beta - 2 alpha beta x * W^T(dy x s^(-beta-1)); s recomputed from x."""
@@ -117,6 +120,7 @@ def _affine_(t: torch.Tensor, weight, bias, shape) -> torch.Tensor:
     return t
 
 
+@implements("layer_norm_fwd", "torch")
 def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
     """y = (x - mean) rstd * weight + bias per row; returns (y, mean, rstd), stats (M,)."""
     centred, mean, var = _centred_moments(x, (1,))  # (M, D), (M, 1), (M, 1)
@@ -138,6 +142,7 @@ def _grad_dtype(x, weight):
     return x.dtype if weight is None else weight.dtype
 
 
+@implements("layer_norm_bwd", "torch")
 def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight):
     """dx = rstd (g - <g> - x_hat <g x_hat>), g = dy * weight; dweight, dbias column sums."""
     cdt = mean.dtype
@@ -151,6 +156,7 @@ def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight):
     return dx.to(x.dtype), dweight, dbias
 
 
+@implements("rms_norm_fwd", "torch")
 def rms_norm_fwd(x: torch.Tensor, weight, eps: float):
     """y = x rstd * weight, rstd = 1/sqrt(<x^2> + eps) per row; returns (y, rstd)."""
     x32 = x.to(compute_dtype(x.dtype))
@@ -161,6 +167,7 @@ def rms_norm_fwd(x: torch.Tensor, weight, eps: float):
     return y.to(x.dtype), rstd.view(-1)
 
 
+@implements("rms_norm_bwd", "torch")
 def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, rstd, weight):
     """dx = rstd (g - x_hat <g x_hat>), x_hat = x rstd, g = dy * weight."""
     cdt = rstd.dtype
@@ -173,6 +180,7 @@ def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, rstd, weight):
     return dx.to(x.dtype), dweight
 
 
+@implements("group_norm_fwd", "torch")
 def group_norm_fwd(x: torch.Tensor, weight, bias, num_groups: int, eps: float):
     """Statistics per (sample, group) over C/G channels x L; returns (y, mean, rstd), (N, G)."""
     n, c, length = x.shape
@@ -184,6 +192,7 @@ def group_norm_fwd(x: torch.Tensor, weight, bias, num_groups: int, eps: float):
     return y.to(x.dtype), mean.view(n, num_groups), rstd.view(n, num_groups)
 
 
+@implements("group_norm_bwd", "torch")
 def group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight, num_groups: int):
     """dx = rstd (g - <g> - x_hat <g x_hat>) per group; dweight, dbias summed over (N, L)."""
     n, c, length = x.shape
@@ -202,6 +211,7 @@ def group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight, num_gr
     return dx.view(n, c, length).to(x.dtype), dweight, dbias
 
 
+@implements("batch_norm_stats", "torch")
 def batch_norm_stats(x: torch.Tensor):
     """Per-channel mean and biased variance of (N, C, L) over (N, L), shape (C,) each."""
     mean, var = moments(x, (0, 2))
@@ -213,6 +223,7 @@ def _centred_by(x: torch.Tensor, mean) -> torch.Tensor:
     return x.to(mean.dtype) - mean.view(1, -1, 1)
 
 
+@implements("batch_norm_apply", "torch")
 def batch_norm_apply(x: torch.Tensor, mean, rstd, weight, bias) -> torch.Tensor:
     """y = (x - mean) (rstd * weight) + bias per channel of (N, C, L).
 
@@ -226,6 +237,7 @@ def batch_norm_apply(x: torch.Tensor, mean, rstd, weight, bias) -> torch.Tensor:
     return _affine_(y, None, bias, (1, -1, 1)).to(x.dtype)
 
 
+@implements("batch_norm_bwd_reduce", "torch")
 def batch_norm_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, mean, rstd):
     """(sum_dy, sum_dy_xhat) per channel over (N, L)."""
     dy32 = dy.to(mean.dtype)
@@ -234,6 +246,7 @@ def batch_norm_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, mean, rstd):
     return dy32.sum((0, 2)), sum_dy_xhat
 
 
+@implements("batch_norm_bwd_apply", "torch")
 def batch_norm_bwd_apply(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight, sum_dy,
                          sum_dy_xhat, count) -> torch.Tensor:
     """dx = weight rstd (dy - sum_dy / count - x_hat sum_dy_xhat / count).

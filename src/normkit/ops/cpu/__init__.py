@@ -13,9 +13,9 @@ from typing import Optional
 import numba  # noqa: F401  (ImportError here disables the backend)
 import torch
 
-from . import lrn, norms
+from . import frn, lrn, norms  # noqa: F401  (importing registers the kernels)
 
-__all__ = ["register", "why_not", "OPS"]
+__all__ = ["why_not", "OPS"]
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -33,23 +33,8 @@ def why_not(x: torch.Tensor) -> Optional[str]:
     return None
 
 
-OPS = {
-    "lrn_fwd": lrn.lrn_fwd,
-    "lrn_bwd": lrn.lrn_bwd,
-    "layer_norm_fwd": norms.layer_norm_fwd,
-    "layer_norm_bwd": norms.layer_norm_bwd,
-    "rms_norm_fwd": norms.rms_norm_fwd,
-    "rms_norm_bwd": norms.rms_norm_bwd,
-    "group_norm_fwd": norms.group_norm_fwd,
-    "group_norm_bwd": norms.group_norm_bwd,
-    "batch_norm_stats": norms.batch_norm_stats,
-    "batch_norm_apply": norms.batch_norm_apply,
-    "batch_norm_bwd_reduce": norms.batch_norm_bwd_reduce,
-    "batch_norm_bwd_apply": norms.batch_norm_bwd_apply,
-}
-
-
-def register(register_fn) -> None:
-    """Register every op above as backend ``cpu`` (called by ``dispatch`` at import)."""
-    for op, fn in OPS.items():
-        register_fn(op, "cpu", fn, why_not)
+def __getattr__(name):
+    if name == "OPS":  # {op: fn} of this backend, as registered through the op schema
+        from ..schema import implementations
+        return implementations("cpu")
+    raise AttributeError(name)

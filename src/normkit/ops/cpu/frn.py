@@ -21,6 +21,7 @@ from numba import njit
 
 from . import _alloc
 from ._pool import parallel_for
+from ..schema import implements
 
 __all__ = ["frn_fwd", "frn_bwd"]
 
@@ -108,6 +109,7 @@ def _vec64(t, c: int) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).contiguous().reshape(c).numpy()
 
 
+@implements("frn_fwd", "cpu")
 def frn_fwd(x, weight, bias, tau, eps):
     """FRN + TLU of (N, C, L): ``(y, rstd (N, C))``."""
     n, c, length = x.shape
@@ -125,6 +127,7 @@ def frn_fwd(x, weight, bias, tau, eps):
     return (y if y.dtype == x.dtype else y.to(x.dtype)), rstd.reshape(n, c)
 
 
+@implements("frn_bwd", "cpu")
 def frn_bwd(dy, x, rstd, weight, bias, tau):
     """``(dx, dweight, dbias, dtau, deps)``; the last four (C,) in the compute dtype."""
     n, c, length = x.shape

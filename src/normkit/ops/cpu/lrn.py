@@ -31,6 +31,7 @@ from numba import njit
 
 from . import _alloc
 from ._pool import parallel_for
+from ..schema import implements
 
 __all__ = ["lrn_fwd", "lrn_bwd", "beta_mode"]
 
@@ -423,6 +424,7 @@ def _nlc_rows(c: int, width: int) -> int:
     return max(1, (_BUFFER_ELEMS // 8) // (c + width - 1))
 
 
+@implements("lrn_fwd", "cpu")
 def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float,
             within: bool) -> torch.Tensor:
     """LRN forward with fused numba kernels: ``y = x * (k + alpha * S)^-beta``.
@@ -477,6 +479,7 @@ def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
+@implements("lrn_bwd", "cpu")
 def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: float,
             beta: float, k: float, within: bool) -> torch.Tensor:
     """LRN backward: dx given dy, recomputing the scale from x (nothing else is saved).

@@ -34,6 +34,7 @@ from numba import njit
 
 from . import _alloc
 from ._pool import parallel_for
+from ..schema import implements
 
 __all__ = ["layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
            "group_norm_fwd", "group_norm_bwd", "batch_norm_stats", "batch_norm_apply",
@@ -410,6 +411,7 @@ def _as_mcl(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
+@implements("layer_norm_fwd", "cpu")
 def layer_norm_fwd(x, weight, bias, eps):
     """LayerNorm over the last dim: ``(y, mean, rstd)``; x: (M, D) (any leading dims)."""
     cdt = _cdt(x.dtype)
@@ -452,11 +454,13 @@ def _rowwise_bwd(dy, x, mean, rstd, weight, rms):
     return _out(dx.reshape(x.shape), x.dtype), dweight, dbias
 
 
+@implements("layer_norm_bwd", "cpu")
 def layer_norm_bwd(dy, x, mean, rstd, weight):
     """``(dx, dweight, dbias)``; dweight is None without weight, dbias = column sums of dy."""
     return _rowwise_bwd(dy, x, mean, rstd, weight, False)
 
 
+@implements("rms_norm_fwd", "cpu")
 def rms_norm_fwd(x, weight, eps):
     """RMSNorm over the last dim: ``(y, rstd)`` with rstd = 1/sqrt(mean(x^2) + eps)."""
     cdt = _cdt(x.dtype)
@@ -473,6 +477,7 @@ def rms_norm_fwd(x, weight, eps):
     return _out(y.reshape(x.shape), x.dtype), rstd.reshape(x.shape[:-1])
 
 
+@implements("rms_norm_bwd", "cpu")
 def rms_norm_bwd(dy, x, rstd, weight):
     """``(dx, dweight)``; dweight is None without weight."""
     dx, dweight, _ = _rowwise_bwd(dy, x, None, rstd, weight, True)
@@ -485,6 +490,7 @@ def _check_groups(c: int, groups: int) -> None:
                          f"({groups}); choose num_groups dividing {c}")
 
 
+@implements("group_norm_fwd", "cpu")
 def group_norm_fwd(x, weight, bias, num_groups, eps):
     """GroupNorm: ``(y, mean, rstd)``; x: (N, C, *); mean, rstd: (N, G)."""
     cdt = _cdt(x.dtype)
@@ -501,6 +507,7 @@ def group_norm_fwd(x, weight, bias, num_groups, eps):
     return _out(y.reshape(x.shape), x.dtype), mean, rstd
 
 
+@implements("group_norm_bwd", "cpu")
 def group_norm_bwd(dy, x, mean, rstd, weight, num_groups):
     """``(dx, dweight, dbias)`` of GroupNorm (InstanceNorm: num_groups = C)."""
     cdt = _cdt(x.dtype)
@@ -522,6 +529,7 @@ def group_norm_bwd(dy, x, mean, rstd, weight, num_groups):
     return _out(dx.reshape(x.shape), x.dtype), dweight, dbias
 
 
+@implements("batch_norm_stats", "cpu")
 def batch_norm_stats(x):
     """Per-channel ``(mean, var)`` (biased) over all dims but 1; x: (N, C, *)."""
     cdt = _cdt(x.dtype)
@@ -536,6 +544,7 @@ def batch_norm_stats(x):
     return mean, var
 
 
+@implements("batch_norm_apply", "cpu")
 def batch_norm_apply(x, mean, rstd, weight, bias):
     """y = (x - mean) * rstd * weight + bias per channel (training and eval)."""
     cdt = _cdt(x.dtype)
@@ -549,6 +558,7 @@ def batch_norm_apply(x, mean, rstd, weight, bias):
     return _out(y.reshape(x.shape), x.dtype)
 
 
+@implements("batch_norm_bwd_reduce", "cpu")
 def batch_norm_bwd_reduce(dy, x, mean, rstd):
     """Per-channel ``(sum_dy, sum_dy_xhat)`` (what SyncBatchNorm all-reduces)."""
     cdt = _cdt(x.dtype)
@@ -563,6 +573,7 @@ def batch_norm_bwd_reduce(dy, x, mean, rstd):
     return sum_dy, sum_dy_xhat
 
 
+@implements("batch_norm_bwd_apply", "cpu")
 def batch_norm_bwd_apply(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count):
     """dx = w rstd (dy - sum_dy/count - x_hat sum_dy_xhat/count)."""
     cdt = _cdt(x.dtype)

@@ -12,33 +12,13 @@ from __future__ import annotations
 
 import triton  # noqa: F401  -- ImportError here means: no triton backend
 
+from . import batch_norm, frn, lrn, norms  # noqa: F401  (importing registers the kernels)
 from ._common import INTERPRET, why_not_tensor
-from .batch_norm import (batch_norm_apply, batch_norm_bwd_apply, batch_norm_bwd_reduce,
-                         batch_norm_stats)
-from .lrn import lrn_bwd, lrn_fwd
-from .norms import (group_norm_bwd, group_norm_fwd, layer_norm_bwd, layer_norm_fwd, rms_norm_bwd,
-                    rms_norm_fwd)
+from ..schema import implementations as _implementations
 
-# every op of docs/ops.md, in its table's order
-OPS = {
-    "lrn_fwd": lrn_fwd,
-    "lrn_bwd": lrn_bwd,
-    "layer_norm_fwd": layer_norm_fwd,
-    "layer_norm_bwd": layer_norm_bwd,
-    "rms_norm_fwd": rms_norm_fwd,
-    "rms_norm_bwd": rms_norm_bwd,
-    "group_norm_fwd": group_norm_fwd,
-    "group_norm_bwd": group_norm_bwd,
-    "batch_norm_stats": batch_norm_stats,
-    "batch_norm_apply": batch_norm_apply,
-    "batch_norm_bwd_reduce": batch_norm_bwd_reduce,
-    "batch_norm_bwd_apply": batch_norm_bwd_apply,
-}
+why_not = why_not_tensor  # the gate dispatch applies to every op of this backend
+# {op: fn} of this backend, as registered through the op schema (docs/ops.md's table)
+OPS = _implementations("triton")
+globals().update(OPS)
 
-__all__ = ["INTERPRET", "OPS", "register", "why_not_tensor", *OPS]
-
-
-def register(register_fn) -> None:
-    """Register backend ``"triton"`` for every op, gated by :func:`why_not_tensor`."""
-    for op, fn in OPS.items():
-        register_fn(op, "triton", fn, why_not_tensor)
+__all__ = ["INTERPRET", "OPS", "why_not", "why_not_tensor", *OPS]

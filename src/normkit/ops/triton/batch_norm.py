@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ._common import acc_dtype, block_for, column_sum, num_partials, stats_dtype
+from ..schema import implements
 
 __all__ = ["batch_norm_stats", "batch_norm_apply", "batch_norm_bwd_reduce",
            "batch_norm_bwd_apply"]
@@ -202,6 +203,7 @@ def _partition(x: torch.Tensor):
     return per_channel, triton.cdiv(chunks, per_channel)
 
 
+@implements("batch_norm_stats", "triton")
 def batch_norm_stats(x: torch.Tensor):
     """Per-channel mean and biased variance over (N, L), Chan-merged in float32.
 
@@ -233,6 +235,7 @@ def batch_norm_stats(x: torch.Tensor):
     return mean, var
 
 
+@implements("batch_norm_apply", "triton")
 def batch_norm_apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
                      weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> torch.Tensor:
     """y = (x - mean_c) * rstd_c * weight_c + bias_c (training or eval statistics).
@@ -260,6 +263,7 @@ def batch_norm_apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
     return y
 
 
+@implements("batch_norm_bwd_reduce", "triton")
 def batch_norm_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
                           rstd: torch.Tensor):
     """sum_dy[c] = sum dy; sum_dy_xhat[c] = sum dy (x - mean) rstd, over (N, L).
@@ -288,6 +292,7 @@ def batch_norm_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
     return column_sum(part_dy, sdt), column_sum(part_dyx, sdt)
 
 
+@implements("batch_norm_bwd_apply", "triton")
 def batch_norm_bwd_apply(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count) -> torch.Tensor:
     """dx = weight rstd (dy - sum_dy / count - x_hat sum_dy_xhat / count).
 

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from ._common import acc_dtype, block_for, column_sum, stats_dtype, warps_for
+from ..schema import implements
 
 __all__ = ["frn_fwd", "frn_bwd"]
 
@@ -99,6 +100,7 @@ def _params(sdt, *ts):
     return [t.detach().to(sdt).contiguous() for t in ts]
 
 
+@implements("frn_fwd", "triton")
 def frn_fwd(x: torch.Tensor, weight, bias, tau, eps):
     """FRN + TLU of (N, C, L): ``(y, rstd (N, C))``, rstd in the accumulator dtype."""
     x = x.contiguous()
@@ -115,6 +117,7 @@ def frn_fwd(x: torch.Tensor, weight, bias, tau, eps):
     return y, rstd
 
 
+@implements("frn_bwd", "triton")
 def frn_bwd(dy: torch.Tensor, x: torch.Tensor, rstd, weight, bias, tau):
     """``(dx, dweight, dbias, dtau, deps)``, the last four (C,) in the accumulator dtype."""
     x = x.contiguous()

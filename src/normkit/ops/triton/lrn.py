@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from ._common import acc_dtype, stats_dtype
+from ..schema import implements
 
 __all__ = ["lrn_fwd", "lrn_bwd"]
 
@@ -171,6 +172,7 @@ def _launch_args(x: torch.Tensor, back: int, ahead: int, within: bool):
     return grid, (rows, cols, blocks_r, blocks_q) + window
 
 
+@implements("lrn_fwd", "triton")
 def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float,
             within: bool) -> torch.Tensor:
     """y = x * (k + alpha * S)^-beta, S the direct window sum of x^2 (see docs/ops.md).
@@ -199,6 +201,7 @@ def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k
     return y
 
 
+@implements("lrn_bwd", "triton")
 def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: float,
             beta: float, k: float, within: bool) -> torch.Tensor:
     """dx = dy s^-beta - 2 alpha beta x W^T(dy x s^(-beta-1)), s recomputed from x.

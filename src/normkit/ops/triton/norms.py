@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ._common import acc_dtype, block_for, column_sum, num_partials, stats_dtype, warps_for
+from ..schema import implements
 
 __all__ = ["layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
            "group_norm_fwd", "group_norm_bwd"]
@@ -261,6 +262,7 @@ def _norm_rows_bwd(dy, x, mean, rstd, weight, rms: bool):
     return dx, dweight, dbias
 
 
+@implements("layer_norm_fwd", "triton")
 def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                    eps: float):
     """LayerNorm over the last dim: y = (x - mean) * rstd * weight + bias.
@@ -279,6 +281,7 @@ def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Option
     return _norm_rows_fwd(x, weight, bias, eps, rms=False)
 
 
+@implements("layer_norm_bwd", "triton")
 def layer_norm_bwd(dy, x, mean, rstd, weight):
     """Gradients of LayerNorm: dx = rstd (g - mean(g) - x_hat mean(g x_hat)), g = dy weight.
 
@@ -296,6 +299,7 @@ def layer_norm_bwd(dy, x, mean, rstd, weight):
     return _norm_rows_bwd(dy, x, mean, rstd, weight, rms=False)
 
 
+@implements("rms_norm_fwd", "triton")
 def rms_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float):
     """RMSNorm over the last dim: y = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps).
 
@@ -311,6 +315,7 @@ def rms_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float):
     return y, rstd
 
 
+@implements("rms_norm_bwd", "triton")
 def rms_norm_bwd(dy, x, rstd, weight):
     """Gradients of RMSNorm: dx = rstd (g - x_hat mean(g x_hat)), x_hat = x rstd, g = dy weight.
 
@@ -440,6 +445,7 @@ def _check_groups(name, x, weight, bias, num_groups):
             raise ValueError(f"{name}: {label} shape {tuple(p.shape)} must be (C,) = ({c},)")
 
 
+@implements("group_norm_fwd", "triton")
 def group_norm_fwd(x: torch.Tensor, weight, bias, num_groups: int, eps: float):
     """GroupNorm: per (n, group) statistics, per-channel affine.
 
@@ -477,6 +483,7 @@ def group_norm_fwd(x: torch.Tensor, weight, bias, num_groups: int, eps: float):
     return y, mean, rstd
 
 
+@implements("group_norm_bwd", "triton")
 def group_norm_bwd(dy, x, mean, rstd, weight, num_groups: int):
     """Gradients of GroupNorm (two launches plus a deterministic column sum).
 
