@@ -22,6 +22,7 @@ from torch.nn import init
 from torch.nn.parameter import Parameter
 
 from .. import functional as F
+from ._sync_check import check_ranks_agree
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm",
            "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
@@ -205,6 +206,11 @@ class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
             raise ValueError("SyncBatchNorm: the number of input channels must be non-zero, "
                              f"got shape {tuple(input.shape)}")
         self._check_channels(input)
+        world = F._sync_world(self.process_group) if self.training else 1
+        if world > 1 and not torch.compiler.is_compiling():
+            # a tiny exchange before any state changes: mismatched ranks would abort (gloo)
+            # or hang (NCCL) in the data collective
+            check_ranks_agree(input, self.process_group, world)
         factor, use_batch = self._factor_and_mode()
         running_mean, running_var = self._buffers_for_call()
         if not self.training:  # eval never communicates, even on batch statistics
