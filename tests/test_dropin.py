@@ -14,7 +14,7 @@ PAIRS = [
     (lambda m: m.BatchNorm2d(3), (nn.BatchNorm2d, nn.modules.batchnorm._BatchNorm,
                                   nn.modules.batchnorm._NormBase)),
     (lambda m: m.BatchNorm3d(3), (nn.BatchNorm3d, nn.modules.batchnorm._BatchNorm)),
-    (lambda m: m.SyncBatchNorm(3), (nn.SyncBatchNorm, nn.modules.batchnorm._BatchNorm)),
+    (lambda m: m.SyncBatchNorm(3), (nn.modules.batchnorm._BatchNorm,)),
     (lambda m: m.InstanceNorm1d(3), (nn.InstanceNorm1d, nn.modules.instancenorm._InstanceNorm,
                                      nn.modules.batchnorm._NormBase)),
     (lambda m: m.InstanceNorm2d(3), (nn.InstanceNorm2d,)),
@@ -60,6 +60,16 @@ def test_torch_convert_sync_batchnorm_takes_normkit_batchnorm():
     assert type(synced[0]) is nn.SyncBatchNorm
     back = normkit.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3)))
     assert type(back[0]) is normkit.SyncBatchNorm
+
+
+def test_sync_batch_norm_is_a_batchnorm_but_not_torchs_sync_batch_norm():
+    """DistributedDataParallel refuses any nn.SyncBatchNorm in a CPU model; normkit's
+    SyncBatchNorm exists for CPU/gloo, so it only shares the _BatchNorm base."""
+    sync = normkit.SyncBatchNorm(3)
+    assert isinstance(sync, nn.modules.batchnorm._BatchNorm)
+    assert not isinstance(sync, nn.SyncBatchNorm)
+    assert repr(sync) == repr(nn.SyncBatchNorm(3))
+    assert list(sync.state_dict()) == list(nn.SyncBatchNorm(3).state_dict())
 
 
 def test_forward_is_normkits_not_torchs():

@@ -23,3 +23,10 @@ __all__ += ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "Layer
             "ChannelRMSNorm", "convert", "create_norm", "NORMS"]
 __all__ += ["interop"]
 __all__ += ["preprocessing"]
+# drop-in helpers (issue 10): third-party norm twins, functional mode
+from .functional_mode import functional_mode  # noqa: E402
+from .convert import ConvertReport  # noqa: E402
+from .modules.compat import BatchNormAct2d, FrozenBatchNorm2d, HFRMSNorm, LayerNorm2d  # noqa: E402
+
+__all__ += ["functional_mode", "ConvertReport", "BatchNormAct2d", "FrozenBatchNorm2d",
+            "HFRMSNorm", "LayerNorm2d"]

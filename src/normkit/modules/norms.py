@@ -170,7 +170,7 @@ class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
             raise _rank_error("BatchNorm3d", "5D", input)
 
 
-class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
+class SyncBatchNorm(_BatchNorm):
     r"""Batch normalization with statistics over every process of a process group.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
@@ -181,6 +181,13 @@ class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
     hold unequal batches (even none). Every rank ends with identical running
     stats. In eval, without an initialized process group, or with world size 1
     it is plain :class:`BatchNorm2d` math and communicates nothing.
+
+    It is a ``torch.nn.modules.batchnorm._BatchNorm`` (so BatchNorm ``isinstance``
+    checks hold) but deliberately *not* a ``torch.nn.SyncBatchNorm``:
+    ``DistributedDataParallel`` rejects every ``nn.SyncBatchNorm`` in a CPU model
+    ("SyncBatchNorm layers only work with GPU modules"), which would forbid the
+    gloo/CPU training this layer exists for. Constructor, buffers, state_dict and
+    repr are ``nn.SyncBatchNorm``'s.
 
     Args:
         num_features, eps, momentum, affine, track_running_stats: as :class:`BatchNorm1d`.
@@ -195,6 +202,13 @@ class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
 
         >>> model = SyncBatchNorm.convert_sync_batchnorm(model)  # doctest: +SKIP
     """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, process_group=None,
+                 device=None, dtype=None, *, bias: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias)
+        self.process_group = process_group
 
     def _check_input_dim(self, input):
         if input.dim() < 2:
