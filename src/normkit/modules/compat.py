@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .. import functional as F
-from .norms import BatchNorm2d
+from .norms import _BatchNorm
 
 __all__ = ["LayerNorm2d", "BatchNormAct2d", "FrozenBatchNorm2d", "HFRMSNorm"]
 
@@ -61,7 +61,7 @@ class LayerNorm2d(nn.LayerNorm):
         return y.permute(0, 3, 1, 2)
 
 
-class BatchNormAct2d(BatchNorm2d):
+class BatchNormAct2d(_BatchNorm, nn.BatchNorm2d):
     r"""Batch normalization followed by a dropout-like module and an activation.
 
     .. math:: y = \mathrm{act}(\mathrm{drop}(\mathrm{BN}(x)))
@@ -69,6 +69,8 @@ class BatchNormAct2d(BatchNorm2d):
     timm's ``BatchNormAct2d`` semantics (BN with torch's running-stat rules, then its
     ``drop`` and ``act`` submodules). :func:`normkit.convert` moves the original's
     ``drop`` and ``act`` modules here unchanged, so in-place activations stay in place.
+    An ``nn.BatchNorm2d`` (as timm's) but not a ``normkit.BatchNorm2d``: code keyed
+    on normkit's class (the export registry) must not treat it as a bare BatchNorm.
 
     Args:
         num_features, eps, momentum, affine, track_running_stats: as ``BatchNorm2d``.
