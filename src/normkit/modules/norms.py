@@ -221,7 +221,8 @@ class SyncBatchNorm(_BatchNorm):
                              f"got shape {tuple(input.shape)}")
         self._check_channels(input)
         world = F._sync_world(self.process_group) if self.training else 1
-        if world > 1 and not torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if world > 1 and not compiling:
             # a tiny exchange before any state changes: mismatched ranks would abort (gloo)
             # or hang (NCCL) in the data collective
             check_ranks_agree(input, self.process_group, world)
@@ -230,6 +231,12 @@ class SyncBatchNorm(_BatchNorm):
         if not self.training:  # eval never communicates, even on batch statistics
             return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
                                 use_batch, factor, self.eps, backend=self.backend)
+        if world > 1 and compiling:
+            # traced: this call graph-breaks (fullgraph=False) and then runs eagerly,
+            # agreement check included; fullgraph=True fails naming _EAGER_ONLY
+            return _checked_sync_batch_norm(input, running_mean, running_var, self.weight,
+                                            self.bias, factor, self.eps, self.process_group,
+                                            self.backend)
         return F.sync_batch_norm(input, running_mean, running_var, self.weight, self.bias,
                                  use_batch, factor, self.eps, self.process_group,
                                  backend=self.backend)
@@ -260,6 +267,23 @@ class SyncBatchNorm(_BatchNorm):
         for name, child in module.named_children():
             out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
         return out
+
+
+_EAGER_ONLY = ("SyncBatchNorm over several processes is eager-only: torch.compile cannot "
+               "trace its collectives; compile with fullgraph=False (the sync step then runs "
+               "eagerly), or convert to BatchNorm for a single process")
+
+
+@torch.compiler.disable(reason=_EAGER_ONLY)
+def _checked_sync_batch_norm(input, running_mean, running_var, weight, bias, factor, eps,
+                             process_group, backend):
+    """``F.sync_batch_norm`` preceded by the rank-agreement check, for compiled models:
+    never traced, so under fullgraph=False the graph breaks here and both run eagerly."""
+    world = F._sync_world(process_group)
+    if world > 1:
+        check_ranks_agree(input, process_group, world)
+    return F.sync_batch_norm(input, running_mean, running_var, weight, bias, True, factor, eps,
+                             process_group, backend=backend)
 
 
 class _InstanceNorm(nn.modules.instancenorm._InstanceNorm):
