@@ -72,7 +72,7 @@ def test_mode_serves_functional_calls_exactly(i, backend):
     (y_t, dx_t, rest_t, _), (y_n, dx_n, rest_n, used) = _both(fn, *tensors, backend=backend)
     _close(y_n, y_t)
     _close(dx_n, dx_t, 1e-10)
-    for a, b in zip(rest_n, rest_t):  # running stats updated like torch's (or untouched)
+    for a, b in zip(rest_n, rest_t, strict=True):  # running stats updated like torch's (or untouched)
         _close(a, b)
     assert used["F." + name] == ("cpu" if backend == "auto" and "cpu" in BACKENDS
                                  else backend if backend != "auto" else "torch")
@@ -93,8 +93,10 @@ def test_torch_modules_inside_the_mode_run_normkit_and_keep_running_stats():
         assert {dispatch.last_backend[k] for k in ("F.batch_norm", "F.group_norm",
                                                    "F.instance_norm", "F.layer_norm")} == {"torch"}
         _close(y1, y0, 1e-11)
-    for (k, a), (_, b) in zip(net.state_dict().items(), twin.state_dict().items()):
-        assert torch.equal(a, b) if not a.is_floating_point() else (a - b).abs().max() < 1e-12
+    for (k, a), (k2, b) in zip(net.state_dict().items(), twin.state_dict().items(),
+                               strict=True):
+        assert k == k2
+        assert torch.equal(a, b) if not a.is_floating_point() else (a - b).abs().max() < 1e-12, k
 
 
 def test_unservable_calls_fall_back_to_torch():

@@ -13,7 +13,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 import normkit
 from normkit import dispatch
@@ -98,7 +97,7 @@ def test_converted_model_trains_like_the_original(name, backend):
     ref = _train(ref_model, x)
     theirs = _train(torch32, x.float())
     mine = _train(ours, x.float())
-    for step, (r, t, o) in enumerate(zip(ref, theirs, mine)):
+    for step, (r, t, o) in enumerate(zip(ref, theirs, mine, strict=True)):
         assert r.keys() == o.keys(), step
         for key in r:
             assert_matches_reference(o[key], r[key], torch.float32, t[key],
@@ -117,7 +116,7 @@ def test_converted_model_float64_equals_the_original(name, backend):
     Face norms compute in float32 by design, and so does their normkit twin)."""
     original, ours, _, shape = _converted(name, torch.float64, backend)
     x = randn(*shape, seed=8)
-    for r, o in zip(_train(original, x), _train(ours, x)):
+    for r, o in zip(_train(original, x), _train(ours, x), strict=True):
         for key in r:
             tol = 1e-5 if name in ("llama", "gemma", "t5") else 1e-9
             scale = max(1.0, float(r[key].abs().max()))
@@ -131,7 +130,8 @@ def test_converted_model_compiles_fullgraph(name, backend):
     eager = copy.deepcopy(ours)
     compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)  # graph break = error
     x = randn(*shape, seed=9, dtype=torch.float32)
-    for step, (e, c) in enumerate(zip(_train(eager, x, steps=2), _train(compiled, x, steps=2))):
+    runs = zip(_train(eager, x, steps=2), _train(compiled, x, steps=2), strict=True)
+    for step, (e, c) in enumerate(runs):
         for key in e:
             scale = max(1.0, float(e[key].abs().max()))
             assert (c[key] - e[key]).abs().max() <= 1e-5 * scale, (name, step, key)

@@ -5,7 +5,6 @@ import os
 import tempfile
 
 import pytest
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
