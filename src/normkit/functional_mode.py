@@ -52,8 +52,8 @@ def _group_norm(a, backend):
 
 
 def _batch_norm(a, backend):
-    if a["momentum"] is None:
-        return None, None
+    if a["momentum"] is None or (a["running_mean"] is None) != (a["running_var"] is None):
+        return None, None  # torch decides what these mean
     return NF.batch_norm(a["input"], a["running_mean"], a["running_var"], a["weight"],
                          a["bias"], bool(a["training"]), a["momentum"], a["eps"],
                          backend=backend), "batch_norm_apply"
