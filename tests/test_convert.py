@@ -10,6 +10,9 @@ import normkit
 from normkit.factory import NORMS, default_num_groups
 
 from hostile import randn
+from tolerance import assert_matches_reference
+
+import model_zoo as mz
 
 
 class Net(nn.Module):
@@ -83,20 +86,137 @@ def test_convert_keeps_parameter_objects_device_dtype_and_hooks():
     assert repr(new) == repr(bn)
 
 
-def test_convert_root_norm_returns_twin_and_leaves_subclasses():
-    class MyBN(nn.BatchNorm2d):
-        pass
+def test_convert_root_norm_returns_twin_and_subclasses_by_their_forward():
+    class MyBN(nn.BatchNorm2d):  # inherits torch's forward: computes BatchNorm2d
+        tag = "mine"
+
+    class OwnForward(nn.BatchNorm2d):  # computes something else
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    class OwnCheck(nn.BatchNorm2d):  # forward inherited, but a method it calls is not
+        def _check_input_dim(self, x):
+            pass
 
     twin = normkit.convert(nn.LayerNorm(5))
     assert type(twin) is normkit.LayerNorm
-    custom = nn.Sequential(MyBN(3))
-    normkit.convert(custom)
-    assert type(custom[0]) is MyBN
+    custom = nn.Sequential(MyBN(3), OwnForward(3), OwnCheck(3))
+    custom[0].note = "kept"
+    _, report = normkit.convert(custom, return_report=True)
+    assert type(custom[0]) is normkit.BatchNorm2d and custom[0].note == "kept"
+    assert type(custom[1]) is OwnForward and type(custom[2]) is OwnCheck
+    assert [(p, c.rsplit(".", 1)[1]) for p, c, _ in report.converted] == [("0", "MyBN")]
+    reasons = {p: why for p, _, why in report.left}
+    assert "own forward" in reasons["1"] and "own _check_input_dim" in reasons["2"]
     lrn = normkit.convert(nn.LocalResponseNorm(4, 1e-3, 0.5, 2.0))
     x = randn(2, 7, 3, 3, seed=2)
     assert (lrn(x) - nn.functional.local_response_norm(x, 4, 1e-3, 0.5, 2.0)).abs().max() < 1e-12
     with pytest.raises(TypeError, match="expected an nn.Module"):
         normkit.convert("not a module")
+
+
+def test_convert_twice_is_a_no_op_and_report_is_logged(caplog):
+    model = nn.Sequential(nn.BatchNorm1d(3), mz.UnknownNorm(3))
+    with caplog.at_level("INFO", logger="normkit.convert"):
+        normkit.convert(model)
+    assert "1 converted, 1 left" in caplog.text
+    first = model[0]
+    _, report = normkit.convert(model, return_report=True)
+    assert model[0] is first and report.converted == []
+    assert [(p, why) for p, _, why in report.left] == [
+        ("1", "unknown normalization class (not converted, computes as before)")]
+    assert "left      1: model_zoo.UnknownNorm" in str(report)
+
+
+# --- third-party classes, by their documented behaviour (look-alikes in model_zoo.py) ----
+
+THIRD_PARTY = [
+    ("timm LayerNorm", lambda: mz.TimmLayerNorm(6), (3, 4, 6), normkit.LayerNorm),
+    ("timm LayerNorm2d", lambda: mz.TimmLayerNorm2d(6), (2, 6, 3, 4), normkit.LayerNorm2d),
+    ("timm GroupNorm1", lambda: mz.TimmGroupNorm1(6), (2, 6, 3, 4), normkit.GroupNorm),
+    ("timm BatchNormAct2d", lambda: mz.TimmBatchNormAct2d(6, act_layer=nn.Hardswish,
+                                                          inplace=False),
+     (4, 6, 3, 3), normkit.BatchNormAct2d),
+    ("timm BatchNormAct2d momentum None", lambda: mz.TimmBatchNormAct2d(
+        6, momentum=None, apply_act=False), (4, 6, 3, 3), normkit.BatchNormAct2d),
+    ("torchvision LayerNorm2d", lambda: mz.TVLayerNorm2d(6, eps=1e-6), (2, 6, 3, 4),
+     normkit.LayerNorm2d),
+    ("torchvision FrozenBatchNorm2d", lambda: mz.TVFrozenBatchNorm2d(6, eps=1e-3),
+     (2, 6, 3, 4), normkit.FrozenBatchNorm2d),
+    ("HF LlamaRMSNorm", lambda: mz.LlamaRMSNorm(6, eps=1e-5), (2, 3, 6), normkit.HFRMSNorm),
+    ("HF GemmaRMSNorm", lambda: mz.GemmaRMSNorm(6), (2, 3, 6), normkit.HFRMSNorm),
+    ("HF T5LayerNorm", lambda: mz.T5LayerNorm(6), (2, 3, 6), normkit.HFRMSNorm),
+]
+
+
+def _grads(model, x, dy):
+    x = x.detach().clone().requires_grad_(True)
+    y = model(x)
+    (y * dy.to(y.dtype)).sum().backward()
+    return y.detach(), x.grad, {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", THIRD_PARTY, ids=[c[0] for c in THIRD_PARTY])
+def test_third_party_norms_convert_to_the_same_computation(case, dtype):
+    _, make, shape, expected = case
+    torch.manual_seed(0)
+    ref = mz.randomize(make(), 5).double()
+    theirs = copy.deepcopy(ref).to(dtype)
+    ours = copy.deepcopy(theirs)
+    ours, report = normkit.convert(ours, return_report=True)
+    assert type(ours) is expected, report
+    assert report.converted[0][0] == "" and report.left == []
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x, dy = randn(*shape, seed=1), randn(*shape, seed=2)
+    results = [_grads(m, x.to(m_dtype), dy) for m, m_dtype in
+               ((ref, torch.float64), (theirs, dtype), (ours, dtype))]
+    (y_r, dx_r, g_r), (y_t, dx_t, g_t), (y_o, dx_o, g_o) = results
+    assert y_o.dtype == y_t.dtype
+    assert_matches_reference(y_o, y_r, dtype, y_t)
+    assert_matches_reference(dx_o, dx_r, dtype, dx_t, what="dx")
+    for name in g_r:
+        assert_matches_reference(g_o[name], g_r[name], dtype, g_t[name], what=name)
+    # running stats updated like the original's (or untouched)
+    for (k, r), (_, t), (_, o) in zip(ref.state_dict().items(), theirs.state_dict().items(),
+                                      ours.state_dict().items()):
+        if r.is_floating_point():
+            assert_matches_reference(o, r, dtype, t, what=k)
+        else:
+            assert torch.equal(o, t), k
+
+
+def test_hf_rmsnorm_dtype_rules_match_the_originals():
+    """Llama: output dtype is promote(input, weight); Gemma: the input's; T5: the weight's
+    when half, else float32 for half input."""
+    x = randn(2, 6, seed=3).to(torch.bfloat16)
+    for make in (mz.LlamaRMSNorm, mz.GemmaRMSNorm, mz.T5LayerNorm):
+        for wdtype in (torch.float32, torch.bfloat16):
+            theirs = make(6).to(wdtype)
+            ours = normkit.convert(copy.deepcopy(theirs))
+            assert ours(x).dtype == theirs(x).dtype, (make.__name__, wdtype)
+            assert (ours(x).double() - theirs(x).double()).abs().max() < 2e-2
+
+
+def test_look_alikes_outside_the_real_packages_are_left_alone():
+    """Recognition is by package, class name and attributes: a user's own LayerNorm2d
+    (same name, unknown module) or a timm LayerNorm on its fast_norm path stays."""
+
+    class LayerNorm2d(nn.LayerNorm):
+        def forward(self, x):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) * 3
+
+    fast = mz.TimmLayerNorm(4)
+    fast._fast_norm = True
+    odd_llama = mz.LlamaRMSNorm(4)
+    odd_llama.extra = nn.Linear(4, 4)  # not the documented layout
+    model = nn.Sequential(LayerNorm2d(4), fast, odd_llama)
+    _, report = normkit.convert(model, return_report=True)
+    assert [type(m) for m in model] == [LayerNorm2d, mz.TimmLayerNorm, mz.LlamaRMSNorm]
+    reasons = [why for _, _, why in report.left]
+    assert "own forward" in reasons[0]
+    assert "fast_norm" in reasons[1]
+    assert "unexpected parameters or submodules" in reasons[2]
 
 
 # --- create_norm --------------------------------------------------------------------

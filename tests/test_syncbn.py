@@ -4,6 +4,7 @@ concatenated batch: outputs, input gradients, all-reduced weight gradients, runn
 import os
 import tempfile
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -151,8 +152,9 @@ def test_three_ranks_uneven_batches_with_an_empty_rank():
     results = _run(3, cfg)
     _check(results, cfg, [0, 1, 2], 1e-12)
     for res in results:
-        for fwd, bwd in res["calls"]:  # one collective each way
-            assert fwd == {"all_gather": 1, "all_reduce": 0, "other": 0}
+        for fwd, bwd in res["calls"]:
+            # forward: the 3-int agreement check, then the data; backward: one all_reduce
+            assert fwd == {"all_gather": 2, "all_reduce": 0, "other": 0}
             assert bwd == {"all_gather": 0, "all_reduce": 1, "other": 0}
         assert res["eval_calls"] == {"all_gather": 0, "all_reduce": 0, "other": 0}
 
@@ -232,3 +234,69 @@ def test_trains_under_distributed_data_parallel_like_one_process():
     for key, value in single.state_dict().items():
         for state in states:
             assert (state[key].double() - value.double()).abs().max() < 1e-10, key
+
+
+# --- mismatched ranks: a clear error on every rank, no abort, no hang (issue 10, item 8) ---
+
+def _mismatch_worker(rank, world, init_file, out_dir, cfg):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    channels, dtype = cfg["ranks"][rank]
+    bn = normkit.SyncBatchNorm(channels).to(dtype)
+    x = randn(4, channels, 3, seed=rank).to(dtype)
+    outcome = {"error": None, "num_batches_tracked": None}
+    run = bn
+    if cfg.get("compile"):  # fullgraph=False: the sync step runs eagerly after a graph break
+        run = torch.compile(bn, backend="aot_eager")
+    try:
+        run(x)
+    except ValueError as e:
+        outcome["error"] = str(e)
+    outcome["num_batches_tracked"] = int(bn.num_batches_tracked)
+    if cfg.get("compile"):
+        torch._dynamo.reset()
+    # the group is still usable afterwards: the ranks agree again and train
+    same = normkit.SyncBatchNorm(2).double()
+    outcome["after"] = same(randn(3, 2, 2, seed=7 + rank)).shape
+    torch.save(outcome, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _run_with_deadline(cfg, world=2, seconds=120):
+    import time
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = mp.spawn(_mismatch_worker, args=(world, os.path.join(tmp, "init"), tmp, cfg),
+                       nprocs=world, join=False)
+        deadline = time.monotonic() + seconds
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                raise AssertionError(f"SyncBatchNorm ranks hung for {seconds} s on {cfg}")
+        return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_mismatched_channels_raise_on_every_rank(compiled):
+    results = _run_with_deadline({"ranks": {0: (3, torch.float64), 1: (4, torch.float64)},
+                                  "compile": compiled})
+    for rank, res in enumerate(results):
+        msg = res["error"]
+        assert msg is not None, rank
+        assert "rank 0: C=3" in msg and "rank 1: C=4" in msg, msg
+        assert f"this is rank {rank}" in msg and "same num_features" in msg, msg
+        if not compiled:  # eager: the failed call changed no state
+            assert res["num_batches_tracked"] == 0
+        assert res["after"] == torch.Size([3, 2, 2])
+
+
+def test_mismatched_dtypes_raise_on_every_rank():
+    results = _run_with_deadline({"ranks": {0: (3, torch.float32), 1: (3, torch.float64)}})
+    for rank, res in enumerate(results):
+        msg = res["error"]
+        assert msg is not None, rank
+        assert "dtype=torch.float32" in msg and "dtype=torch.float64" in msg, msg
+        assert "cast inputs to one dtype" in msg, msg

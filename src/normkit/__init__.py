@@ -30,3 +30,11 @@ from .fold import fold_batch_norm  # noqa: E402
 from .factory import create_conv  # noqa: E402
 
 __all__ += ["FilterResponseNorm2d", "WSConv2d", "fold_batch_norm", "create_conv"]
+
+# drop-in helpers (issue 10): third-party norm twins, functional mode
+from .functional_mode import functional_mode  # noqa: E402
+from .convert import ConvertReport  # noqa: E402
+from .modules.compat import BatchNormAct2d, FrozenBatchNorm2d, HFRMSNorm, LayerNorm2d  # noqa: E402
+
+__all__ += ["functional_mode", "ConvertReport", "BatchNormAct2d", "FrozenBatchNorm2d",
+            "HFRMSNorm", "LayerNorm2d"]

@@ -24,6 +24,14 @@ class LocalResponseNorm(nn.Module):
     names and defaults, and :meth:`to_caffe` / :meth:`to_tensorflow` /
     :meth:`to_onnx` for the way back.
 
+    Unlike normkit's other layers this class is deliberately *not* a subclass of
+    :class:`torch.nn.LocalResponseNorm`: its ``size``/``alpha``/``k`` are in the
+    meaning of ``convention`` (TensorFlow's raw alpha, Caffe's WITHIN_CHANNEL box,
+    NHWC via ``channel_dim``), and many of these layers have no torch equivalent
+    at all. Code that recognises ``nn.LocalResponseNorm`` by ``isinstance`` and
+    re-computes it as ``F.local_response_norm(x, m.size, m.alpha, m.beta, m.k)``
+    (fusers, exporters) would then compute something else, silently.
+
     Args:
         size: window size in the convention's meaning.
         alpha: scale in the convention's meaning. Default 1e-4.

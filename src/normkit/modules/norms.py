@@ -1,16 +1,18 @@
 """Drop-in twins of torch.nn's normalization layers, backed by normkit's kernels.
 
-Class names, constructor arguments (order, defaults, ``device``/``dtype``, the
+Each class subclasses its torch counterpart (``normkit.BatchNorm2d`` is a
+``torch.nn.BatchNorm2d``, hence a ``torch.nn.modules.batchnorm._BatchNorm``), so
+code that groups parameters or freezes layers by ``isinstance`` treats them as
+torch's. Constructor (names, order, defaults, ``device``/``dtype``, the
 keyword-only ``bias``), parameters, buffers, state_dict keys, ``_version``,
-``reset_parameters``/``reset_running_stats`` and ``repr`` match torch 2.x, so a
-state_dict moves between ``torch.nn.BatchNorm2d`` and ``normkit.BatchNorm2d``
-either way. Each module's ``forward`` is one call into :mod:`normkit.functional`;
+``reset_parameters``/``reset_running_stats``, ``load_state_dict`` of old
+checkpoints and ``repr`` are torch's own, so a state_dict moves between
+``torch.nn.BatchNorm2d`` and ``normkit.BatchNorm2d`` either way. Each module's ``forward`` is one call into :mod:`normkit.functional`;
 the ``backend`` attribute (``"auto"``) picks the kernels.
 """
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Optional, Sequence, Union
 
@@ -20,13 +22,13 @@ from torch.nn import init
 from torch.nn.parameter import Parameter
 
 from .. import functional as F
+from ._sync_check import check_ranks_agree
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm",
            "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
            "ChannelRMSNorm"]
 
 _shape_t = Union[int, Sequence[int], torch.Size]
-
 
 
 def _register_affine(module: nn.Module, shape, enabled: bool, bias: Optional[bool],
@@ -51,73 +53,12 @@ def _reset_affine(module: nn.Module) -> None:
         init.zeros_(module.bias)
 
 
-class _NormBase(nn.Module):
-    """Parameters, buffers and state_dict handling shared by batch and instance norm."""
+class _BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """torch's ``_BatchNorm`` (constructor, parameters, buffers, state_dict, repr) with
+    normkit's forward."""
 
-    # version 2 added the num_batches_tracked buffer (same numbering as torch)
-    _version = 2
-    __constants__ = ["track_running_stats", "momentum", "eps", "num_features", "affine"]
+    backend = "auto"  # class default; assign on an instance to pick kernels
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device=None,
-                 dtype=None, *, bias: bool = True) -> None:
-        factory = {"device": device, "dtype": dtype}
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        self.backend = "auto"
-        _register_affine(self, num_features, affine, bias, factory)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            # a counter: long whatever dtype the layer has
-            self.register_buffer("num_batches_tracked",
-                                 torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        """running_mean <- 0, running_var <- 1, num_batches_tracked <- 0."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """Reset the running stats, weight <- 1 and bias <- 0."""
-        self.reset_running_stats()
-        _reset_affine(self)
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, bias={self.bias is not None}, "
-                f"track_running_stats={self.track_running_stats}")
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs) -> None:
-        version = local_metadata.get("version", None)
-        if (version is None or version < 2) and self.track_running_stats:
-            # checkpoints from before num_batches_tracked existed: start the count at 0
-            key = prefix + "num_batches_tracked"
-            if key not in state_dict:
-                current = self.num_batches_tracked
-                state_dict[key] = (current if current is not None
-                                   and current.device.type != "meta"
-                                   else torch.tensor(0, dtype=torch.long))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-
-class _BatchNorm(_NormBase):
     def _factor_and_mode(self):
         """(momentum factor, use batch stats) following torch's rules, counting the batch."""
         factor = 0.0 if self.momentum is None else self.momentum
@@ -154,7 +95,7 @@ def _rank_error(name: str, allowed: str, input) -> ValueError:
                       f"{tuple(input.shape)})")
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
     r"""Batch normalization over a 2-D (N, C) or 3-D (N, C, L) input.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
@@ -185,7 +126,7 @@ class BatchNorm1d(_BatchNorm):
             raise _rank_error("BatchNorm1d", "2D or 3D", input)
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
     r"""Batch normalization over a 4-D (N, C, H, W) input.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
@@ -207,7 +148,7 @@ class BatchNorm2d(_BatchNorm):
             raise _rank_error("BatchNorm2d", "4D", input)
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
     r"""Batch normalization over a 5-D (N, C, D, H, W) input.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
@@ -241,6 +182,13 @@ class SyncBatchNorm(_BatchNorm):
     stats. In eval, without an initialized process group, or with world size 1
     it is plain :class:`BatchNorm2d` math and communicates nothing.
 
+    It is a ``torch.nn.modules.batchnorm._BatchNorm`` (so BatchNorm ``isinstance``
+    checks hold) but deliberately *not* a ``torch.nn.SyncBatchNorm``:
+    ``DistributedDataParallel`` rejects every ``nn.SyncBatchNorm`` in a CPU model
+    ("SyncBatchNorm layers only work with GPU modules"), which would forbid the
+    gloo/CPU training this layer exists for. Constructor, buffers, state_dict and
+    repr are ``nn.SyncBatchNorm``'s.
+
     Args:
         num_features, eps, momentum, affine, track_running_stats: as :class:`BatchNorm1d`.
         process_group: group to synchronise over. Default None (the world).
@@ -272,11 +220,23 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError("SyncBatchNorm: the number of input channels must be non-zero, "
                              f"got shape {tuple(input.shape)}")
         self._check_channels(input)
+        world = F._sync_world(self.process_group) if self.training else 1
+        compiling = torch.compiler.is_compiling()
+        if world > 1 and not compiling:
+            # a tiny exchange before any state changes: mismatched ranks would abort (gloo)
+            # or hang (NCCL) in the data collective
+            check_ranks_agree(input, self.process_group, world)
         factor, use_batch = self._factor_and_mode()
         running_mean, running_var = self._buffers_for_call()
         if not self.training:  # eval never communicates, even on batch statistics
             return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
                                 use_batch, factor, self.eps, backend=self.backend)
+        if world > 1 and compiling:
+            # traced: this call graph-breaks (fullgraph=False) and then runs eagerly,
+            # agreement check included; fullgraph=True fails naming _EAGER_ONLY
+            return _checked_sync_batch_norm(input, running_mean, running_var, self.weight,
+                                            self.bias, factor, self.eps, self.process_group,
+                                            self.backend)
         return F.sync_batch_norm(input, running_mean, running_var, self.weight, self.bias,
                                  use_batch, factor, self.eps, self.process_group,
                                  backend=self.backend)
@@ -289,7 +249,7 @@ class SyncBatchNorm(_BatchNorm):
         If ``module`` itself is a BatchNorm, the new layer is returned.
         """
         out = module
-        if isinstance(module, (nn.modules.batchnorm._BatchNorm, _BatchNorm)):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
             out = cls(module.num_features, module.eps, module.momentum, module.affine,
                       module.track_running_stats, process_group,
                       bias=module.bias is not None)
@@ -309,41 +269,37 @@ class SyncBatchNorm(_BatchNorm):
         return out
 
 
-class _InstanceNorm(_NormBase):
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
-                 affine: bool = False, track_running_stats: bool = False, device=None,
-                 dtype=None, *, bias: bool = True) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype, bias=bias)
+_EAGER_ONLY = ("SyncBatchNorm over several processes is eager-only: torch.compile cannot "
+               "trace its collectives; compile with fullgraph=False (the sync step then runs "
+               "eagerly), or convert to BatchNorm for a single process")
 
+
+@torch.compiler.disable(reason=_EAGER_ONLY)
+def _checked_sync_batch_norm(input, running_mean, running_var, weight, bias, factor, eps,
+                             process_group, backend):
+    """``F.sync_batch_norm`` preceded by the rank-agreement check, for compiled models:
+    never traced, so under fullgraph=False the graph breaks here and both run eagerly."""
+    world = F._sync_world(process_group)
+    if world > 1:
+        check_ranks_agree(input, process_group, world)
+    return F.sync_batch_norm(input, running_mean, running_var, weight, bias, True, factor, eps,
+                             process_group, backend=backend)
+
+
+class _InstanceNorm(nn.modules.instancenorm._InstanceNorm):
+    """torch's ``_InstanceNorm`` (constructor, buffers, state_dict, old-checkpoint
+    handling, repr) with normkit's forward."""
+
+    backend = "auto"
     _no_batch_dim = 0
     _allowed = ""
+
+    def _get_no_batch_dim(self):
+        return self._no_batch_dim
 
     def _check_input_dim(self, input):
         if input.dim() not in (self._no_batch_dim, self._no_batch_dim + 1):
             raise _rank_error(type(self).__name__, self._allowed, input)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs) -> None:
-        version = local_metadata.get("version", None)
-        if version is None and not self.track_running_stats:
-            # checkpoints from torch < 0.4 stored running stats that are meaningless here
-            keys = [prefix + k for k in ("running_mean", "running_var") if prefix + k in state_dict]
-            if keys:
-                names = " and ".join(f'"{k}"' for k in keys)
-                klass = type(self).__name__
-                error_msgs.append(
-                    f"Unexpected running stats buffer(s) {names} for {klass} with "
-                    "track_running_stats=False. If state_dict is a checkpoint saved before "
-                    f"0.4.0, this may be expected because {klass} does not track running "
-                    "stats by default since 0.4.0. Please remove these keys from state_dict. "
-                    "If the running stats are actually needed, instead set "
-                    f"track_running_stats=True in {klass} to enable them. See the "
-                    f"documentation of {klass} for details.")
-                for key in keys:
-                    state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
 
     def _instance_norm(self, input):
         return F.instance_norm(input, self.running_mean, self.running_var, self.weight,
@@ -394,34 +350,28 @@ _INSTANCE_DOC = r"""Instance normalization over a {rank} input: per sample and c
     """
 
 
-class InstanceNorm1d(_InstanceNorm):
+class InstanceNorm1d(_InstanceNorm, nn.InstanceNorm1d):
     __doc__ = _INSTANCE_DOC.format(rank="2-D or 3-D", shapes="(N, C, L) or (C, L)",
                                    name="InstanceNorm1d", example="2, 3, 7")
     _no_batch_dim = 2
     _allowed = "2D or 3D"
 
 
-class InstanceNorm2d(_InstanceNorm):
+class InstanceNorm2d(_InstanceNorm, nn.InstanceNorm2d):
     __doc__ = _INSTANCE_DOC.format(rank="3-D or 4-D", shapes="(N, C, H, W) or (C, H, W)",
                                    name="InstanceNorm2d", example="2, 3, 5, 5")
     _no_batch_dim = 3
     _allowed = "3D or 4D"
 
 
-class InstanceNorm3d(_InstanceNorm):
+class InstanceNorm3d(_InstanceNorm, nn.InstanceNorm3d):
     __doc__ = _INSTANCE_DOC.format(rank="4-D or 5-D", shapes="(N, C, D, H, W) or (C, D, H, W)",
                                    name="InstanceNorm3d", example="2, 3, 2, 4, 4")
     _no_batch_dim = 4
     _allowed = "4D or 5D"
 
 
-def _as_shape(normalized_shape) -> tuple:
-    if isinstance(normalized_shape, numbers.Integral):
-        return (int(normalized_shape),)
-    return tuple(normalized_shape)
-
-
-class LayerNorm(nn.Module):
+class LayerNorm(nn.LayerNorm):
     r"""Layer normalization over the trailing ``normalized_shape`` dims.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \odot \gamma + \beta
@@ -443,34 +393,14 @@ class LayerNorm(nn.Module):
         torch.Size([4, 8])
     """
 
-    __constants__ = ["normalized_shape", "eps", "elementwise_affine"]
-
-    def __init__(self, normalized_shape: _shape_t, eps: float = 1e-5,
-                 elementwise_affine: bool = True, bias: bool = True, device=None,
-                 dtype=None) -> None:
-        factory = {"device": device, "dtype": dtype}
-        super().__init__()
-        self.normalized_shape = _as_shape(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        self.backend = "auto"
-        _register_affine(self, self.normalized_shape, elementwise_affine, bias, factory)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """weight <- 1, bias <- 0."""
-        _reset_affine(self)
+    backend = "auto"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
                             backend=self.backend)
 
-    def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
 
-
-class GroupNorm(nn.Module):
+class GroupNorm(nn.GroupNorm):
     r"""Group normalization: per sample, over groups of C/G channels and all of space.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
@@ -495,27 +425,16 @@ class GroupNorm(nn.Module):
         torch.Size([3, 6, 4, 4])
     """
 
-    __constants__ = ["num_groups", "num_channels", "eps", "affine"]
+    backend = "auto"
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
                  affine: bool = True, device=None, dtype=None, *, bias: bool = True) -> None:
-        factory = {"device": device, "dtype": dtype}
-        super().__init__()
+        # checked before torch's constructor so the message names the fix
         if num_groups <= 0 or num_channels % num_groups != 0:
             raise ValueError(f"GroupNorm: num_channels ({num_channels}) must be divisible by "
                              f"num_groups ({num_groups}); choose num_groups among the "
                              f"divisors of {num_channels}")
-        self.num_groups = num_groups
-        self.num_channels = num_channels
-        self.eps = eps
-        self.affine = affine
-        self.backend = "auto"
-        _register_affine(self, num_channels, affine, bias, factory)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """weight <- 1, bias <- 0."""
-        _reset_affine(self)
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() >= 2 and input.size(1) != self.num_channels:
@@ -524,12 +443,8 @@ class GroupNorm(nn.Module):
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                             backend=self.backend)
 
-    def extra_repr(self) -> str:
-        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, "
-                f"affine={self.affine}, bias={self.bias is not None}")
 
-
-class RMSNorm(nn.Module):
+class RMSNorm(nn.RMSNorm):
     r"""Root-mean-square normalization over the trailing ``normalized_shape`` dims.
 
     .. math:: y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \odot \gamma
@@ -550,30 +465,11 @@ class RMSNorm(nn.Module):
         torch.Size([4, 2, 3])
     """
 
-    __constants__ = ["normalized_shape", "eps", "elementwise_affine"]
-
-    def __init__(self, normalized_shape: _shape_t, eps: Optional[float] = None,
-                 elementwise_affine: bool = True, device=None, dtype=None) -> None:
-        factory = {"device": device, "dtype": dtype}
-        super().__init__()
-        self.normalized_shape = _as_shape(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        self.backend = "auto"
-        _register_affine(self, self.normalized_shape, elementwise_affine, None, factory)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """weight <- 1."""
-        _reset_affine(self)
+    backend = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps,
                           backend=self.backend)
-
-    def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}")
 
 
 class ChannelRMSNorm(nn.Module):
