@@ -522,3 +522,9 @@ def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = No
     y = GroupNormFunction.apply(x, weight, bias, c, float(eps),
                                 _backends(("group_norm_fwd", "group_norm_bwd"), x, backend))
     return y.reshape(input.shape)
+
+
+# --- fused residual-add norms and modulated LayerNorm (issue 13; implemented in fused.py) ---
+from .fused import add_layer_norm, add_rms_norm, modulated_layer_norm  # noqa: E402
+
+__all__ += ["add_rms_norm", "add_layer_norm", "modulated_layer_norm"]

@@ -14,3 +14,12 @@ __all__ += ["moments", "batch_norm_forward", "batch_norm_backward", "batch_norm_
             "running_stats_update", "layer_norm_forward", "layer_norm_backward",
             "group_norm_forward", "group_norm_backward", "instance_norm_forward",
             "instance_norm_backward", "rms_norm_forward", "rms_norm_backward"]
+
+# --- fused residual-add norms and modulated LayerNorm (issue 13) ---
+from .fused import (add_layer_norm_backward, add_layer_norm_forward,  # noqa: E402
+                    add_rms_norm_backward, add_rms_norm_forward, modulated_layer_norm_backward,
+                    modulated_layer_norm_forward)
+
+__all__ += ["add_rms_norm_forward", "add_rms_norm_backward", "add_layer_norm_forward",
+            "add_layer_norm_backward", "modulated_layer_norm_forward",
+            "modulated_layer_norm_backward"]
