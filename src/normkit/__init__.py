@@ -23,3 +23,8 @@ __all__ += ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "Layer
             "ChannelRMSNorm", "convert", "create_norm", "NORMS"]
 __all__ += ["interop"]
 __all__ += ["preprocessing"]
+
+# --- fused residual-add norms and adaptive LayerNorm (issue 13) ---
+from .modules import AdaLayerNorm, AddLayerNorm, AddRMSNorm  # noqa: E402
+
+__all__ += ["AddRMSNorm", "AddLayerNorm", "AdaLayerNorm"]

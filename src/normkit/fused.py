@@ -175,58 +175,68 @@ def _cast(g, like):
     return None if like is None or g is None else g.to(like.dtype)
 
 
+def _flat(t, d: int):
+    return None if t is None else t.reshape(-1, d).contiguous()
+
+
+def _input_grads(ctx, dsum):
+    """dx and dresidual: the same values (h = x + residual), each in its input's dtype."""
+    xdt, rdt = ctx.dtypes
+    dsum = dsum.reshape(ctx.shape)
+    return dsum.to(xdt), None if rdt is None else dsum.to(rdt)
+
+
 class AddRMSNormFunction(torch.autograd.Function):
-    """h = x + residual, y = RMSNorm(h) * weight on rows (M, D); saves h, rstd, weight."""
+    """h = x + residual, y = RMSNorm(h) * weight over the last dim (D = weight's or
+    ``d``); saves h, rstd, weight. Takes and returns x's shape (outputs never views)."""
 
     @staticmethod
-    def forward(ctx, x, residual, weight, eps: float, residual_in_fp32: bool, backends: dict):
-        y, h, rstd = add_rms_norm_fwd(x, residual, weight, eps, residual_in_fp32,
-                                      backends["add_rms_norm_fwd"])
+    def forward(ctx, x, residual, weight, eps: float, residual_in_fp32: bool, backends: dict,
+                d: int):
+        y, h, rstd = add_rms_norm_fwd(x.reshape(-1, d), _flat(residual, d), weight, eps,
+                                      residual_in_fp32, backends["add_rms_norm_fwd"])
         ctx.save_for_backward(h, rstd, weight)
+        ctx.shape = x.shape
         ctx.backend = backends["add_rms_norm_bwd"]
         ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
         ctx.set_materialize_grads(False)  # dh is None when h is not used
-        return y, h
+        return _own(y.reshape(x.shape)), _own(h.reshape(x.shape))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh):
         h, rstd, weight = ctx.saved_tensors
-        if dy is None:
-            dy = torch.zeros_like(h, dtype=ctx.dtypes[0])
-        dsum, dweight = add_rms_norm_bwd(dy.contiguous(), None if dh is None else dh.contiguous(),
-                                         h, rstd, weight, ctx.backend)
-        xdt, rdt = ctx.dtypes
-        return (dsum.to(xdt), None if rdt is None else dsum.to(rdt), _cast(dweight, weight),
-                None, None, None)
+        dy = torch.zeros_like(h, dtype=ctx.dtypes[0]) if dy is None else _flat(dy, h.shape[1])
+        dsum, dweight = add_rms_norm_bwd(dy, _flat(dh, h.shape[1]), h, rstd, weight, ctx.backend)
+        return _input_grads(ctx, dsum) + (_cast(dweight, weight), None, None, None, None)
 
 
 class AddLayerNormFunction(torch.autograd.Function):
-    """h = x + residual, y = LayerNorm(h) on rows (M, D); saves h, mean, rstd, weight."""
+    """h = x + residual, y = LayerNorm(h) over the last d features; saves h, mean, rstd,
+    weight. Takes and returns x's shape (outputs never views)."""
 
     @staticmethod
     def forward(ctx, x, residual, weight, bias, eps: float, residual_in_fp32: bool,
-                backends: dict):
-        y, h, mean, rstd = add_layer_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32,
+                backends: dict, d: int):
+        y, h, mean, rstd = add_layer_norm_fwd(x.reshape(-1, d), _flat(residual, d), weight,
+                                              bias, eps, residual_in_fp32,
                                               backends["add_layer_norm_fwd"])
         ctx.save_for_backward(h, mean, rstd, weight, bias)
+        ctx.shape = x.shape
         ctx.backend = backends["add_layer_norm_bwd"]
         ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
         ctx.set_materialize_grads(False)
-        return y, h
+        return _own(y.reshape(x.shape)), _own(h.reshape(x.shape))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh):
         h, mean, rstd, weight, bias = ctx.saved_tensors
-        if dy is None:
-            dy = torch.zeros_like(h, dtype=ctx.dtypes[0])
-        dsum, dweight, dbias = add_layer_norm_bwd(
-            dy.contiguous(), None if dh is None else dh.contiguous(), h, mean, rstd, weight,
-            ctx.backend)
-        xdt, rdt = ctx.dtypes
-        return (dsum.to(xdt), None if rdt is None else dsum.to(rdt), _cast(dweight, weight),
-                _cast(dbias, bias), None, None, None)
+        dy = torch.zeros_like(h, dtype=ctx.dtypes[0]) if dy is None else _flat(dy, h.shape[1])
+        dsum, dweight, dbias = add_layer_norm_bwd(dy, _flat(dh, h.shape[1]), h, mean, rstd,
+                                                  weight, ctx.backend)
+        return _input_grads(ctx, dsum) + (_cast(dweight, weight), _cast(dbias, bias), None,
+                                          None, None, None)
 
 
 class ModulatedLayerNormFunction(torch.autograd.Function):
@@ -234,20 +244,22 @@ class ModulatedLayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, shift, scale, eps: float, backends: dict):
-        y, mean, rstd = modulated_layer_norm_fwd(x, shift, scale, eps,
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+        y, mean, rstd = modulated_layer_norm_fwd(x3, shift, scale, eps,
                                                  backends["modulated_layer_norm_fwd"])
-        ctx.save_for_backward(x, mean, rstd, scale)
+        ctx.save_for_backward(x3, mean, rstd, scale)
+        ctx.shape = x.shape
         ctx.backend = backends["modulated_layer_norm_bwd"]
         ctx.shift_dtype = shift.dtype
-        return y
+        return _own(y.reshape(x.shape))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
         x, mean, rstd, scale = ctx.saved_tensors
-        dx, dshift, dscale = modulated_layer_norm_bwd(dy.contiguous(), x, mean, rstd, scale,
-                                                      ctx.backend)
-        return dx, dshift.to(ctx.shift_dtype), dscale, None, None
+        dx, dshift, dscale = modulated_layer_norm_bwd(dy.reshape(x.shape).contiguous(), x, mean,
+                                                      rstd, scale, ctx.backend)
+        return dx.reshape(ctx.shape), dshift.to(ctx.shift_dtype), dscale, None, None
 
 
 # --- functional ----------------------------------------------------------------------------
@@ -383,14 +395,10 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor],
         if w is not None:
             y = y * w.to(y.dtype)
         return y.to(x.dtype), h
-    d = math.prod(shape)
-    x2 = x.reshape(-1, d)
-    r2 = None if residual is None else residual.reshape(-1, d)
-    backends = {op: dispatch.resolve(op, x2, backend)
+    backends = {op: dispatch.resolve(op, x, backend)
                 for op in ("add_rms_norm_fwd", "add_rms_norm_bwd")}
-    y, h = AddRMSNormFunction.apply(x2, r2, None if w is None else w.reshape(-1), eps,
-                                    bool(residual_in_fp32), backends)
-    return y.reshape(x.shape), h.reshape(x.shape)
+    return AddRMSNormFunction.apply(x, residual, None if w is None else w.reshape(-1), eps,
+                                    bool(residual_in_fp32), backends, math.prod(shape))
 
 
 def add_layer_norm(x: Tensor, residual: Optional[Tensor],
@@ -430,15 +438,12 @@ def add_layer_norm(x: Tensor, residual: Optional[Tensor],
             h32, shape, None if weight is None else weight.to(h32.dtype),
             None if bias is None else bias.to(h32.dtype), eps)
         return y.to(x.dtype), h
-    d = math.prod(shape)
-    x2 = x.reshape(-1, d)
-    r2 = None if residual is None else residual.reshape(-1, d)
-    backends = {op: dispatch.resolve(op, x2, backend)
+    backends = {op: dispatch.resolve(op, x, backend)
                 for op in ("add_layer_norm_fwd", "add_layer_norm_bwd")}
-    y, h = AddLayerNormFunction.apply(x2, r2, None if weight is None else weight.reshape(-1),
+    return AddLayerNormFunction.apply(x, residual,
+                                      None if weight is None else weight.reshape(-1),
                                       None if bias is None else bias.reshape(-1), eps,
-                                      bool(residual_in_fp32), backends)
-    return y.reshape(x.shape), h.reshape(x.shape)
+                                      bool(residual_in_fp32), backends, math.prod(shape))
 
 
 def modulated_layer_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6, *,
@@ -488,8 +493,6 @@ def modulated_layer_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1
         x_hat = torch.nn.functional.layer_norm(x.to(cdt), (x.shape[-1],), None, None, eps)
         y = x_hat * (1.0 + scale.to(cdt).reshape(bshape)) + shift.to(cdt).reshape(bshape)
         return y.to(x.dtype)
-    x3 = x.reshape(x.shape[0], -1, x.shape[-1])
-    backends = {op: dispatch.resolve(op, x3, backend)
+    backends = {op: dispatch.resolve(op, x, backend)
                 for op in ("modulated_layer_norm_fwd", "modulated_layer_norm_bwd")}
-    y = ModulatedLayerNormFunction.apply(x3, shift, scale, eps, backends)
-    return y.reshape(x.shape)
+    return ModulatedLayerNormFunction.apply(x, shift, scale, eps, backends)

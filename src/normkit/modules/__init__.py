@@ -9,3 +9,8 @@ __all__ = ["LocalResponseNorm"]
 __all__ += ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm",
             "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
             "ChannelRMSNorm"]
+
+# --- fused residual-add norms and adaptive LayerNorm (issue 13) ---
+from .fused import AdaLayerNorm, AddLayerNorm, AddRMSNorm  # noqa: E402
+
+__all__ += ["AddRMSNorm", "AddLayerNorm", "AdaLayerNorm"]
