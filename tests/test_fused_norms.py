@@ -298,3 +298,212 @@ def test_backward_after_modifying_saved_h_raises_like_the_composite(backend):
     ch.add_(1.0)
     with pytest.raises(RuntimeError, match="inplace"):
         cy.sum().backward()
+
+
+# --- modules --------------------------------------------------------------------------------
+
+def test_add_rms_norm_module_starts_as_plain_rms_norm_for_any_offset():
+    x, r = randn(2, 3, 8, seed=80, dtype=torch.float32), randn(2, 3, 8, seed=81,
+                                                                  dtype=torch.float32)
+    for offset in (0.0, 1.0):
+        m = normkit.AddRMSNorm(8, eps=1e-6, offset=offset)
+        y, h = m(x, r)
+        ry, rh = add_rms_norm_forward(as_f64(x), as_f64(r), None, 1e-6)
+        assert_matches_reference(y, ry, torch.float32, None, f"y offset={offset}")
+        assert_matches_reference(h, rh, torch.float32, None, "h")
+    assert "offset=1.0" in repr(m)
+
+
+def test_add_layer_norm_module_matches_reference_and_trains():
+    m = normkit.AddLayerNorm(8, eps=1e-5).double()
+    with torch.no_grad():
+        m.weight.copy_(randn(8, seed=82))
+        m.bias.copy_(randn(8, seed=83))
+    x, r = randn(4, 8, seed=84), randn(4, 8, seed=85)
+    y, h = m(x, r)
+    ry, _ = add_layer_norm_forward(as_f64(x), as_f64(r), as_f64(m.weight), as_f64(m.bias), 1e-5)
+    np.testing.assert_allclose(as_f64(y), ry, atol=1e-12)
+    y.sum().backward()
+    _, _, dw, db = add_layer_norm_backward(as_f64(x), as_f64(r), np.ones((4, 8)), None,
+                                           as_f64(m.weight), as_f64(m.bias), 1e-5)
+    np.testing.assert_allclose(as_f64(m.weight.grad), dw, atol=1e-12)
+    np.testing.assert_allclose(as_f64(m.bias.grad), db, atol=1e-12)
+
+
+def test_ada_layer_norm_zero_init_is_plain_layer_norm_with_zero_gate():
+    ada = normkit.AdaLayerNorm(8, 4)
+    x, c = randn(2, 5, 8, seed=86, dtype=torch.float32), randn(2, 4, seed=87, dtype=torch.float32)
+    y, gate = ada(x, c)
+    assert torch.equal(gate, torch.zeros(2, 8))
+    ref = modulated_layer_norm_forward(as_f64(x), np.zeros((2, 8)), np.zeros((2, 8)), 1e-6)
+    assert_matches_reference(y, ref, torch.float32, TF.layer_norm(x, (8,), eps=1e-6), "y")
+
+
+def test_ada_layer_norm_matches_dit_modulation():
+    """shift, scale, gate = Linear(SiLU(c)).chunk(3), as DiT's adaLN_modulation."""
+    ada = normkit.AdaLayerNorm(8, 4, zero_init=False).double()
+    x, c = randn(2, 5, 8, seed=88), randn(2, 4, seed=89)
+    y, gate = ada(x, c)
+    mod = TF.linear(TF.silu(c), ada.linear.weight, ada.linear.bias)  # torch as the peer
+    shift, scale, g = mod[:, :8], mod[:, 8:16], mod[:, 16:]
+    np.testing.assert_allclose(as_f64(gate), as_f64(g), atol=1e-14)
+    ref = modulated_layer_norm_forward(as_f64(x), as_f64(shift), as_f64(scale), 1e-6)
+    np.testing.assert_allclose(as_f64(y), ref, atol=1e-12)
+    y.sum().backward()
+    assert ada.linear.weight.grad is not None and ada.linear.weight.grad.abs().sum() > 0
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def test_errors_name_the_invariant():
+    x = torch.randn(2, 8)
+    with pytest.raises(ValueError, match=r"residual must have x's shape \(2, 8\)"):
+        add_rms_norm(x, torch.randn(2, 4), 8)
+    with pytest.raises(ValueError, match="normalized_shape=\\[4\\] must equal the trailing"):
+        add_layer_norm(x, None, 4)
+    with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
+        add_rms_norm(x, None, 8, torch.ones(7))
+    with pytest.raises(ValueError, match=r"offset \(1.0\) .* needs a weight"):
+        add_rms_norm(x, None, 8, offset=1.0)
+    with pytest.raises(ValueError, match="eps must be a non-negative"):
+        add_layer_norm(x, None, 8, eps=-1.0)
+    with pytest.raises(TypeError, match="residual dtype must be floating point"):
+        add_rms_norm(x, torch.ones(2, 8, dtype=torch.long), 8)
+    with pytest.raises(ValueError, match=r"shift must have shape \(N, D\) = \(2, 8\)"):
+        modulated_layer_norm(torch.randn(2, 3, 8), torch.randn(2, 3, 8), torch.randn(2, 8))
+    with pytest.raises(ValueError, match="dim must be a positive int"):
+        normkit.AddRMSNorm(0)
+    with pytest.raises(ValueError, match=r"c must be \(N, cond_dim=4\)"):
+        normkit.AdaLayerNorm(8, 4)(torch.randn(2, 3, 8), torch.randn(2, 5))
+
+
+def test_empty_input_and_residual_in_fp32():
+    y, h = add_rms_norm(torch.randn(0, 8), torch.randn(0, 8), 8)
+    assert y.shape == h.shape == (0, 8)
+    x = randn(3, 8, seed=90, dtype=torch.bfloat16)
+    r = randn(3, 8, seed=91, dtype=torch.bfloat16)
+    for backend in _backends("add_rms_norm_fwd"):
+        y, h = add_rms_norm(x, r, 8, residual_in_fp32=True, backend=backend)
+        assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
+        # bf16 + bf16 is exact in float32 (8-bit mantissas, exponents close)
+        np.testing.assert_allclose(as_f64(h), as_f64(x) + as_f64(r), rtol=0, atol=0)
+        y, h = add_layer_norm(x, h, 8, residual_in_fp32=False, backend=backend)
+        assert h.dtype == torch.float32  # a float32 residual stream stays float32
+
+
+def test_same_tensor_as_x_and_residual_gets_both_gradients():
+    a = randn(3, 8, seed=92).requires_grad_(True)
+    y, h = add_rms_norm(a, a, 8, None, 1e-5)
+    y.sum().backward()
+    dx, dr, _ = add_rms_norm_backward(as_f64(a), as_f64(a), np.ones((3, 8)), None, None, 1e-5)
+    np.testing.assert_allclose(as_f64(a.grad), dx + dr, atol=1e-12)
+
+
+# --- torch.compile and export ---------------------------------------------------------------
+
+def _block(x, r, w, b, shift, scale):
+    y, h = add_rms_norm(x, r, 16, w, 1e-5, offset=1.0)
+    y2, h2 = add_layer_norm(y, h, 16, w, b)
+    z = modulated_layer_norm(y2.reshape(2, 4, 16), shift, scale)
+    return z, h2
+
+
+def test_compile_fullgraph_forward_and_backward_match_eager():
+    torch._dynamo.reset()
+    args = [randn(8, 16, seed=93, dtype=torch.float32), randn(8, 16, seed=94, dtype=torch.float32),
+            randn(16, seed=95, dtype=torch.float32), randn(16, seed=96, dtype=torch.float32),
+            randn(2, 16, seed=97, dtype=torch.float32), randn(2, 16, seed=98, dtype=torch.float32)]
+    eager_args, comp_args = _leaves(*args), _leaves(*args)
+    z, h = _block(*eager_args)
+    (z.sum() + (h * h).sum()).backward()
+    zc, hc = torch.compile(_block, backend="aot_eager", fullgraph=True)(*comp_args)
+    (zc.sum() + (hc * hc).sum()).backward()
+    assert max_err(zc, z) == 0 and max_err(hc, h) == 0
+    for a, b in zip(comp_args, eager_args):
+        assert max_err(a.grad, b.grad) < 1e-6
+
+
+def test_custom_ops_pass_opcheck():
+    from normkit import fused
+
+    x, r = randn(4, 16, seed=99, dtype=torch.float32), randn(4, 16, seed=100, dtype=torch.float32)
+    w = randn(16, seed=101, dtype=torch.float32)
+    y, h, rstd = fused.add_rms_norm_fwd(x, r, w, 1e-5, False, "torch")
+    _, _, mean, rstd2 = fused.add_layer_norm_fwd(x, r, w, None, 1e-5, True, "torch")
+    x3, s = randn(2, 3, 16, seed=102, dtype=torch.float32), randn(2, 16, seed=103,
+                                                                  dtype=torch.float32)
+    _, m3, r3 = fused.modulated_layer_norm_fwd(x3, s, s, 1e-6, "torch")
+    ops = torch.ops.normkit
+    cases = [(ops.add_rms_norm_fwd, (x, r, w, 1e-5, False, "cpu")),
+             (ops.add_rms_norm_fwd, (x, None, None, 1e-5, True, "torch")),
+             (ops.add_rms_norm_bwd, (x, h, h, rstd, w, "cpu")),
+             (ops.add_rms_norm_bwd, (x, None, h, rstd, None, "torch")),
+             (ops.add_layer_norm_fwd, (x, r, w, w, 1e-5, False, "cpu")),
+             (ops.add_layer_norm_bwd, (x, x, h, mean, rstd2, w, "torch")),
+             (ops.modulated_layer_norm_fwd, (x3, s, s, 1e-6, "cpu")),
+             (ops.modulated_layer_norm_bwd, (x3, x3, m3, r3, s, "torch"))]
+    for op, args in cases:
+        if "cpu" in args and "cpu" not in _backends("add_rms_norm_fwd"):
+            continue
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+class _Exportable(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = normkit.AddRMSNorm(16, eps=1e-6, offset=1.0)
+        self.b = normkit.AddLayerNorm(16)
+        self.c = normkit.AdaLayerNorm(16, 8, zero_init=False)
+        with torch.no_grad():
+            self.a.weight.copy_(randn(16, seed=104, dtype=torch.float32))
+            self.b.weight.copy_(randn(16, seed=105, dtype=torch.float32))
+            self.b.bias.copy_(randn(16, seed=106, dtype=torch.float32))
+
+    def forward(self, x, r, cond):
+        y, h = self.a(x, r)
+        y2, h2 = self.b(y, h)
+        z, gate = self.c(y2, cond)
+        return z, h2, gate
+
+
+def _export_case():
+    torch.manual_seed(0)
+    m = _Exportable().eval()
+    args = (randn(2, 5, 16, seed=107, dtype=torch.float32),
+            randn(2, 5, 16, seed=108, dtype=torch.float32),
+            randn(2, 8, seed=109, dtype=torch.float32))
+    # the float64 reference of the whole block
+    a = [as_f64(t) for t in args]
+    y, h = add_rms_norm_forward(a[0], a[1], as_f64(m.a.weight), 1e-6, 1.0)
+    y2, h2 = add_layer_norm_forward(y, h, as_f64(m.b.weight), as_f64(m.b.bias), 1e-5)
+    with torch.no_grad():
+        shift, scale, gate = m.c.modulation(args[2])  # torch Linear: a peer
+    z = modulated_layer_norm_forward(y2, as_f64(shift), as_f64(scale), 1e-6)
+    return m, args, (z, h2, as_f64(gate))
+
+
+def _check_outputs(outs, refs):
+    for o, ref, what in zip(outs, refs, ("z", "h", "gate")):
+        assert_matches_reference(as_f64(o.detach() if isinstance(o, torch.Tensor) else o), ref, torch.float32, None, what)
+
+
+def test_torch_export_holds_plain_torch_ops():
+    m, args, refs = _export_case()
+    ep = torch.export.export(m, args)
+    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    assert not any("normkit" in t for t in targets), targets
+    _check_outputs(ep.module()(*args), refs)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_onnx_export_runs_in_onnxruntime(dynamo, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    m, args, refs = _export_case()
+    path = str(tmp_path / "fused.onnx")
+    if dynamo:
+        torch.onnx.export(m, args, path, dynamo=True)
+    else:
+        torch.onnx.export(m, args, path, dynamo=False, opset_version=17)
+    sess = ort.InferenceSession(path)
+    outs = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})
+    _check_outputs(outs, refs)
