@@ -137,7 +137,9 @@ def _register_fused() -> None:
             kernels = importlib.import_module(f".ops.{package}.fused", __package__)
         except ImportError:  # compiler missing, or no fused kernels for this backend yet
             continue
-        why_not = getattr(backend, "why_not", None) or backend.why_not_tensor
+        # the kernels' own gate first (e.g. a row-size limit), else the backend's
+        why_not = (getattr(kernels, "why_not", None) or getattr(backend, "why_not", None)
+                   or backend.why_not_tensor)
         for op in FUSED_OPS:
             if hasattr(kernels, op):
                 register(op, package, getattr(kernels, op), why_not)
