@@ -246,6 +246,22 @@ def test_residual_none_gives_a_fresh_h_equal_to_x(backend):
 
 
 @pytest.mark.parametrize("backend", _backends("add_layer_norm_fwd"))
+def test_non_contiguous_inputs(backend):
+    x = randn(16, 6, seed=110).t()  # (6, 16), transposed strides
+    r = randn(6, 32, seed=111)[:, ::2]  # (6, 16), every other column
+    w = randn(16, seed=112)
+    y, h = add_layer_norm(x, r, 16, w, None, backend=backend)
+    ry, rh = add_layer_norm_forward(as_f64(x), as_f64(r), as_f64(w), None)
+    np.testing.assert_allclose(as_f64(y), ry, atol=1e-12)
+    np.testing.assert_allclose(as_f64(h), rh, atol=0)
+    x3 = randn(8, 3, 2, seed=113).permute(2, 1, 0)  # (2, 3, 8)
+    s = randn(2, 8, seed=114)
+    np.testing.assert_allclose(as_f64(modulated_layer_norm(x3, s, s, backend=backend)),
+                               modulated_layer_norm_forward(as_f64(x3), as_f64(s), as_f64(s)),
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", _backends("add_layer_norm_fwd"))
 def test_only_one_output_used(backend):
     """No gradient reaches h (dh is None) or y (dy is None): both backward paths."""
     x, r = randn(4, 16, seed=71), randn(4, 16, seed=72)

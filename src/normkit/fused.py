@@ -332,7 +332,8 @@ def _composite_add(x, residual, residual_in_fp32):
     """h in its dtype and in the compute dtype, with plain torch ops."""
     hdt = h_dtype(x, residual, residual_in_fp32)
     cdt = _cdt(hdt)
-    h32 = x.to(cdt) if residual is None else x.to(cdt) + residual.to(cdt)
+    # a copy when there is no residual: h is a new tensor, never x itself
+    h32 = x.to(cdt, copy=True) if residual is None else x.to(cdt) + residual.to(cdt)
     return h32.to(hdt), h32
 
 
