@@ -448,7 +448,7 @@ def test_custom_ops_pass_opcheck():
 
     x, r = randn(4, 16, seed=99, dtype=torch.float32), randn(4, 16, seed=100, dtype=torch.float32)
     w = randn(16, seed=101, dtype=torch.float32)
-    y, h, rstd = fused.add_rms_norm_fwd(x, r, w, 1e-5, False, "torch")
+    _, h, rstd = fused.add_rms_norm_fwd(x, r, w, 1e-5, False, "torch")
     _, _, mean, rstd2 = fused.add_layer_norm_fwd(x, r, w, None, 1e-5, True, "torch")
     x3, s = randn(2, 3, 16, seed=102, dtype=torch.float32), randn(2, 16, seed=103,
                                                                   dtype=torch.float32)
@@ -504,7 +504,8 @@ def _export_case():
 
 def _check_outputs(outs, refs):
     for o, ref, what in zip(outs, refs, ("z", "h", "gate")):
-        assert_matches_reference(as_f64(o.detach() if isinstance(o, torch.Tensor) else o), ref, torch.float32, None, what)
+        ours = as_f64(o.detach() if isinstance(o, torch.Tensor) else o)
+        assert_matches_reference(ours, ref, torch.float32, None, what)
 
 
 def test_torch_export_holds_plain_torch_ops():
