@@ -38,3 +38,8 @@ from .modules.compat import BatchNormAct2d, FrozenBatchNorm2d, HFRMSNorm, LayerN
 
 __all__ += ["functional_mode", "ConvertReport", "BatchNormAct2d", "FrozenBatchNorm2d",
             "HFRMSNorm", "LayerNorm2d"]
+
+# --- fused residual-add norms and adaptive LayerNorm (issue 13) ---
+from .modules import AdaLayerNorm, AddLayerNorm, AddRMSNorm  # noqa: E402
+
+__all__ += ["AddRMSNorm", "AddLayerNorm", "AdaLayerNorm"]

@@ -87,6 +87,7 @@ class Case:
     x: torch.Tensor
     impls: List[Impl] = field(default_factory=list)
     lrn_args: Optional[dict] = None  # for the memory subprocess
+    traffic: Optional[tuple] = None  # (fwd, fwdbwd) tensors moved; None: (2, 5), one input
 
 
 def _backends(op: str, x: torch.Tensor) -> List[str]:
@@ -272,6 +273,8 @@ def CASES(layers, quick: bool, device: str, dtype: torch.dtype) -> List[Case]:
             cases.append(_group_case(layer, x, dy, 32, affine=True))
         elif layer == "batchnorm":
             cases.append(_batch_case(x, dy))
+        elif layer in FUSED_LAYERS:  # fused norms (issue 13), block at the end of this file
+            cases.append(_fused_case(layer, x, dy, gen))
     return cases
 
 
@@ -670,6 +673,8 @@ def main(args) -> int:
     for case in CASES(layers, args.quick, args.device, dtype):
         nbytes = case.x.numel() * case.x.element_size()
         for pass_name, traffic in (("fwd", 2), ("fwdbwd", 5)):
+            if case.traffic:
+                traffic = case.traffic[pass_name == "fwdbwd"]
             torch_ms = None
             for impl in case.impls:
                 fn = impl.fwd if pass_name == "fwd" else impl.fwdbwd
@@ -699,3 +704,92 @@ def main(args) -> int:
         writer.writerows(rows)
     print(f"wrote {len(rows)} rows to {path}")
     return 0
+
+
+# --- fused residual-add norms and modulated LayerNorm (issue 13) -----------------------------
+# normkit through its public functional (autograd included) against torch eager's composite:
+# ``h = x + r`` then ``F.rms_norm`` / ``F.layer_norm``, and DiT's
+# ``F.layer_norm(x) * (1 + scale[:, None]) + shift[:, None]``. Traffic model: the add-norm
+# forward reads x, r and writes y, h (4 tensors); its backward reads dy, dh, h and writes
+# dx = dresidual (4 more); the modulated norm moves what LayerNorm does (2, then 5).
+
+FUSED_LAYERS = ("add_rms_norm", "add_layer_norm", "modulated_layer_norm")
+LAYERS = LAYERS + FUSED_LAYERS
+SHAPES.update({
+    "add_rms_norm": ((8192, 768), (256, 128)),
+    "add_layer_norm": ((8192, 768), (256, 128)),
+    "modulated_layer_norm": ((32, 256, 1152), (4, 64, 128)),  # DiT-XL/2: 256 tokens, D 1152
+})
+
+
+def _leaves_of(*ts):
+    return [t.detach().clone().requires_grad_() for t in ts]
+
+
+def _two_output_pair(fn, inputs, dy, dh):
+    """(forward, forward+backward) closures of ``fn(*inputs) -> (y, h)``; backward of both."""
+    leaves = _leaves_of(*inputs)
+
+    def fwd():
+        with torch.no_grad():
+            return fn(*leaves)
+
+    def fwdbwd():
+        for t in leaves:
+            t.grad = None
+        y, h = fn(*leaves)
+        torch.autograd.backward((y, h), (dy, dh))
+        return y
+
+    return fwd, fwdbwd
+
+
+def _fused_case(layer, x, dy, gen) -> Case:
+    from . import functional as NF
+
+    dev, dt = x.device, x.dtype
+    d = x.shape[-1]
+    if layer == "modulated_layer_norm":
+        n = x.shape[0]
+        shift = torch.randn(n, d, generator=gen).to(dev, dt)
+        scale = (0.1 * torch.randn(n, d, generator=gen)).to(dev, dt)
+        case = Case(layer, tuple(x.shape), "shift/scale (N, D)", x, traffic=(2, 5))
+
+        def composite(v, s, c):
+            return F.layer_norm(v, (d,), eps=1e-6) * (1 + c[:, None]) + s[:, None]
+
+        f, fb = _autograd_pair(composite, [x, shift, scale], dy)
+        case.impls.append(Impl("torch-eager", f, fb))
+        for backend in _raw_backends(("modulated_layer_norm_fwd", "modulated_layer_norm_bwd"),
+                                     x):
+            f, fb = _autograd_pair(
+                lambda v, s, c, be=backend: NF.modulated_layer_norm(v, s, c, 1e-6, backend=be),
+                [x, shift, scale], dy)
+            case.impls.append(Impl(f"normkit-{backend}", f, fb))
+        return case
+    rms = layer == "add_rms_norm"
+    r = torch.randn(*x.shape, generator=gen).to(dev, dt)
+    dh = torch.randn(*x.shape, generator=gen).to(dev, dt)
+    w = torch.randn(d, generator=gen).to(dev, dt)
+    b = torch.randn(d, generator=gen).to(dev, dt)
+    case = Case(layer, tuple(x.shape), "affine, grads of y and h", x, traffic=(4, 8))
+    if rms:
+        def composite(v, rr, ww, bb):
+            h = v + rr
+            return F.rms_norm(h, (d,), ww, 1e-6), h
+    else:
+        def composite(v, rr, ww, bb):
+            h = v + rr
+            return F.layer_norm(h, (d,), ww, bb, 1e-5), h
+    f, fb = _two_output_pair(composite, [x, r, w, b], dy, dh)
+    case.impls.append(Impl("torch-eager", f, fb))
+    for backend in _raw_backends((f"{layer}_fwd", f"{layer}_bwd"), x):
+        if rms:
+            def fused(v, rr, ww, bb, be=backend):
+                return NF.add_rms_norm(v, rr, d, ww, 1e-6, backend=be)
+        else:
+            def fused(v, rr, ww, bb, be=backend):
+                return NF.add_layer_norm(v, rr, d, ww, bb, 1e-5, backend=be)
+        f, fb = _two_output_pair(fused, [x, r, w, b], dy, dh)
+        case.impls.append(Impl(f"normkit-{backend}", f, fb))
+    return case

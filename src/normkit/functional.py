@@ -616,3 +616,9 @@ def filter_response_norm(input: torch.Tensor, weight: Optional[torch.Tensor] = N
 
 
 __all__ += ["filter_response_norm"]
+
+
+# --- fused residual-add norms and modulated LayerNorm (issue 13; implemented in fused.py) ---
+from .fused import add_layer_norm, add_rms_norm, modulated_layer_norm  # noqa: E402
+
+__all__ += ["add_rms_norm", "add_layer_norm", "modulated_layer_norm"]

@@ -14,3 +14,8 @@ from .frn import FilterResponseNorm2d  # noqa: E402
 from .ws import WSConv2d  # noqa: E402
 
 __all__ += ["FilterResponseNorm2d", "WSConv2d"]
+
+# --- fused residual-add norms and adaptive LayerNorm (issue 13) ---
+from .fused import AdaLayerNorm, AddLayerNorm, AddRMSNorm  # noqa: E402
+
+__all__ += ["AddRMSNorm", "AddLayerNorm", "AdaLayerNorm"]

@@ -18,3 +18,12 @@ __all__ += ["moments", "batch_norm_forward", "batch_norm_backward", "batch_norm_
 from .frn import frn_backward, frn_forward, weight_standardize  # noqa: E402
 
 __all__ += ["frn_forward", "frn_backward", "weight_standardize"]
+
+# --- fused residual-add norms and modulated LayerNorm (issue 13) ---
+from .fused import (add_layer_norm_backward, add_layer_norm_forward,  # noqa: E402
+                    add_rms_norm_backward, add_rms_norm_forward, modulated_layer_norm_backward,
+                    modulated_layer_norm_forward)
+
+__all__ += ["add_rms_norm_forward", "add_rms_norm_backward", "add_layer_norm_forward",
+            "add_layer_norm_backward", "modulated_layer_norm_forward",
+            "modulated_layer_norm_backward"]

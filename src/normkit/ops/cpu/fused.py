@@ -1,0 +1,322 @@
+r"""Fused numba kernels: residual add + RMSNorm/LayerNorm, and the modulated LayerNorm.
+
+Math: :mod:`normkit.reference.fused`. Per row of D features the add-norm forward
+reads x and the residual once, writes ``h = x + residual`` and, while the row is in
+cache, its statistics and ``y``: one read of each input, one write of each output.
+The backward reads ``dy``, ``dh`` (when a gradient reaches h) and ``h`` and writes
+``dx`` (= ``dresidual``) once; weight/bias gradients go through per-chunk partial
+buffers reduced in a fixed order (bitwise identical for any thread count), as in
+:mod:`.norms`, whose numerics (shifted mean kept as a hi + lo pair, two passes over
+the cached row, arithmetic in float32 for float16/bfloat16/float32) carry over.
+
+float16/bfloat16 inputs are converted to float32 before the kernel and the outputs
+converted back (numba has no 16-bit float arithmetic): exact, at the cost of those
+conversion passes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit
+
+from . import _alloc
+from ._pool import parallel_for
+from .norms import FM, _ROWS_PER_CHUNK, _cdt, _in, _np, _out, _row_moments, _vec
+from ..torch_fused import h_dtype
+
+__all__ = ["add_rms_norm_fwd", "add_rms_norm_bwd", "add_layer_norm_fwd", "add_layer_norm_bwd",
+           "modulated_layer_norm_fwd", "modulated_layer_norm_bwd"]
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
+def _add_norm_fwd_kernel(x, r, w, b, y, h, mean, rstd, eps, rms, start, stop):
+    # x, y, h: (M, D); r: (M, D) or (0, D) when absent; w, b: (D,) or (0,); mean, rstd: (M,)
+    M, D = x.shape
+    has_r = r.shape[0] > 0
+    has_w = w.shape[0] > 0
+    has_b = b.shape[0] > 0
+    cast = np.empty(3, x.dtype)
+    for row in range(start, stop):
+        xr = x[row]
+        hr = h[row]
+        yr = y[row]
+        if has_r:
+            rr = r[row]
+            for i in range(D):
+                hr[i] = xr[i] + rr[i]
+        else:
+            for i in range(D):
+                hr[i] = xr[i]
+        if rms:
+            m = 0.0
+            cast[0] = 0.0
+            m_hi = cast[0]
+            m_lo = cast[0]
+            v = m_hi - m_hi
+            for i in range(D):
+                v += hr[i] * hr[i]
+        else:
+            m, m_hi, m_lo, v = _row_moments(hr, cast)
+        rs = 1.0 / math.sqrt(max(np.float64(v) / D, 0.0) + eps)
+        mean[row] = m
+        rstd[row] = rs
+        cast[2] = rs
+        rs_t = cast[2]
+        if has_w and has_b:
+            for i in range(D):
+                yr[i] = ((hr[i] - m_hi) - m_lo) * (rs_t * w[i]) + b[i]
+        elif has_w:
+            for i in range(D):
+                yr[i] = ((hr[i] - m_hi) - m_lo) * (rs_t * w[i])
+        elif has_b:
+            for i in range(D):
+                yr[i] = ((hr[i] - m_hi) - m_lo) * rs_t + b[i]
+        else:
+            for i in range(D):
+                yr[i] = ((hr[i] - m_hi) - m_lo) * rs_t
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
+def _add_norm_bwd_kernel(dy, dh, h, mean, rstd, w, dsum, dw_part, db_part, rms, rows_per_chunk,
+                         start, stop):
+    # dy, h, dsum: (M, D); dh: (M, D) or (0, D); mean, rstd: (M,); w: (D,) or (0,);
+    # dw_part, db_part: (chunks, D), each a sum of at most rows_per_chunk rows
+    M, D = h.shape
+    has_w = w.shape[0] > 0
+    has_dh = dh.shape[0] > 0
+    cast = np.empty(5, h.dtype)
+    for chunk in range(start, stop):
+        dwp = dw_part[chunk]
+        dbp = db_part[chunk]
+        for i in range(D):
+            dwp[i] = 0.0
+            dbp[i] = 0.0
+        for row in range(chunk * rows_per_chunk, min(M, (chunk + 1) * rows_per_chunk)):
+            hr = h[row]
+            dyr = dy[row]
+            dxr = dsum[row]
+            m = 0.0 if rms else np.float64(mean[row])
+            cast[0] = m
+            cast[1] = m - np.float64(cast[0])
+            cast[2] = rstd[row]
+            m_hi = cast[0]
+            m_lo = cast[1]
+            rs = cast[2]
+            sum_g = rs - rs
+            sum_gx = rs - rs
+            if has_w:
+                for i in range(D):
+                    g = dyr[i]
+                    xh = ((hr[i] - m_hi) - m_lo) * rs
+                    dwp[i] += g * xh
+                    dbp[i] += g
+                    gw = g * w[i]
+                    sum_g += gw
+                    sum_gx += gw * xh
+            else:
+                for i in range(D):
+                    g = dyr[i]
+                    xh = ((hr[i] - m_hi) - m_lo) * rs
+                    dbp[i] += g
+                    sum_g += g
+                    sum_gx += g * xh
+            cast[3] = 0.0 if rms else np.float64(sum_g) / D
+            cast[4] = np.float64(sum_gx) / D
+            c_g = cast[3]
+            c_gx = cast[4]
+            if has_w:
+                for i in range(D):
+                    xh = ((hr[i] - m_hi) - m_lo) * rs
+                    dxr[i] = rs * (dyr[i] * w[i] - c_g - xh * c_gx)
+            else:
+                for i in range(D):
+                    xh = ((hr[i] - m_hi) - m_lo) * rs
+                    dxr[i] = rs * (dyr[i] - c_g - xh * c_gx)
+            if has_dh:
+                dhr = dh[row]
+                for i in range(D):
+                    dxr[i] += dhr[i]
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
+def _mod_ln_fwd_kernel(x, shift, scale, y, mean, rstd, eps, start, stop):
+    # x, y: (N * T, D) rows; shift, scale: (N, D); mean, rstd: (N * T,); T = rows // N
+    M, D = x.shape
+    T = M // shift.shape[0]
+    cast = np.empty(3, x.dtype)
+    for row in range(start, stop):
+        n = row // T
+        xr = x[row]
+        yr = y[row]
+        sh = shift[n]
+        sc = scale[n]
+        m, m_hi, m_lo, v = _row_moments(xr, cast)
+        rs = 1.0 / math.sqrt(max(np.float64(v) / D, 0.0) + eps)
+        mean[row] = m
+        rstd[row] = rs
+        cast[2] = rs
+        rs_t = cast[2]
+        for i in range(D):
+            yr[i] = ((xr[i] - m_hi) - m_lo) * (rs_t * (sc[i] + 1)) + sh[i]
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
+def _mod_ln_bwd_kernel(dy, x, mean, rstd, scale, dx, dshift_part, dscale_part, chunks_per_n,
+                       rows_per_chunk, start, stop):
+    # dy, x, dx: (N * T, D); scale: (N, D); work item = (sample n, chunk of its T rows);
+    # dshift_part, dscale_part: (N * chunks_per_n, D)
+    M, D = x.shape
+    N = scale.shape[0]
+    T = M // N
+    cast = np.empty(5, x.dtype)
+    for item in range(start, stop):
+        n = item // chunks_per_n
+        c = item % chunks_per_n
+        sc = scale[n]
+        dsp = dshift_part[item]
+        dcp = dscale_part[item]
+        for i in range(D):
+            dsp[i] = 0.0
+            dcp[i] = 0.0
+        for t in range(c * rows_per_chunk, min(T, (c + 1) * rows_per_chunk)):
+            row = n * T + t
+            xr = x[row]
+            dyr = dy[row]
+            dxr = dx[row]
+            m = np.float64(mean[row])
+            cast[0] = m
+            cast[1] = m - np.float64(cast[0])
+            cast[2] = rstd[row]
+            m_hi = cast[0]
+            m_lo = cast[1]
+            rs = cast[2]
+            sum_g = rs - rs
+            sum_gx = rs - rs
+            for i in range(D):
+                g = dyr[i]
+                xh = ((xr[i] - m_hi) - m_lo) * rs
+                dsp[i] += g
+                dcp[i] += g * xh
+                gw = g * (sc[i] + 1)
+                sum_g += gw
+                sum_gx += gw * xh
+            cast[3] = np.float64(sum_g) / D
+            cast[4] = np.float64(sum_gx) / D
+            c_g = cast[3]
+            c_gx = cast[4]
+            for i in range(D):
+                xh = ((xr[i] - m_hi) - m_lo) * rs
+                dxr[i] = rs * (dyr[i] * (sc[i] + 1) - c_g - xh * c_gx)
+
+
+# --- launchers ---------------------------------------------------------------------------
+
+def _rows(t: torch.Tensor, cdt, d: int) -> torch.Tensor:
+    return _in(t, cdt).reshape(-1, d)
+
+
+def _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, rms):
+    hdt = h_dtype(x, residual, residual_in_fp32)
+    cdt = _cdt(hdt)
+    d = x.shape[-1]
+    x2 = _rows(x, cdt, d)
+    m = x2.shape[0]
+    r2 = _rows(residual, cdt, d) if residual is not None else x2[:0]
+    h = _alloc.empty(tuple(x.shape), cdt)
+    y = _alloc.empty(tuple(x.shape), cdt)
+    mean = torch.empty(m, dtype=cdt)
+    rstd = torch.empty(m, dtype=cdt)
+    if x2.numel():
+        parallel_for(_add_norm_fwd_kernel, m,
+                     (_np(x2), _np(r2), _vec(weight, d, "weight", cdt),
+                      _vec(bias, d, "bias", cdt), _np(y.view(-1, d)), _np(h.view(-1, d)),
+                      _np(mean), _np(rstd), float(eps), rms), min_items=8)
+    lead = x.shape[:-1]
+    out = (_out(y, x.dtype), _out(h, hdt))
+    return out + ((rstd.view(lead),) if rms else (mean.view(lead), rstd.view(lead)))
+
+
+def add_rms_norm_fwd(x, residual, weight, eps, residual_in_fp32):
+    """``(y, h, rstd)`` of h = x + residual, y = RMSNorm(h) * weight; x: (*, D)."""
+    return _add_norm_fwd(x, residual, weight, None, eps, residual_in_fp32, True)
+
+
+def add_layer_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32):
+    """``(y, h, mean, rstd)`` of h = x + residual, y = LayerNorm(h) * weight + bias."""
+    return _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, False)
+
+
+def _add_norm_bwd(dy, dh, h, mean, rstd, weight, rms):
+    cdt = _cdt(h.dtype)
+    d = h.shape[-1]
+    h2 = _rows(h, cdt, d)
+    dy2 = _rows(dy, cdt, d)
+    dh2 = _rows(dh, cdt, d) if dh is not None else h2[:0]
+    m = h2.shape[0]
+    rstd_np = _np(_in(rstd, cdt).reshape(-1))
+    mean_np = _np(_in(mean, cdt).reshape(-1)) if mean is not None else rstd_np[:0]
+    dsum = _alloc.empty(tuple(h.shape), cdt)
+    chunks = max(1, -(-m // _ROWS_PER_CHUNK))
+    npdt = np.float64 if cdt == torch.float64 else np.float32
+    dw_part = np.zeros((chunks, d), npdt)
+    db_part = np.zeros((chunks, d), npdt)
+    if h2.numel():
+        parallel_for(_add_norm_bwd_kernel, chunks,
+                     (_np(dy2), _np(dh2), _np(h2), mean_np, rstd_np,
+                      _vec(weight, d, "weight", cdt), _np(dsum.view(-1, d)), dw_part, db_part,
+                      rms, _ROWS_PER_CHUNK))
+    wdt = weight.dtype if weight is not None else h.dtype
+    dweight = (torch.from_numpy(dw_part.astype(np.float64).sum(axis=0)).to(wdt)
+               if weight is not None else None)
+    dbias = torch.from_numpy(db_part.astype(np.float64).sum(axis=0)).to(wdt)
+    return _out(dsum, h.dtype), dweight, dbias
+
+
+def add_rms_norm_bwd(dy, dh, h, rstd, weight):
+    """``(dsum, dweight)``: dsum = dh + RMSNorm input gradient = dx = dresidual."""
+    dsum, dweight, _ = _add_norm_bwd(dy, dh, h, None, rstd, weight, True)
+    return dsum, dweight
+
+
+def add_layer_norm_bwd(dy, dh, h, mean, rstd, weight):
+    """``(dsum, dweight, dbias)`` of the fused residual add + LayerNorm."""
+    return _add_norm_bwd(dy, dh, h, mean, rstd, weight, False)
+
+
+def modulated_layer_norm_fwd(x, shift, scale, eps):
+    """``(y, mean, rstd)`` of y = LN(x) (1 + scale) + shift; x (N, T, D), stats (N, T)."""
+    cdt = _cdt(x.dtype)
+    n, t, d = x.shape
+    x2 = _rows(x, cdt, d)
+    y = _alloc.empty(tuple(x.shape), cdt)
+    mean = torch.empty(n, t, dtype=cdt)
+    rstd = torch.empty(n, t, dtype=cdt)
+    if x2.numel():
+        parallel_for(_mod_ln_fwd_kernel, n * t,
+                     (_np(x2), _np(_in(shift, cdt)), _np(_in(scale, cdt)), _np(y.view(-1, d)),
+                      _np(mean).reshape(-1), _np(rstd).reshape(-1), float(eps)), min_items=8)
+    return _out(y, x.dtype), mean, rstd
+
+
+def modulated_layer_norm_bwd(dy, x, mean, rstd, scale):
+    """``(dx, dshift, dscale)``; dshift/dscale (N, D) in scale's dtype."""
+    cdt = _cdt(x.dtype)
+    n, t, d = x.shape
+    x2 = _rows(x, cdt, d)
+    dy2 = _rows(dy, cdt, d)
+    dx = _alloc.empty(tuple(x.shape), cdt)
+    cpn = max(1, -(-t // _ROWS_PER_CHUNK))
+    npdt = np.float64 if cdt == torch.float64 else np.float32
+    dshift_part = np.zeros((n * cpn, d), npdt)
+    dscale_part = np.zeros((n * cpn, d), npdt)
+    if x2.numel():
+        parallel_for(_mod_ln_bwd_kernel, n * cpn,
+                     (_np(dy2), _np(x2), _np(_in(mean, cdt)).reshape(-1),
+                      _np(_in(rstd, cdt)).reshape(-1), _np(_in(scale, cdt)),
+                      _np(dx.view(-1, d)), dshift_part, dscale_part, cpn, _ROWS_PER_CHUNK))
+    dshift = torch.from_numpy(dshift_part.astype(np.float64).reshape(n, cpn, d).sum(axis=1))
+    dscale = torch.from_numpy(dscale_part.astype(np.float64).reshape(n, cpn, d).sum(axis=1))
+    return _out(dx, x.dtype), dshift.to(scale.dtype), dscale.to(scale.dtype)
