@@ -35,6 +35,12 @@ class ModuleInfo:
     channels_last: bool = False  # a 4-D input whose memory format may change
     extra_inputs: Optional[Callable] = None  # (dtype) -> further forward inputs
     heavy: bool = False  # also run the slow checks (compile, export) on this entry
+    # outputs that in-place ops may modify before backward (None: all). The fused add-norms
+    # save h for their backward, exactly as torch's composite (x + r, then rms_norm) does.
+    inplace_outputs: Optional[Tuple[int, ...]] = None
+    # outputs that are plain torch views of a normkit result (a permute back to NCHW, a
+    # chunk of a Linear): autograd lets in-place ops rebase those, so they need not be fresh
+    torch_views: Tuple[int, ...] = ()
 
     def build(self, dtype=torch.float32) -> nn.Module:
         return self.make(normkit).to(dtype)
@@ -83,6 +89,32 @@ MODULES = [
                twin=False),
     ModuleInfo("ws-conv", normkit.WSConv2d, lambda m: normkit.WSConv2d(3, 4, 3, padding=1),
                (2, 3, 5, 5), twin=False, channels_last=True, heavy=True),
+    # third-party twins (what normkit.convert builds)
+    ModuleInfo("layernorm2d", normkit.LayerNorm2d, lambda m: normkit.LayerNorm2d(4),
+               (2, 4, 3, 3), twin=False, channels_last=True, heavy=True, torch_views=(0,)),
+    ModuleInfo("bn-act", normkit.BatchNormAct2d,
+               lambda m: normkit.BatchNormAct2d(4, act=nn.SiLU()), (3, 4, 3, 3), twin=False,
+               channels_last=True, heavy=True),
+    ModuleInfo("frozen-bn", normkit.FrozenBatchNorm2d, lambda m: normkit.FrozenBatchNorm2d(4),
+               (2, 4, 3, 3), twin=False, channels_last=True, heavy=True),
+    ModuleInfo("hf-rms-llama", normkit.HFRMSNorm, lambda m: normkit.HFRMSNorm(8), (2, 3, 8),
+               twin=False, heavy=True),
+    ModuleInfo("hf-rms-gemma", normkit.HFRMSNorm,
+               lambda m: normkit.HFRMSNorm(8, mode="gemma"), (2, 3, 8), twin=False),
+    # fused and modulated norms (two inputs)
+    ModuleInfo("add-rms", normkit.AddRMSNorm, lambda m: normkit.AddRMSNorm(8), (2, 3, 8),
+               twin=False, heavy=True, inplace_outputs=(0,),
+               extra_inputs=lambda dt, g: [torch.randn(2, 3, 8, generator=g).to(dt)]),
+    ModuleInfo("add-rms-gemma", normkit.AddRMSNorm,
+               lambda m: normkit.AddRMSNorm(8, offset=1.0), (2, 3, 8), twin=False,
+               inplace_outputs=(0,),
+               extra_inputs=lambda dt, g: [torch.randn(2, 3, 8, generator=g).to(dt)]),
+    ModuleInfo("add-ln", normkit.AddLayerNorm, lambda m: normkit.AddLayerNorm(8), (2, 3, 8),
+               twin=False, heavy=True, inplace_outputs=(0,),
+               extra_inputs=lambda dt, g: [torch.randn(2, 3, 8, generator=g).to(dt)]),
+    ModuleInfo("ada-ln", normkit.AdaLayerNorm,
+               lambda m: normkit.AdaLayerNorm(8, 5, zero_init=False), (2, 3, 8), twin=False,
+               heavy=True, extra_inputs=lambda dt, g: [torch.randn(2, 5, generator=g).to(dt)]),
 ]
 
 

@@ -444,15 +444,15 @@ def test_compile_fullgraph_forward_and_backward_match_eager():
 
 
 def test_custom_ops_pass_opcheck():
-    from normkit import fused
+    from normkit import library
 
     x, r = randn(4, 16, seed=99, dtype=torch.float32), randn(4, 16, seed=100, dtype=torch.float32)
     w = randn(16, seed=101, dtype=torch.float32)
-    _, h, rstd = fused.add_rms_norm_fwd(x, r, w, 1e-5, False, "torch")
-    _, _, mean, rstd2 = fused.add_layer_norm_fwd(x, r, w, None, 1e-5, True, "torch")
+    _, h, rstd = library.add_rms_norm_fwd(x, r, w, 1e-5, False, "torch")
+    _, _, mean, rstd2 = library.add_layer_norm_fwd(x, r, w, None, 1e-5, True, "torch")
     x3, s = randn(2, 3, 16, seed=102, dtype=torch.float32), randn(2, 16, seed=103,
                                                                   dtype=torch.float32)
-    _, m3, r3 = fused.modulated_layer_norm_fwd(x3, s, s, 1e-6, "torch")
+    _, m3, r3 = library.modulated_layer_norm_fwd(x3, s, s, 1e-6, "torch")
     ops = torch.ops.normkit
     cases = [(ops.add_rms_norm_fwd, (x, r, w, 1e-5, False, "cpu")),
              (ops.add_rms_norm_fwd, (x, None, None, 1e-5, True, "torch")),

@@ -326,3 +326,103 @@ class FilterResponseNormFunction(torch.autograd.Function):
         grads = [g.to(dt) if need else None
                  for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[1:5])]
         return (dx if ctx.needs_input_grad[0] else None, *grads, None)
+
+
+# --- fused residual add + norm, modulated LayerNorm --------------------------------------------------------------------
+
+def _owned_contig(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous and not an autograd view (see :func:`_owned`)."""
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t.detach() if t._base is not None else t
+
+
+def _cast(g, like):
+    return None if like is None or g is None else g.to(like.dtype)
+
+
+def _flat(t, d: int):
+    return None if t is None else t.reshape(-1, d).contiguous()
+
+
+def _input_grads(ctx, dsum):
+    """dx and dresidual: the same values (h = x + residual), each in its input's dtype."""
+    xdt, rdt = ctx.dtypes
+    dsum = dsum.reshape(ctx.shape)
+    return dsum.to(xdt), None if rdt is None else dsum.to(rdt)
+
+
+class AddRMSNormFunction(torch.autograd.Function):
+    """h = x + residual, y = RMSNorm(h) * weight over the last dim (D = weight's or
+    ``d``); saves h, rstd, weight. Takes and returns x's shape (outputs never views)."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, eps: float, residual_in_fp32: bool, backends: dict,
+                d: int):
+        y, h, rstd = library.add_rms_norm_fwd(x.reshape(-1, d), _flat(residual, d), weight, eps,
+                                      residual_in_fp32, backends["add_rms_norm_fwd"])
+        ctx.save_for_backward(h, rstd, weight)
+        ctx.shape = x.shape
+        ctx.backend = backends["add_rms_norm_bwd"]
+        ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
+        ctx.set_materialize_grads(False)  # dh is None when h is not used
+        return _owned_contig(y.reshape(x.shape)), _owned_contig(h.reshape(x.shape))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh):
+        h, rstd, weight = ctx.saved_tensors
+        dy = torch.zeros_like(h, dtype=ctx.dtypes[0]) if dy is None else _flat(dy, h.shape[1])
+        dsum, dweight = library.add_rms_norm_bwd(dy, _flat(dh, h.shape[1]), h, rstd, weight, ctx.backend)
+        return _input_grads(ctx, dsum) + (_cast(dweight, weight), None, None, None, None)
+
+
+class AddLayerNormFunction(torch.autograd.Function):
+    """h = x + residual, y = LayerNorm(h) over the last d features; saves h, mean, rstd,
+    weight. Takes and returns x's shape (outputs never views)."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, eps: float, residual_in_fp32: bool,
+                backends: dict, d: int):
+        y, h, mean, rstd = library.add_layer_norm_fwd(x.reshape(-1, d), _flat(residual, d), weight,
+                                              bias, eps, residual_in_fp32,
+                                              backends["add_layer_norm_fwd"])
+        ctx.save_for_backward(h, mean, rstd, weight, bias)
+        ctx.shape = x.shape
+        ctx.backend = backends["add_layer_norm_bwd"]
+        ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
+        ctx.set_materialize_grads(False)
+        return _owned_contig(y.reshape(x.shape)), _owned_contig(h.reshape(x.shape))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh):
+        h, mean, rstd, weight, bias = ctx.saved_tensors
+        dy = torch.zeros_like(h, dtype=ctx.dtypes[0]) if dy is None else _flat(dy, h.shape[1])
+        dsum, dweight, dbias = library.add_layer_norm_bwd(dy, _flat(dh, h.shape[1]), h, mean, rstd,
+                                                  weight, ctx.backend)
+        return _input_grads(ctx, dsum) + (_cast(dweight, weight), _cast(dbias, bias), None,
+                                          None, None, None)
+
+
+class ModulatedLayerNormFunction(torch.autograd.Function):
+    """y = LN(x) (1 + scale) + shift for x (N, T, D); saves x, mean, rstd, scale."""
+
+    @staticmethod
+    def forward(ctx, x, shift, scale, eps: float, backends: dict):
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+        y, mean, rstd = library.modulated_layer_norm_fwd(x3, shift, scale, eps,
+                                                 backends["modulated_layer_norm_fwd"])
+        ctx.save_for_backward(x3, mean, rstd, scale)
+        ctx.shape = x.shape
+        ctx.backend = backends["modulated_layer_norm_bwd"]
+        ctx.shift_dtype = shift.dtype
+        return _owned_contig(y.reshape(x.shape))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, mean, rstd, scale = ctx.saved_tensors
+        dx, dshift, dscale = library.modulated_layer_norm_bwd(dy.reshape(x.shape).contiguous(), x, mean,
+                                                      rstd, scale, ctx.backend)
+        return dx.reshape(ctx.shape), dshift.to(ctx.shift_dtype), dscale, None, None

@@ -129,7 +129,7 @@ def _register_builtin() -> None:
     """
     import importlib
 
-    from .ops import schema, torch_frn, torch_ops  # noqa: F401  (imports register the kernels)
+    from .ops import schema, torch_frn, torch_fused, torch_ops  # noqa: F401  (imports register)
 
     for op, fn in schema.check_backend("torch").items():
         register(op, "torch", fn)
@@ -140,36 +140,7 @@ def _register_builtin() -> None:
         except ImportError:  # numba / triton not installed: torch fallback only
             continue
         for op, fn in schema.check_backend(package).items():
-            register(op, package, fn, backend.why_not)
+            register(op, package, fn, schema.gate(package, op) or backend.why_not)
 
 
 _register_builtin()
-
-
-# --- fused residual-add norms and modulated LayerNorm (issue 13) ---------------------------
-FUSED_OPS = ("add_rms_norm_fwd", "add_rms_norm_bwd", "add_layer_norm_fwd", "add_layer_norm_bwd",
-             "modulated_layer_norm_fwd", "modulated_layer_norm_bwd")
-
-
-def _register_fused() -> None:
-    import importlib
-
-    from .ops import torch_fused
-
-    for op in FUSED_OPS:
-        register(op, "torch", getattr(torch_fused, op))
-    for package in ("cpu", "triton"):
-        try:
-            backend = importlib.import_module(f".ops.{package}", __package__)
-            kernels = importlib.import_module(f".ops.{package}.fused", __package__)
-        except ImportError:  # compiler missing, or no fused kernels for this backend yet
-            continue
-        # the kernels' own gate first (e.g. a row-size limit), else the backend's
-        why_not = (getattr(kernels, "why_not", None) or getattr(backend, "why_not", None)
-                   or backend.why_not_tensor)
-        for op in FUSED_OPS:
-            if hasattr(kernels, op):
-                register(op, package, getattr(kernels, op), why_not)
-
-
-_register_fused()

@@ -22,9 +22,10 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import _export_path as _xp
 from . import dispatch
-from .library import _op
-from .ops.torch_fused import h_dtype
+from .autograd import AddLayerNormFunction, AddRMSNormFunction, ModulatedLayerNormFunction
+from .ops import schema
 
 __all__ = ["add_rms_norm", "add_layer_norm", "modulated_layer_norm"]
 
@@ -36,239 +37,7 @@ def _cdt(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# --- custom ops ----------------------------------------------------------------------------
-# Every output is a fresh contiguous tensor and never an autograd view (a Function
-# whose output is a view forbids in-place ops on it).
-
-def _own(t: Tensor) -> Tensor:
-    if not t.is_contiguous():
-        t = t.contiguous()
-    return t.detach() if t._base is not None else t
-
-
-def _fresh(t: Tensor, *inputs) -> Tensor:
-    ptr = t.untyped_storage().data_ptr()
-    if any(i is not None and i.untyped_storage().data_ptr() == ptr for i in inputs):
-        t = t.clone()
-    return _own(t)
-
-
-def _stat(t: Tensor, shape, dtype, *inputs) -> Tensor:
-    return _fresh(t.to(dtype).reshape(shape), *inputs)
-
-
-def _wgrad(g, weight, like: Tensor, *inputs) -> Tensor:
-    if weight is None or g is None:
-        return like.new_empty((0,), dtype=like.dtype if weight is None else weight.dtype)
-    return _fresh(g.to(weight.dtype).reshape(weight.shape), weight, *inputs)
-
-
-@_op("add_rms_norm_fwd")
-def add_rms_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor], eps: float,
-                     residual_in_fp32: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """Rows (M, D) -> (y, h, rstd (M,)), h = x + residual, y = RMSNorm(h) * weight."""
-    y, h, rstd = dispatch.call("add_rms_norm_fwd", backend, x, residual, weight, eps,
-                               residual_in_fp32)
-    hdt = h_dtype(x, residual, residual_in_fp32)
-    return (_fresh(y, x, residual, weight), _fresh(h.to(hdt), x, residual, weight),
-            _stat(rstd, (x.shape[0],), _cdt(hdt), x, residual, weight))
-
-
-@add_rms_norm_fwd.register_fake
-def _add_rms_norm_fwd_fake(x, residual, weight, eps, residual_in_fp32, backend):
-    hdt = h_dtype(x, residual, residual_in_fp32)
-    return (x.new_empty(x.shape), x.new_empty(x.shape, dtype=hdt),
-            x.new_empty((x.shape[0],), dtype=_cdt(hdt)))
-
-
-@_op("add_rms_norm_bwd")
-def add_rms_norm_bwd(dy: Tensor, dh: Optional[Tensor], h: Tensor, rstd: Tensor,
-                     weight: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor]:
-    """(dsum (M, D) in h's dtype, dweight); dsum = dx = dresidual; dweight (0,) without weight."""
-    dsum, dweight = dispatch.call("add_rms_norm_bwd", backend, dy, dh, h, rstd, weight)
-    return (_fresh(dsum.to(h.dtype), dy, dh, h, weight),
-            _wgrad(dweight, weight, h, dy, dh))
-
-
-@add_rms_norm_bwd.register_fake
-def _add_rms_norm_bwd_fake(dy, dh, h, rstd, weight, backend):
-    dw = h.new_empty((0,)) if weight is None else weight.new_empty(weight.shape)
-    return h.new_empty(h.shape), dw
-
-
-@_op("add_layer_norm_fwd")
-def add_layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor],
-                       bias: Optional[Tensor], eps: float, residual_in_fp32: bool,
-                       backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Rows (M, D) -> (y, h, mean (M,), rstd (M,)), y = LayerNorm(x + residual)."""
-    y, h, mean, rstd = dispatch.call("add_layer_norm_fwd", backend, x, residual, weight, bias,
-                                     eps, residual_in_fp32)
-    hdt = h_dtype(x, residual, residual_in_fp32)
-    ins = (x, residual, weight, bias)
-    return (_fresh(y, *ins), _fresh(h.to(hdt), *ins), _stat(mean, (x.shape[0],), _cdt(hdt), *ins),
-            _stat(rstd, (x.shape[0],), _cdt(hdt), *ins))
-
-
-@add_layer_norm_fwd.register_fake
-def _add_layer_norm_fwd_fake(x, residual, weight, bias, eps, residual_in_fp32, backend):
-    hdt = h_dtype(x, residual, residual_in_fp32)
-    m = x.shape[0]
-    return (x.new_empty(x.shape), x.new_empty(x.shape, dtype=hdt),
-            x.new_empty((m,), dtype=_cdt(hdt)), x.new_empty((m,), dtype=_cdt(hdt)))
-
-
-@_op("add_layer_norm_bwd")
-def add_layer_norm_bwd(dy: Tensor, dh: Optional[Tensor], h: Tensor, mean: Tensor, rstd: Tensor,
-                       weight: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """(dsum, dweight, dbias (D,)); dbias in the weight's dtype (h's without weight)."""
-    dsum, dweight, dbias = dispatch.call("add_layer_norm_bwd", backend, dy, dh, h, mean, rstd,
-                                         weight)
-    bdt = h.dtype if weight is None else weight.dtype
-    return (_fresh(dsum.to(h.dtype), dy, dh, h, weight), _wgrad(dweight, weight, h, dy, dh),
-            _stat(dbias, (h.shape[1],), bdt, dy, dh, h, weight))
-
-
-@add_layer_norm_bwd.register_fake
-def _add_layer_norm_bwd_fake(dy, dh, h, mean, rstd, weight, backend):
-    dw = h.new_empty((0,)) if weight is None else weight.new_empty(weight.shape)
-    bdt = h.dtype if weight is None else weight.dtype
-    return h.new_empty(h.shape), dw, h.new_empty((h.shape[1],), dtype=bdt)
-
-
-@_op("modulated_layer_norm_fwd")
-def modulated_layer_norm_fwd(x: Tensor, shift: Tensor, scale: Tensor, eps: float,
-                             backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """x (N, T, D), shift/scale (N, D) -> (y, mean (N, T), rstd (N, T))."""
-    y, mean, rstd = dispatch.call("modulated_layer_norm_fwd", backend, x, shift, scale, eps)
-    shape = tuple(x.shape[:2])
-    return (_fresh(y.to(x.dtype), x, shift, scale),
-            _stat(mean, shape, _cdt(x.dtype), x, shift, scale),
-            _stat(rstd, shape, _cdt(x.dtype), x, shift, scale))
-
-
-@modulated_layer_norm_fwd.register_fake
-def _modulated_layer_norm_fwd_fake(x, shift, scale, eps, backend):
-    shape = tuple(x.shape[:2])
-    return (x.new_empty(x.shape), x.new_empty(shape, dtype=_cdt(x.dtype)),
-            x.new_empty(shape, dtype=_cdt(x.dtype)))
-
-
-@_op("modulated_layer_norm_bwd")
-def modulated_layer_norm_bwd(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, scale: Tensor,
-                             backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """(dx, dshift (N, D), dscale (N, D)); dshift/dscale in scale's dtype."""
-    dx, dshift, dscale = dispatch.call("modulated_layer_norm_bwd", backend, dy, x, mean, rstd,
-                                       scale)
-    ins = (dy, x, mean, rstd, scale)
-    return (_fresh(dx.to(x.dtype), *ins), _stat(dshift, scale.shape, scale.dtype, *ins),
-            _stat(dscale, scale.shape, scale.dtype, *ins))
-
-
-@modulated_layer_norm_bwd.register_fake
-def _modulated_layer_norm_bwd_fake(dy, x, mean, rstd, scale, backend):
-    return x.new_empty(x.shape), scale.new_empty(scale.shape), scale.new_empty(scale.shape)
-
-
-# --- autograd Functions --------------------------------------------------------------------
-
-def _cast(g, like):
-    return None if like is None or g is None else g.to(like.dtype)
-
-
-def _flat(t, d: int):
-    return None if t is None else t.reshape(-1, d).contiguous()
-
-
-def _input_grads(ctx, dsum):
-    """dx and dresidual: the same values (h = x + residual), each in its input's dtype."""
-    xdt, rdt = ctx.dtypes
-    dsum = dsum.reshape(ctx.shape)
-    return dsum.to(xdt), None if rdt is None else dsum.to(rdt)
-
-
-class AddRMSNormFunction(torch.autograd.Function):
-    """h = x + residual, y = RMSNorm(h) * weight over the last dim (D = weight's or
-    ``d``); saves h, rstd, weight. Takes and returns x's shape (outputs never views)."""
-
-    @staticmethod
-    def forward(ctx, x, residual, weight, eps: float, residual_in_fp32: bool, backends: dict,
-                d: int):
-        y, h, rstd = add_rms_norm_fwd(x.reshape(-1, d), _flat(residual, d), weight, eps,
-                                      residual_in_fp32, backends["add_rms_norm_fwd"])
-        ctx.save_for_backward(h, rstd, weight)
-        ctx.shape = x.shape
-        ctx.backend = backends["add_rms_norm_bwd"]
-        ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
-        ctx.set_materialize_grads(False)  # dh is None when h is not used
-        return _own(y.reshape(x.shape)), _own(h.reshape(x.shape))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh):
-        h, rstd, weight = ctx.saved_tensors
-        dy = torch.zeros_like(h, dtype=ctx.dtypes[0]) if dy is None else _flat(dy, h.shape[1])
-        dsum, dweight = add_rms_norm_bwd(dy, _flat(dh, h.shape[1]), h, rstd, weight, ctx.backend)
-        return _input_grads(ctx, dsum) + (_cast(dweight, weight), None, None, None, None)
-
-
-class AddLayerNormFunction(torch.autograd.Function):
-    """h = x + residual, y = LayerNorm(h) over the last d features; saves h, mean, rstd,
-    weight. Takes and returns x's shape (outputs never views)."""
-
-    @staticmethod
-    def forward(ctx, x, residual, weight, bias, eps: float, residual_in_fp32: bool,
-                backends: dict, d: int):
-        y, h, mean, rstd = add_layer_norm_fwd(x.reshape(-1, d), _flat(residual, d), weight,
-                                              bias, eps, residual_in_fp32,
-                                              backends["add_layer_norm_fwd"])
-        ctx.save_for_backward(h, mean, rstd, weight, bias)
-        ctx.shape = x.shape
-        ctx.backend = backends["add_layer_norm_bwd"]
-        ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
-        ctx.set_materialize_grads(False)
-        return _own(y.reshape(x.shape)), _own(h.reshape(x.shape))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh):
-        h, mean, rstd, weight, bias = ctx.saved_tensors
-        dy = torch.zeros_like(h, dtype=ctx.dtypes[0]) if dy is None else _flat(dy, h.shape[1])
-        dsum, dweight, dbias = add_layer_norm_bwd(dy, _flat(dh, h.shape[1]), h, mean, rstd,
-                                                  weight, ctx.backend)
-        return _input_grads(ctx, dsum) + (_cast(dweight, weight), _cast(dbias, bias), None,
-                                          None, None, None)
-
-
-class ModulatedLayerNormFunction(torch.autograd.Function):
-    """y = LN(x) (1 + scale) + shift for x (N, T, D); saves x, mean, rstd, scale."""
-
-    @staticmethod
-    def forward(ctx, x, shift, scale, eps: float, backends: dict):
-        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
-        y, mean, rstd = modulated_layer_norm_fwd(x3, shift, scale, eps,
-                                                 backends["modulated_layer_norm_fwd"])
-        ctx.save_for_backward(x3, mean, rstd, scale)
-        ctx.shape = x.shape
-        ctx.backend = backends["modulated_layer_norm_bwd"]
-        ctx.shift_dtype = shift.dtype
-        return _own(y.reshape(x.shape))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        x, mean, rstd, scale = ctx.saved_tensors
-        dx, dshift, dscale = modulated_layer_norm_bwd(dy.reshape(x.shape).contiguous(), x, mean,
-                                                      rstd, scale, ctx.backend)
-        return dx.reshape(ctx.shape), dshift.to(ctx.shift_dtype), dscale, None, None
-
-
 # --- functional ----------------------------------------------------------------------------
-
-def _exporting() -> bool:
-    """True under torch.export / the dynamo ONNX exporter / the TorchScript ONNX exporter:
-    the exported graph then holds plain torch ops, not normkit's custom ops."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
-
 
 def _check_tensor(name: str, what: str, t) -> None:
     if not isinstance(t, torch.Tensor):
@@ -330,7 +99,7 @@ def _check_add_inputs(name: str, x, residual, normalized_shape, weight, bias):
 
 def _composite_add(x, residual, residual_in_fp32):
     """h in its dtype and in the compute dtype, with plain torch ops."""
-    hdt = h_dtype(x, residual, residual_in_fp32)
+    hdt = schema.h_dtype({'x': x, 'residual': residual, 'residual_in_fp32': residual_in_fp32})
     cdt = _cdt(hdt)
     # a copy when there is no residual: h is a new tensor, never x itself
     h32 = x.to(cdt, copy=True) if residual is None else x.to(cdt) + residual.to(cdt)
@@ -381,7 +150,7 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor],
     """
     name = "add_rms_norm"
     shape = _check_add_inputs(name, x, residual, normalized_shape, weight, None)
-    hdt = h_dtype(x, residual, residual_in_fp32)
+    hdt = schema.h_dtype({'x': x, 'residual': residual, 'residual_in_fp32': residual_in_fp32})
     if eps is None:
         eps = torch.finfo(_cdt(hdt)).eps
     eps = _check_eps(name, eps)
@@ -389,15 +158,14 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor],
         raise ValueError(f"{name}: offset ({offset}) scales (offset + weight) and needs a "
                          "weight; pass a weight or offset=0.0")
     w = None if weight is None else (weight + offset if offset != 0.0 else weight)
-    if _exporting() or x.numel() == 0:
+    if _xp.exporting() or x.numel() == 0:
         h, h32 = _composite_add(x, residual, residual_in_fp32)
         rstd = torch.rsqrt(h32.pow(2).mean(_dims(shape), keepdim=True) + eps)
         y = h32 * rstd
         if w is not None:
             y = y * w.to(y.dtype)
         return y.to(x.dtype), h
-    backends = {op: dispatch.resolve(op, x, backend)
-                for op in ("add_rms_norm_fwd", "add_rms_norm_bwd")}
+    backends = {op: dispatch.resolve(op, x, backend) for op in schema.ops_of("add_rms_norm")}
     return AddRMSNormFunction.apply(x, residual, None if w is None else w.reshape(-1), eps,
                                     bool(residual_in_fp32), backends, math.prod(shape))
 
@@ -433,14 +201,13 @@ def add_layer_norm(x: Tensor, residual: Optional[Tensor],
     name = "add_layer_norm"
     shape = _check_add_inputs(name, x, residual, normalized_shape, weight, bias)
     eps = _check_eps(name, eps)
-    if _exporting() or x.numel() == 0:
+    if _xp.exporting() or x.numel() == 0:
         h, h32 = _composite_add(x, residual, residual_in_fp32)
         y = torch.nn.functional.layer_norm(
             h32, shape, None if weight is None else weight.to(h32.dtype),
             None if bias is None else bias.to(h32.dtype), eps)
         return y.to(x.dtype), h
-    backends = {op: dispatch.resolve(op, x, backend)
-                for op in ("add_layer_norm_fwd", "add_layer_norm_bwd")}
+    backends = {op: dispatch.resolve(op, x, backend) for op in schema.ops_of("add_layer_norm")}
     return AddLayerNormFunction.apply(x, residual,
                                       None if weight is None else weight.reshape(-1),
                                       None if bias is None else bias.reshape(-1), eps,
@@ -488,12 +255,11 @@ def modulated_layer_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1
             raise ValueError(f"{name}: {what} is on {t.device} but x on {x.device}; move both "
                              "to one device")
     eps = _check_eps(name, eps)
-    if _exporting() or x.numel() == 0:
+    if _xp.exporting() or x.numel() == 0:
         cdt = _cdt(x.dtype)
         bshape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
         x_hat = torch.nn.functional.layer_norm(x.to(cdt), (x.shape[-1],), None, None, eps)
         y = x_hat * (1.0 + scale.to(cdt).reshape(bshape)) + shift.to(cdt).reshape(bshape)
         return y.to(x.dtype)
-    backends = {op: dispatch.resolve(op, x, backend)
-                for op in ("modulated_layer_norm_fwd", "modulated_layer_norm_bwd")}
+    backends = {op: dispatch.resolve(op, x, backend) for op in schema.ops_of("modulated_layer_norm")}
     return ModulatedLayerNormFunction.apply(x, shift, scale, eps, backends)

@@ -107,32 +107,40 @@ def _stats(t: torch.Tensor, shape, x: torch.Tensor, inputs) -> torch.Tensor:
 
 def _output(rule: schema.Out, t, bound, inputs) -> torch.Tensor:
     """One eager output brought to the schema's rule."""
-    x = bound["x"]
+    ref = bound[rule.like]
     if rule.kind == "like":
-        return _fresh(_like(bound[rule.like], t), inputs)
+        dtype = ref.dtype if rule.dtype is None else rule.dtype(bound)
+        if t.dtype != dtype:
+            t = t.to(dtype)
+        return _fresh(_like(ref, t), inputs)
     if rule.kind == "stats":
-        return _stats(t, rule.shape(bound), x, inputs)
+        if rule.dtype is not None:
+            t = t.to(rule.dtype(bound))
+        return _stats(t, rule.shape(bound), ref, inputs)
     weight = bound.get("weight")
     if rule.kind == "weight_grad":
         if weight is None or t is None:
-            return x.new_empty((0,), dtype=_grad_dtype(x, weight))
+            return ref.new_empty((0,), dtype=_grad_dtype(ref, weight))
         return _fresh(t.to(weight.dtype).reshape(weight.shape).contiguous(), inputs)
     # param_grad
-    return _fresh(t.to(_grad_dtype(x, weight)).reshape(rule.shape(bound)).contiguous(), inputs)
+    dtype = _grad_dtype(ref, weight) if rule.dtype is None else rule.dtype(bound)
+    return _fresh(t.to(dtype).reshape(rule.shape(bound)).contiguous(), inputs)
 
 
 def _fake_output(rule: schema.Out, bound) -> torch.Tensor:
-    x = bound["x"]
+    ref = bound[rule.like]
     if rule.kind == "like":
-        return torch.empty_like(bound[rule.like])
+        return torch.empty_like(ref, dtype=None if rule.dtype is None else rule.dtype(bound))
     if rule.kind == "stats":
-        return x.new_empty(rule.shape(bound), dtype=_stats_dtype(x))
+        dtype = _stats_dtype(ref) if rule.dtype is None else rule.dtype(bound)
+        return ref.new_empty(rule.shape(bound), dtype=dtype)
     weight = bound.get("weight")
     if rule.kind == "weight_grad":
         if weight is None:
-            return x.new_empty((0,))
+            return ref.new_empty((0,))
         return torch.empty_like(weight, memory_format=torch.contiguous_format)
-    return x.new_empty(rule.shape(bound), dtype=_grad_dtype(x, weight))
+    dtype = _grad_dtype(ref, weight) if rule.dtype is None else rule.dtype(bound)
+    return ref.new_empty(rule.shape(bound), dtype=dtype)
 
 
 def _define(spec: schema.OpSchema) -> _Op:

@@ -168,7 +168,10 @@ class AdaLayerNorm(nn.Module):
             raise ValueError(f"AdaLayerNorm: c must be (N, cond_dim={self.linear.in_features}),"
                              f" got shape {tuple(c.shape)}")
         shift, scale, gate = self.linear(nn.functional.silu(c)).chunk(3, dim=1)
-        return shift, scale, gate
+        # the gate gets its own (N, D) storage: as a chunk it would share memory with
+        # scale, which the norm saves for backward, and in-place updates of the gate
+        # (gate.mul_(...)) would then break the backward pass
+        return shift, scale, gate.clone()
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         shift, scale, gate = self.modulation(c)

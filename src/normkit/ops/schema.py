@@ -16,7 +16,7 @@ the kernel::
     @schema.implements("rms_norm_fwd", "cpu")
     def rms_norm_fwd(x, weight, eps): ...
 
-This module is a leaf: it imports nothing of normkit, and not torch either.
+This module is a leaf: it imports nothing of normkit (torch only for dtype rules).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
 
 __all__ = ["Arg", "Out", "OpSchema", "OPS", "BACKENDS", "implements", "implementations",
            "check_backend", "custom_op_schema", "markdown_table", "ops_of", "declare"]
@@ -66,7 +68,10 @@ class Out:
     kind: str
     shape: Optional[Callable[[Mapping[str, object]], Tuple[int, ...]]] = None
     shape_doc: str = ""
+    # the argument that gives the output its device (and, for "like", shape and strides)
     like: str = "x"
+    # dtype rule overriding the kind's default (e.g. h = x + residual in float32)
+    dtype: Optional[Callable[[Mapping[str, object]], object]] = None
 
     def __post_init__(self) -> None:
         kinds = ("like", "stats", "weight_grad", "param_grad")
@@ -132,6 +137,36 @@ def _groups(a) -> Tuple[int, ...]:
 
 def _planes(a) -> Tuple[int, ...]:
     return (a["x"].shape[0], a["x"].shape[1])
+
+
+def _h_cols(a) -> Tuple[int, ...]:
+    return (a["h"].shape[1],)
+
+
+def _tokens(a) -> Tuple[int, ...]:
+    return (a["x"].shape[0], a["x"].shape[1])
+
+
+def _scale_shape(a) -> Tuple[int, ...]:
+    return tuple(a["scale"].shape)
+
+
+def h_dtype(a) -> torch.dtype:
+    """dtype of h = x + residual: float32 with ``residual_in_fp32`` (unless an input is
+    float64), else the promotion of x's and the residual's dtypes."""
+    x, r = a["x"], a["residual"]
+    dt = x.dtype if r is None else torch.promote_types(x.dtype, r.dtype)
+    if a["residual_in_fp32"] and dt != torch.float64:
+        return torch.float32
+    return dt
+
+
+def _h_stats_dtype(a) -> torch.dtype:
+    return torch.float64 if h_dtype(a) == torch.float64 else torch.float32
+
+
+def _scale_dtype(a) -> torch.dtype:
+    return a["scale"].dtype
 
 
 _T, _OT = "Tensor", "Tensor?"
@@ -210,6 +245,47 @@ def _schemas() -> Tuple[OpSchema, ...]:
                  (dx,) + tuple(Out(n, "stats", _cols, "(C,)")
                                for n in ("dweight", "dbias", "dtau", "deps")),
                  "FRN + TLU backward", "dweight, dbias, dtau, deps: (C,) f32 stats"),
+        OpSchema("add_rms_norm_fwd",
+                 (Arg("x", _T), Arg("residual", _OT), Arg("weight", _OT), Arg("eps", "float"),
+                  Arg("residual_in_fp32", "bool")),
+                 (y, Out("h", "like", dtype=h_dtype),
+                  Out("rstd", "stats", _rows, "(M,)", dtype=_h_stats_dtype)),
+                 "residual add + RMSNorm",
+                 "x, residual: (M, D); h = x + residual (float32 with residual_in_fp32); "
+                 "rstd: (M,)", saved="h, rstd, weight"),
+        OpSchema("add_rms_norm_bwd",
+                 (Arg("dy", _T), Arg("dh", _OT), Arg("h", _T), Arg("rstd", _T),
+                  Arg("weight", _OT)),
+                 (Out("dsum", "like", like="h"), Out("dweight", "weight_grad", like="h")),
+                 "residual add + RMSNorm backward",
+                 "dsum = dx = dresidual (M, D) in h's dtype; dh may be None"),
+        OpSchema("add_layer_norm_fwd",
+                 (Arg("x", _T), Arg("residual", _OT), Arg("weight", _OT), Arg("bias", _OT),
+                  Arg("eps", "float"), Arg("residual_in_fp32", "bool")),
+                 (y, Out("h", "like", dtype=h_dtype),
+                  Out("mean", "stats", _rows, "(M,)", dtype=_h_stats_dtype),
+                  Out("rstd", "stats", _rows, "(M,)", dtype=_h_stats_dtype)),
+                 "residual add + LayerNorm", "as add_rms_norm_fwd; mean, rstd: (M,)",
+                 saved="h, mean, rstd, weight"),
+        OpSchema("add_layer_norm_bwd",
+                 (Arg("dy", _T), Arg("dh", _OT), Arg("h", _T), Arg("mean", _T), Arg("rstd", _T),
+                  Arg("weight", _OT)),
+                 (Out("dsum", "like", like="h"), Out("dweight", "weight_grad", like="h"),
+                  Out("dbias", "param_grad", _h_cols, "(D,)", like="h")),
+                 "residual add + LayerNorm backward", "as add_rms_norm_bwd; dbias (D,)"),
+        OpSchema("modulated_layer_norm_fwd",
+                 (Arg("x", _T), Arg("shift", _T), Arg("scale", _T), Arg("eps", "float")),
+                 (y, Out("mean", "stats", _tokens, "(N, T)"),
+                  Out("rstd", "stats", _tokens, "(N, T)")),
+                 "LN(x) (1 + scale) + shift (DiT adaLN)",
+                 "x: (N, T, D); shift, scale: (N, D); mean, rstd: (N, T)",
+                 saved="x, mean, rstd, scale"),
+        OpSchema("modulated_layer_norm_bwd",
+                 (Arg("dy", _T), Arg("x", _T), Arg("mean", _T), Arg("rstd", _T),
+                  Arg("scale", _T)),
+                 (dx, Out("dshift", "param_grad", _scale_shape, "(N, D)", dtype=_scale_dtype),
+                  Out("dscale", "param_grad", _scale_shape, "(N, D)", dtype=_scale_dtype)),
+                 "modulated LayerNorm backward", "dshift, dscale: (N, D) in scale's dtype"),
     )
 
 
@@ -235,8 +311,21 @@ def declare(schema: OpSchema) -> OpSchema:
     return schema
 
 
-def implements(op: str, backend: str):
-    """Decorator: register ``fn`` as ``backend``'s implementation of the declared ``op``."""
+# {backend: {op: why_not}}: an op-specific gate replacing the backend's (e.g. a size limit)
+_GATES: Dict[str, Dict[str, Callable]] = {b: {} for b in BACKENDS}
+
+
+def gate(backend: str, op: str) -> Optional[Callable]:
+    """The op-specific ``why_not(x)`` gate registered with :func:`implements`, or None."""
+    return _GATES[backend].get(op)
+
+
+def implements(op: str, backend: str, why_not: Optional[Callable] = None):
+    """Decorator: register ``fn`` as ``backend``'s implementation of the declared ``op``.
+
+    ``why_not(x)`` (optional) replaces the backend's own gate for this op: it returns None
+    when the kernel can run on ``x``, else the reason it cannot.
+    """
     if op not in OPS:
         raise KeyError(f"op {op!r} is not declared in normkit.ops.schema; declare it first "
                        f"(known: {sorted(OPS)})")
@@ -246,6 +335,8 @@ def implements(op: str, backend: str):
 
     def register(fn: Callable) -> Callable:
         _IMPLS[backend][op] = fn
+        if why_not is not None:
+            _GATES[backend][op] = why_not
         return fn
 
     return register

@@ -3,7 +3,7 @@
 Layouts: the add-norms take (*, D) tensors (rows over the last dim); the modulated
 LayerNorm takes x (N, T, D) with shift/scale (N, D). Arithmetic in the compute dtype
 (float32, or float64 for float64 input); ``h`` is returned in its own dtype
-(:func:`h_dtype`), ``y`` in x's. Statistics are returned flat, (M,) or (N, T).
+(``normkit.ops.schema.h_dtype``), ``y`` in x's. Statistics are returned flat, (M,) or (N, T).
 Formulas: :mod:`normkit.reference.fused`.
 """
 
@@ -12,18 +12,11 @@ from __future__ import annotations
 import torch
 
 from .torch_ops import _centred_moments, compute_dtype
+from . import schema as _schema
+from .schema import implements
 
-__all__ = ["h_dtype", "add_rms_norm_fwd", "add_rms_norm_bwd", "add_layer_norm_fwd",
+__all__ = ["add_rms_norm_fwd", "add_rms_norm_bwd", "add_layer_norm_fwd",
            "add_layer_norm_bwd", "modulated_layer_norm_fwd", "modulated_layer_norm_bwd"]
-
-
-def h_dtype(x: torch.Tensor, residual, residual_in_fp32: bool) -> torch.dtype:
-    """dtype of h = x + residual: float32 when ``residual_in_fp32`` (unless an input
-    is float64), else the promotion of x's and the residual's dtypes."""
-    dt = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
-    if residual_in_fp32 and dt != torch.float64:
-        return torch.float32
-    return dt
 
 
 def _sum(x, residual, cdt):
@@ -34,7 +27,7 @@ def _sum(x, residual, cdt):
 
 
 def _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, rms):
-    hdt = h_dtype(x, residual, residual_in_fp32)
+    hdt = _schema.h_dtype(dict(x=x, residual=residual, residual_in_fp32=residual_in_fp32))
     cdt = compute_dtype(hdt)
     h = _sum(x, residual, cdt)  # (*, D), compute dtype
     d = max(h.shape[-1], 1)
@@ -56,11 +49,13 @@ def _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, rms):
     return (y.to(x.dtype), h.to(hdt)) + stats
 
 
+@implements("add_rms_norm_fwd", "torch")
 def add_rms_norm_fwd(x, residual, weight, eps: float, residual_in_fp32: bool):
     """(y, h, rstd): h = x + residual, y = h rstd weight, rstd = 1/sqrt(<h^2> + eps)."""
     return _add_norm_fwd(x, residual, weight, None, eps, residual_in_fp32, True)
 
 
+@implements("add_layer_norm_fwd", "torch")
 def add_layer_norm_fwd(x, residual, weight, bias, eps: float, residual_in_fp32: bool):
     """(y, h, mean, rstd): h = x + residual, y = (h - mean) rstd weight + bias."""
     return _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, False)
@@ -89,18 +84,21 @@ def _add_norm_bwd(dy, dh, h, mean, rstd, weight, rms):
     return dsum.to(h.dtype), dweight, dbias
 
 
+@implements("add_rms_norm_bwd", "torch")
 def add_rms_norm_bwd(dy, dh, h, rstd, weight):
     """(dsum, dweight): dsum = dh + rstd (g - h_hat <g h_hat>) is dx = dresidual."""
     dsum, dweight, _ = _add_norm_bwd(dy, dh, h, None, rstd, weight, True)
     return dsum, dweight
 
 
+@implements("add_layer_norm_bwd", "torch")
 def add_layer_norm_bwd(dy, dh, h, mean, rstd, weight):
     """(dsum, dweight, dbias): dsum = dh + rstd (g - <g> - h_hat <g h_hat>)."""
     dsum, dweight, dbias = _add_norm_bwd(dy, dh, h, mean, rstd, weight, False)
     return dsum, dweight, dbias.to(h.dtype if weight is None else weight.dtype)
 
 
+@implements("modulated_layer_norm_fwd", "torch")
 def modulated_layer_norm_fwd(x, shift, scale, eps: float):
     """(y, mean, rstd): y = LN(x) (1 + scale) + shift per sample; x (N, T, D), stats (N, T)."""
     cdt = compute_dtype(x.dtype)
@@ -111,6 +109,7 @@ def modulated_layer_norm_fwd(x, shift, scale, eps: float):
     return y.to(x.dtype), mean.squeeze(-1), rstd.squeeze(-1)
 
 
+@implements("modulated_layer_norm_bwd", "torch")
 def modulated_layer_norm_bwd(dy, x, mean, rstd, scale):
     """(dx, dshift, dscale): dshift = sum_T dy, dscale = sum_T dy x_hat,
     dx = rstd (g - <g> - x_hat <g x_hat>), g = dy (1 + scale)."""

@@ -13,7 +13,7 @@ from typing import Optional
 import numba  # noqa: F401  (ImportError here disables the backend)
 import torch
 
-from . import frn, lrn, norms  # noqa: F401  (importing registers the kernels)
+from . import frn, fused, lrn, norms  # noqa: F401  (importing registers the kernels)
 
 __all__ = ["why_not", "OPS"]
 

@@ -25,7 +25,8 @@ from numba import njit
 from . import _alloc
 from ._pool import parallel_for
 from .norms import FM, _ROWS_PER_CHUNK, _cdt, _in, _np, _out, _row_moments, _vec
-from ..torch_fused import h_dtype
+from .. import schema as _schema
+from ..schema import implements
 
 __all__ = ["add_rms_norm_fwd", "add_rms_norm_bwd", "add_layer_norm_fwd", "add_layer_norm_bwd",
            "modulated_layer_norm_fwd", "modulated_layer_norm_bwd"]
@@ -219,7 +220,7 @@ def _rows(t: torch.Tensor, cdt, d: int) -> torch.Tensor:
 
 
 def _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, rms):
-    hdt = h_dtype(x, residual, residual_in_fp32)
+    hdt = _schema.h_dtype(dict(x=x, residual=residual, residual_in_fp32=residual_in_fp32))
     cdt = _cdt(hdt)
     d = x.shape[-1]
     x2 = _rows(x, cdt, d)
@@ -239,11 +240,13 @@ def _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, rms):
     return out + ((rstd.view(lead),) if rms else (mean.view(lead), rstd.view(lead)))
 
 
+@implements("add_rms_norm_fwd", "cpu")
 def add_rms_norm_fwd(x, residual, weight, eps, residual_in_fp32):
     """``(y, h, rstd)`` of h = x + residual, y = RMSNorm(h) * weight; x: (*, D)."""
     return _add_norm_fwd(x, residual, weight, None, eps, residual_in_fp32, True)
 
 
+@implements("add_layer_norm_fwd", "cpu")
 def add_layer_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32):
     """``(y, h, mean, rstd)`` of h = x + residual, y = LayerNorm(h) * weight + bias."""
     return _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, False)
@@ -275,17 +278,20 @@ def _add_norm_bwd(dy, dh, h, mean, rstd, weight, rms):
     return _out(dsum, h.dtype), dweight, dbias
 
 
+@implements("add_rms_norm_bwd", "cpu")
 def add_rms_norm_bwd(dy, dh, h, rstd, weight):
     """``(dsum, dweight)``: dsum = dh + RMSNorm input gradient = dx = dresidual."""
     dsum, dweight, _ = _add_norm_bwd(dy, dh, h, None, rstd, weight, True)
     return dsum, dweight
 
 
+@implements("add_layer_norm_bwd", "cpu")
 def add_layer_norm_bwd(dy, dh, h, mean, rstd, weight):
     """``(dsum, dweight, dbias)`` of the fused residual add + LayerNorm."""
     return _add_norm_bwd(dy, dh, h, mean, rstd, weight, False)
 
 
+@implements("modulated_layer_norm_fwd", "cpu")
 def modulated_layer_norm_fwd(x, shift, scale, eps):
     """``(y, mean, rstd)`` of y = LN(x) (1 + scale) + shift; x (N, T, D), stats (N, T)."""
     cdt = _cdt(x.dtype)
@@ -301,6 +307,7 @@ def modulated_layer_norm_fwd(x, shift, scale, eps):
     return _out(y, x.dtype), mean, rstd
 
 
+@implements("modulated_layer_norm_bwd", "cpu")
 def modulated_layer_norm_bwd(dy, x, mean, rstd, scale):
     """``(dx, dshift, dscale)``; dshift/dscale (N, D) in scale's dtype."""
     cdt = _cdt(x.dtype)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import triton  # noqa: F401  -- ImportError here means: no triton backend
 
-from . import batch_norm, frn, lrn, norms  # noqa: F401  (importing registers the kernels)
+from . import batch_norm, frn, fused, lrn, norms  # noqa: F401  (importing registers the kernels)
 from ._common import INTERPRET, why_not_tensor
 from ..schema import implementations as _implementations
 

@@ -18,9 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..torch_fused import h_dtype
 from ._common import acc_dtype, block_for, column_sum, num_partials, stats_dtype, warps_for
 from ._common import why_not_tensor
+from .. import schema as _schema
+from ..schema import implements
 
 __all__ = ["why_not", "add_rms_norm_fwd", "add_rms_norm_bwd", "add_layer_norm_fwd",
            "add_layer_norm_bwd", "modulated_layer_norm_fwd", "modulated_layer_norm_bwd"]
@@ -170,7 +171,7 @@ def _check_d(name: str, d: int) -> None:
 
 
 def _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, rms):
-    hdt = h_dtype(x, residual, residual_in_fp32)
+    hdt = _schema.h_dtype(dict(x=x, residual=residual, residual_in_fp32=residual_in_fp32))
     d = x.shape[-1]
     x2 = _rows(x, d)
     m_rows = x2.shape[0]
@@ -191,11 +192,13 @@ def _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, rms):
     return (y, h, rstd) if rms else (y, h, mean, rstd)
 
 
+@implements("add_rms_norm_fwd", "triton", why_not)
 def add_rms_norm_fwd(x, residual, weight, eps, residual_in_fp32):
     """``(y, h, rstd)`` of h = x + residual, y = RMSNorm(h) * weight; x: (*, D)."""
     return _add_norm_fwd(x, residual, weight, None, eps, residual_in_fp32, True)
 
 
+@implements("add_layer_norm_fwd", "triton", why_not)
 def add_layer_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32):
     """``(y, h, mean, rstd)`` of h = x + residual, y = LayerNorm(h) * weight + bias."""
     return _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, False)
@@ -225,17 +228,20 @@ def _add_norm_bwd(dy, dh, h, mean, rstd, weight, rms):
     return dx, dweight, column_sum(db_part, wdt)
 
 
+@implements("add_rms_norm_bwd", "triton", why_not)
 def add_rms_norm_bwd(dy, dh, h, rstd, weight):
     """``(dsum, dweight)``: dsum = dh + RMSNorm input gradient = dx = dresidual."""
     dx, dweight, _ = _add_norm_bwd(dy, dh, h, None, rstd, weight, True)
     return dx, dweight
 
 
+@implements("add_layer_norm_bwd", "triton", why_not)
 def add_layer_norm_bwd(dy, dh, h, mean, rstd, weight):
     """``(dsum, dweight, dbias)`` of the fused residual add + LayerNorm."""
     return _add_norm_bwd(dy, dh, h, mean, rstd, weight, False)
 
 
+@implements("modulated_layer_norm_fwd", "triton", why_not)
 def modulated_layer_norm_fwd(x, shift, scale, eps):
     """``(y, mean, rstd)`` of y = LN(x) (1 + scale) + shift; x (N, T, D), stats (N, T)."""
     n, t, d = x.shape
@@ -253,6 +259,7 @@ def modulated_layer_norm_fwd(x, shift, scale, eps):
     return y, mean, rstd
 
 
+@implements("modulated_layer_norm_bwd", "triton", why_not)
 def modulated_layer_norm_bwd(dy, x, mean, rstd, scale):
     """``(dx, dshift, dscale)``; dshift/dscale (N, D) in scale's dtype."""
     n, t, d = x.shape
