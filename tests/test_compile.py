@@ -355,3 +355,43 @@ def test_fullgraph_dynamic_shapes(family):
             assert max_err(g[k], g_ref[k]) < 1e-5, (step, k)
     for b, b_ref in zip(model.buffers(), eager.buffers()):
         assert max_err(b, b_ref) < 1e-6
+
+
+class _InplaceBlock(torch.nn.Module):
+    """torchvision's BasicBlock ending: ``out = norm(conv(x)); out += identity; relu_(out)``."""
+
+    def __init__(self, norm):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.norm = norm
+        self.relu = torch.nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.norm(self.conv(x))
+        out += x
+        return self.relu(out)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("make", [lambda: normkit.BatchNorm2d(4), lambda: normkit.GroupNorm(2, 4),
+                                  lambda: normkit.LocalResponseNorm(3)],
+                         ids=["BatchNorm2d", "GroupNorm", "LocalResponseNorm"])
+def test_fullgraph_inplace_ops_after_normkit_layers(make, backend, monkeypatch):
+    # eager torch.nn peer: the same block with torch's layer (same initial weights)
+    monkeypatch.setenv("NORMKIT_BACKEND", backend)
+    torch.manual_seed(0)
+    ours = _InplaceBlock(make())
+    peer_norm = {"BatchNorm2d": torch.nn.BatchNorm2d(4), "GroupNorm": torch.nn.GroupNorm(2, 4),
+                 "LocalResponseNorm": torch.nn.LocalResponseNorm(3)}[type(ours.norm).__name__]
+    theirs = _InplaceBlock(peer_norm)
+    theirs.load_state_dict(ours.state_dict())
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)  # graph break = error
+    x = randn(2, 4, 5, 5, seed=3, dtype=torch.float32)
+    dy = randn(2, 4, 5, 5, seed=4, dtype=torch.float32)
+    y, y_ref = compiled(x), theirs(x)
+    y.backward(dy)
+    y_ref.backward(dy)
+    assert max_err(y, y_ref) < 1e-5
+    for (k, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        assert max_err(p.grad, q.grad) < 1e-4, k

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +42,9 @@ LAYERS = ("lrn", "rmsnorm", "instancenorm", "batchnorm", "layernorm", "groupnorm
           "overhead", "model")
 LRN_BETAS = (0.5, 0.75, 1.0, 0.6)
 CSV_FIELDS = ["timestamp", "device", "device_name", "torch_version", "numba_version",
-              "triton_version", "threads", "allocator", "load_avg", "layer", "shape", "dtype", "params",
-              "pass", "impl", "median_ms", "repeats", "torch_ms", "ratio_vs_torch", "gbps",
-              "copy_gbps", "frac_copy_bw", "peak_extra_mem_x_input"]
+              "triton_version", "threads", "allocator", "load_avg", "layer", "shape", "dtype",
+              "params", "pass", "impl", "median_ms", "repeats", "torch_ms", "ratio_vs_torch",
+              "gbps", "copy_gbps", "frac_copy_bw", "peak_extra_mem_x_input"]
 
 
 def add_arguments(parser) -> None:
