@@ -17,11 +17,9 @@ layers are compared in training mode, running statistics included.
 """
 
 import copy
-import io
 import logging
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
