@@ -8,19 +8,18 @@ onnxruntime and compared, under the tolerance policy, with its ``torch.nn`` coun
 (float64 as the reference, float32 as torch's own error) or, for LRN conventions torch
 lacks, the float64 reference.
 
-Both ONNX exporters write inference graphs, for torch's own layers too (a
-``torch.nn.BatchNorm2d`` in training mode exports as its eval-mode BatchNormalization),
-so ONNX outputs are compared with the counterpart in eval mode; ``torch.export`` keeps
-the module's mode, so there training-mode layers are compared in training mode, running
-statistics included.
+The ONNX exporters decide per op whether a training-mode layer becomes its inference
+form (a ``torch.nn.BatchNorm2d`` in training mode exports as its eval-mode
+BatchNormalization), so ONNX outputs are compared with torch's own layer, same state
+and mode, exported the same way and run in onnxruntime (and, for eval-mode layers, with
+the float64 reference); ``torch.export`` keeps the module's mode, so there training-mode
+layers are compared in training mode, running statistics included.
 """
 
 import copy
-import io
 import logging
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

@@ -110,7 +110,7 @@ def test_lrn_window_wider_than_the_tensor_is_a_window_of_the_tensor(size, backen
     assert np.isfinite(x.grad.numpy()).all()
 
 
-def test_huge_size_from_a_caffe_file_runs(tmp_path):
+def test_huge_size_from_a_caffe_file_runs():
     text = ('layer { name: "n" type: "LRN" lrn_param { local_size: 18446744073709551617 '
             "alpha: 0.5 beta: 0.75 } }")
     layer = lrn_layers_from_caffe(text)["n"]
