@@ -324,7 +324,7 @@ def test_accelerator_code_path_matches_numpy(cls, monkeypatch):
     ref = cls()
     for chunk in np.array_split(X, 4):
         ref.partial_fit(chunk)
-    monkeypatch.setattr(P, "_TORCH_ARITHMETIC_ON_CPU", True)
+    monkeypatch.setattr(P._input, "_TORCH_ARITHMETIC_ON_CPU", True)
     ours = cls()
     for chunk in torch.tensor(X).split(75):
         ours.partial_fit(chunk)
@@ -634,7 +634,7 @@ def test_damaged_files_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="not a normkit scaler file"):
         P.load(tmp_path / "other.json")
     # well-formed, checksum recomputed, but impossible statistics
-    from normkit.preprocessing import _digest
+    from normkit.preprocessing._persist import _digest
     for field, value in [("var", -1.0), ("count", 1e9), ("data_min", 1e300)]:
         doc = json.loads(text)
         doc["state"][field][0] = value
