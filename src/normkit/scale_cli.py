@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import signal
 import sys
+import tempfile
 import warnings
 from typing import Iterator, List, Optional, Tuple
 
@@ -47,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "per chunk, at most 65536 rows)")
     common.add_argument("--delimiter", default=",", help="CSV field separator (default ',')")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_argument("--force", action="store_true",
+                        help="replace an existing output file (never an input)")
 
     fit = sub.add_parser("fit", parents=[common], help="compute statistics, write stats.json",
                          description="Stream DATA through partial_fit and save the scaler.")
@@ -207,6 +211,13 @@ def _npy_header(dtype: np.dtype, shape: Tuple[int, int]) -> bytes:
 
 
 class _Sink:
+    """Writes OUT through a temporary file in OUT's directory; ``commit`` renames it into place.
+
+    Until ``commit``, OUT (and any older file under that name) is untouched;
+    ``abort`` removes the temporary file. A SIGKILL can leave only a
+    ``.OUT.*.tmp`` file behind, never a partial OUT.
+    """
+
     def __init__(self, path: str, columns: Optional[List[str]], delimiter: str):
         self.path = path
         self.is_npy = path.endswith(".npy")
@@ -214,8 +225,10 @@ class _Sink:
         self.rows = 0
         self.cols = None
         self.dtype = None
-        self.f = open(path, "wb" if self.is_npy else "w", encoding=None if self.is_npy
-                      else "utf-8", newline=None if self.is_npy else "")
+        fd, self.tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                        prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        self.f = os.fdopen(fd, "wb" if self.is_npy else "w", encoding=None if self.is_npy
+                           else "utf-8", newline=None if self.is_npy else "")
         if not self.is_npy and columns:
             self.f.write(delimiter.join(columns) + "\n")
 
@@ -238,7 +251,17 @@ class _Sink:
                 self.cols, self.dtype = n_cols, dtype
             self.f.seek(0)
             self.f.write(_npy_header(self.dtype, (self.rows, self.cols)))
+        self.f.flush()
+        os.fsync(self.f.fileno())
         self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.f.close()
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
 
 
 # ----------------------------------------------------------------------------
@@ -268,6 +291,29 @@ class _rows_context:
         return False
 
 
+def _check_output(out: str, inputs: List[str], force: bool) -> None:
+    """Refuse to write over an input (ever) or over an existing file (without --force)."""
+    if os.path.isdir(out):
+        raise CLIError(f"-o {out} is a directory; give a file name")
+    if not os.path.exists(out):
+        return
+    for src in inputs:
+        if os.path.exists(src) and os.path.samefile(out, src):
+            raise CLIError(f"-o {out} is the input file {src}; writing it would destroy the "
+                           "data being read: choose another output path")
+    if not force:
+        raise CLIError(f"-o {out} already exists; pass --force to replace it (it is replaced "
+                       "only once the new file is complete)")
+
+
+class _Terminated(SystemExit):
+    """SIGTERM/SIGHUP, raised in the main thread so partial outputs are cleaned up."""
+
+
+def _on_signal(signum, frame):
+    raise _Terminated(128 + signum)
+
+
 def _fit(args) -> int:
     from . import preprocessing as P
 
@@ -282,6 +328,7 @@ def _fit(args) -> int:
                        f"not {args.method}")
     scaler = cls(**kwargs)
     src = _Source(args.data, args.chunk_rows, args.delimiter)
+    _check_output(args.output, [args.data], args.force)
     with _progress(src, f"fit {args.method}", args.no_progress) as bar:
         start = 0
         for chunk, n in src.chunks():
@@ -303,9 +350,7 @@ def _transform(args) -> int:
 
     scaler = P.load(args.stats)
     src = _Source(args.data, args.chunk_rows, args.delimiter)
-    if os.path.exists(args.output) and os.path.samefile(args.output, args.data):
-        raise CLIError(f"-o {args.output} is the input file; writing it would destroy the data "
-                       "being read: choose another output path")
+    _check_output(args.output, [args.data, args.stats], args.force)
     below = np.zeros(scaler.n_features_in_, dtype=np.int64)
     above = np.zeros_like(below)
     sink = None
@@ -334,8 +379,7 @@ def _transform(args) -> int:
         sink.close(scaler.n_features_in_, src.dtype)
     except BaseException:
         if sink is not None:
-            sink.f.close()
-            os.unlink(args.output)  # never leave a half-written output behind
+            sink.abort()  # OUT, old or absent, stays as it was
         raise
     out = below + above
     print(f"normkit scale transform: {sink.rows} rows -> {args.output}", file=sys.stderr)
@@ -355,6 +399,9 @@ def main(args) -> int:
         print("usage: normkit scale {fit,transform} ...  (see normkit scale fit --help)",
               file=sys.stderr)
         return 2
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _on_signal)
     try:
         return _fit(args) if args.scale_command == "fit" else _transform(args)
     except (CLIError, ValueError, TypeError, RuntimeError, OSError) as exc:
