@@ -369,8 +369,9 @@ def _transform(args) -> int:
                             # one summary at the end instead of a warning per chunk
                             warnings.simplefilter("ignore", P.OutOfRangeWarning)
                             y = scaler.transform(chunk)
-                        below += scaler.n_below_range_
-                        above += scaler.n_above_range_
+                        counts = scaler.out_of_range(chunk)
+                        below += counts.below
+                        above += counts.above
                 start += len(chunk)
                 sink.write(y)
                 bar.update(n)

@@ -4,14 +4,15 @@ lifecycle, validation, out-of-range counting and shard merging."""
 from __future__ import annotations
 
 import inspect
+import sys
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from ._input import _as_batch, _Batch, _column_report
 from ._moments import _nan_min_max
-from ._torch import torch
+from ._torch import is_tensor, torch
 
 
 class OutOfRangeWarning(UserWarning):
@@ -20,6 +21,37 @@ class OutOfRangeWarning(UserWarning):
 
 class NotFittedError(ValueError, AttributeError):
     """A scaler was used before ``fit`` (a ValueError, like scikit-learn's NotFittedError)."""
+
+
+class OutOfRangeCounts(NamedTuple):
+    """Per-feature counts of values outside ``[data_min_, data_max_]`` (int64 arrays)."""
+
+    below: np.ndarray
+    above: np.ndarray
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.below + self.above
+
+
+_OUTPUTS = ("default", "pandas", "polars")
+
+
+def _feature_names(X) -> Optional[np.ndarray]:
+    """Column names of a DataFrame-like ``X`` when all are strings (scikit-learn's rule)."""
+    if is_tensor(X) or not hasattr(X, "columns") or isinstance(X, np.ndarray):
+        return None
+    cols = list(X.columns)
+    kinds = {isinstance(c, str) for c in cols}
+    if kinds == {True}:
+        return np.asarray(cols, dtype=object)
+    if kinds == {True, False}:
+        raise TypeError(
+            "Feature names are only supported if all input features have string names, but "
+            f"your input has {sorted({type(c).__name__ for c in cols})} as feature name / "
+            "column name types. Convert them all to strings, e.g. X.columns = "
+            "X.columns.astype(str)")
+    return None
 
 
 class _BaseScaler:
@@ -118,7 +150,9 @@ class _BaseScaler:
             raise ValueError(f"{name}.partial_fit: found array with 0 sample(s) (shape={shape}) "
                              "while a minimum of 1 is required to compute statistics")
         first = not hasattr(self, "n_features_in_")
+        names = _feature_names(X)
         if not first:
+            self._check_feature_names(names, "partial_fit")
             self._check_n_features(batch, "partial_fit")
         elif batch.x.shape[1] == 0:
             raise ValueError(f"{name}.partial_fit: found array with 0 feature(s) "
@@ -127,6 +161,8 @@ class _BaseScaler:
         self._check_domain(batch, "partial_fit")
         if first:
             self._init_state(batch.x.shape[1])
+            if names is not None:
+                self.feature_names_in_ = names
         lo, hi = _nan_min_max(batch)
         self._st_min = np.fmin(self._st_min, lo)
         self._st_max = np.fmax(self._st_max, hi)
@@ -202,43 +238,179 @@ class _BaseScaler:
         above = batch.as_numpy((x > hi).sum(0)).astype(np.int64)
         return below, above
 
-    def transform(self, X):
-        """Scale ``X`` with the fitted statistics.
+    def _check_feature_names(self, names, what: str) -> None:
+        """scikit-learn's column-name validation: reordered or renamed columns raise."""
+        fitted = getattr(self, "feature_names_in_", None)
+        cls = type(self).__name__
+        if fitted is None and names is None:
+            return
+        if fitted is not None and names is None:
+            warnings.warn(f"X does not have valid feature names, but {cls} was fitted with "
+                          "feature names", UserWarning, stacklevel=3)
+            return
+        if fitted is None:
+            warnings.warn(f"X has feature names, but {cls} was fitted without feature names",
+                          UserWarning, stacklevel=3)
+            return
+        if len(fitted) != len(names) or np.any(fitted != names):
+            # the same text as scikit-learn's, so code matching its message works for both
+            def listed(items):
+                items = sorted(items)
+                lines = "".join(f"- {n}\n" for n in items[:5])
+                return lines + ("- ...\n" if len(items) > 5 else "")
 
-        Also sets ``n_below_range_``, ``n_above_range_`` and ``n_out_of_range_``
-        (per-feature counts of values outside ``[data_min_, data_max_]`` in
-        this call); :class:`MinMaxScaler` warns about them unless ``clip=True``.
+            unseen = set(names) - set(fitted)
+            missing = set(fitted) - set(names)
+            msg = "The feature names should match those that were passed during fit.\n"
+            if unseen:
+                msg += "Feature names unseen at fit time:\n" + listed(unseen)
+            if missing:
+                msg += "Feature names seen at fit time, yet now missing:\n" + listed(missing)
+            if not unseen and not missing:
+                msg += "Feature names must be in the same order as they were in fit.\n"
+            raise ValueError(msg + f"({cls}.{what}: select the columns in fit's order, "
+                             "X[scaler.feature_names_in_])")
+
+    def out_of_range(self, X) -> OutOfRangeCounts:
+        """Count, per feature, the values of ``X`` outside ``[data_min_, data_max_]``.
+
+        ``transform`` never changes the scaler (scikit-learn's contract); use this
+        to monitor drift instead. NaN counts as neither.
 
         Args:
-            X: (n_samples, n_features) array or tensor.
+            X: (n_samples, n_features) array, tensor or DataFrame.
+
+        Returns:
+            :class:`OutOfRangeCounts` ``(below, above)`` with ``.total``.
+
+        Example::
+
+            >>> s = MinMaxScaler().fit([[0.0], [1.0]]); s.out_of_range([[2.0], [-1.0]]).total
+            array([2])
+        """
+        self._check_fitted("out_of_range")
+        batch = _as_batch(type(self).__name__, "out_of_range", X)
+        self._check_n_features(batch, "out_of_range")
+        return OutOfRangeCounts(*self._count_out_of_range(batch))
+
+    def transform(self, X):
+        """Scale ``X`` with the fitted statistics (the scaler itself is not changed).
+
+        :class:`MinMaxScaler` warns (:class:`OutOfRangeWarning`) about values
+        outside ``[data_min_, data_max_]`` unless ``clip=True``;
+        :meth:`out_of_range` returns the per-feature counts.
+
+        Args:
+            X: (n_samples, n_features) array, tensor or DataFrame.
 
         Returns:
             Same type, device and floating dtype as ``X`` (float64 / torch's
-            default dtype for integer input); NaN stays NaN.
+            default dtype for integer input); NaN stays NaN. A pandas or polars
+            DataFrame when ``set_output`` (or scikit-learn's global
+            ``transform_output``) asks for it.
         """
         name = type(self).__name__
         self._check_fitted("transform")
         batch = _as_batch(name, "transform", X)
+        self._check_feature_names(_feature_names(X), "transform")
         self._check_n_features(batch, "transform")
         self._check_domain(batch, "transform")
+        if self._WARN_OUT_OF_RANGE and not getattr(self, "clip", False):
+            self._warn_out_of_range(batch)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            # overflow is reported by _finish with the column and count
+            y = self._finish(batch, self._forward(batch), "transform")
+        return self._wrap_output(X, y)
+
+    def _warn_out_of_range(self, batch: _Batch) -> None:
+        name = type(self).__name__
         below, above = self._count_out_of_range(batch)
-        self.n_below_range_, self.n_above_range_ = below, above
-        self.n_out_of_range_ = below + above
-        if self._WARN_OUT_OF_RANGE and not getattr(self, "clip", False) and \
-                self.n_out_of_range_.any():
-            cols = np.flatnonzero(self.n_out_of_range_)
+        out = below + above
+        if out.any():
+            cols = np.flatnonzero(out)
             detail = "; ".join(f"column {c}: {below[c]} below, {above[c]} above"
                                for c in cols[:5])
             if len(cols) > 5:
                 detail += f"; and {len(cols) - 5} more column(s)"
             warnings.warn(
-                f"{name}.transform: {int(self.n_out_of_range_.sum())} value(s) fall outside "
+                f"{name}.transform: {int(out.sum())} value(s) fall outside "
                 f"the fitted range [data_min_, data_max_] ({detail}); their outputs leave "
                 "feature_range. New data moved min/max: refit (partial_fit) on it, or pass "
-                "clip=True to clip", OutOfRangeWarning, stacklevel=2)
-        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-            # overflow is reported by _finish with the column and count
-            return self._finish(batch, self._forward(batch), "transform")
+                "clip=True to clip", OutOfRangeWarning, stacklevel=3)
+
+    # -- scikit-learn's set_output API ---------------------------------------------
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """Output feature names: the input's (an elementwise map keeps columns).
+
+        Args:
+            input_features: ``None`` (default: ``feature_names_in_``, else
+                ``x0 .. x{n-1}``) or names that must equal ``feature_names_in_``.
+
+        Returns:
+            object ndarray of str, one per feature.
+        """
+        self._check_fitted("get_feature_names_out")
+        fitted = getattr(self, "feature_names_in_", None)
+        if input_features is None:
+            if fitted is not None:
+                return fitted.copy()
+            return np.asarray([f"x{i}" for i in range(self.n_features_in_)], dtype=object)
+        names = np.asarray(input_features, dtype=object)
+        if fitted is not None and (len(names) != len(fitted) or np.any(names != fitted)):
+            raise ValueError(f"input_features is not equal to feature_names_in_: got "
+                             f"{list(names)[:5]}, fitted {list(fitted)[:5]}")
+        if len(names) != self.n_features_in_:
+            raise ValueError(f"input_features should have length equal to number of features "
+                             f"({self.n_features_in_}), got {len(names)}")
+        return names
+
+    def set_output(self, *, transform=None):
+        """Choose the container ``transform`` returns (scikit-learn's set_output API).
+
+        Args:
+            transform: ``"default"`` (the input's type), ``"pandas"``,
+                ``"polars"``, or ``None`` (unchanged). Default ``None``.
+
+        Returns:
+            self
+
+        Example::
+
+            >>> StandardScaler().set_output(transform="pandas").fit_transform(df)  # a DataFrame
+        """
+        if transform is None:
+            return self
+        if transform not in _OUTPUTS:
+            raise ValueError(f"{type(self).__name__}.set_output: transform must be one of "
+                             f"{list(_OUTPUTS)} or None, got {transform!r}")
+        # the attribute name scikit-learn's clone() copies
+        self._sklearn_output_config = {"transform": transform}
+        return self
+
+    def _output_kind(self) -> str:
+        kind = getattr(self, "_sklearn_output_config", {}).get("transform", "default")
+        if kind == "default":
+            sk = sys.modules.get("sklearn")
+            if sk is not None:  # scikit-learn's global set_config(transform_output=...)
+                kind = sk.get_config().get("transform_output", "default")
+        return kind
+
+    def _wrap_output(self, X, y):
+        kind = self._output_kind()
+        if kind == "default":
+            return y
+        if is_tensor(y):
+            y = y.detach().cpu().numpy()
+        names = list(self.get_feature_names_out())
+        if kind == "pandas":
+            import pandas as pd
+
+            index = X.index if isinstance(X, pd.DataFrame) else None
+            return pd.DataFrame(y, columns=names, index=index, copy=False)
+        import polars as pl
+
+        return pl.from_numpy(np.asarray(y), schema=names, orient="row")
 
     def inverse_transform(self, X):
         """Map scaled data back to the original units.

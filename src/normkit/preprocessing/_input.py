@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ._dtypes import output_dtype
@@ -57,6 +59,28 @@ class _Batch:
         return y64.astype(self.out_dtype, copy=False)
 
 
+def _pandas_to_numpy(X):
+    """A pandas DataFrame/Series with nullable (extension) dtypes as float, pd.NA -> NaN.
+
+    Returns None for anything else (``np.asarray`` handles it). Float32-only
+    nullable columns stay float32; other nullable numbers become float64, as
+    scikit-learn does.
+    """
+    pd = sys.modules.get("pandas")
+    if pd is None or not isinstance(X, (pd.DataFrame, pd.Series)):
+        return None
+    dtypes = list(X.dtypes) if isinstance(X, pd.DataFrame) else [X.dtype]
+    if not any(isinstance(d, pd.api.extensions.ExtensionDtype) for d in dtypes):
+        return None
+    for col, d in zip(getattr(X, "columns", [getattr(X, "name", 0)]), dtypes):
+        kind = getattr(d, "kind", "O")
+        if kind not in "fiub":
+            raise TypeError(f"column {col!r} has dtype {d}, which is not numeric; select the "
+                            "numeric columns (e.g. X.select_dtypes('number'))")
+    target = np.float32 if all(str(d) == "Float32" for d in dtypes) else np.float64
+    return X.to_numpy(dtype=target, na_value=np.nan)
+
+
 def _numeric_kind_error(name: str, what: str, dtype) -> TypeError:
     return TypeError(
         f"{name}.{what}: input must be numeric (float, int or bool), got dtype {dtype}; "
@@ -83,7 +107,9 @@ def _as_batch(name: str, what: str, X) -> _Batch:
                             f"{type(X).__name__}); pass X.toarray() if it fits in memory, or "
                             "stream dense chunks through partial_fit")
         try:
-            arr = np.asarray(X)
+            arr = _pandas_to_numpy(X)
+            if arr is None:
+                arr = np.asarray(X)
         except (ValueError, TypeError) as exc:  # ragged lists and the like
             raise TypeError(f"{name}.{what}: could not read the input as a numeric array "
                             f"({exc}); pass a 2-D NumPy array or torch tensor") from None

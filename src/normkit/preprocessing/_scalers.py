@@ -23,8 +23,8 @@ class MinMaxScaler(_BaseScaler):
     Same attributes and results as ``sklearn.preprocessing.MinMaxScaler``: a
     constant feature (range < 10 eps) gets ``scale_ = b - a`` (it maps to ``a``).
     The classic caveat — new data can fall outside the fitted min/max —
-    is counted by ``transform`` (``n_out_of_range_``) and reported with an
-    :class:`OutOfRangeWarning`; ``clip=True`` clips the output to
+    is reported by ``transform`` with an :class:`OutOfRangeWarning` (counts
+    per feature from :meth:`out_of_range`); ``clip=True`` clips the output to
     ``feature_range`` instead.
 
     Args:
@@ -295,7 +295,10 @@ class Log10Scaler(_FixedScaler):
         return tags
 
     def _check_domain(self, batch: _Batch, what: str) -> None:
-        self._domain_error(batch, batch.x <= 0, what, "log10 needs x > 0, found x <= 0",
+        # "Negative values in data" is the phrase scikit-learn's positive-only checks look for
+        rule = ("Negative values in data: log10 needs x > 0" if bool((batch.x < 0).any())
+                else "log10 needs x > 0, found x = 0")
+        self._domain_error(batch, batch.x <= 0, what, rule,
                            "shift the data (e.g. log10(x + c) with c > -min(x)) or use "
                            "ArctanScaler / ReciprocalScaler, which accept any sign")
 
