@@ -87,22 +87,20 @@ def test_existing_output_needs_force(files, capsys):
 def test_late_data_error_keeps_the_old_output(tmp_path, capsys):
     X = np.ones((300, 2))
     X[::3] = 2.0
-    data = tmp_path / "d.csv"
-    lines = [f"{a!r},{b!r}" for a, b in X.tolist()]
-    lines[250] = "1.0,oops"  # a bad value in the last chunk
-    data.write_text("\n".join(lines) + "\n")
     good = tmp_path / "good.npy"
     np.save(good, X)
+    X[250, 1] = -1.0  # outside log10's domain, in the third chunk: two are written already
+    data = tmp_path / "d.npy"
+    np.save(data, X)
     stats = tmp_path / "s.json"
-    assert _run("fit", good, "--method", "minmax", "-o", stats) == 0
-    out = tmp_path / "o.npy"
-    np.save(out, np.zeros((1, 1)))
-    before = out.read_bytes()
-    assert _run("transform", data, "--stats", stats, "-o", out, "--force",
-                "--chunk-rows", "100") == 2
-    assert "cannot parse CSV lines 201-300" in capsys.readouterr().err
-    assert out.read_bytes() == before
-    assert _leftovers(tmp_path) == []
+    assert _run("fit", good, "--method", "log10", "-o", stats) == 0
+    for out in (tmp_path / "o.npy", tmp_path / "o.parquet", tmp_path / "o.csv"):
+        out.write_bytes(b"older result")
+        assert _run("transform", data, "--stats", stats, "-o", out, "--force",
+                    "--chunk-rows", "100") == 2
+        assert "data rows 200..299" in capsys.readouterr().err
+        assert out.read_bytes() == b"older result"
+        assert _leftovers(tmp_path) == []
 
 
 def test_sigterm_mid_write_leaves_old_output_and_no_partial_file(tmp_path):
