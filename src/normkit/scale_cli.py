@@ -623,7 +623,12 @@ def _write(sink: _Sink, src: _Source, batch, columns: List[str], y: np.ndarray) 
         names = list(batch.schema.names)
         arrays = list(batch.columns)
         for j, c in enumerate(columns):
-            arrays[names.index(c)] = pa.array(y[:, j])
+            i = names.index(c)
+            col = y[:, j]
+            # per column, the dtype policy: a floating column keeps its type
+            if pa.types.is_floating(arrays[i].type):
+                col = col.astype(arrays[i].type.to_pandas_dtype(), copy=False)
+            arrays[i] = pa.array(col)
     sink.write_batch(pa.RecordBatch.from_arrays(arrays, names=names))
 
 
