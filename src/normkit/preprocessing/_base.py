@@ -10,6 +10,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from . import _dask
+from ._dask import is_dask
 from ._input import _as_batch, _Batch, _column_report
 from ._moments import _nan_min_max
 from ._torch import is_tensor, torch
@@ -143,6 +145,8 @@ class _BaseScaler:
             self
         """
         self._check_params()
+        if is_dask(X):
+            return _dask.partial_fit(self, X)
         name = type(self).__name__
         batch = _as_batch(name, "partial_fit", X)
         shape = tuple(batch.x.shape)
@@ -309,6 +313,8 @@ class _BaseScaler:
             DataFrame when ``set_output`` (or scikit-learn's global
             ``transform_output``) asks for it.
         """
+        if is_dask(X):
+            return _dask.apply(self, X, "transform")
         name = type(self).__name__
         self._check_fitted("transform")
         batch = _as_batch(name, "transform", X)
@@ -421,6 +427,8 @@ class _BaseScaler:
         Returns:
             Same type, device and floating dtype as ``X``.
         """
+        if is_dask(X):
+            return _dask.apply(self, X, "inverse_transform")
         name = type(self).__name__
         self._check_fitted("inverse_transform")
         batch = _as_batch(name, "inverse_transform", X)

@@ -110,6 +110,10 @@ class StandardScaler(_BaseScaler):
     Args:
         with_mean: subtract the mean. Default ``True``.
         with_std: divide by the standard deviation. Default ``True``.
+        ddof: 0 (default) divides by the population std (scikit-learn); 1 by the
+            sample std sqrt(M2 / (n - 1)) (Spark, polars). ``var_`` is always
+            the population variance, as in scikit-learn. See
+            :meth:`from_convention`.
 
     Attributes:
         mean_ (None when neither flag is set), var_ and scale_ (None when
@@ -129,15 +133,40 @@ class StandardScaler(_BaseScaler):
 
     _STATE_KEYS = ("data_min", "data_max", "count", "mean", "var")
 
-    def __init__(self, with_mean=True, with_std=True):
+    #: ``with_mean`` / ``ddof`` as other engines define standardization (their docs):
+    #: scikit-learn ``StandardScaler`` (population std), Spark MLlib ``StandardScaler``
+    #: (``withMean=False`` by default, unbiased sample std), polars ``Expr.std`` (``ddof=1``)
+    CONVENTIONS = {"sklearn": {"with_mean": True, "ddof": 0},
+                   "spark": {"with_mean": False, "ddof": 1},
+                   "polars": {"with_mean": True, "ddof": 1}}
+
+    def __init__(self, with_mean=True, with_std=True, ddof=0):
         self.with_mean = with_mean
         self.with_std = with_std
+        self.ddof = ddof
+
+    @classmethod
+    def from_convention(cls, name: str, **overrides) -> "StandardScaler":
+        """A scaler with another engine's defaults: ``"sklearn"``, ``"spark"`` or ``"polars"``.
+
+        Example::
+
+            >>> StandardScaler.from_convention("spark")
+            StandardScaler(with_mean=False, ddof=1)
+        """
+        if name not in cls.CONVENTIONS:
+            raise ValueError(f"StandardScaler.from_convention: unknown convention {name!r}; "
+                             f"known: {sorted(cls.CONVENTIONS)}")
+        return cls(**{**cls.CONVENTIONS[name], **overrides})
 
     def _check_params(self) -> None:
         for k in ("with_mean", "with_std"):
             if not isinstance(getattr(self, k), (bool, np.bool_)):
                 raise TypeError(f"StandardScaler: {k} must be True or False, got "
                                 f"{getattr(self, k)!r}")
+        if self.ddof not in (0, 1) or isinstance(self.ddof, bool):
+            raise ValueError(f"StandardScaler: ddof must be 0 (population std, scikit-learn) "
+                             f"or 1 (sample std, Spark/polars), got {self.ddof!r}")
 
     def _init_state(self, n_features: int) -> None:
         super()._init_state(n_features)
@@ -182,8 +211,15 @@ class StandardScaler(_BaseScaler):
         if self.with_std:
             self.var_ = np.where(unseen, np.nan, self._st_var)
             constant = _is_constant(self.var_, self.mean_, n_seen)
+            var = self.var_
+            if self.ddof:
+                # sample variance M2 / (n - 1); one value has no spread (Spark: std 0)
+                n = self._st_count
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    var = np.where(n > 1, self._st_var * n / (n - 1), 0.0)
+                var = np.where(unseen, np.nan, var)
             with np.errstate(invalid="ignore"):
-                self.scale_ = _zero_scale_to_one(np.sqrt(self.var_), constant)
+                self.scale_ = _zero_scale_to_one(np.sqrt(var), constant)
         else:
             self.var_ = None
             self.scale_ = None
