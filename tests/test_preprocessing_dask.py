@@ -33,6 +33,8 @@ def _data(seed=0, n=3001):
     return X
 
 
+# ~45 s on the shared 2-core machine (each worker process imports normkit, hence torch): slow
+@pytest.mark.slow
 def test_dask_array_fit_transform_equals_sklearn(client):
     X = _data()
     dX = da.from_array(X, chunks=(700, 2))  # column chunks too: rechunked per row block
@@ -54,6 +56,7 @@ def test_dask_array_fit_transform_equals_sklearn(client):
     np.testing.assert_array_equal(m.data_max_, mref.data_max_)
 
 
+@pytest.mark.slow
 def test_dask_dataframe_partial_fit_and_lazy_transform(client):
     X = _data(1)
     df = pd.DataFrame(X, columns=["a", "b", "c", "d"])
@@ -71,6 +74,24 @@ def test_dask_dataframe_partial_fit_and_lazy_transform(client):
     np.testing.assert_allclose(got.to_numpy(), ref.transform(df), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="same order"):
         s.transform(ddf[["b", "a", "c", "d"]])
+
+
+def test_dask_in_process_scheduler_equals_sklearn():
+    """The same code path without a cluster (dask's threaded scheduler): quick, always run."""
+    X = _data(3)
+    dX = da.from_array(X, chunks=(400, 4))
+    s = P.StandardScaler().fit(dX)
+    ref = skp.StandardScaler().fit(X)
+    np.testing.assert_allclose(s.mean_, ref.mean_, rtol=1e-14)
+    np.testing.assert_allclose(s.var_, ref.var_, rtol=1e-13)
+    Y = s.transform(dX)
+    assert isinstance(Y, da.Array)
+    np.testing.assert_allclose(Y.compute(), ref.transform(X), rtol=1e-12, atol=1e-12)
+    ddf = dd.from_pandas(pd.DataFrame(X, columns=list("abcd")), npartitions=3)
+    out = P.MinMaxScaler().fit(ddf).transform(ddf)
+    assert isinstance(out, dd.DataFrame)
+    np.testing.assert_allclose(out.compute().to_numpy(), skp.MinMaxScaler().fit_transform(X),
+                               rtol=1e-12, atol=1e-15)
 
 
 def test_conventions_spark_and_polars():
