@@ -13,7 +13,8 @@ directory, then times, each in its own subprocess (start-up included):
 Results go to --csv (appended) and stdout, with the load average: on a shared,
 loaded machine the ratios are indicative only.
 
-    PYTHONPATH=src python benchmarks/scale_vs_polars.py --size-mb 68 --csv benchmarks/results/scale_vs_polars.csv
+    PYTHONPATH=src python benchmarks/scale_vs_polars.py --size-mb 68 \
+        --csv benchmarks/results/scale_vs_polars.csv
 """
 
 from __future__ import annotations
