@@ -637,11 +637,18 @@ def main(args) -> int:
         print("usage: normkit scale {fit,transform} ...  (see normkit scale fit --help)",
               file=sys.stderr)
         return 2
+    previous = {}
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None:
-            signal.signal(sig, _on_signal)
+            try:
+                previous[sig] = signal.signal(sig, _on_signal)
+            except ValueError:  # not the main thread: signals cannot be handled here
+                pass
     try:
         return _fit(args) if args.scale_command == "fit" else _transform(args)
     except (CLIError, ValueError, TypeError, RuntimeError, OSError) as exc:
         print(f"normkit scale {args.scale_command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        for sig, handler in previous.items():  # callers (tests, notebooks) keep theirs
+            signal.signal(sig, handler)
