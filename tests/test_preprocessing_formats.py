@@ -117,3 +117,35 @@ def test_csv_empty_fields_are_nan(tmp_path):
     doc = json.loads(stats.read_text())
     # hand calculation: a = [1, 3, 5] -> mean 3; b = [2, 4, 8] -> mean 14/3
     assert doc["state"]["mean"] == [3.0, 14 / 3]
+
+
+def test_data_path_does_not_import_torch(tmp_path):
+    """normkit.preprocessing and normkit.scale_cli never import torch on NumPy/file data.
+
+    The package's own __init__ imports torch, so the check loads the two modules under a
+    bare `normkit` package object: it guards the data path's start-up, not the package's.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "normkit"
+    data = tmp_path / "d.csv"
+    data.write_text("a,b,name\n1,2,x\n3,5,y\n4,4,z\n")
+    code = f"""
+import sys, types, argparse
+pkg = types.ModuleType("normkit"); pkg.__path__ = [{str(src)!r}]; sys.modules["normkit"] = pkg
+import numpy as np
+from normkit import preprocessing as P, scale_cli
+P.StandardScaler().fit(np.ones((3, 2))).transform(np.ones((1, 2)))
+ap = argparse.ArgumentParser(); scale_cli.add_arguments(ap)
+for argv in (["fit", {str(data)!r}, "--method", "zscore", "-o", {str(tmp_path / 's.json')!r},
+              "--no-progress"],
+             ["transform", {str(data)!r}, "--stats", {str(tmp_path / 's.json')!r}, "-o",
+              {str(tmp_path / 'o.parquet')!r}, "--no-progress"]):
+    assert scale_cli.main(ap.parse_args(argv)) == 0
+assert "torch" not in sys.modules, "torch was imported"
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
