@@ -12,9 +12,14 @@ floating dtype. Statistics are kept in float64 whatever the input dtype, so
   different shards; ``sync`` combines all ranks of a ``torch.distributed``
   group. Means and variances merge with Chan, Golub and LeVeque's pairwise
   update (the same one scikit-learn uses), minima and maxima by min/max.
-* ``transform`` counts values outside the fitted range (new data can move
-  min and max); ``MinMaxScaler`` warns with the counts, or clips with
-  ``clip=True``.
+* ``out_of_range(X)`` counts values outside the fitted range (new data can
+  move min and max); ``MinMaxScaler.transform`` warns with the counts, or
+  clips with ``clip=True``. ``transform`` never changes the scaler.
+* scikit-learn citizens: ``set_output`` (pandas, polars),
+  ``get_feature_names_out``, ``feature_names_in_`` with scikit-learn's
+  column-name validation; pandas nullable dtypes read with ``pd.NA`` as NaN.
+* dask Arrays and DataFrames: per-block statistics merged exactly, lazy
+  transforms of the same dask type.
 * ``save`` / ``load`` write JSON with a checksum (no pickle); float64 values
   read back bit-identical.
 * ``to_module`` turns a fitted scaler into an ``nn.Module`` with its
@@ -38,7 +43,7 @@ Layout of this package (one concern per module; the public names live here):
 
 from __future__ import annotations
 
-from ._base import NotFittedError, OutOfRangeWarning
+from ._base import NotFittedError, OutOfRangeCounts, OutOfRangeWarning
 from ._base import _BaseScaler as _BaseScaler  # the base class, for subclassing tests
 from ._persist import load
 from ._scalers import (SCALERS, ArctanScaler, Log10Scaler, MinMaxScaler, ReciprocalScaler,
@@ -51,6 +56,7 @@ __all__ = [
     "Log10Scaler",
     "ArctanScaler",
     "OutOfRangeWarning",
+    "OutOfRangeCounts",
     "NotFittedError",
     "load",
     "SCALERS",
