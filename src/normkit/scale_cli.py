@@ -42,7 +42,8 @@ FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".arrow": "ip
            ".feather": "ipc", ".ipc": "ipc", ".npy": "npy"}
 
 _NPY_HEADER_BYTES = 128  # fixed size, so the row count can be patched in after streaming
-_CSV_BLOCK_BYTES = 8 << 20  # pyarrow parses each block on its own threads
+_CSV_BLOCK_BYTES = 1 << 20  # per block, parsed on pyarrow's threads; 8 MiB blocks let its
+# read-ahead hold ~300 MiB on a 1 GiB file, 1 MiB blocks ~40 MiB (measured)
 
 
 class CLIError(Exception):
