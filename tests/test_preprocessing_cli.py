@@ -125,7 +125,8 @@ def test_cli_errors_are_one_clear_line(tmp_path, data, capsys):
     bad.write_text("1,2\n3,x\n")
     assert cli.main(["scale", "fit", str(bad), "--method", "zscore", "-o", str(stats),
                      "--no-progress"]) == 2
-    assert "cannot parse CSV lines 1-2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad.csv: cannot parse CSV" in err and "invalid value 'x'" in err
 
     # stats for 4 columns applied to 3 columns: an error, and no half-written output left
     good = tmp_path / "good.npy"

@@ -53,7 +53,7 @@ def missing_extra(command: str):
 # ---
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only=None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normkit",
         description="normkit: normalization layers done right (LRN exact to every framework, "
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        if only is not None and name != only:
+            continue  # its module is imported only when it runs (keeps start-up fast)
         mod = importlib.import_module(module)
         if hasattr(mod, "add_arguments"):
             mod.add_arguments(p)
@@ -71,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(chosen if chosen in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
