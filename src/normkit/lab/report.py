@@ -346,6 +346,47 @@ def judge_lrn_minimal(res):
     return NOT, lines
 
 
+def lrn_worked_example() -> dict:
+    """Document 3's worked example of TensorFlow's LRN, through normkit and by hand.
+
+    Input NHWC [1, 2, 2, 8]; depth_radius 2, bias 0, alpha 1, beta 1. The document
+    derives two outputs by hand: 1 / (1 + 4 + 9) and 4 / (4 + 9 + 16 + 25 + 36).
+    """
+    import numpy as np
+    import torch
+
+    from normkit.functional import local_response_norm
+
+    x = np.array([[[[1, 2, 3, 4, 5, 6, 7, 8], [8, 7, 6, 5, 4, 3, 2, 1]],
+                   [[4, 3, 2, 1, 8, 7, 6, 5], [1, 2, 3, 4, 5, 6, 7, 8]]]], dtype=np.float64)
+    got = local_response_norm(torch.from_numpy(x), 5, 1.0, 1.0, 0.0, convention="tensorflow",
+                              channel_dim=-1).numpy()
+    ref = np.empty_like(x)  # TensorFlow's definition, written out: sum over d-2..d+2
+    for d in range(x.shape[-1]):
+        window = x[..., max(0, d - 2):d + 3]
+        ref[..., d] = x[..., d] / (0.0 + 1.0 * (window ** 2).sum(-1)) ** 1.0
+    return {"normkit": got.ravel().tolist(), "reference": ref.ravel().tolist(),
+            "quoted": {"first pixel, channel 0": [float(got[0, 0, 0, 0]), 1 / 14],
+                       "first pixel, channel 3": [float(got[0, 0, 0, 3]), 4 / 90]},
+            "config": {"quick": False}}
+
+
+def judge_lrn_formula(res):
+    import numpy as np
+
+    err = float(np.max(np.abs(np.subtract(res["normkit"], res["reference"]))))
+    lines = [f"{k}: normkit {v[0]:.8f}, the document's hand value {v[1]:.8f}"
+             for k, v in res["quoted"].items()]
+    lines.append(f"all {len(res['normkit'])} outputs vs the formula written out in float64: "
+                 f"largest difference {err:.1e}")
+    quoted = max(abs(a - b) for a, b in res["quoted"].values())
+    if quoted < 1e-7 and err < 1e-12:
+        return HOLDS, lines
+    if quoted < 1e-4:
+        return WEAK, lines
+    return NOT, lines
+
+
 CLAIMS = [
     Claim("scaling-zigzag",
           "Features on very different scales stretch the loss contours, so gradient descent "
@@ -437,6 +478,16 @@ CLAIMS = [
           "every depth, and BN - none exceeds that tolerance; holds weakly: LRN ~ none but "
           "BN not better everywhere; does not hold here: LRN differs from none.",
           judge_lrn_minimal, ("lrn_effect.png",), "normkit lab lrn-effect"),
+    Claim("lrn-tf-formula",
+          "TensorFlow's LRN sums the squares over channels d - depth_radius .. d + "
+          "depth_radius and divides by (bias + alpha * sum)^beta; with depth_radius 2, "
+          "bias 0, alpha 1, beta 1 the first pixel gives 1/(1+4+9) = 0.07142857 in channel "
+          "0 and 4/(4+9+16+25+36) = 0.04444445 in channel 3.",
+          (3,), "lrn-formula",
+          "holds: normkit's TensorFlow convention reproduces both hand values to 1e-7 and "
+          "the written-out formula to 1e-12 (float64); holds weakly: the hand values to "
+          "1e-4; does not hold here: otherwise.",
+          judge_lrn_formula, (), "normkit lab report"),
 ]
 
 
@@ -504,6 +555,7 @@ def build_report(args) -> dict:
         results[exp] = res
         log.append(how)
         print(f"normkit lab report: {how}", file=sys.stderr)
+    results["lrn-formula"] = lrn_worked_example()
     claims = evaluate(results)
     page = render_html(claims, results, out, log)
     path = os.path.join(out, "report.html")
@@ -610,7 +662,7 @@ def render_html(claims: List[dict], results: Dict[str, Optional[dict]], out: str
     notes = []
     for exp in EXPERIMENT_ORDER:
         res = results.get(exp)
-        if res:
+        if res and res.get("notes"):
             notes.append(f"<h3>{e(exp)}</h3><ul>" + "".join(
                 f"<li>{e(n)}</li>" for n in res.get("notes", [])) + "</ul>")
     parts.append("<h2>Notes printed by each experiment</h2>" + "".join(notes))
