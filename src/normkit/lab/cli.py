@@ -7,7 +7,7 @@ Experiments (one command each; every one prints a table and writes
 - ``batch-size``: BatchNorm vs GroupNorm vs LayerNorm at batch sizes 2..128;
 - ``ics``: per-layer pre-activation mean/std over training, without and with BN;
 - ``scale-invariance``: seed 001's BN(aWu) = BN(Wu) checked on a real layer;
-- ``lrn-effect``: none vs LRN vs BN over several seeds.
+- ``lrn-effect``: none vs LRN vs BN over several seeds;
 - ``scaling``: the input data itself (wine, breast cancer): raw vs min-max, z-score,
   1/(1+x), log10, atan for logistic regression and a sigmoid MLP trained by
   full-batch gradient descent; loss contours, saturation, the min-max refit caveat.
@@ -98,7 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, metavar="FILE.npz",
                         help="your own data: arrays x [N, C, H, W] and y [N] (integer labels)")
     parser.add_argument("--out", default=None,
-                        help="output directory (default lab-out/<experiment>)")
+                        help="output directory (default lab-out/<experiment>; report: "
+                             "lab-out, holding one directory per experiment)")
     parser.add_argument("--quick", action="store_true",
                         help="seconds, not minutes: 1 epoch on 256 images, small grids")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
