@@ -160,7 +160,7 @@ def judge_methods(res):
                 run, raw = _one(res, dataset=d, model=model, scaling=m), \
                     _one(res, dataset=d, model=model, scaling="raw")
                 if not run["applicable"]:
-                    na.append(f"{d} (n/a: {run['reason'].split(';')[0]})")
+                    na.append(f"{d} (n/a: {run['reason'].split(' (')[0]})")
                     continue
                 ok = _helps(run, raw)
                 cells.append(ok)
