@@ -7,7 +7,12 @@ Experiments (one command each; every one prints a table and writes
 - ``batch-size``: BatchNorm vs GroupNorm vs LayerNorm at batch sizes 2..128;
 - ``ics``: per-layer pre-activation mean/std over training, without and with BN;
 - ``scale-invariance``: seed 001's BN(aWu) = BN(Wu) checked on a real layer;
-- ``lrn-effect``: none vs LRN vs BN over several seeds.
+- ``lrn-effect``: none vs LRN vs BN over several seeds;
+- ``scaling``: the input data itself (wine, breast cancer): raw vs min-max, z-score,
+  1/(1+x), log10, atan for logistic regression and a sigmoid MLP trained by
+  full-batch gradient descent; loss contours, saturation, the min-max refit caveat.
+- ``report``: every experiment (reusing ``results.json`` already under ``--out``)
+  on one self-contained ``report.html``: claim, source, measurement, figure, verdict.
 
 Data-parallel: ``torchrun --nproc-per-node 2 -m normkit lab --norms batch``
 (gloo on CPU; ``--batch-size`` is the global batch; "batch" becomes
@@ -26,6 +31,8 @@ import sys
 import time
 
 SCHEMA = "normkit-lab/1"
+# experiments that do not train on the digits (or on --data): they bring their own data
+STANDALONE = ("scaling", "report")
 
 
 def _int_list(text: str):
@@ -57,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("experiment", nargs="?", default="compare", choices=list(EXPERIMENTS),
+    parser.add_argument("experiment", nargs="?", default="compare",
+                        choices=list(EXPERIMENTS) + list(STANDALONE),
                         help="which experiment (default: compare)")
     parser.add_argument("--norms", type=_name_list, default=None,
                         help="comma-separated normkit.create_norm names (default: the "
@@ -90,11 +98,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, metavar="FILE.npz",
                         help="your own data: arrays x [N, C, H, W] and y [N] (integer labels)")
     parser.add_argument("--out", default=None,
-                        help="output directory (default lab-out/<experiment>)")
+                        help="output directory (default lab-out/<experiment>; report: "
+                             "lab-out, holding one directory per experiment)")
     parser.add_argument("--quick", action="store_true",
                         help="seconds, not minutes: 1 epoch on 256 images, small grids")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars")
+    parser.add_argument("--rerun", action="store_true",
+                        help="report: run every experiment again even where --out already "
+                             "holds its results.json")
 
 
 def _check_norms(norms) -> None:
@@ -182,6 +194,8 @@ def run(args) -> dict:
         raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
     if not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.experiment in STANDALONE:
+        return _run_standalone(args)
     world_size = _init_distributed(args.device)
     if world_size > 1 and args.experiment != "compare":
         raise ValueError(f"under torchrun only the default experiment (compare) runs "
@@ -208,6 +222,31 @@ def run(args) -> dict:
     return result
 
 
+def _run_standalone(args) -> dict:
+    """``scaling`` (tabular data, NumPy) and ``report`` (all experiments on one page)."""
+    from .experiments import Options
+
+    if args.data:
+        raise ValueError(f"--data applies to the image experiments; {args.experiment!r} "
+                         "uses its own data (drop --data)")
+    if args.experiment == "report":
+        from .report import build_report
+        return build_report(args)
+    from .scaling import describe_data, scaling
+    out_dir = args.out or os.path.join("lab-out", args.experiment)
+    os.makedirs(out_dir, exist_ok=True)
+    opts = Options(seed=args.seed, quick=args.quick, progress=args.progress)
+    t0 = time.perf_counter()
+    result = scaling(opts, out_dir)
+    result = {"schema": SCHEMA, "experiment": result.pop("experiment"),
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                  timespec="seconds"),
+              "data": describe_data(), "environment": environment("cpu", 1),
+              "seconds": time.perf_counter() - t0, **result}
+    result["out_dir"] = out_dir
+    return result
+
+
 def main(args) -> int:
     from .train import world
 
@@ -217,7 +256,10 @@ def main(args) -> int:
         print(f"normkit lab: error: {exc}", file=sys.stderr)
         return 2
     rank, _ = world()
-    if rank == 0:
+    if result["experiment"] == "report":
+        from .report import print_summary
+        print_summary(result)
+    elif rank == 0:
         out_dir = result["out_dir"]
         path = write_results(result, out_dir)
         data = result["data"]
