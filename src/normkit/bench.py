@@ -36,10 +36,12 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn.functional as F
 
+from .families import bench_layers
+
 __all__ = ["add_arguments", "main", "CASES"]
 
-LAYERS = ("lrn", "rmsnorm", "instancenorm", "batchnorm", "layernorm", "groupnorm",
-          "overhead", "model")
+# every layer case a family names (normkit.families), then the whole-model tables
+LAYERS = bench_layers() + ("overhead", "model")
 LRN_BETAS = (0.5, 0.75, 1.0, 0.6)
 CSV_FIELDS = ["timestamp", "device", "device_name", "torch_version", "numba_version",
               "triton_version", "threads", "allocator", "load_avg", "layer", "shape", "dtype",
@@ -714,7 +716,6 @@ def main(args) -> int:
 # dx = dresidual (4 more); the modulated norm moves what LayerNorm does (2, then 5).
 
 FUSED_LAYERS = ("add_rms_norm", "add_layer_norm", "modulated_layer_norm")
-LAYERS = LAYERS + FUSED_LAYERS
 SHAPES.update({
     "add_rms_norm": ((8192, 768), (256, 128)),
     "add_layer_norm": ((8192, 768), (256, 128)),

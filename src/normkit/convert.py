@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from . import modules as M
+from .families import torch_converters
 from .modules import compat as C
 
 __all__ = ["convert", "CONVERTERS", "ConvertReport"]
@@ -33,32 +34,10 @@ __all__ = ["convert", "CONVERTERS", "ConvertReport"]
 log = logging.getLogger(__name__)
 
 
-def _batch(cls):
-    return lambda m: cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
-                         device="meta", bias=m.bias is not None)
-
-
-# torch class -> builder of the normkit twin (constructed on "meta": every tensor is then
-# replaced by the original's, so nothing is allocated and optimizers keep their params)
-CONVERTERS: Dict[Type[nn.Module], Callable[[nn.Module], nn.Module]] = {
-    nn.BatchNorm1d: _batch(M.BatchNorm1d),
-    nn.BatchNorm2d: _batch(M.BatchNorm2d),
-    nn.BatchNorm3d: _batch(M.BatchNorm3d),
-    nn.SyncBatchNorm: lambda m: M.SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine,
-                                                m.track_running_stats, m.process_group,
-                                                device="meta", bias=m.bias is not None),
-    nn.InstanceNorm1d: _batch(M.InstanceNorm1d),
-    nn.InstanceNorm2d: _batch(M.InstanceNorm2d),
-    nn.InstanceNorm3d: _batch(M.InstanceNorm3d),
-    nn.LayerNorm: lambda m: M.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine,
-                                        m.bias is not None, device="meta"),
-    nn.GroupNorm: lambda m: M.GroupNorm(m.num_groups, m.num_channels, m.eps, m.affine,
-                                        device="meta", bias=m.bias is not None),
-    nn.RMSNorm: lambda m: M.RMSNorm(m.normalized_shape, m.eps, m.elementwise_affine,
-                                    device="meta"),
-    nn.LocalResponseNorm: lambda m: M.LocalResponseNorm(m.size, m.alpha, m.beta, m.k,
-                                                        convention="torch"),
-}
+# torch class -> builder of the normkit twin, from the family registry (normkit.families).
+# Twins are constructed on "meta": every tensor is then replaced by the original's, so
+# nothing is allocated and optimizers keep their params.
+CONVERTERS: Dict[Type[nn.Module], Callable[[nn.Module], nn.Module]] = torch_converters()
 
 # methods a torch norm's forward calls: a subclass overriding any of them computes
 # something of its own, so it is not converted

@@ -39,55 +39,15 @@ from typing import Callable, Dict
 
 from torch import nn
 
-from .modules import (BatchNorm2d, ChannelRMSNorm, FilterResponseNorm2d, GroupNorm,
-                      InstanceNorm2d, LocalResponseNorm, SyncBatchNorm, WSConv2d)
+from .families import default_num_groups, norm_builders
+from .modules import WSConv2d
+
 
 __all__ = ["NORMS", "create_norm", "create_conv", "default_num_groups"]
 
 
-def default_num_groups(num_channels: int, max_groups: int = 32) -> int:
-    """The largest divisor of ``num_channels`` that is at most ``max_groups``."""
-    for g in range(min(max_groups, num_channels), 0, -1):
-        if num_channels % g == 0:
-            return g
-    return 1
-
-
-def _group(c: int, num_groups: int = None, **kwargs) -> nn.Module:
-    return GroupNorm(default_num_groups(c) if num_groups is None else num_groups, c, **kwargs)
-
-
-def _identity(c: int, **kwargs) -> nn.Module:
-    if kwargs:
-        raise TypeError(f"create_norm('none') takes no options, got {sorted(kwargs)}")
-    return nn.Identity()
-
-
-def _lrn(c: int, **kwargs) -> nn.Module:
-    params = dict(local_size=5, alpha=1e-4, beta=0.75, k=1.0)
-    params.update(kwargs)
-    return LocalResponseNorm.from_caffe(**params)
-
-
-def _lrn_within(c: int, **kwargs) -> nn.Module:
-    params = dict(local_size=3, alpha=5e-5, beta=0.75, norm_region="WITHIN_CHANNEL")
-    params.update(kwargs)
-    return LocalResponseNorm.from_caffe(**params)
-
-
-NORMS: Dict[str, Callable[..., nn.Module]] = {
-    "none": _identity,
-    "lrn": _lrn,
-    "lrn-within": _lrn_within,
-    "batch": lambda c, **kw: BatchNorm2d(c, **kw),
-    "sync-batch": lambda c, **kw: SyncBatchNorm(c, **kw),
-    "group": _group,
-    "layer": lambda c, **kw: GroupNorm(1, c, **kw),
-    "instance": lambda c, **kw: InstanceNorm2d(c, **{"affine": True, **kw}),
-    "rms": lambda c, **kw: ChannelRMSNorm(c, **kw),
-    "frn": lambda c, **kw: FilterResponseNorm2d(c, **kw),
-    "ws-group": _group,
-}
+# the create_norm table is assembled from the family registry (normkit.families)
+NORMS: Dict[str, Callable[..., nn.Module]] = norm_builders()
 
 WS_PREFIX = "ws-"
 

@@ -279,14 +279,11 @@ EXPORTERS: Dict[Type[nn.Module], Callable] = {}
 
 # normkit classes wired by name when they exist (helpers build them in parallel); a class
 # missing from this install is skipped, so the table never breaks an import
-_BY_NAME = {
-    "LocalResponseNorm": lrn_forward,
-    "BatchNorm1d": batch_norm_forward, "BatchNorm2d": batch_norm_forward,
-    "BatchNorm3d": batch_norm_forward, "SyncBatchNorm": batch_norm_forward,
-    "LayerNorm": layer_norm_forward, "GroupNorm": group_norm_forward,
-    "InstanceNorm1d": instance_norm_forward, "InstanceNorm2d": instance_norm_forward,
-    "InstanceNorm3d": instance_norm_forward, "RMSNorm": rms_norm_forward,
-    "ChannelRMSNorm": channel_rms_norm_forward,
+# export rule name (named per class in normkit.families) -> export-time forward
+RULES = {
+    "lrn": lrn_forward, "batch_norm": batch_norm_forward, "layer_norm": layer_norm_forward,
+    "group_norm": group_norm_forward, "instance_norm": instance_norm_forward,
+    "rms_norm": rms_norm_forward, "channel_rms_norm": channel_rms_norm_forward,
 }
 
 
@@ -310,12 +307,11 @@ def register_exporter(cls: Type[nn.Module], forward: Optional[Callable] = None):
 
 
 def _register_builtin() -> None:
-    from .. import modules
+    from ..families import export_rules
 
-    for name, fn in _BY_NAME.items():
-        cls = getattr(modules, name, None)
-        if isinstance(cls, type) and issubclass(cls, nn.Module) and cls not in EXPORTERS:
-            EXPORTERS[cls] = fn
+    for cls, rule in export_rules().items():
+        if cls not in EXPORTERS:
+            EXPORTERS[cls] = RULES[rule]
 
 
 def export_forward_for(module: nn.Module) -> Optional[Callable]:

@@ -222,6 +222,14 @@ def run(args) -> dict:
     return result
 
 
+def _run_and_write(argv, out_dir) -> None:
+    """Run one experiment from its command-line words and write its results.json
+    (what ``normkit lab report`` does for each experiment it has no results for)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    write_results(run(parser.parse_args(argv)), out_dir)
+
+
 def _run_standalone(args) -> dict:
     """``scaling`` (tabular data, NumPy) and ``report`` (all experiments on one page)."""
     from .experiments import Options
@@ -231,7 +239,7 @@ def _run_standalone(args) -> dict:
                          "uses its own data (drop --data)")
     if args.experiment == "report":
         from .report import build_report
-        return build_report(args)
+        return build_report(args, _run_and_write)
     from .scaling import describe_data, scaling
     out_dir = args.out or os.path.join("lab-out", args.experiment)
     os.makedirs(out_dir, exist_ok=True)

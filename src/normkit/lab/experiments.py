@@ -16,12 +16,14 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from ..families import lab_norms
 from . import plots
 from .data import Dataset
 from .model import build_model
 from .train import TrainConfig, resolve_device, train
 
-ALL_NORMS = ["none", "lrn", "lrn-within", "batch", "group", "layer", "instance", "rms"]
+# the default comparison: every family's lab names, in registry order (normkit.families)
+ALL_NORMS = list(lab_norms())
 BATCH_SIZES = [2, 4, 8, 16, 32, 64, 128]
 SCALES = [0.01, 0.1, 0.5, 1.0, 2.0, 10.0, 100.0]
 TINY_EPS = 1e-12

@@ -15,7 +15,6 @@ on hand-made numbers). A claim whose experiment did not run reads "not measured"
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime
 import html
@@ -496,9 +495,10 @@ CLAIMS = [
 # ------------------------------------------------------------------ running
 
 def _experiment_results(exp: str, out: str, quick: bool, rerun: bool, seed: int,
-                        progress: bool) -> Tuple[Optional[dict], str]:
-    """(results, how) for one experiment: reused from disk, or run now."""
-    from . import cli as lab_cli
+                        progress: bool, runner) -> Tuple[Optional[dict], str]:
+    """(results, how) for one experiment: reused from disk, or run now by
+    ``runner(argv, exp_dir)`` (the lab command line's own run-and-write, passed in by
+    :mod:`normkit.lab.cli` so that this module does not import it back)."""
 
     exp_dir = os.path.join(out, exp)
     path = os.path.join(exp_dir, "results.json")
@@ -508,16 +508,13 @@ def _experiment_results(exp: str, out: str, quick: bool, rerun: bool, seed: int,
                 return json.load(f), f"reused {path}"
         except (OSError, ValueError) as exc:
             return None, f"could not read {path} ({exc}); pass --rerun"
-    parser = argparse.ArgumentParser()
-    lab_cli.add_arguments(parser)
     argv = [exp, "--out", exp_dir, "--seed", str(seed)] + (["--quick"] if quick else []) + \
         ([] if progress else ["--no-progress"])
     t0 = time.perf_counter()
     try:
-        result = lab_cli.run(parser.parse_args(argv))
+        runner(argv, exp_dir)
     except ValueError as exc:
         return None, f"{exp} failed: {exc}"
-    lab_cli.write_results(result, exp_dir)
     with open(path) as f:  # what the page shows is exactly what results.json holds
         result = json.load(f)
     return result, f"ran {' '.join(['normkit lab'] + argv)} ({time.perf_counter() - t0:.0f} s)"
@@ -546,14 +543,14 @@ def evaluate(results: Dict[str, Optional[dict]]) -> List[dict]:
     return out
 
 
-def build_report(args) -> dict:
+def build_report(args, runner) -> dict:
     out = args.out or "lab-out"
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     results, log = {}, []
     for exp in EXPERIMENT_ORDER:
         res, how = _experiment_results(exp, out, args.quick, args.rerun, args.seed,
-                                       args.progress)
+                                       args.progress, runner)
         results[exp] = res
         log.append(how)
         print(f"normkit lab report: {how}", file=sys.stderr)

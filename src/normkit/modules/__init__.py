@@ -19,3 +19,8 @@ __all__ += ["FilterResponseNorm2d", "WSConv2d"]
 from .fused import AdaLayerNorm, AddLayerNorm, AddRMSNorm  # noqa: E402
 
 __all__ += ["AddRMSNorm", "AddLayerNorm", "AdaLayerNorm"]
+
+# third-party twins that normkit.convert builds (timm, torchvision, Hugging Face)
+from .compat import BatchNormAct2d, FrozenBatchNorm2d, HFRMSNorm, LayerNorm2d  # noqa: E402
+
+__all__ += ["LayerNorm2d", "BatchNormAct2d", "FrozenBatchNorm2d", "HFRMSNorm"]

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _dask
 from ._dask import is_dask
-from ._input import _as_batch, _Batch, _column_report
+from ._input import _as_batch, _Batch, _column_report, _feature_names
 from ._moments import _nan_min_max
 from ._torch import is_tensor, torch
 
@@ -37,23 +37,6 @@ class OutOfRangeCounts(NamedTuple):
 
 
 _OUTPUTS = ("default", "pandas", "polars")
-
-
-def _feature_names(X) -> Optional[np.ndarray]:
-    """Column names of a DataFrame-like ``X`` when all are strings (scikit-learn's rule)."""
-    if is_tensor(X) or not hasattr(X, "columns") or isinstance(X, np.ndarray):
-        return None
-    cols = list(X.columns)
-    kinds = {isinstance(c, str) for c in cols}
-    if kinds == {True}:
-        return np.asarray(cols, dtype=object)
-    if kinds == {True, False}:
-        raise TypeError(
-            "Feature names are only supported if all input features have string names, but "
-            f"your input has {sorted({type(c).__name__ for c in cols})} as feature name / "
-            "column name types. Convert them all to strings, e.g. X.columns = "
-            "X.columns.astype(str)")
-    return None
 
 
 class _BaseScaler:

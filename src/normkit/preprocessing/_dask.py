@@ -76,7 +76,7 @@ def apply(scaler, X, method: str):
     if _is_frame(X):
         import pandas as pd
 
-        from ._base import _feature_names
+        from ._input import _feature_names
 
         if method == "transform":
             scaler._check_feature_names(_feature_names(X), method)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import numpy as np
 
@@ -158,3 +159,19 @@ def _column_report(batch: _Batch, mask, x=None, limit: int = 5) -> str:
         parts.append(f"and {len(cols) - limit} more column(s)")
     return f"{int(counts.sum())} in total; " + "; ".join(parts)
 
+
+def _feature_names(X) -> Optional[np.ndarray]:
+    """Column names of a DataFrame-like ``X`` when all are strings (scikit-learn's rule)."""
+    if is_tensor(X) or not hasattr(X, "columns") or isinstance(X, np.ndarray):
+        return None
+    cols = list(X.columns)
+    kinds = {isinstance(c, str) for c in cols}
+    if kinds == {True}:
+        return np.asarray(cols, dtype=object)
+    if kinds == {True, False}:
+        raise TypeError(
+            "Feature names are only supported if all input features have string names, but "
+            f"your input has {sorted({type(c).__name__ for c in cols})} as feature name / "
+            "column name types. Convert them all to strings, e.g. X.columns = "
+            "X.columns.astype(str)")
+    return None

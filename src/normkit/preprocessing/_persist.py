@@ -12,6 +12,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+# class name -> scaler class; filled by _scalers when it defines them (load builds from
+# it; importing _scalers here would make persistence and the scalers import each other)
+SCALERS: dict = {}
+
 _FORMAT = "normkit-scaler"
 _FORMAT_VERSION = 1
 
@@ -249,8 +253,6 @@ def _validate(doc: Dict[str, Any], path):
 
     A matching checksum proves nothing about intent: anyone can re-sign a file.
     """
-    from ._scalers import SCALERS
-
     name = doc.get("class")
     if not isinstance(name, str) or name not in SCALERS:
         raise _bad(path, "class", f"is {_show(name)}, not one of {sorted(SCALERS)}")

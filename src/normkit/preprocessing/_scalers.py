@@ -7,6 +7,7 @@ from typing import Any, Dict
 
 import numpy as np
 
+from . import _persist
 from ._base import _BaseScaler
 from ._input import _Batch, _column_report
 from ._moments import _chunk_moments, _is_constant, _merge_moments, _zero_scale_to_one
@@ -396,4 +397,5 @@ class ArctanScaler(_FixedScaler):
 
 SCALERS = {cls.__name__: cls for cls in
            (MinMaxScaler, StandardScaler, ReciprocalScaler, Log10Scaler, ArctanScaler)}
+_persist.SCALERS.update(SCALERS)  # what load() may build
 
