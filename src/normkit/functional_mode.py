@@ -29,6 +29,7 @@ import torch.nn.functional as TF
 from torch.overrides import TorchFunctionMode
 
 from . import dispatch
+from .ops import schema
 from . import functional as NF
 
 __all__ = ["functional_mode", "NormkitFunctionMode", "SERVED"]
@@ -36,19 +37,28 @@ __all__ = ["functional_mode", "NormkitFunctionMode", "SERVED"]
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _first(family: str) -> str:
+    """The op whose backend choice stands for the family's (its forward op)."""
+    return schema.ops_of(family)[0]
+
+
+# BatchNorm's forward op that every mode runs (the stats op is skipped in eval)
+_APPLY_BN = next(op for op in schema.ops_of("batch_norm") if op.endswith("_apply"))
+
+
 def _layer_norm(a, backend):
     return NF.layer_norm(a["input"], a["normalized_shape"], a["weight"], a["bias"], a["eps"],
-                         backend=backend), "layer_norm_fwd"
+                         backend=backend), _first("layer_norm")
 
 
 def _rms_norm(a, backend):
     return NF.rms_norm(a["input"], a["normalized_shape"], a["weight"], a["eps"],
-                       backend=backend), "rms_norm_fwd"
+                       backend=backend), _first("rms_norm")
 
 
 def _group_norm(a, backend):
     return NF.group_norm(a["input"], a["num_groups"], a["weight"], a["bias"], a["eps"],
-                         backend=backend), "group_norm_fwd"
+                         backend=backend), _first("group_norm")
 
 
 def _batch_norm(a, backend):
@@ -56,7 +66,7 @@ def _batch_norm(a, backend):
         return None, None  # torch decides what these mean
     return NF.batch_norm(a["input"], a["running_mean"], a["running_var"], a["weight"],
                          a["bias"], bool(a["training"]), a["momentum"], a["eps"],
-                         backend=backend), "batch_norm_apply"
+                         backend=backend), _APPLY_BN
 
 
 def _instance_norm(a, backend):
@@ -64,7 +74,7 @@ def _instance_norm(a, backend):
         return None, None
     if (a["running_mean"] is None) != (a["running_var"] is None):
         return None, None  # torch decides what one buffer alone means
-    op = "group_norm_fwd" if a["use_input_stats"] else "batch_norm_apply"
+    op = _first("group_norm") if a["use_input_stats"] else _APPLY_BN
     return NF.instance_norm(a["input"], a["running_mean"], a["running_var"], a["weight"],
                             a["bias"], bool(a["use_input_stats"]), a["momentum"], a["eps"],
                             backend=backend), op
@@ -72,7 +82,7 @@ def _instance_norm(a, backend):
 
 def _local_response_norm(a, backend):
     return NF.local_response_norm(a["input"], a["size"], a["alpha"], a["beta"], a["k"],
-                                  convention="torch", backend=backend), "lrn_fwd"
+                                  convention="torch", backend=backend), _first("lrn")
 
 
 # torch.nn.functional function -> (name, server returning (output, op name) or (None, None))
@@ -109,7 +119,7 @@ class NormkitFunctionMode(TorchFunctionMode):
 
     def __init__(self, backend: str = "auto") -> None:
         super().__init__()
-        dispatch.resolve("layer_norm_fwd", torch.empty(0), backend)  # validate the name early
+        dispatch.resolve(_first("layer_norm"), torch.empty(0), backend)  # validate the name early
         self.backend = backend
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
