@@ -1,45 +1,82 @@
 """normkit: normalization layers done right.
 
 Public re-exports only; see the README for a tour.
+
+The names below load on first use (PEP 562 ``__getattr__``): ``import normkit`` alone does
+not import torch, so torch-free paths such as ``normkit scale`` (the data scalers and their
+command line) start in a fraction of a second. The first access to any layer, function or
+submodule loads the whole public API at once, exactly as an eager import would.
 """
 
-from . import conventions, functional
-from . import preprocessing
-from .modules import LocalResponseNorm
-from . import interop  # noqa: E402  (after modules: interop builds LocalResponseNorm)
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["conventions", "functional", "LocalResponseNorm", "__version__"]
+# public name -> the module that defines it ("" for a submodule of the same name)
+_EXPORTS = {
+    # submodules
+    "conventions": "", "functional": "", "preprocessing": "", "interop": "",
+    # LRN and the torch.nn-compatible layers
+    "LocalResponseNorm": "modules", "BatchNorm1d": "modules", "BatchNorm2d": "modules",
+    "BatchNorm3d": "modules", "SyncBatchNorm": "modules", "LayerNorm": "modules",
+    "GroupNorm": "modules", "InstanceNorm1d": "modules", "InstanceNorm2d": "modules",
+    "InstanceNorm3d": "modules", "RMSNorm": "modules", "ChannelRMSNorm": "modules",
+    # third-party twins that convert() builds
+    "BatchNormAct2d": "modules", "FrozenBatchNorm2d": "modules", "HFRMSNorm": "modules",
+    "LayerNorm2d": "modules",
+    # beyond the source documents: FRN, weight standardization, fused and modulated norms
+    "FilterResponseNorm2d": "modules", "WSConv2d": "modules", "AddRMSNorm": "modules",
+    "AddLayerNorm": "modules", "AdaLayerNorm": "modules",
+    # model-level tools
+    "convert": "convert", "ConvertReport": "convert", "functional_mode": "functional_mode",
+    "fold_batch_norm": "fold", "create_norm": "factory", "create_conv": "factory",
+    "NORMS": "factory",
+}
 
-from .modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, ChannelRMSNorm,  # noqa: E402
-                      GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm,
-                      RMSNorm, SyncBatchNorm)
-from .convert import convert  # noqa: E402
-from .factory import NORMS, create_norm  # noqa: E402
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ += ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm",
-            "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
-            "ChannelRMSNorm", "convert", "create_norm", "NORMS"]
-__all__ += ["interop"]
-__all__ += ["preprocessing"]
+# the layer stack and the exporters, loaded together on first use of a layer or function;
+# interop is among them because importing it installs the ONNX LRN-node writer that plain
+# torch.onnx.export (TorchScript) uses
+_EAGER_MODULES = ("conventions", "functional", "modules", "interop", "convert",
+                  "functional_mode", "fold", "factory")
 
-# --- FRN, Weight Standardization, BatchNorm folding (issue 13) ---
-from .modules import FilterResponseNorm2d, WSConv2d  # noqa: E402
-from .fold import fold_batch_norm  # noqa: E402
-from .factory import create_conv  # noqa: E402
 
-__all__ += ["FilterResponseNorm2d", "WSConv2d", "fold_batch_norm", "create_conv"]
+def _load() -> None:
+    for module in _EAGER_MODULES:
+        importlib.import_module(f"{__name__}.{module}")
+    for name, module in _EXPORTS.items():
+        source = importlib.import_module(f"{__name__}.{module or name}")
+        globals()[name] = source if not module else getattr(source, name)
 
-# drop-in helpers (issue 10): third-party norm twins, functional mode
-from .functional_mode import functional_mode  # noqa: E402
-from .convert import ConvertReport  # noqa: E402
-from .modules.compat import BatchNormAct2d, FrozenBatchNorm2d, HFRMSNorm, LayerNorm2d  # noqa: E402
 
-__all__ += ["functional_mode", "ConvertReport", "BatchNormAct2d", "FrozenBatchNorm2d",
-            "HFRMSNorm", "LayerNorm2d"]
+_loading = False
 
-# --- fused residual-add norms and adaptive LayerNorm (issue 13) ---
-from .modules import AdaLayerNorm, AddLayerNorm, AddRMSNorm  # noqa: E402
 
-__all__ += ["AddRMSNorm", "AddLayerNorm", "AdaLayerNorm"]
+def __getattr__(name: str):
+    global _loading
+    if name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _EXPORTS and _EXPORTS[name] and not _loading:
+        # a layer or function: load the whole public API once
+        _loading = True
+        try:
+            _load()
+        finally:
+            _loading = False
+        return globals()[name]
+    # a submodule (normkit.functional, normkit.dispatch, ...): import just that one. The
+    # import system also lands here for ``from . import x`` inside normkit, so this must
+    # never load more than it is asked for (a half-imported module would import itself)
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
