@@ -1,4 +1,4 @@
-"""One shared generator of hostile inputs (DESIGN.md section 6).
+"""One shared generator of hostile inputs (docs/design.md section 5).
 
 Each generator yields ``(name, tensor)`` pairs; tests pick what applies.
 """

@@ -69,7 +69,7 @@ def test_bad_parameters_name_the_invariant(bad, match):
 
 
 def test_tensorflow_from_and_to_size_form():
-    # DESIGN.md: TF -> size form: n = 2r+1, alpha_size = alpha_tf * n, k = bias
+    # docs/conventions.md: TF -> size form: n = 2r+1, alpha_size = alpha_tf * n, k = bias
     spec = canonicalize(5, 0.01, 0.5, 2.0, convention="tensorflow")
     as_torch = from_canonical(spec, "torch")
     assert as_torch == {"size": 5, "alpha": pytest.approx(0.05), "beta": 0.5, "k": 2.0}

@@ -105,7 +105,7 @@ def test_every_lrn_preset_runs_in_onnxruntime_and_matches(convention, dynamo):
 
 
 def test_even_sizes_are_decomposed_not_an_lrn_node():
-    # an even torch LRN as an ONNX LRN node would be mirrored (DESIGN.md section 3)
+    # an even torch LRN as an ONNX LRN node would be mirrored (docs/design.md section 2)
     for convention in ("torch", "onnx"):
         proto = export_onnx(normkit.LocalResponseNorm(4, convention=convention),
                             randn(1, 6, 3, 3, dtype=torch.float32))
@@ -399,8 +399,7 @@ def test_registry_wires_normkit_classes_that_exist():
 
 def test_scalers_to_module_export():
     """Every normkit.preprocessing scaler's to_module() exports and runs in onnxruntime."""
-    prep = pytest.importorskip("normkit.preprocessing",
-                               reason="normkit.preprocessing is not part of this build yet")
+    from normkit import preprocessing as prep
     rng = np.random.default_rng(0)
     data = rng.uniform(0.5, 5.0, size=(64, 4))
     checked = 0

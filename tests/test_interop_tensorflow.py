@@ -34,7 +34,7 @@ def test_parameters_follow_tensorflow_formula():
 
 
 def test_seed_000_tensorflow_example():
-    # seed 000: tf.nn.local_response_normalization(ones([2, 2, 3, 3]), 1, 0, 1, 1);
+    # source document 1: tf.nn.local_response_normalization(ones([2, 2, 3, 3]), 1, 0, 1, 1);
     # hand calculation: edge channels see 2 ones -> 1/2, the middle one sees 3 -> 1/3
     y = lrn_from_tensorflow(1, 0.0, 1.0, 1.0)(torch.ones(2, 2, 3, 3, dtype=torch.float64))
     assert y[0, 0, 0].tolist() == pytest.approx([0.5, 1 / 3, 0.5], rel=1e-12)

@@ -142,7 +142,7 @@ def test_scale_invariance_matches_seed_001(tmp_path, capsys):
     res = _check_schema(out, "scale-invariance")
     rows = {(r["norm"], r["a"]): r for r in res["runs"]}
     for a in (0.5, 2.0, 10.0, 100.0):
-        # seed 001: BN(aWu) = BN(Wu), dL/du unchanged, dL/dW scaled by 1/a -- up to eps,
+        # source document 2: BN(aWu) = BN(Wu), dL/du unchanged, dL/dW scaled by 1/a -- up to eps,
         # which is 1e-12 here against variances of order 1e-3..1 (float64 throughout)
         r = rows[("batch eps=1e-12", a)]
         assert r["output_rel_change"] < 1e-7

@@ -374,7 +374,7 @@ def test_rms_norm_is_layer_norm_without_centring():
 
 
 def test_batch_norm_with_gamma_sqrt_var_and_beta_mean_returns_its_input():
-    # seed 003: BN can undo itself; with gamma = sqrt(var + eps), beta = mean, y = x
+    # source document 4: BN can undo itself; with gamma = sqrt(var + eps), beta = mean, y = x
     x = randn(8, 4, 3, 3, seed=86, mean=5.0, std=3.0)
     mean = x.mean((0, 2, 3))
     var = x.var((0, 2, 3), unbiased=False)

@@ -17,7 +17,7 @@ def test_window_sum_by_hand():
 
 
 def test_seed_002_hand_calculation():
-    # seed 002: depth_radius 2, bias 0, alpha 1, beta 1. First pixel value 1 of the
+    # source document 3: depth_radius 2, bias 0, alpha 1, beta 1. First pixel value 1 of the
     # row 1..8: 1 / (1^2 + 2^2 + 3^2); the value 4: 4 / (2^2 + 3^2 + 4^2 + 5^2 + 6^2).
     row = np.arange(1.0, 9.0).reshape(1, 1, 1, 8)
     spec = canonicalize(5, 1.0, 1.0, 0.0, convention="tensorflow")

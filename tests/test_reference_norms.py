@@ -54,7 +54,7 @@ def test_batch_norm_by_hand():
 
 
 def test_batch_norm_with_gamma_sqrt_var_beta_mean_is_identity():
-    # seed 003: with gamma = sqrt(var + eps) and beta = mean, BN returns its input
+    # source document 4: with gamma = sqrt(var + eps) and beta = mean, BN returns its input
     x = RNG.standard_normal((5, 3, 4)) * 3 + 7
     _, mean, var = batch_norm_forward(x, eps=1e-3)
     y, _, _ = batch_norm_forward(x, np.sqrt(var + 1e-3), mean, eps=1e-3)

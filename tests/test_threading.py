@@ -1,6 +1,6 @@
 """The cpu backend where users call it: after fork (DataLoader workers) and from threads.
 
-DESIGN.md section 5: numba's OpenMP layer kills forked children, its workqueue
+docs/design.md sections 3-4: numba's OpenMP layer kills forked children, its workqueue
 layer aborts on concurrent threads, and a thread pool created before a fork hangs
 in the child. Each scenario runs in a fresh interpreter with a timeout, so a hang
 or an abort fails the test instead of freezing the suite.

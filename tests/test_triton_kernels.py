@@ -148,7 +148,7 @@ def test_numel_limit_is_named():
 
 def test_no_atomics_anywhere():
     src = "".join(p.read_text() for p in (ROOT / "src/normkit/ops/triton").glob("*.py"))
-    assert "tl.atomic" not in src  # DESIGN.md section 7.4: deterministic partials, no atomics
+    assert "tl.atomic" not in src  # docs/design.md section 6: deterministic partials, no atomics
 
 
 def test_env_at_startup_routes_functional_through_triton():
@@ -271,7 +271,7 @@ def test_lrn_fp16_beyond_square_overflow():
 
 
 def test_lrn_l2_normalisation_identity():
-    """k = 0, alpha = 1, beta = 1/2, window covering every channel: x / ||x||_C (seed 004)."""
+    """k = 0, alpha = 1, beta = 1/2, window covering every channel: x / ||x||_C (source document 5)."""
     x = randn(2, 5, 3, 3, seed=24, dtype=torch.float32)
     y = T.lrn_fwd(x, 4, 4, 1.0, 0.5, 0.0, False)
     expected = x.double() / x.double().norm(dim=1, keepdim=True)  # hand formula, float64
@@ -554,7 +554,7 @@ def test_batch_norm_matches_float64(dtype, shape, mean, blocks):
 
 
 def test_batch_norm_identity_with_matching_affine():
-    """gamma = sqrt(var + eps), beta = mean returns the input (seed 003)."""
+    """gamma = sqrt(var + eps), beta = mean returns the input (source document 4)."""
     x = randn(6, 3, 5, seed=64, dtype=torch.float32, mean=2.0)
     mean, var = T.batch_norm_stats(x)
     y = T.batch_norm_apply(x, mean, 1 / torch.sqrt(var + 1e-5), torch.sqrt(var + 1e-5), mean)

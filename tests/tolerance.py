@@ -1,4 +1,4 @@
-"""The suite's one tolerance policy (DESIGN.md section 4).
+"""The suite's one tolerance policy (docs/design.md section 2).
 
 Everything is compared with the float64 reference. A low-precision result
 passes when

@@ -3,7 +3,7 @@
 For each layer and shape: warm-up, many repeats, the median time of the forward
 and of forward+backward, for torch eager and for every normkit backend that can
 run the tensor. Prints the ratio (torch time / normkit time: > 1 means normkit is
-faster), the effective bandwidth under DESIGN.md's minimum-traffic model (forward
+faster), the effective bandwidth under the minimum-traffic model of docs/design.md section 3 (forward
 reads x and writes y: 2·N·s bytes; backward reads x and dy and writes dx: 3·N·s;
 so forward+backward is 5·N·s) and that bandwidth as a fraction of a measured large
 tensor copy. For LRN forward+backward it also reports the peak extra memory as a

@@ -54,14 +54,14 @@ def _rng_input(shape, seed=0, dtype=np.float32):
 
 def seed_cases() -> Iterator[Case]:
     group = "LRN vs seeds' worked examples"
-    # seed 000: tf.nn.local_response_normalization(np.ones([2,2,3,3]), 1, 0, 1, 1):
+    # source document 1: tf.nn.local_response_normalization(np.ones([2,2,3,3]), 1, 0, 1, 1):
     # channel 0 and 2 see two ones, channel 1 sees three: 1/2, 1/3, 1/2.
     x = torch.ones(2, 2, 3, 3, dtype=torch.float64)
     y = local_response_norm(x, 3, 1.0, 1.0, 0.0, convention="tensorflow", channel_dim=-1)
     expected = np.broadcast_to(np.array([1 / 2, 1 / 3, 1 / 2]), (2, 2, 3, 3))
-    yield _compare(group, "seed 000: ones[2,2,3,3], r=1, bias=0, alpha=1, beta=1", y, expected,
+    yield _compare(group, "source document 1: ones[2,2,3,3], r=1, bias=0, alpha=1, beta=1", y, expected,
                    1e-15)
-    # seed 002: [1,2,2,8] NHWC, depth_radius=2, bias=0, alpha=1, beta=1; the values
+    # source document 3: [1,2,2,8] NHWC, depth_radius=2, bias=0, alpha=1, beta=1; the values
     # TensorFlow printed in the blog post (float32, 8 digits).
     x = torch.tensor([[[[1, 2, 3, 4, 5, 6, 7, 8], [8, 7, 6, 5, 4, 3, 2, 1]],
                        [[4, 3, 2, 1, 8, 7, 6, 5], [1, 2, 3, 4, 5, 6, 7, 8]]]], dtype=torch.float32)
@@ -74,13 +74,13 @@ def seed_cases() -> Iterator[Case]:
                           [0.07142857, 0.06666667, 0.05454545, 0.04444445, 0.03703704,
                            0.03157895, 0.04022989, 0.05369128]]]])
     y = local_response_norm(x, 5, 1.0, 1.0, 0.0, convention="tensorflow", channel_dim=-1)
-    yield _compare(group, "seed 002: [1,2,2,8] NHWC, r=2, bias=0, alpha=1, beta=1", y, printed,
+    yield _compare(group, "source document 3: [1,2,2,8] NHWC, r=2, bias=0, alpha=1, beta=1", y, printed,
                    1e-7)
-    # seed 004: k=0, alpha=1, beta=1/2 with a window over every channel is L2 normalization.
+    # source document 5: k=0, alpha=1, beta=1/2 with a window over every channel is L2 normalization.
     x = torch.from_numpy(_rng_input((3, 6, 4, 4), 4).astype(np.float64))
     y = local_response_norm(x, 11, 1.0, 0.5, 0.0, convention="tensorflow")
     l2 = x / x.norm(dim=1, keepdim=True)
-    yield _compare(group, "seed 004: k=0, alpha=1, beta=1/2, full window == L2 norm", y, l2,
+    yield _compare(group, "source document 5: k=0, alpha=1, beta=1/2, full window == L2 norm", y, l2,
                    1e-12)
 
 
@@ -121,7 +121,7 @@ def onnxruntime_cases() -> Iterator[Case]:
     from onnx import TensorProto, helper
 
     group = f"LRN vs onnxruntime {ort.__version__}"
-    # N != C: the onnx <= 1.23.2 reference evaluator confuses them (DESIGN.md section 3)
+    # N != C: the onnx <= 1.23.2 reference evaluator confuses them (docs/design.md section 2)
     x = _rng_input((2, 7, 4, 3), 3)
     for size in (1, 3, 5, 7, 9):
         node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=0.02, beta=0.75, bias=1.5)

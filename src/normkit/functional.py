@@ -82,7 +82,7 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4,
 
     Example::
 
-        >>> x = torch.ones(2, 2, 3, 3)            # NHWC, as in seed 000
+        >>> x = torch.ones(2, 2, 3, 3)            # NHWC, as in source document 1
         >>> y = local_response_norm(x, 3, 1.0, 1.0, 0.0, convention="tensorflow",
         ...                         channel_dim=-1)
         >>> y[0, 0, 0]

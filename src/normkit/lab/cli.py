@@ -6,7 +6,7 @@ Experiments (one command each; every one prints a table and writes
 - ``compare`` (the default): one run per normalization, same seed/init/split;
 - ``batch-size``: BatchNorm vs GroupNorm vs LayerNorm at batch sizes 2..128;
 - ``ics``: per-layer pre-activation mean/std over training, without and with BN;
-- ``scale-invariance``: seed 001's BN(aWu) = BN(Wu) checked on a real layer;
+- ``scale-invariance``: source document 2's BN(aWu) = BN(Wu) checked on a real layer;
 - ``lrn-effect``: none vs LRN vs BN over several seeds;
 - ``scaling``: the input data itself (wine, breast cancer): raw vs min-max, z-score,
   1/(1+x), log10, atan for logistic regression and a sigmoid MLP trained by

@@ -1,7 +1,7 @@
 """Data for the lab: scikit-learn's bundled digits, or the user's own ``.npz``.
 
 The digits (1,797 grey 8x8 images of 0-9, shipped inside scikit-learn: no
-download) are scaled from their 0..16 integer range to [0, 1] (seed 000's
+download) are scaled from their 0..16 integer range to [0, 1] (source document 1's
 min-max scaling) and split once, stratified, with a fixed seed, so that every
 normalization sees exactly the same training and test images.
 """

@@ -336,7 +336,7 @@ def _worst(rec: dict) -> float:
 
 
 def scale_invariance(data: Dataset, opts: Options, out_dir: str) -> dict:
-    """Seed 001: BN(aWu) = BN(Wu); dL/du unchanged; dL/dW scaled by 1/a -- on a real layer."""
+    """Source document 2: BN(aWu) = BN(Wu); dL/du unchanged; dL/dW scaled by 1/a -- on a real layer."""
     norms = opts.norms or ["batch", "none"]
     depth = opts.depth or "deep"
     scales = opts.extra.get("scales") or SCALES
@@ -383,7 +383,7 @@ def scale_invariance(data: Dataset, opts: Options, out_dir: str) -> dict:
              "by a; loss = cross-entropy of the whole network on %d training digits, BN in "
              "training mode, float64." % (layer_index + 1, depth, n),
              "ReLU is positively homogeneous (ReLU(a z) = a ReLU(z) for a > 0), so with the "
-             "norm after the ReLU seed 001's identity BN(aWu) = BN(Wu) still holds exactly.",
+             "norm after the ReLU source document 2's identity BN(aWu) = BN(Wu) still holds exactly.",
              "Columns are relative to a = 1: 'y change' = max|y_a - y_1| / max|y_1|; 'du "
              "change' likewise for dL/du; 'a|dW|/|dW1|' should be 1 when dL/dW scales as "
              "1/a; 'a*dW change' = max|a dL/dW_a - dL/dW_1| / max|dL/dW_1|."]

@@ -5,7 +5,7 @@ normalization to normkit adds it to the lab:
 
 - ``shallow``: AlexNet's shape shrunk to 8x8 images -- two conv blocks, a
   dropout classifier. On the digits it reaches ~98% with *every*
-  normalization and without one (DESIGN.md §8), so it shows little.
+  normalization and without one (the lab notes in the README), so it shows little.
 - ``deep`` (default): six conv layers, no residual connections, same block and
   head. Without normalization its signal shrinks layer by layer under the
   default initialization and plain SGD hardly moves it; that is where the
@@ -108,5 +108,5 @@ def build_model(norm: str, *, seed: int, in_channels: int = 1, num_classes: int 
     torch.manual_seed(seed)
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            m.reset_parameters()  # torch's default init, the setting DESIGN.md §8 measured
+            m.reset_parameters()  # torch's default init, the setting the lab notes in the README measured
     return net

@@ -1,6 +1,6 @@
 """The CPU backend's threading scheme: serial ``nogil`` numba kernels over chunks.
 
-Why not numba's ``parallel=True`` (DESIGN.md section 5): on this class of machine
+Why not numba's ``parallel=True`` (docs/design.md sections 3-4): on this class of machine
 its default layer is GNU OpenMP, and once it has run any ``fork()`` (a
 ``DataLoader`` with ``num_workers > 0``) kills the child; the ``workqueue`` layer
 aborts the process when two Python threads enter parallel kernels at once; TBB is

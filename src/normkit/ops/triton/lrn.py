@@ -9,7 +9,7 @@ Both regions are one kernel: the input is viewed as a batch of 2-D planes
 * within a channel: planes are ``(H, W)`` per (sample, channel); the box runs
   along both axes.
 
-Window sums are direct sums of every tap (DESIGN.md section 3): no running
+Window sums are direct sums of every tap (docs/design.md section 2): no running
 add/subtract, no prefix sums, so a channel 1000x louder than its neighbours
 or a huge value cannot cancel its neighbours away. Taps are re-read from the
 cache rather than from DRAM: each tile's halo is shared with adjacent tiles.

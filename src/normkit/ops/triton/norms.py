@@ -2,7 +2,7 @@
 
 Statistics are two-pass in the accumulator dtype (float32, float64 for float64
 inputs): the mean first, then the mean of squared deviations from it, never
-E[x^2] - E[x]^2 (DESIGN.md section 4), on data shifted by the row's first value
+E[x^2] - E[x]^2 (docs/design.md section 2), on data shifted by the row's first value
 (see ``_row_stats``). Each pass keeps a vector accumulator of BLOCK lanes across
 chunks and reduces it once at the end (a tree, not a serial sum).
 
