@@ -22,8 +22,7 @@ from normkit.functional import filter_response_norm
 def composite(x, w, b, t):
     nu2 = x.square().mean((2, 3), keepdim=True)
     view = (1, -1, 1, 1)
-    return torch.maximum(x * torch.rsqrt(nu2 + 1e-6) * w.view(view) + b.view(view),
-                         t.view(view))
+    return torch.maximum(x * torch.rsqrt(nu2 + 1e-6) * w.view(view) + b.view(view), t.view(view))
 
 
 def main() -> None:
@@ -36,8 +35,11 @@ def main() -> None:
     shape = tuple(int(s) for s in args.shape.split(","))
     x = torch.randn(*shape, requires_grad=True)
     c = shape[1]
-    w, b, t = (torch.ones(c, requires_grad=True), torch.zeros(c, requires_grad=True),
-               torch.zeros(c, requires_grad=True))
+    w, b, t = (
+        torch.ones(c, requires_grad=True),
+        torch.zeros(c, requires_grad=True),
+        torch.zeros(c, requires_grad=True),
+    )
     dy = torch.randn(shape)
     cases = {
         "normkit cpu (numba)": lambda: filter_response_norm(x, w, b, t, backend="cpu"),

@@ -39,8 +39,12 @@ sys.path.insert(0, str(ROOT / "tests"))  # the one tolerance policy: tests/toler
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "float64": torch.float64}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
 
 
 # --------------------------------------------------------------------------- references
@@ -51,6 +55,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def ref_outputs(kind, x, dy, w, b, eps, groups=None):
     from normkit import reference as R
+
     from tolerance import as_f64
 
     x, dy, w, b = (as_f64(t) for t in (x, dy, w, b))
@@ -84,13 +89,16 @@ def torch_peer(fn, inputs, dy):
 
 # ------------------------------------------------------------------------- our ops, fused
 
+
 def make_ours(T):
     """Forward+backward of each layer through normkit's Triton ops: (inputs, dy) -> outputs."""
     from normkit.ops.triton.lrn import lrn_bwd, lrn_fwd
 
     def lrn(x, dy, back, ahead, alpha, beta, k, within):
-        return [lrn_fwd(x, back, ahead, alpha, beta, k, within),
-                lrn_bwd(x, dy, back, ahead, alpha, beta, k, within)]
+        return [
+            lrn_fwd(x, back, ahead, alpha, beta, k, within),
+            lrn_bwd(x, dy, back, ahead, alpha, beta, k, within),
+        ]
 
     def layer_norm(x, w, b, dy, eps):
         y, mean, rstd = T.layer_norm_fwd(x, w, b, eps)
@@ -112,11 +120,17 @@ def make_ours(T):
         dx = T.batch_norm_bwd_apply(dy, x, mean, rstd, w, s_dy, s_dyx, x.shape[0] * x.shape[2])
         return [y, dx, s_dyx.to(w.dtype), s_dy.to(w.dtype)]
 
-    return dict(lrn=lrn, layer_norm=layer_norm, rms_norm=rms_norm, group_norm=group_norm,
-                batch_norm=batch_norm)
+    return dict(
+        lrn=lrn,
+        layer_norm=layer_norm,
+        rms_norm=rms_norm,
+        group_norm=group_norm,
+        batch_norm=batch_norm,
+    )
 
 
 # --------------------------------------------------------------------------- validation
+
 
 def validation_cases(smoke: bool):
     """(name, kind, shape, extra kwargs). Mid-sized on a GPU, tiny in the interpreter."""
@@ -132,12 +146,24 @@ def validation_cases(smoke: bool):
         ]
     return [
         ("lrn across n=5", "lrn", (8, 96, 27, 27), dict(back=2, ahead=2, within=False)),
-        ("lrn across even n=4 (torch)", "lrn", (4, 64, 13, 31), dict(back=2, ahead=1,
-                                                                     within=False)),
-        ("lrn across tf r=5 (11 taps)", "lrn", (4, 16, 17, 17), dict(back=5, ahead=5,
-                                                                     within=False)),
-        ("lrn across loud channel", "lrn", (4, 32, 15, 15), dict(back=2, ahead=2,
-                                                                 within=False, loud=True)),
+        (
+            "lrn across even n=4 (torch)",
+            "lrn",
+            (4, 64, 13, 31),
+            dict(back=2, ahead=1, within=False),
+        ),
+        (
+            "lrn across tf r=5 (11 taps)",
+            "lrn",
+            (4, 16, 17, 17),
+            dict(back=5, ahead=5, within=False),
+        ),
+        (
+            "lrn across loud channel",
+            "lrn",
+            (4, 32, 15, 15),
+            dict(back=2, ahead=2, within=False, loud=True),
+        ),
         ("lrn within 3x3 (caffe)", "lrn", (4, 16, 31, 33), dict(back=1, ahead=1, within=True)),
         ("lrn within 4x4 even", "lrn", (2, 8, 20, 21), dict(back=2, ahead=1, within=True)),
         ("layer_norm D=1023", "layer_norm", (333, 1023), {}),
@@ -156,6 +182,7 @@ def validation_cases(smoke: bool):
 def run_validation(T, device, dtypes, smoke) -> List[Dict]:
     from normkit.conventions import CanonicalLRN
     from normkit.reference import lrn_backward, lrn_forward
+
     from tolerance import ATOL, as_f64, max_err
 
     ours = make_ours(T)
@@ -178,21 +205,30 @@ def run_validation(T, device, dtypes, smoke) -> List[Dict]:
             if kind == "lrn":
                 back, ahead, within = kw["back"], kw["ahead"], kw["within"]
                 alpha, beta, k = 1e-4 / (back + ahead + 1), 0.75, 1.0
-                spec = CanonicalLRN("within" if within else "across", back + ahead + 1, back,
-                                    ahead, alpha, beta, k)
-                ref = [torch.from_numpy(lrn_forward(as_f64(x), spec)),
-                       torch.from_numpy(lrn_backward(as_f64(x), as_f64(dy), spec))]
+                spec = CanonicalLRN(
+                    "within" if within else "across", back + ahead + 1, back, ahead, alpha, beta, k
+                )
+                ref = [
+                    torch.from_numpy(lrn_forward(as_f64(x), spec)),
+                    torch.from_numpy(lrn_backward(as_f64(x), as_f64(dy), spec)),
+                ]
                 got = ours["lrn"](x, dy, back, ahead, alpha, beta, k, within)
                 peer = None
                 if not within and back >= ahead and back - ahead <= 1:  # torch's window
-                    peer = torch_peer(lambda xx: F.local_response_norm(
-                        xx, back + ahead + 1, alpha * (back + ahead + 1), beta, k), [x], dy)
+                    peer = torch_peer(
+                        lambda xx: F.local_response_norm(
+                            xx, back + ahead + 1, alpha * (back + ahead + 1), beta, k
+                        ),
+                        [x],
+                        dy,
+                    )
                 labels = ["y", "dx"]
             elif kind == "layer_norm":
                 ref = ref_outputs(kind, x, dy, w, b, eps)
                 got = ours["layer_norm"](x, w, b, dy, eps)
-                peer = torch_peer(lambda xx, ww, bb: F.layer_norm(xx, (c,), ww, bb, eps),
-                                  [x, w, b], dy)
+                peer = torch_peer(
+                    lambda xx, ww, bb: F.layer_norm(xx, (c,), ww, bb, eps), [x, w, b], dy
+                )
                 labels = ["y", "dx", "dweight", "dbias"]
             elif kind == "rms_norm":
                 ref = ref_outputs(kind, x, dy, w, None, eps)
@@ -203,14 +239,18 @@ def run_validation(T, device, dtypes, smoke) -> List[Dict]:
                 g = kw["groups"]
                 ref = ref_outputs(kind, x, dy, w, b, eps, groups=g)
                 got = ours["group_norm"](x, w, b, dy, g, eps)
-                peer = torch_peer(lambda xx, ww, bb: F.group_norm(xx, g, ww, bb, eps),
-                                  [x, w, b], dy)
+                peer = torch_peer(
+                    lambda xx, ww, bb: F.group_norm(xx, g, ww, bb, eps), [x, w, b], dy
+                )
                 labels = ["y", "dx", "dweight", "dbias"]
             else:
                 ref = ref_outputs(kind, x, dy, w, b, eps)
                 got = ours["batch_norm"](x, w, b, dy, eps)
-                peer = torch_peer(lambda xx, ww, bb: F.batch_norm(xx, None, None, ww, bb, True,
-                                                                  0.1, eps), [x, w, b], dy)
+                peer = torch_peer(
+                    lambda xx, ww, bb: F.batch_norm(xx, None, None, ww, bb, True, 0.1, eps),
+                    [x, w, b],
+                    dy,
+                )
                 labels = ["y", "dx", "dweight", "dbias"]
             for i, label in enumerate(labels):
                 r = as_f64(ref[i])
@@ -218,27 +258,46 @@ def run_validation(T, device, dtypes, smoke) -> List[Dict]:
                 err = max_err(got[i], r)
                 torch_err = max_err(peer[i], r) if peer is not None else 0.0
                 bound = 2 * torch_err + ATOL[dtype] * scale
-                rows.append(dict(kind="validate", case=name, output=label, dtype=dname,
-                                 shape="x".join(map(str, shape)), max_err=f"{err:.3g}",
-                                 torch_err=f"{torch_err:.3g}" if peer is not None else "",
-                                 bound=f"{bound:.3g}", passed=err <= bound))
+                rows.append(
+                    dict(
+                        kind="validate",
+                        case=name,
+                        output=label,
+                        dtype=dname,
+                        shape="x".join(map(str, shape)),
+                        max_err=f"{err:.3g}",
+                        torch_err=f"{torch_err:.3g}" if peer is not None else "",
+                        bound=f"{bound:.3g}",
+                        passed=err <= bound,
+                    )
+                )
                 status = "ok  " if err <= bound else "FAIL"
-                print(f"[{status}] {name:32s} {label:8s} {dname:9s} err {err:.3g} "
-                      f"(torch {torch_err:.3g}, bound {bound:.3g})", flush=True)
+                print(
+                    f"[{status}] {name:32s} {label:8s} {dname:9s} err {err:.3g} "
+                    f"(torch {torch_err:.3g}, bound {bound:.3g})",
+                    flush=True,
+                )
     return rows
 
 
 # ---------------------------------------------------------------------------- benchmark
 
+
 def bench_cases(smoke: bool):
     """(name, kind, shape, kwargs). Sizes: >= 16 MB in float32 and float16 (docs/design.md section 3)."""
     if smoke:
-        return [("lrn across n=5", "lrn", (2, 8, 4, 4), dict(back=2, ahead=2, within=False)),
-                ("layer_norm", "layer_norm", (4, 64), {}),
-                ("batch_norm", "batch_norm", (2, 4, 8), {})]
+        return [
+            ("lrn across n=5", "lrn", (2, 8, 4, 4), dict(back=2, ahead=2, within=False)),
+            ("layer_norm", "layer_norm", (4, 64), {}),
+            ("batch_norm", "batch_norm", (2, 4, 8), {}),
+        ]
     return [
-        ("lrn across n=5 AlexNet conv1", "lrn", (32, 96, 55, 55),
-         dict(back=2, ahead=2, within=False)),
+        (
+            "lrn across n=5 AlexNet conv1",
+            "lrn",
+            (32, 96, 55, 55),
+            dict(back=2, ahead=2, within=False),
+        ),
         ("lrn across n=5 conv2", "lrn", (64, 256, 27, 27), dict(back=2, ahead=2, within=False)),
         ("lrn within 3x3", "lrn", (32, 96, 55, 55), dict(back=1, ahead=1, within=True)),
         ("layer_norm D=1024", "layer_norm", (16384, 1024), {}),
@@ -297,6 +356,7 @@ def run_bench(T, device, dtypes, smoke) -> List[Dict]:
     rows.append(dict(kind="copy", case="copy_ 256 MB float32", gbps=f"{copy_gbps:.1f}"))
     ours = make_ours(T)
     from normkit.ops.triton.lrn import lrn_bwd, lrn_fwd
+
     for name, kind, shape, kw in bench_cases(smoke):
         for dname, dtype in dtypes.items():
             if dtype == torch.float64:
@@ -307,8 +367,14 @@ def run_bench(T, device, dtypes, smoke) -> List[Dict]:
             w = torch.ones(c, device=device, dtype=dtype)
             b = torch.zeros(c, device=device, dtype=dtype)
             if kind == "lrn":
-                a = (kw["back"], kw["ahead"], 1e-4 / (kw["back"] + kw["ahead"] + 1), 0.75, 1.0,
-                     kw["within"])
+                a = (
+                    kw["back"],
+                    kw["ahead"],
+                    1e-4 / (kw["back"] + kw["ahead"] + 1),
+                    0.75,
+                    1.0,
+                    kw["within"],
+                )
                 fwd = lambda: lrn_fwd(x, *a)  # noqa: E731
                 bwd = lambda: lrn_bwd(x, dy, *a)  # noqa: E731
             elif kind == "layer_norm":
@@ -334,8 +400,10 @@ def run_bench(T, device, dtypes, smoke) -> List[Dict]:
 
                 def bwd():
                     s1, s2 = T.batch_norm_bwd_reduce(dy, x, mean, rstd)
-                    return T.batch_norm_bwd_apply(dy, x, mean, rstd, w, s1, s2,
-                                                  x.shape[0] * x.shape[2])
+                    return T.batch_norm_bwd_apply(
+                        dy, x, mean, rstd, w, s1, s2, x.shape[0] * x.shape[2]
+                    )
+
             layer = _torch_layer(kind, kw, c)
             # torch's backward also computes dweight/dbias, as ours does
             leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b)]
@@ -347,30 +415,51 @@ def run_bench(T, device, dtypes, smoke) -> List[Dict]:
             if layer is not None:
                 t_fwd = lambda: layer(x, w, b)  # noqa: E731
                 t_bwd = lambda: torch.autograd.grad(  # noqa: E731
-                    yt, leaves, dy, retain_graph=True, allow_unused=True)
+                    yt, leaves, dy, retain_graph=True, allow_unused=True
+                )
             fwd()
             bwd()
             if timer is None:  # smoke: every case builds and runs once
-                times = dict(ours_fwd=float("nan"), ours_bwd=float("nan"),
-                             torch_fwd=float("nan"), torch_bwd=float("nan"))
+                times = dict(
+                    ours_fwd=float("nan"),
+                    ours_bwd=float("nan"),
+                    torch_fwd=float("nan"),
+                    torch_bwd=float("nan"),
+                )
             else:
-                times = dict(ours_fwd=timer(fwd), ours_bwd=timer(bwd),
-                             torch_fwd=timer(t_fwd) if layer else float("nan"),
-                             torch_bwd=timer(t_bwd) if layer else float("nan"))
+                times = dict(
+                    ours_fwd=timer(fwd),
+                    ours_bwd=timer(bwd),
+                    torch_fwd=timer(t_fwd) if layer else float("nan"),
+                    torch_bwd=timer(t_bwd) if layer else float("nan"),
+                )
             fb, bb = _model_bytes(kind, x.numel(), x.element_size())
             mb = x.numel() * x.element_size() / 2**20
             for phase, nbytes in (("fwd", fb), ("bwd", bb)):
                 ours_ms, torch_ms = times[f"ours_{phase}"], times[f"torch_{phase}"]
                 gbps = nbytes / (ours_ms * 1e-3) / 1e9
-                rows.append(dict(
-                    kind="bench", case=name, output=phase, dtype=dname,
-                    shape="x".join(map(str, shape)), tensor_mb=f"{mb:.1f}",
-                    ours_ms=f"{ours_ms:.4f}", torch_ms=f"{torch_ms:.4f}",
-                    speedup_vs_torch=f"{torch_ms / ours_ms:.2f}", model_bytes=nbytes,
-                    gbps=f"{gbps:.1f}", frac_copy_bw=f"{gbps / copy_gbps:.2f}"))
-                print(f"{name:32s} {phase} {dname:9s} {mb:7.1f} MB  ours {ours_ms:8.4f} ms  "
-                      f"torch {torch_ms:8.4f} ms  x{torch_ms / ours_ms:5.2f}  "
-                      f"{gbps:6.0f} GB/s = {gbps / copy_gbps:.2f} of copy", flush=True)
+                rows.append(
+                    dict(
+                        kind="bench",
+                        case=name,
+                        output=phase,
+                        dtype=dname,
+                        shape="x".join(map(str, shape)),
+                        tensor_mb=f"{mb:.1f}",
+                        ours_ms=f"{ours_ms:.4f}",
+                        torch_ms=f"{torch_ms:.4f}",
+                        speedup_vs_torch=f"{torch_ms / ours_ms:.2f}",
+                        model_bytes=nbytes,
+                        gbps=f"{gbps:.1f}",
+                        frac_copy_bw=f"{gbps / copy_gbps:.2f}",
+                    )
+                )
+                print(
+                    f"{name:32s} {phase} {dname:9s} {mb:7.1f} MB  ours {ours_ms:8.4f} ms  "
+                    f"torch {torch_ms:8.4f} ms  x{torch_ms / ours_ms:5.2f}  "
+                    f"{gbps:6.0f} GB/s = {gbps / copy_gbps:.2f} of copy",
+                    flush=True,
+                )
             del x, dy, leaves, yt
             if device == "cuda":
                 torch.cuda.empty_cache()
@@ -379,39 +468,60 @@ def run_bench(T, device, dtypes, smoke) -> List[Dict]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dtypes", default="float32,float16,bfloat16,float64",
-                        help="comma-separated subset of %(default)s")
+    parser.add_argument(
+        "--dtypes",
+        default="float32,float16,bfloat16,float64",
+        help="comma-separated subset of %(default)s",
+    )
     parser.add_argument("--skip-validate", action="store_true")
     parser.add_argument("--skip-bench", action="store_true")
-    parser.add_argument("--smoke", action="store_true",
-                        help="no GPU: tiny shapes in Triton's interpreter (TRITON_INTERPRET=1), "
-                             "no timing; checks this script only")
-    parser.add_argument("--shapes", choices=("tiny", "full"), default=None,
-                        help="validation shapes (default: full on a GPU, tiny with --smoke; "
-                             "full shapes in the interpreter take minutes)")
-    parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks/results"),
-                        help="directory for the CSV (default: $OUT, else benchmarks/results)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="no GPU: tiny shapes in Triton's interpreter (TRITON_INTERPRET=1), "
+        "no timing; checks this script only",
+    )
+    parser.add_argument(
+        "--shapes",
+        choices=("tiny", "full"),
+        default=None,
+        help="validation shapes (default: full on a GPU, tiny with --smoke; "
+        "full shapes in the interpreter take minutes)",
+    )
+    parser.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or str(ROOT / "benchmarks/results"),
+        help="directory for the CSV (default: $OUT, else benchmarks/results)",
+    )
     args = parser.parse_args(argv)
     dtypes = {d: DTYPES[d] for d in args.dtypes.split(",")}
 
     if args.smoke:
         if os.environ.get("TRITON_INTERPRET") != "1":
-            parser.error("--smoke needs TRITON_INTERPRET=1 in the environment (set before "
-                         "Python starts) so the kernels run in Triton's interpreter")
+            parser.error(
+                "--smoke needs TRITON_INTERPRET=1 in the environment (set before "
+                "Python starts) so the kernels run in Triton's interpreter"
+            )
         device = "cpu"
     else:
         if not torch.cuda.is_available():
-            parser.error("no CUDA device: run on a GPU machine, or use "
-                         "TRITON_INTERPRET=1 ... --smoke to check the script on a CPU")
+            parser.error(
+                "no CUDA device: run on a GPU machine, or use "
+                "TRITON_INTERPRET=1 ... --smoke to check the script on a CPU"
+            )
         device = "cuda"
     import triton
 
     import normkit.ops.triton as T
 
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)"
-    meta = dict(device=gpu, torch=torch.__version__, triton=triton.__version__,
-                python=platform.python_version(),
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    meta = dict(
+        device=gpu,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        python=platform.python_version(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
     print(meta, flush=True)
     rows = []
     if not args.skip_validate:
@@ -423,9 +533,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = meta["date"].replace(":", "").replace("+0000", "Z")
     path = out_dir / f"gpu_validate_{'smoke_' if args.smoke else ''}{stamp}.csv"
-    fields = ["kind", "case", "output", "dtype", "shape", "tensor_mb", "max_err", "torch_err",
-              "bound", "passed", "ours_ms", "torch_ms", "speedup_vs_torch", "model_bytes",
-              "gbps", "frac_copy_bw", *meta]
+    fields = [
+        "kind",
+        "case",
+        "output",
+        "dtype",
+        "shape",
+        "tensor_mb",
+        "max_err",
+        "torch_err",
+        "bound",
+        "passed",
+        "ours_ms",
+        "torch_ms",
+        "speedup_vs_torch",
+        "model_bytes",
+        "gbps",
+        "frac_copy_bw",
+        *meta,
+    ]
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()

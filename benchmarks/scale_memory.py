@@ -34,8 +34,9 @@ def write_csv(path: str, size_mb: float, n_cols: int, seed: int = 0) -> int:
     with open(path, "w") as f:
         f.write(",".join(f"c{i}" for i in range(n_cols)) + "\n")
         while written < target:
-            block = rng.normal(size=(20000, n_cols)) * np.logspace(-2, 3, n_cols) \
-                + np.linspace(-1e4, 1e4, n_cols)
+            block = rng.normal(size=(20000, n_cols)) * np.logspace(-2, 3, n_cols) + np.linspace(
+                -1e4, 1e4, n_cols
+            )
             text = "\n".join(",".join(f"{v:.9g}" for v in row) for row in block.tolist()) + "\n"
             f.write(text)
             written += len(text)
@@ -74,24 +75,65 @@ def main() -> int:
     t0 = time.perf_counter()
     rows = write_csv(data, args.size_mb, args.cols)
     size = os.path.getsize(data)
-    print(f"data: {data}: {size / 2**20:.0f} MiB, {rows} rows x {args.cols} columns "
-          f"(written in {time.perf_counter() - t0:.0f} s)")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, "
-          f"python {platform.python_version()}, numpy {np.__version__}, "
-          f"chunk_rows {args.chunk_rows}")
+    print(
+        f"data: {data}: {size / 2**20:.0f} MiB, {rows} rows x {args.cols} columns "
+        f"(written in {time.perf_counter() - t0:.0f} s)"
+    )
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, "
+        f"python {platform.python_version()}, numpy {np.__version__}, "
+        f"chunk_rows {args.chunk_rows}"
+    )
 
     py = sys.executable
     cli = [py, "-m", "normkit", "scale"]
     jobs = [
         ("import normkit only (baseline)", [py, "-c", "import normkit, normkit.scale_cli"]),
-        ("fit zscore", cli + ["fit", data, "--method", "zscore", "-o", stats,
-                              "--chunk-rows", str(args.chunk_rows), "--no-progress"]),
-        ("transform -> csv", cli + ["transform", data, "--stats", stats, "-o",
-                                    os.path.join(work, "out.csv"),
-                                    "--chunk-rows", str(args.chunk_rows), "--no-progress"]),
-        ("transform -> npy", cli + ["transform", data, "--stats", stats, "-o",
-                                    os.path.join(work, "out.npy"),
-                                    "--chunk-rows", str(args.chunk_rows), "--no-progress"]),
+        (
+            "fit zscore",
+            cli
+            + [
+                "fit",
+                data,
+                "--method",
+                "zscore",
+                "-o",
+                stats,
+                "--chunk-rows",
+                str(args.chunk_rows),
+                "--no-progress",
+            ],
+        ),
+        (
+            "transform -> csv",
+            cli
+            + [
+                "transform",
+                data,
+                "--stats",
+                stats,
+                "-o",
+                os.path.join(work, "out.csv"),
+                "--chunk-rows",
+                str(args.chunk_rows),
+                "--no-progress",
+            ],
+        ),
+        (
+            "transform -> npy",
+            cli
+            + [
+                "transform",
+                data,
+                "--stats",
+                stats,
+                "-o",
+                os.path.join(work, "out.npy"),
+                "--chunk-rows",
+                str(args.chunk_rows),
+                "--no-progress",
+            ],
+        ),
     ]
     print(f"{'step':34s} {'seconds':>8s} {'peak RSS MiB':>13s} {'MB/s excl. import':>18s}")
     failed = False
@@ -102,13 +144,17 @@ def main() -> int:
             base_secs, rate = secs, ""
         else:
             rate = f"{size / 1e6 / max(secs - base_secs, 1e-9):18.1f}"
-        print(f"{name:34s} {secs:8.1f} {rss:13.0f} {rate:>18s}" + ("" if rc == 0 else
-                                                                   f"  FAILED rc={rc}: {err}"))
+        print(
+            f"{name:34s} {secs:8.1f} {rss:13.0f} {rate:>18s}"
+            + ("" if rc == 0 else f"  FAILED rc={rc}: {err}")
+        )
         failed |= rc != 0
     if os.path.exists(os.path.join(work, "out.npy")):
         out = np.load(os.path.join(work, "out.npy"), mmap_mode="r")
-        print(f"out.npy: shape {out.shape}, column means of the first 100k rows "
-              f"{np.round(np.nanmean(out[:100000], axis=0), 3).tolist()}")
+        print(
+            f"out.npy: shape {out.shape}, column means of the first 100k rows "
+            f"{np.round(np.nanmean(out[:100000], axis=0), 3).tolist()}"
+        )
     if not args.keep:
         for name in os.listdir(work):
             os.unlink(os.path.join(work, name))

@@ -84,33 +84,77 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         data = os.path.join(tmp, "data.csv")
         write_csv(data, args.size_mb)
-        size = os.path.getsize(data) / 2 ** 20
+        size = os.path.getsize(data) / 2**20
         stats = os.path.join(tmp, "stats.json")
         pstats = os.path.join(tmp, "pstats.json")
         import polars as pl
+
         df = pl.read_csv(data)
         import json
+
         json.dump({c: (df[c].mean(), df[c].std(ddof=0)) for c in df.columns}, open(pstats, "w"))
         del df
         rows = []
         cases = [
             ("help", "normkit", [py, "-m", "normkit", "scale", "--help"]),
-            ("fit", "normkit", [py, "-m", "normkit", "scale", "fit", data, "--method", "zscore",
-                                "-o", stats, "--no-progress", "--force"]),
+            (
+                "fit",
+                "normkit",
+                [
+                    py,
+                    "-m",
+                    "normkit",
+                    "scale",
+                    "fit",
+                    data,
+                    "--method",
+                    "zscore",
+                    "-o",
+                    stats,
+                    "--no-progress",
+                    "--force",
+                ],
+            ),
             ("fit", "polars", [py, "-c", POLARS_FIT, data]),
-            ("transform csv->parquet", "normkit",
-             [py, "-m", "normkit", "scale", "transform", data, "--stats", stats, "-o",
-              os.path.join(tmp, "n.parquet"), "--no-progress", "--force"]),
-            ("transform csv->parquet", "polars",
-             [py, "-c", POLARS_TRANSFORM, data, os.path.join(tmp, "p.parquet"), pstats]),
+            (
+                "transform csv->parquet",
+                "normkit",
+                [
+                    py,
+                    "-m",
+                    "normkit",
+                    "scale",
+                    "transform",
+                    data,
+                    "--stats",
+                    stats,
+                    "-o",
+                    os.path.join(tmp, "n.parquet"),
+                    "--no-progress",
+                    "--force",
+                ],
+            ),
+            (
+                "transform csv->parquet",
+                "polars",
+                [py, "-c", POLARS_TRANSFORM, data, os.path.join(tmp, "p.parquet"), pstats],
+            ),
         ]
         for task, tool, cmd in cases:
             load = os.getloadavg()[0]
             wall, rss = run(cmd, env)
-            rows.append({"task": task, "tool": tool, "size_mib": round(size, 1),
-                         "wall_s": round(wall, 3), "peak_rss_mib": round(rss, 1),
-                         "load_avg_1m": round(load, 2), "cpus": os.cpu_count(),
-                         "machine": platform.machine()})
+            rows.append(
+                {
+                    "task": task,
+                    "tool": tool,
+                    "size_mib": round(size, 1),
+                    "wall_s": round(wall, 3),
+                    "peak_rss_mib": round(rss, 1),
+                    "load_avg_1m": round(load, 2),
+                    "cpus": os.cpu_count(),
+                    "machine": platform.machine(),
+                }
+            )
             print(rows[-1], flush=True)
     by = {(r["task"], r["tool"]): r["wall_s"] for r in rows}
     for task in ("fit", "transform csv->parquet"):

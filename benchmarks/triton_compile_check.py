@@ -40,8 +40,15 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 
 from normkit.ops.triton import _common, batch_norm, lrn, norms  # noqa: E402
 
-TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-         torch.float64: "fp64", torch.int32: "i32", torch.int64: "i64", torch.bool: "i1"}
+TYPES = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float64: "fp64",
+    torch.int32: "i32",
+    torch.int64: "i64",
+    torch.bool: "i1",
+}
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 
 
@@ -61,7 +68,7 @@ def _arg_type(value) -> str:
     if isinstance(value, bool):
         return "i1"
     if isinstance(value, int):
-        return "i32" if -2**31 <= value < 2**31 else "i64"
+        return "i32" if -(2**31) <= value < 2**31 else "i64"
     if isinstance(value, float):
         return "fp32"
     raise TypeError(f"cannot type kernel argument {value!r}")
@@ -78,8 +85,11 @@ def record_launches(quick: bool) -> list:
                 saved.append((mod, name, obj))
                 setattr(mod, name, _Recorder(obj, log))
     try:
-        dtypes = [torch.float32] if quick else [torch.float32, torch.float16, torch.bfloat16,
-                                                torch.float64]
+        dtypes = (
+            [torch.float32]
+            if quick
+            else [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+        )
         for dt in dtypes:
             x4 = torch.randn(2, 6, 5, 7).to(dt)
             betas = [0.75] if quick else [0.75, 0.5, 1.0, 0.6]
@@ -87,17 +97,17 @@ def record_launches(quick: bool) -> list:
                 for beta in betas:
                     lrn.lrn_fwd(x4, 2, 1, 1e-4, beta, 1.0, within)
                     lrn.lrn_bwd(x4, x4, 2, 1, 1e-4, beta, 1.0, within)
-            for d in ((37,) if quick else (37, 4000, 5000)):  # one block (small, 4096), chunked
+            for d in (37,) if quick else (37, 4000, 5000):  # one block (small, 4096), chunked
                 x2 = torch.randn(3, d).to(dt)
                 w = torch.ones(d).to(dt)
-                for weight in ((w,) if quick else (w, None)):
+                for weight in (w,) if quick else (w, None):
                     y, mean, rstd = norms.layer_norm_fwd(x2, weight, weight, 1e-5)
                     norms.layer_norm_bwd(x2, x2, mean, rstd, weight)
                     y, rstd = norms.rms_norm_fwd(x2, weight, 1e-5)
                     norms.rms_norm_bwd(x2, x2, rstd, weight)
             x3 = torch.randn(2, 4, 9).to(dt)
             w = torch.ones(4).to(dt)
-            for weight in ((w,) if quick else (w, None)):
+            for weight in (w,) if quick else (w, None):
                 norms.group_norm_fwd(x3, weight, weight, 2, 1e-5)
                 mean = torch.zeros(2, 2, dtype=_common.stats_dtype(dt))
                 norms.group_norm_bwd(x3, x3, mean, mean, weight, 2)
@@ -125,8 +135,12 @@ def configurations(log: list) -> dict:
                 signature[name] = "constexpr"
             else:
                 signature[name] = _arg_type(args[i])
-        key = (kernel.fn.__name__, tuple(signature.items()),
-               tuple((k, str(v)) for k, v in consts.items()), tuple(options.items()))
+        key = (
+            kernel.fn.__name__,
+            tuple(signature.items()),
+            tuple((k, str(v)) for k, v in consts.items()),
+            tuple(options.items()),
+        )
         configs.setdefault(key, (kernel, signature, consts, options))
     return configs
 
@@ -134,16 +148,17 @@ def configurations(log: list) -> dict:
 def _ptxas_report(ptx: str, arch: str) -> str:
     bin_dir = pathlib.Path(triton.__file__).parent / "backends/nvidia/bin"
     # triton 3.9 emits PTX 9.x, which only the newer bundled ptxas reads
-    ptxas = next((p for p in (bin_dir / "ptxas-blackwell", bin_dir / "ptxas") if p.exists()),
-                 None)
+    ptxas = next((p for p in (bin_dir / "ptxas-blackwell", bin_dir / "ptxas") if p.exists()), None)
     if ptxas is None:
         return "no ptxas found"
     with tempfile.TemporaryDirectory() as tmp:
         src = pathlib.Path(tmp) / "k.ptx"
         src.write_text(ptx)
-        out = subprocess.run([str(ptxas), f"-arch={arch}", "-v", str(src), "-o",
-                              str(pathlib.Path(tmp) / "k.cubin")],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [str(ptxas), f"-arch={arch}", "-v", str(src), "-o", str(pathlib.Path(tmp) / "k.cubin")],
+            capture_output=True,
+            text=True,
+        )
     text = out.stdout + out.stderr
     regs = re.search(r"Used (\d+) registers", text)
     spill = re.search(r"(\d+) bytes spill stores", text)
@@ -163,18 +178,23 @@ def main(argv=None) -> int:
         params = kernel.arg_names
         constexprs = {(params.index(k),): v for k, v in const_vals.items()}
         label = f"{name} {dict(consts)} {dict(options)} " + ",".join(
-            t for t in signature.values() if t.startswith("*"))
+            t for t in signature.values() if t.startswith("*")
+        )
         try:
-            compiled = triton.compile(ASTSource(fn=kernel, signature=signature,
-                                                constexprs=constexprs),
-                                      target=target, options=opts)
+            compiled = triton.compile(
+                ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                target=target,
+                options=opts,
+            )
             report = _ptxas_report(compiled.asm["ptx"], arch)
             print(f"ok    {label}: {report}", flush=True)
         except Exception as exc:  # report every failure, then fail the run
             failures += 1
             print(f"FAIL  {label}: {type(exc).__name__}: {str(exc)[-800:]}", flush=True)
-    print(f"{len(configs) - failures}/{len(configs)} kernel configurations compiled for "
-          f"{arch} (triton {triton.__version__})")
+    print(
+        f"{len(configs) - failures}/{len(configs)} kernel configurations compiled for "
+        f"{arch} (triton {triton.__version__})"
+    )
     return 1 if failures else 0
 
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
 # --- timm look-alikes (timm.layers.norm / timm.layers.norm_act) -----------------------
+
 
 class TimmLayerNorm(nn.LayerNorm):
     """timm ``LayerNorm``: nn.LayerNorm with eps 1e-6 and a fast_norm switch (off)."""
@@ -72,11 +72,25 @@ class TimmBatchNormAct2d(nn.BatchNorm2d):
 
     __module__ = "timm.layers.norm_act"
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, apply_act=True, act_layer=nn.ReLU, inplace=True,
-                 drop_layer=None):
-        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
-                         track_running_stats=track_running_stats)
+    def __init__(
+        self,
+        num_features,
+        eps=1e-5,
+        momentum=0.1,
+        affine=True,
+        track_running_stats=True,
+        apply_act=True,
+        act_layer=nn.ReLU,
+        inplace=True,
+        drop_layer=None,
+    ):
+        super().__init__(
+            num_features,
+            eps=eps,
+            momentum=momentum,
+            affine=affine,
+            track_running_stats=track_running_stats,
+        )
         self.drop = drop_layer() if drop_layer is not None else nn.Identity()
         self.act = act_layer(inplace=inplace) if apply_act else nn.Identity()
 
@@ -84,14 +98,20 @@ class TimmBatchNormAct2d(nn.BatchNorm2d):
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
-            factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                      else self.momentum)
+            factor = (
+                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            )
         use_batch = self.training or (self.running_mean is None and self.running_var is None)
         x = F.batch_norm(
             x,
             self.running_mean if not self.training or self.track_running_stats else None,
             self.running_var if not self.training or self.track_running_stats else None,
-            self.weight, self.bias, use_batch, factor, self.eps)
+            self.weight,
+            self.bias,
+            use_batch,
+            factor,
+            self.eps,
+        )
         return self.act(self.drop(x))
 
 
@@ -99,6 +119,7 @@ TimmBatchNormAct2d.__name__ = TimmBatchNormAct2d.__qualname__ = "BatchNormAct2d"
 
 
 # --- torchvision look-alikes ------------------------------------------------------------
+
 
 class TVLayerNorm2d(nn.LayerNorm):
     """torchvision ``models.convnext.LayerNorm2d``."""
@@ -142,6 +163,7 @@ TVFrozenBatchNorm2d.__name__ = TVFrozenBatchNorm2d.__qualname__ = "FrozenBatchNo
 
 
 # --- Hugging Face transformers look-alikes ----------------------------------------------
+
 
 class LlamaRMSNorm(nn.Module):
     """``LlamaRMSNorm``: float32 math, cast back to the input dtype, times weight."""
@@ -212,6 +234,7 @@ class UnknownNorm(nn.Module):
 
 # --- torchvision-style CNN blocks -------------------------------------------------------
 
+
 class BasicBlock(nn.Module):
     """torchvision ResNet ``BasicBlock``: in-place ReLU and ``out += identity``."""
 
@@ -224,8 +247,7 @@ class BasicBlock(nn.Module):
         self.bn2 = norm(cout)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            norm(cout))
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
 
     def forward(self, x):
         identity = x
@@ -268,10 +290,14 @@ class InvertedResidual(nn.Module):
     def __init__(self, c, expand):
         super().__init__()
         hidden = c * expand
-        self.expand = nn.Sequential(nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden),
-                                    nn.Hardswish(inplace=True))
-        self.dw = nn.Sequential(nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False),
-                                nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
+        self.expand = nn.Sequential(
+            nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish(inplace=True)
+        )
+        self.dw = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+        )
         self.project = nn.Sequential(nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
 
     def forward(self, x):
@@ -283,8 +309,9 @@ class InvertedResidual(nn.Module):
 class ResNetTiny(nn.Module):
     def __init__(self):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True)
+        )
         self.layer1 = BasicBlock(8, 8)
         self.layer2 = BasicBlock(8, 12, stride=2)
         self.layer3 = Bottleneck(12, 4)
@@ -298,8 +325,9 @@ class ResNetTiny(nn.Module):
 class MobileNetTiny(nn.Module):
     def __init__(self):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8),
-                                  nn.Hardswish(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.Hardswish(inplace=True)
+        )
         self.blocks = nn.Sequential(InvertedResidual(8, 2), InvertedResidual(8, 3))
         self.head = nn.Linear(8, 5)
 
@@ -308,6 +336,7 @@ class MobileNetTiny(nn.Module):
 
 
 # --- transformer encoders ---------------------------------------------------------------
+
 
 class EncoderLayer(nn.Module):
     """ViT/BERT-style pre-norm layer: x + attn(norm(x)), x + mlp(norm(x))."""

@@ -74,13 +74,12 @@ def _imports(name: str, path: pathlib.Path, known) -> set:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
             # `from . import x` may name a submodule
-            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod
-                       for a in node.names]
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod for a in node.names]
         else:
             continue
         for t in targets:
@@ -97,7 +96,8 @@ def _layer(name: str):
     best = None
     for prefix, layer in LAYERS.items():
         if (name == prefix or name.startswith(prefix + ".")) and (
-                best is None or len(prefix) > len(best[0])):
+            best is None or len(prefix) > len(best[0])
+        ):
             best = (prefix, layer)
     return None if best is None else best[1]
 
@@ -127,8 +127,11 @@ def test_no_upward_imports():
             if _independent(dep):
                 continue
             lm, ld = _layer(mod), _layer(dep)
-            same_package = dep.rsplit(".", 1)[0] == mod.rsplit(".", 1)[0] or dep.startswith(
-                mod + ".") or mod.startswith(dep + ".")
+            same_package = (
+                dep.rsplit(".", 1)[0] == mod.rsplit(".", 1)[0]
+                or dep.startswith(mod + ".")
+                or mod.startswith(dep + ".")
+            )
             if ld > lm or (ld == lm and not same_package):
                 bad.append(f"{mod} (layer {lm}) -> {dep} (layer {ld})")
     assert not bad, "imports against the layer order of docs/design.md:\n" + "\n".join(bad)
@@ -145,7 +148,7 @@ def test_no_import_cycles():
         stack.append(m)
         for d in sorted(edges.get(m, ())):
             if state.get(d) == 1:
-                cycles.append(stack[stack.index(d):] + [d])
+                cycles.append(stack[stack.index(d) :] + [d])
             elif d not in state:
                 visit(d)
         stack.pop()
@@ -160,8 +163,12 @@ def test_no_import_cycles():
 @pytest.mark.parametrize("relative", ["normkit/reference/lrn.py", "normkit/reference/norms.py"])
 def test_reference_never_imports_torch(relative):
     tree = ast.parse((SRC / relative).read_text())
-    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
-             for a in n.names}
-    names |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
-              if isinstance(n, ast.ImportFrom) and not n.level}
+    names = {
+        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    names |= {
+        (n.module or "").split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and not n.level
+    }
     assert "torch" not in names, f"{relative} imports torch: the reference is NumPy only"

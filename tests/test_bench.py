@@ -9,8 +9,20 @@ from normkit import bench, cli
 
 
 def test_bench_quick_writes_well_formed_csv(tmp_path, capsys):
-    code = cli.main(["bench", "--quick", "--layers", ",".join(bench.LAYERS),
-                     "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)])
+    code = cli.main(
+        [
+            "bench",
+            "--quick",
+            "--layers",
+            ",".join(bench.LAYERS),
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     files = list(tmp_path.glob("cpu-*.csv"))
     assert len(files) == 1
@@ -32,14 +44,20 @@ def test_bench_quick_writes_well_formed_csv(tmp_path, capsys):
             value = float(r[key])
             assert math.isfinite(value) and value > 0, (key, r)
     assert {r["params"] for r in rows if r["layer"] == "lrn"} == {
-        f"size=5 beta={b}" for b in bench.LRN_BETAS}
+        f"size=5 beta={b}" for b in bench.LRN_BETAS
+    }
     # the machine's load is recorded (three averages), so a reader can tell a loaded run
     for r in rows:
         assert len([float(v) for v in r["load_avg"].split()]) == 3
     # per-call overhead: one tiny-input case per layer class; whole-model train steps
     assert {r["params"] for r in rows if r["layer"] == "overhead"} == {
-        "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm2d", "RMSNorm",
-        "LocalResponseNorm"}
+        "BatchNorm2d",
+        "LayerNorm",
+        "GroupNorm",
+        "InstanceNorm2d",
+        "RMSNorm",
+        "LocalResponseNorm",
+    }
     models = {r["params"].split()[0] for r in rows if r["layer"] == "model"}
     assert {"resnet18-bn", "small-bn", "transformer-ln"} <= models
     out = capsys.readouterr().out
@@ -62,8 +80,10 @@ def test_bench_rejects_unknown_layer(tmp_path, capsys):
     assert "unknown layer" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"),
-                    reason="needs Linux /proc/self/clear_refs to reset the RSS peak")
+@pytest.mark.skipif(
+    not __import__("os").path.exists("/proc/self/clear_refs"),
+    reason="needs Linux /proc/self/clear_refs to reset the RSS peak",
+)
 def test_lrn_peak_memory_probe_measures_something():
     x = __import__("torch").randn(2, 16, 32, 32)
     case = bench._lrn_case(x, x.clone(), 0.75)

@@ -9,8 +9,13 @@ from normkit import check, cli
 def test_check_reports_all_groups_and_passes(capsys):
     assert cli.main(["check"]) == 0
     out = capsys.readouterr().out
-    for group in ("seeds' worked examples", "float64 reference", "LRN vs torch",
-                  "onnxruntime", "tensorflow"):
+    for group in (
+        "seeds' worked examples",
+        "float64 reference",
+        "LRN vs torch",
+        "onnxruntime",
+        "tensorflow",
+    ):
         assert group in out
     assert "0 disagree" in out
 
@@ -35,7 +40,8 @@ def test_crashing_provider_is_reported_not_hidden(monkeypatch):
 
 
 def test_help_and_no_command():
-    out = subprocess.run([sys.executable, "-m", "normkit", "--help"], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "normkit", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "check" in out.stdout
     assert cli.main([]) == 2

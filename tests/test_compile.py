@@ -46,18 +46,19 @@ def test_fullgraph_aot_eager(backend, monkeypatch):
 def test_fullgraph_aot_eager_channels_last_tensorflow_preset():
     torch.manual_seed(0)
     net = _Net(convention="onnx")
-    x = randn(2, 3, 8, 8, seed=2, dtype=torch.float32).contiguous(
-        memory_format=torch.channels_last)
+    x = randn(2, 3, 8, 8, seed=2, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
     _compiled_matches_eager("aot_eager", net, x)
 
 
 def test_custom_op_schema_and_fake_tensor():
     x = randn(2, 6, 3, 3, seed=3, dtype=torch.float32)
-    torch.library.opcheck(torch.ops.normkit.lrn_fwd.default, (x, 2, 2, 0.1, 0.75, 1.0, False,
-                                                               "cpu"))
+    torch.library.opcheck(
+        torch.ops.normkit.lrn_fwd.default, (x, 2, 2, 0.1, 0.75, 1.0, False, "cpu")
+    )
     dy = randn(2, 6, 3, 3, seed=4, dtype=torch.float32)
-    torch.library.opcheck(torch.ops.normkit.lrn_bwd.default,
-                          (x, dy, 2, 2, 0.1, 0.75, 1.0, False, "cpu"))
+    torch.library.opcheck(
+        torch.ops.normkit.lrn_bwd.default, (x, dy, 2, 2, 0.1, 0.75, 1.0, False, "cpu")
+    )
     # outputs keep the strides the fake op promises, even for a permuted dense input
     xt = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2).transpose(2, 3)
     y = library.lrn_fwd(xt, 2, 2, 0.1, 0.75, 1.0, False, "cpu")
@@ -93,12 +94,12 @@ _FAMILIES = {
     "BatchNorm3d": (lambda: _conv(3, normkit.BatchNorm3d(4, momentum=None)), (2, 3, 3, 3, 3)),
     "LayerNorm": (lambda: _linear(normkit.LayerNorm(8)), (2, 5, 3)),
     "GroupNorm": (lambda: _conv(2, normkit.GroupNorm(2, 4)), (2, 3, 5, 5)),
-    "InstanceNorm1d": (lambda: _conv(1, normkit.InstanceNorm1d(4, affine=True,
-                                                               track_running_stats=True)),
-                       (2, 3, 7)),
+    "InstanceNorm1d": (
+        lambda: _conv(1, normkit.InstanceNorm1d(4, affine=True, track_running_stats=True)),
+        (2, 3, 7),
+    ),
     "InstanceNorm2d": (lambda: _conv(2, normkit.InstanceNorm2d(4)), (2, 3, 5, 5)),
-    "InstanceNorm3d": (lambda: _conv(3, normkit.InstanceNorm3d(4, affine=True)),
-                       (2, 3, 3, 3, 3)),
+    "InstanceNorm3d": (lambda: _conv(3, normkit.InstanceNorm3d(4, affine=True)), (2, 3, 3, 3, 3)),
     "RMSNorm": (lambda: _linear(normkit.RMSNorm(8)), (2, 5, 3)),
     "ChannelRMSNorm": (lambda: _conv(2, normkit.ChannelRMSNorm(4)), (2, 3, 5, 5)),
 }
@@ -210,8 +211,8 @@ _B = randn(6, seed=71, dtype=torch.float32)
 
 
 def _opcheck_cases():
-    x2 = randn(4, 6, seed=72, dtype=torch.float32)        # (M, D)
-    x3 = randn(2, 6, 5, seed=73, dtype=torch.float32)     # (N, C, L)
+    x2 = randn(4, 6, seed=72, dtype=torch.float32)  # (M, D)
+    x3 = randn(2, 6, 5, seed=73, dtype=torch.float32)  # (N, C, L)
     x64 = randn(2, 6, 5, seed=74)
     ops = torch.ops.normkit
     m, r = library.layer_norm_fwd(x2, None, None, 1e-5, "torch")[1:]
@@ -236,9 +237,11 @@ def _opcheck_cases():
 
 def test_norm_custom_ops_opcheck():
     for op, args in _opcheck_cases():
-        torch.library.opcheck(op.default, args,
-                              test_utils=("test_schema", "test_faketensor",
-                                          "test_aot_dispatch_dynamic"))
+        torch.library.opcheck(
+            op.default,
+            args,
+            test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+        )
 
 
 def test_norm_custom_ops_none_weight_gradients_are_empty_and_autograd_gives_none():
@@ -250,8 +253,10 @@ def test_norm_custom_ops_none_weight_gradients_are_empty_and_autograd_gives_none
     xg = x.clone().requires_grad_()
     F.layer_norm(xg, [6]).sum().backward()
     assert xg.grad is not None
-    assert library.group_norm_fwd(randn(2, 4, 3, seed=81), None, None, 2, 1e-5,
-                                  "cpu")[1].dtype == torch.float64
+    assert (
+        library.group_norm_fwd(randn(2, 4, 3, seed=81), None, None, 2, 1e-5, "cpu")[1].dtype
+        == torch.float64
+    )
 
 
 @pytest.mark.slow
@@ -278,8 +283,13 @@ def _sync_compile_worker(rank, world, init_file, out_dir):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     torch.manual_seed(0)
     eager = torch.nn.Sequential(torch.nn.Conv1d(2, 3, 3, padding=1), normkit.SyncBatchNorm(3))
     model = copy.deepcopy(eager)
@@ -303,8 +313,9 @@ def test_sync_batch_norm_two_processes_compiled_without_fullgraph_runs_eagerly()
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_sync_compile_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2,
-                 join=True)
+        mp.spawn(
+            _sync_compile_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True
+        )
         results = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
     for res in results:
         (y_e, g_e, b_e), (y_c, g_c, b_c) = res["eager"], res["compiled"]
@@ -373,16 +384,25 @@ class _InplaceBlock(torch.nn.Module):
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
-@pytest.mark.parametrize("make", [lambda: normkit.BatchNorm2d(4), lambda: normkit.GroupNorm(2, 4),
-                                  lambda: normkit.LocalResponseNorm(3)],
-                         ids=["BatchNorm2d", "GroupNorm", "LocalResponseNorm"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: normkit.BatchNorm2d(4),
+        lambda: normkit.GroupNorm(2, 4),
+        lambda: normkit.LocalResponseNorm(3),
+    ],
+    ids=["BatchNorm2d", "GroupNorm", "LocalResponseNorm"],
+)
 def test_fullgraph_inplace_ops_after_normkit_layers(make, backend, monkeypatch):
     # eager torch.nn peer: the same block with torch's layer (same initial weights)
     monkeypatch.setenv("NORMKIT_BACKEND", backend)
     torch.manual_seed(0)
     ours = _InplaceBlock(make())
-    peer_norm = {"BatchNorm2d": torch.nn.BatchNorm2d(4), "GroupNorm": torch.nn.GroupNorm(2, 4),
-                 "LocalResponseNorm": torch.nn.LocalResponseNorm(3)}[type(ours.norm).__name__]
+    peer_norm = {
+        "BatchNorm2d": torch.nn.BatchNorm2d(4),
+        "GroupNorm": torch.nn.GroupNorm(2, 4),
+        "LocalResponseNorm": torch.nn.LocalResponseNorm(3),
+    }[type(ours.norm).__name__]
     theirs = _InplaceBlock(peer_norm)
     theirs.load_state_dict(ours.state_dict())
     torch._dynamo.reset()

@@ -10,21 +10,46 @@ from normkit.conventions import canonicalize, from_canonical
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "conventions.md"
 
 
-@pytest.mark.parametrize("convention,size,back,ahead", [
-    ("torch", 5, 2, 2), ("torch", 4, 2, 1), ("torch", 2, 1, 0), ("torch", 1, 0, 0),
-    ("paddle", 4, 2, 1), ("onnx", 4, 1, 2), ("onnx", 2, 0, 1), ("onnx", 5, 2, 2),
-    ("cudnn", 6, 2, 3), ("chainer", 4, 2, 2), ("chainer", 5, 2, 2), ("cuda-convnet", 4, 2, 1),
-    ("caffe", 5, 2, 2), ("mxnet", 3, 1, 1), ("alexnet", 5, 2, 2), ("tensorflow", 11, 5, 5),
-])
+@pytest.mark.parametrize(
+    "convention,size,back,ahead",
+    [
+        ("torch", 5, 2, 2),
+        ("torch", 4, 2, 1),
+        ("torch", 2, 1, 0),
+        ("torch", 1, 0, 0),
+        ("paddle", 4, 2, 1),
+        ("onnx", 4, 1, 2),
+        ("onnx", 2, 0, 1),
+        ("onnx", 5, 2, 2),
+        ("cudnn", 6, 2, 3),
+        ("chainer", 4, 2, 2),
+        ("chainer", 5, 2, 2),
+        ("cuda-convnet", 4, 2, 1),
+        ("caffe", 5, 2, 2),
+        ("mxnet", 3, 1, 1),
+        ("alexnet", 5, 2, 2),
+        ("tensorflow", 11, 5, 5),
+    ],
+)
 def test_windows(convention, size, back, ahead):
     spec = canonicalize(size, 1.0, 0.75, 1.0, convention=convention)
     assert (spec.back, spec.ahead) == (back, ahead)
 
 
-@pytest.mark.parametrize("convention,divisor", [
-    ("torch", 5), ("onnx", 5), ("caffe", 5), ("paddle", 5), ("mxnet", 5), ("cuda-convnet", 5),
-    ("tensorflow", 1), ("alexnet", 1), ("chainer", 1),
-])
+@pytest.mark.parametrize(
+    "convention,divisor",
+    [
+        ("torch", 5),
+        ("onnx", 5),
+        ("caffe", 5),
+        ("paddle", 5),
+        ("mxnet", 5),
+        ("cuda-convnet", 5),
+        ("tensorflow", 1),
+        ("alexnet", 1),
+        ("chainer", 1),
+    ],
+)
 def test_alpha_divisor(convention, divisor):
     spec = canonicalize(5, 0.3, 0.75, 1.0, convention=convention)
     assert spec.alpha == pytest.approx(0.3 / divisor, rel=1e-15)
@@ -50,22 +75,31 @@ def test_within_rejected_where_framework_has_none(convention):
         canonicalize(3, 1.0, 0.75, 1.0, region="within", convention=convention)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(size=0), "size must be >= 1, got 0"),
-    (dict(size=2.5), "size must be an int"),
-    (dict(alpha=-1.0), "alpha must be >= 0, got -1.0"),
-    (dict(beta=float("nan")), "beta must be finite, got nan"),
-    (dict(k=float("inf")), "k must be finite"),
-    (dict(alpha="0.1"), "alpha must be a real number, got str"),
-    (dict(region="spatial"), "region must be 'across' or 'within'"),
-    (dict(convention="keras"), "unknown LRN convention 'keras'"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(size=0), "size must be >= 1, got 0"),
+        (dict(size=2.5), "size must be an int"),
+        (dict(alpha=-1.0), "alpha must be >= 0, got -1.0"),
+        (dict(beta=float("nan")), "beta must be finite, got nan"),
+        (dict(k=float("inf")), "k must be finite"),
+        (dict(alpha="0.1"), "alpha must be a real number, got str"),
+        (dict(region="spatial"), "region must be 'across' or 'within'"),
+        (dict(convention="keras"), "unknown LRN convention 'keras'"),
+    ],
+)
 def test_bad_parameters_name_the_invariant(bad, match):
     args = dict(size=5, alpha=1e-4, beta=0.75, k=1.0, region="across", convention="torch")
     args.update(bad)
     with pytest.raises((ValueError, TypeError), match=match):
-        canonicalize(args["size"], args["alpha"], args["beta"], args["k"],
-                     region=args["region"], convention=args["convention"])
+        canonicalize(
+            args["size"],
+            args["alpha"],
+            args["beta"],
+            args["k"],
+            region=args["region"],
+            convention=args["convention"],
+        )
 
 
 def test_tensorflow_from_and_to_size_form():
@@ -73,8 +107,12 @@ def test_tensorflow_from_and_to_size_form():
     spec = canonicalize(5, 0.01, 0.5, 2.0, convention="tensorflow")
     as_torch = from_canonical(spec, "torch")
     assert as_torch == {"size": 5, "alpha": pytest.approx(0.05), "beta": 0.5, "k": 2.0}
-    assert from_canonical(spec, "tensorflow") == {"depth_radius": 2, "bias": 2.0,
-                                                   "alpha": pytest.approx(0.01), "beta": 0.5}
+    assert from_canonical(spec, "tensorflow") == {
+        "depth_radius": 2,
+        "bias": 2.0,
+        "alpha": pytest.approx(0.01),
+        "beta": 0.5,
+    }
 
 
 def test_even_windows_do_not_translate_between_torch_and_onnx():
@@ -89,8 +127,12 @@ def test_even_windows_do_not_translate_between_torch_and_onnx():
 def test_chainer_even_window_maps_to_odd_size_elsewhere():
     spec = canonicalize(4, 1e-4, 0.75, 2.0, convention="chainer")  # 5 taps, raw alpha
     assert spec.width == 5
-    assert from_canonical(spec, "torch") == {"size": 5, "alpha": pytest.approx(5e-4),
-                                             "beta": 0.75, "k": 2.0}
+    assert from_canonical(spec, "torch") == {
+        "size": 5,
+        "alpha": pytest.approx(5e-4),
+        "beta": 0.75,
+        "k": 2.0,
+    }
 
 
 def test_caffe_within_with_k_cannot_go_to_plain_caffe():
@@ -110,8 +152,13 @@ def test_round_trip_through_own_convention(convention, size):
     params = from_canonical(spec, convention)
     names = C.get_convention(convention).param_names
     if convention == "tensorflow":
-        back = canonicalize(2 * params["depth_radius"] + 1, params["alpha"], params["beta"],
-                            params["bias"], convention=convention)
+        back = canonicalize(
+            2 * params["depth_radius"] + 1,
+            params["alpha"],
+            params["beta"],
+            params["bias"],
+            convention=convention,
+        )
     else:
         back = canonicalize(*(params[n] for n in names), convention=convention)
     assert back.back == spec.back and back.ahead == spec.ahead
@@ -122,4 +169,5 @@ def test_docs_table_is_generated_from_presets():
     text = DOCS.read_text(encoding="utf-8")
     assert text == C.conventions_doc(), (
         "docs/conventions.md is stale: regenerate with `python -m normkit.conventions "
-        "> docs/conventions.md` (see the file's header)")
+        "> docs/conventions.md` (see the file's header)"
+    )

@@ -9,24 +9,31 @@ from torch import nn
 import normkit
 from normkit.factory import NORMS, default_num_groups
 
+import model_zoo as mz
 from hostile import randn
 from tolerance import assert_matches_reference
-
-import model_zoo as mz
 
 
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
             nn.LocalResponseNorm(3, 1e-2, 0.75, 2.0),
-            nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(2, 8, bias=False),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.GroupNorm(2, 8, bias=False),
             nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
             nn.SyncBatchNorm(8, momentum=None),
         )
-        self.head = nn.ModuleDict({"ln": nn.LayerNorm([8, 4, 4]), "rms": nn.RMSNorm(4, eps=1e-4),
-                                   "bn1": nn.BatchNorm1d(8, affine=False)})
+        self.head = nn.ModuleDict(
+            {
+                "ln": nn.LayerNorm([8, 4, 4]),
+                "rms": nn.RMSNorm(4, eps=1e-4),
+                "bn1": nn.BatchNorm1d(8, affine=False),
+            }
+        )
         self.fc = nn.Linear(8 * 16, 8)
 
     def forward(self, x):
@@ -43,8 +50,7 @@ def _run(model, x, steps=2):
         y = model(xx)
         opt.zero_grad()
         (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
-        outs.append((y.detach(), xx.grad, {n: p.grad.clone() for n, p in
-                                           model.named_parameters()}))
+        outs.append((y.detach(), xx.grad, {n: p.grad.clone() for n, p in model.named_parameters()}))
         opt.step()
     return outs
 
@@ -56,8 +62,9 @@ def test_convert_matches_original_outputs_and_gradients(train):
     twin = copy.deepcopy(original)
     converted = normkit.convert(twin)
     assert converted is twin
-    kinds = {type(m).__module__.split(".")[0] for m in converted.modules()
-             if "Norm" in type(m).__name__}
+    kinds = {
+        type(m).__module__.split(".")[0] for m in converted.modules() if "Norm" in type(m).__name__
+    }
     assert kinds == {"normkit"}
     x = randn(4, 3, 4, 4, seed=1)
     for (y0, dx0, g0), (y1, dx1, g1) in zip(_run(original, x), _run(converted, x)):
@@ -124,7 +131,8 @@ def test_convert_twice_is_a_no_op_and_report_is_logged(caplog):
     _, report = normkit.convert(model, return_report=True)
     assert model[0] is first and report.converted == []
     assert [(p, why) for p, _, why in report.left] == [
-        ("1", "unknown normalization class (not converted, computes as before)")]
+        ("1", "unknown normalization class (not converted, computes as before)")
+    ]
     assert "left      1: model_zoo.UnknownNorm" in str(report)
 
 
@@ -134,15 +142,30 @@ THIRD_PARTY = [
     ("timm LayerNorm", lambda: mz.TimmLayerNorm(6), (3, 4, 6), normkit.LayerNorm),
     ("timm LayerNorm2d", lambda: mz.TimmLayerNorm2d(6), (2, 6, 3, 4), normkit.LayerNorm2d),
     ("timm GroupNorm1", lambda: mz.TimmGroupNorm1(6), (2, 6, 3, 4), normkit.GroupNorm),
-    ("timm BatchNormAct2d", lambda: mz.TimmBatchNormAct2d(6, act_layer=nn.Hardswish,
-                                                          inplace=False),
-     (4, 6, 3, 3), normkit.BatchNormAct2d),
-    ("timm BatchNormAct2d momentum None", lambda: mz.TimmBatchNormAct2d(
-        6, momentum=None, apply_act=False), (4, 6, 3, 3), normkit.BatchNormAct2d),
-    ("torchvision LayerNorm2d", lambda: mz.TVLayerNorm2d(6, eps=1e-6), (2, 6, 3, 4),
-     normkit.LayerNorm2d),
-    ("torchvision FrozenBatchNorm2d", lambda: mz.TVFrozenBatchNorm2d(6, eps=1e-3),
-     (2, 6, 3, 4), normkit.FrozenBatchNorm2d),
+    (
+        "timm BatchNormAct2d",
+        lambda: mz.TimmBatchNormAct2d(6, act_layer=nn.Hardswish, inplace=False),
+        (4, 6, 3, 3),
+        normkit.BatchNormAct2d,
+    ),
+    (
+        "timm BatchNormAct2d momentum None",
+        lambda: mz.TimmBatchNormAct2d(6, momentum=None, apply_act=False),
+        (4, 6, 3, 3),
+        normkit.BatchNormAct2d,
+    ),
+    (
+        "torchvision LayerNorm2d",
+        lambda: mz.TVLayerNorm2d(6, eps=1e-6),
+        (2, 6, 3, 4),
+        normkit.LayerNorm2d,
+    ),
+    (
+        "torchvision FrozenBatchNorm2d",
+        lambda: mz.TVFrozenBatchNorm2d(6, eps=1e-3),
+        (2, 6, 3, 4),
+        normkit.FrozenBatchNorm2d,
+    ),
     ("HF LlamaRMSNorm", lambda: mz.LlamaRMSNorm(6, eps=1e-5), (2, 3, 6), normkit.HFRMSNorm),
     ("HF GemmaRMSNorm", lambda: mz.GemmaRMSNorm(6), (2, 3, 6), normkit.HFRMSNorm),
     ("HF T5LayerNorm", lambda: mz.T5LayerNorm(6), (2, 3, 6), normkit.HFRMSNorm),
@@ -169,8 +192,10 @@ def test_third_party_norms_convert_to_the_same_computation(case, dtype):
     assert report.converted[0][0] == "" and report.left == []
     assert list(ours.state_dict()) == list(theirs.state_dict())
     x, dy = randn(*shape, seed=1), randn(*shape, seed=2)
-    results = [_grads(m, x.to(m_dtype), dy) for m, m_dtype in
-               ((ref, torch.float64), (theirs, dtype), (ours, dtype))]
+    results = [
+        _grads(m, x.to(m_dtype), dy)
+        for m, m_dtype in ((ref, torch.float64), (theirs, dtype), (ours, dtype))
+    ]
     (y_r, dx_r, g_r), (y_t, dx_t, g_t), (y_o, dx_o, g_o) = results
     assert y_o.dtype == y_t.dtype
     assert_matches_reference(y_o, y_r, dtype, y_t)
@@ -178,8 +203,9 @@ def test_third_party_norms_convert_to_the_same_computation(case, dtype):
     for name in g_r:
         assert_matches_reference(g_o[name], g_r[name], dtype, g_t[name], what=name)
     # running stats updated like the original's (or untouched)
-    for (k, r), (_, t), (_, o) in zip(ref.state_dict().items(), theirs.state_dict().items(),
-                                      ours.state_dict().items()):
+    for (k, r), (_, t), (_, o) in zip(
+        ref.state_dict().items(), theirs.state_dict().items(), ours.state_dict().items()
+    ):
         if r.is_floating_point():
             assert_matches_reference(o, r, dtype, t, what=k)
         else:
@@ -221,9 +247,21 @@ def test_look_alikes_outside_the_real_packages_are_left_alone():
 
 # --- create_norm --------------------------------------------------------------------
 
+
 def test_registry_names_are_the_labs_contract():
-    assert set(NORMS) == {"none", "lrn", "lrn-within", "batch", "group", "layer", "instance",
-                          "rms", "sync-batch", "frn", "ws-group"}
+    assert set(NORMS) == {
+        "none",
+        "lrn",
+        "lrn-within",
+        "batch",
+        "group",
+        "layer",
+        "instance",
+        "rms",
+        "sync-batch",
+        "frn",
+        "ws-group",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(NORMS))
@@ -279,5 +317,12 @@ def test_create_norm_errors():
 
 
 def test_default_num_groups():
-    assert [default_num_groups(c) for c in (1, 6, 32, 48, 96, 100, 31)] == [1, 6, 32, 24, 32,
-                                                                           25, 31]
+    assert [default_num_groups(c) for c in (1, 6, 32, 48, 96, 100, 31)] == [
+        1,
+        6,
+        32,
+        24,
+        32,
+        25,
+        31,
+    ]

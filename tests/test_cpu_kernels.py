@@ -35,6 +35,7 @@ def _rounded(x64, dtype):
 
 # --- LRN ----------------------------------------------------------------------------------
 
+
 def _lrn_layouts(x):
     yield "contiguous", x
     if x.dim() == 4:
@@ -44,8 +45,9 @@ def _lrn_layouts(x):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("beta", BETAS)
-@pytest.mark.parametrize("case", ["across 4-D", "across rank 3", "across rank 5", "within",
-                                  "even window"])
+@pytest.mark.parametrize(
+    "case", ["across 4-D", "across rank 3", "across rank 5", "within", "even window"]
+)
 def test_lrn_fwd_bwd_every_dtype_layout_and_beta(dtype, beta, case):
     shape, back, ahead, within = {
         "across 4-D": ((3, 7, 5, 4), 2, 2, False),
@@ -60,8 +62,9 @@ def test_lrn_fwd_bwd_every_dtype_layout_and_beta(dtype, beta, case):
     x, xr = _rounded(x64, dtype)
     dy, dyr = _rounded(dy64, dtype)
     # the canonical form directly (covers even windows and within)
-    spec = CanonicalLRN("within" if within else "across", back + ahead + 1, back, ahead,
-                        alpha, beta, k)
+    spec = CanonicalLRN(
+        "within" if within else "across", back + ahead + 1, back, ahead, alpha, beta, k
+    )
     ref_y = lrn_forward(xr.numpy(), spec)
     ref_dx = lrn_backward(xr.numpy(), dyr.numpy(), spec)
     peer_y = torch_ops.lrn_fwd(x, back, ahead, alpha, beta, k, within)
@@ -71,8 +74,7 @@ def test_lrn_fwd_bwd_every_dtype_layout_and_beta(dtype, beta, case):
         dx = cpu.lrn.lrn_bwd(xv, dy, back, ahead, alpha, beta, k, within)
         assert y.dtype == dtype and dx.dtype == dtype and y.shape == x.shape
         assert_matches_reference(y, ref_y, dtype, torch_same_dtype=peer_y, what=f"y {name}")
-        assert_matches_reference(dx, ref_dx, dtype, torch_same_dtype=peer_dx,
-                                 what=f"dx {name}")
+        assert_matches_reference(dx, ref_dx, dtype, torch_same_dtype=peer_dx, what=f"dx {name}")
 
 
 @pytest.mark.parametrize("beta", BETAS)
@@ -81,9 +83,10 @@ def test_lrn_gradcheck_float64_cpu_backend(beta):
     for region, convention in (("across", "torch"), ("across", "onnx"), ("within", "caffe")):
         size = 3 if region == "within" else 4 if convention == "onnx" else 5
 
-        def f(v):
-            return local_response_norm(v, size, 0.7, beta, 1.1, region=region,
-                                       convention=convention, backend="cpu")
+        def f(v, size=size, region=region, convention=convention):
+            return local_response_norm(
+                v, size, 0.7, beta, 1.1, region=region, convention=convention, backend="cpu"
+            )
 
         assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-8)
         assert dispatch.last_backend["lrn_bwd"] == "cpu"
@@ -107,8 +110,10 @@ def test_lrn_loud_channel_and_huge_values(dtype, layout):
     dx = cpu.lrn.lrn_bwd(x, dy, 2, 2, 1.0 / 5, 0.75, 1.0, False)
     ref_dx = lrn_backward(x.double().numpy(), dy.double().numpy(), spec)
     scale = np.abs(ref_dx).max()
-    assert np.max(np.abs(dx.double().numpy() - ref_dx)) <= (1e-5 if dtype == torch.float32
-                                                             else 1e-12) * scale
+    assert (
+        np.max(np.abs(dx.double().numpy() - ref_dx))
+        <= (1e-5 if dtype == torch.float32 else 1e-12) * scale
+    )
     # 1e38: x^2 is inf in float32; a running sum would give inf - inf = NaN
     huge = torch.full((1, 6, 2, 2), 1e38, dtype=torch.float32)
     for within in (False, True):
@@ -135,6 +140,7 @@ def test_lrn_size_larger_than_channels_keeps_divisor():
 
 
 # --- norm ops: helpers ----------------------------------------------------------------
+
 
 def _params(n, dtype, seed):
     w = randn(n, seed=seed).to(dtype)
@@ -186,12 +192,12 @@ def test_layer_norm(dtype, affine, shape):
     ref_y, ref_g = _grads(ln, xr, [wr, br], dyr)
     peer = _peer_or_none(lambda: _grads(ln, x, [w, b], dy))
     y, mean, rstd = cpu.norms.layer_norm_fwd(x, w, b, 1e-5)
-    assert y.dtype == dtype and mean.dtype == (torch.float64 if dtype == torch.float64
-                                               else torch.float32)
+    assert y.dtype == dtype and mean.dtype == (
+        torch.float64 if dtype == torch.float64 else torch.float32
+    )
     assert_matches_reference(y, ref_y, dtype, peer and peer[0], what="y")
     assert_matches_reference(mean, xr.mean(-1), dtype, what="mean")
-    assert_matches_reference(rstd, (xr.var(-1, unbiased=False) + 1e-5).rsqrt(), dtype,
-                             what="rstd")
+    assert_matches_reference(rstd, (xr.var(-1, unbiased=False) + 1e-5).rsqrt(), dtype, what="rstd")
     dx, dw, db = cpu.norms.layer_norm_bwd(dy, x, mean, rstd, w)
     assert_matches_reference(dx, ref_g[0], dtype, peer and peer[1][0], what="dx")
     i = 1
@@ -202,8 +208,7 @@ def test_layer_norm(dtype, affine, shape):
     else:
         assert dw is None
     ref_db = dyr.reshape(-1, d).sum(0)
-    assert_matches_reference(db, ref_db, dtype,
-                             peer and dy.reshape(-1, d).sum(0), what="dbias")
+    assert_matches_reference(db, ref_db, dtype, peer and dy.reshape(-1, d).sum(0), what="dbias")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -258,8 +263,9 @@ def test_group_norm_and_instance_norm(dtype, affine, shape, groups):
     assert mean.shape == (shape[0], groups)
     grouped = xr.reshape(shape[0], groups, -1)
     assert_matches_reference(mean, grouped.mean(-1), dtype, what="mean")
-    assert_matches_reference(rstd, (grouped.var(-1, unbiased=False) + 1e-5).rsqrt(), dtype,
-                             what="rstd")
+    assert_matches_reference(
+        rstd, (grouped.var(-1, unbiased=False) + 1e-5).rsqrt(), dtype, what="rstd"
+    )
     assert_matches_reference(y, ref_y, dtype, peer and peer[0], what="y")
     dx, dw, db = cpu.norms.group_norm_bwd(dy, x, mean, rstd, w, groups)
     assert_matches_reference(dx, ref_g[0], dtype, peer and peer[1][0], what="dx")
@@ -310,8 +316,7 @@ def test_batch_norm_train_and_eval(dtype, affine, shape):
     assert_matches_reference(dx, ref_g[0], dtype, peer and peer[1][0], what="dx")
     i = 1
     if w is not None:  # dweight = sum_dy_xhat, dbias = sum_dy
-        assert_matches_reference(sum_dy_xhat, ref_g[i], dtype, peer and peer[1][i],
-                                 what="dweight")
+        assert_matches_reference(sum_dy_xhat, ref_g[i], dtype, peer and peer[1][i], what="dweight")
         i += 1
     if b is not None:
         assert_matches_reference(sum_dy, ref_g[i], dtype, peer and peer[1][i], what="dbias")
@@ -357,8 +362,9 @@ def test_statistics_at_mean_1e4_float32(op):
     y, _, _ = cpu.norms.layer_norm_fwd(x, None, None, 1e-5)
     ref_y = F.layer_norm(xr, (96,), eps=1e-5)
     assert max_err(y, ref_y) < 1e-3  # torch's own float32 result is worse here
-    assert_matches_reference(y, ref_y, torch.float32,
-                             torch_same_dtype=F.layer_norm(x, (96,), eps=1e-5))
+    assert_matches_reference(
+        y, ref_y, torch.float32, torch_same_dtype=F.layer_norm(x, (96,), eps=1e-5)
+    )
 
 
 def test_zero_variance_rows_give_zero_not_nan():
@@ -389,8 +395,11 @@ def test_weight_gradients_do_not_depend_on_thread_count(monkeypatch):
 
 
 def test_group_norm_bad_groups_message():
-    with pytest.raises(ValueError, match=r"num_channels \(6\) must be divisible by "
-                                         r"num_groups \(4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"num_channels \(6\) must be divisible by "
+        r"num_groups \(4\)",
+    ):
         cpu.norms.group_norm_fwd(torch.ones(2, 6, 3), None, None, 4, 1e-5)
 
 
@@ -399,12 +408,14 @@ def test_norm_ops_accept_non_contiguous_input():
     y, _, _ = cpu.norms.layer_norm_fwd(x, None, None, 1e-5)
     assert_matches_reference(y, F.layer_norm(x.double(), (16,), eps=1e-5), torch.float32)
     xc = randn(4, 6, 5, 5, seed=71, dtype=torch.float32).contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     mean, var = cpu.norms.batch_norm_stats(xc)
     assert_matches_reference(var, xc.double().var((0, 2, 3), unbiased=False), torch.float32)
 
 
 # --- dispatch --------------------------------------------------------------------------
+
 
 def test_dispatch_registers_cpu_for_every_op():
     for op in cpu.OPS:
@@ -517,8 +528,9 @@ class _LRNOutputs(torch.utils.data.Dataset):
 
 
 def test_outputs_sent_by_dataloader_workers_stay_intact():
-    loader = torch.utils.data.DataLoader(_LRNOutputs(), batch_size=None, num_workers=1,
-                                         multiprocessing_context="fork")
+    loader = torch.utils.data.DataLoader(
+        _LRNOutputs(), batch_size=None, num_workers=1, multiprocessing_context="fork"
+    )
     got = list(loader)  # every item is kept while the worker computes the next ones
     for i, y in enumerate(got):
         assert max_err(y, _torch_lrn(i)) < 1e-5, f"item {i} changed after it was received"
@@ -553,8 +565,7 @@ def test_outputs_sent_through_a_multiprocessing_queue_stay_intact():
 
 
 def test_output_kept_only_through_its_storage_stays_intact():
-    storage = local_response_norm(_lrn_item(0), 3, 1e-2, 0.75, 1.0,
-                                  backend="cpu").untyped_storage()
+    storage = local_response_norm(_lrn_item(0), 3, 1e-2, 0.75, 1.0, backend="cpu").untyped_storage()
     for i in (1, 2):  # same size: a recycling allocator would reuse the storage's memory
         local_response_norm(_lrn_item(i), 3, 1e-2, 0.75, 1.0, backend="cpu")
     kept = torch.empty(0).set_(storage).view(_SAFE_SHAPE)

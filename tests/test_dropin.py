@@ -9,14 +9,20 @@ import normkit
 from hostile import randn
 
 PAIRS = [
-    (lambda m: m.BatchNorm1d(3), (nn.BatchNorm1d, nn.modules.batchnorm._BatchNorm,
-                                  nn.modules.batchnorm._NormBase)),
-    (lambda m: m.BatchNorm2d(3), (nn.BatchNorm2d, nn.modules.batchnorm._BatchNorm,
-                                  nn.modules.batchnorm._NormBase)),
+    (
+        lambda m: m.BatchNorm1d(3),
+        (nn.BatchNorm1d, nn.modules.batchnorm._BatchNorm, nn.modules.batchnorm._NormBase),
+    ),
+    (
+        lambda m: m.BatchNorm2d(3),
+        (nn.BatchNorm2d, nn.modules.batchnorm._BatchNorm, nn.modules.batchnorm._NormBase),
+    ),
     (lambda m: m.BatchNorm3d(3), (nn.BatchNorm3d, nn.modules.batchnorm._BatchNorm)),
     (lambda m: m.SyncBatchNorm(3), (nn.modules.batchnorm._BatchNorm,)),
-    (lambda m: m.InstanceNorm1d(3), (nn.InstanceNorm1d, nn.modules.instancenorm._InstanceNorm,
-                                     nn.modules.batchnorm._NormBase)),
+    (
+        lambda m: m.InstanceNorm1d(3),
+        (nn.InstanceNorm1d, nn.modules.instancenorm._InstanceNorm, nn.modules.batchnorm._NormBase),
+    ),
     (lambda m: m.InstanceNorm2d(3), (nn.InstanceNorm2d,)),
     (lambda m: m.InstanceNorm3d(3), (nn.InstanceNorm3d,)),
     (lambda m: m.LayerNorm(4), (nn.LayerNorm,)),
@@ -31,9 +37,19 @@ def test_normkit_layers_are_instances_of_their_torch_classes(make, bases):
     for base in bases:
         assert isinstance(ours, base), base
     # ... and nothing else torch-wise: BatchNorm2d is not a BatchNorm1d
-    others = [c for c in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm,
-                          nn.GroupNorm, nn.RMSNorm, nn.InstanceNorm2d)
-              if not isinstance(theirs, c)]
+    others = [
+        c
+        for c in (
+            nn.BatchNorm1d,
+            nn.BatchNorm2d,
+            nn.BatchNorm3d,
+            nn.LayerNorm,
+            nn.GroupNorm,
+            nn.RMSNorm,
+            nn.InstanceNorm2d,
+        )
+        if not isinstance(theirs, c)
+    ]
     assert not any(isinstance(ours, c) for c in others)
     assert repr(ours) == repr(theirs)
     assert list(ours.state_dict()) == list(theirs.state_dict())
@@ -41,11 +57,16 @@ def test_normkit_layers_are_instances_of_their_torch_classes(make, bases):
 
 def test_weight_decay_grouping_by_type_sees_normkit_layers():
     """The Trainer/timm idiom: no weight decay on norm layers, found by isinstance."""
-    model = nn.Sequential(nn.Linear(4, 4), normkit.LayerNorm(4), nn.Linear(4, 4),
-                          normkit.BatchNorm1d(4))
+    model = nn.Sequential(
+        nn.Linear(4, 4), normkit.LayerNorm(4), nn.Linear(4, 4), normkit.BatchNorm1d(4)
+    )
     norm_types = (nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
-    no_decay = {id(p) for m in model.modules() if isinstance(m, norm_types)
-                for p in m.parameters(recurse=False)}
+    no_decay = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, norm_types)
+        for p in m.parameters(recurse=False)
+    }
     # hand count: LayerNorm and BatchNorm1d have weight + bias each
     assert len(no_decay) == 4
     # freezing code that flips every _BatchNorm to eval finds normkit's
@@ -82,8 +103,9 @@ def test_forward_is_normkits_not_torchs():
 
 def test_local_response_norm_is_deliberately_not_torchs():
     """Its size/alpha/k follow ``convention``; a torch-typed reader would misread them."""
-    tf = normkit.LocalResponseNorm.from_tensorflow(depth_radius=2, bias=1.0, alpha=1.0,
-                                                    beta=0.5, channel_dim=1)
+    tf = normkit.LocalResponseNorm.from_tensorflow(
+        depth_radius=2, bias=1.0, alpha=1.0, beta=0.5, channel_dim=1
+    )
     assert not isinstance(tf, nn.LocalResponseNorm)
     x = randn(2, 6, 3, 3, seed=3)
     # what code trusting isinstance would compute from the attributes

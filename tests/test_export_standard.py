@@ -48,19 +48,22 @@ def _quiet_exporters():
 
 # --- torch counterparts, built from a normkit module's attributes and state ---------------
 
+
 def _with_state(torch_module, nk_module):
     torch_module.load_state_dict(nk_module.state_dict())
     return torch_module.train(nk_module.training)
 
 
 def _bn(cls):
-    return lambda m: _with_state(cls(m.num_features, m.eps, m.momentum, m.affine,
-                                     m.track_running_stats), m)
+    return lambda m: _with_state(
+        cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats), m
+    )
 
 
 def _instance(cls):
-    return lambda m: _with_state(cls(m.num_features, m.eps, m.momentum, m.affine,
-                                     m.track_running_stats), m)
+    return lambda m: _with_state(
+        cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats), m
+    )
 
 
 class _ChannelsLast(nn.Module):
@@ -83,20 +86,23 @@ def _channel_rms(m):
 
 
 COUNTERPARTS = {
-    "BatchNorm1d": _bn(nn.BatchNorm1d), "BatchNorm2d": _bn(nn.BatchNorm2d),
+    "BatchNorm1d": _bn(nn.BatchNorm1d),
+    "BatchNorm2d": _bn(nn.BatchNorm2d),
     "BatchNorm3d": _bn(nn.BatchNorm3d),
     # single process: torch's SyncBatchNorm is BatchNorm (and needs a process group in train)
     "SyncBatchNorm": _bn(nn.BatchNorm2d),
-    "LayerNorm": lambda m: _with_state(nn.LayerNorm(m.normalized_shape, m.eps,
-                                                    m.elementwise_affine,
-                                                    bias=m.bias is not None), m),
-    "GroupNorm": lambda m: _with_state(nn.GroupNorm(m.num_groups, m.num_channels, m.eps,
-                                                    m.affine), m),
+    "LayerNorm": lambda m: _with_state(
+        nn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, bias=m.bias is not None), m
+    ),
+    "GroupNorm": lambda m: _with_state(
+        nn.GroupNorm(m.num_groups, m.num_channels, m.eps, m.affine), m
+    ),
     "InstanceNorm1d": _instance(nn.InstanceNorm1d),
     "InstanceNorm2d": _instance(nn.InstanceNorm2d),
     "InstanceNorm3d": _instance(nn.InstanceNorm3d),
-    "RMSNorm": lambda m: _with_state(nn.RMSNorm(m.normalized_shape, m.eps,
-                                                m.elementwise_affine), m),
+    "RMSNorm": lambda m: _with_state(
+        nn.RMSNorm(m.normalized_shape, m.eps, m.elementwise_affine), m
+    ),
     "ChannelRMSNorm": _channel_rms,
     "Identity": lambda m: nn.Identity(),
 }
@@ -113,6 +119,7 @@ def expected(module, x, training):
 
 
 # --- one case list covering every public layer class ------------------------------------
+
 
 def _randomize(module, seed):
     g = torch.Generator().manual_seed(seed)
@@ -133,13 +140,22 @@ def _lrn_cases():
                     canonicalize(size, 0.3, 0.75, 1.2, region=region, convention=convention)
                 except ValueError:
                     continue
-                cases.append((f"LRN-{convention}-{region}-{size}",
-                              normkit.LocalResponseNorm(size, 0.3, 0.75, 1.2, region=region,
-                                                        convention=convention),
-                              (2, 7, 5, 4)))
-    cases.append(("LRN-nhwc", normkit.LocalResponseNorm(5, 0.3, 0.75, 1.2,
-                                                        convention="tensorflow",
-                                                        channel_dim=-1), (2, 4, 5, 6)))
+                cases.append(
+                    (
+                        f"LRN-{convention}-{region}-{size}",
+                        normkit.LocalResponseNorm(
+                            size, 0.3, 0.75, 1.2, region=region, convention=convention
+                        ),
+                        (2, 7, 5, 4),
+                    )
+                )
+    cases.append(
+        (
+            "LRN-nhwc",
+            normkit.LocalResponseNorm(5, 0.3, 0.75, 1.2, convention="tensorflow", channel_dim=-1),
+            (2, 4, 5, 6),
+        )
+    )
     cases.append(("LRN-3d-input", normkit.LocalResponseNorm(3), (2, 6, 9)))
     return cases
 
@@ -147,38 +163,50 @@ def _lrn_cases():
 def class_cases():
     """{public class name: [(label, module, input shape), ...]}."""
     cases = {"LocalResponseNorm": _lrn_cases()}
-    for name, shape in (("BatchNorm1d", (4, 3, 6)), ("BatchNorm2d", (4, 3, 5, 5)),
-                        ("BatchNorm3d", (4, 3, 2, 3, 3)), ("SyncBatchNorm", (4, 3, 5, 5))):
+    for name, shape in (
+        ("BatchNorm1d", (4, 3, 6)),
+        ("BatchNorm2d", (4, 3, 5, 5)),
+        ("BatchNorm3d", (4, 3, 2, 3, 3)),
+        ("SyncBatchNorm", (4, 3, 5, 5)),
+    ):
         cls = getattr(normkit, name)
-        cases[name] = [(f"{name}-{mode}", cls(3).train(mode == "train"), shape)
-                       for mode in ("train", "eval")]
-        cases[name].append((f"{name}-untracked", cls(3, track_running_stats=False).eval(),
-                            shape))
+        cases[name] = [
+            (f"{name}-{mode}", cls(3).train(mode == "train"), shape) for mode in ("train", "eval")
+        ]
+        cases[name].append((f"{name}-untracked", cls(3, track_running_stats=False).eval(), shape))
     for spatial, shape in ((1, (3, 4, 7)), (2, (3, 4, 5, 5)), (3, (2, 4, 3, 3, 3))):
         name = f"InstanceNorm{spatial}d"
         cls = getattr(normkit, name)
-        cases[name] = [(f"{name}-plain", cls(4), shape),
-                       (f"{name}-affine", cls(4, affine=True), shape),
-                       (f"{name}-tracked-train", cls(4, track_running_stats=True).train(),
-                        shape),
-                       (f"{name}-tracked-eval", cls(4, affine=True,
-                                                    track_running_stats=True).eval(), shape),
-                       (f"{name}-unbatched", cls(4, affine=True), shape[1:])]
-    cases["LayerNorm"] = [("LayerNorm-last", normkit.LayerNorm(6), (3, 4, 6)),
-                          ("LayerNorm-2dims", normkit.LayerNorm((4, 6), eps=1e-3), (3, 4, 6)),
-                          ("LayerNorm-noaffine", normkit.LayerNorm(6, elementwise_affine=False),
-                           (5, 6))]
-    cases["GroupNorm"] = [("GroupNorm", normkit.GroupNorm(2, 6), (3, 6, 4, 4)),
-                          ("GroupNorm-1d", normkit.GroupNorm(3, 6, affine=False), (3, 6, 5))]
-    cases["RMSNorm"] = [("RMSNorm", normkit.RMSNorm(6), (3, 4, 6)),
-                        ("RMSNorm-eps", normkit.RMSNorm((4, 6), eps=1e-4), (3, 4, 6))]
+        cases[name] = [
+            (f"{name}-plain", cls(4), shape),
+            (f"{name}-affine", cls(4, affine=True), shape),
+            (f"{name}-tracked-train", cls(4, track_running_stats=True).train(), shape),
+            (f"{name}-tracked-eval", cls(4, affine=True, track_running_stats=True).eval(), shape),
+            (f"{name}-unbatched", cls(4, affine=True), shape[1:]),
+        ]
+    cases["LayerNorm"] = [
+        ("LayerNorm-last", normkit.LayerNorm(6), (3, 4, 6)),
+        ("LayerNorm-2dims", normkit.LayerNorm((4, 6), eps=1e-3), (3, 4, 6)),
+        ("LayerNorm-noaffine", normkit.LayerNorm(6, elementwise_affine=False), (5, 6)),
+    ]
+    cases["GroupNorm"] = [
+        ("GroupNorm", normkit.GroupNorm(2, 6), (3, 6, 4, 4)),
+        ("GroupNorm-1d", normkit.GroupNorm(3, 6, affine=False), (3, 6, 5)),
+    ]
+    cases["RMSNorm"] = [
+        ("RMSNorm", normkit.RMSNorm(6), (3, 4, 6)),
+        ("RMSNorm-eps", normkit.RMSNorm((4, 6), eps=1e-4), (3, 4, 6)),
+    ]
     cases["ChannelRMSNorm"] = [("ChannelRMSNorm", normkit.ChannelRMSNorm(4), (2, 4, 5, 5))]
     return cases
 
 
 def public_layer_classes():
-    return sorted(n for n in normkit.__all__ if isinstance(getattr(normkit, n), type)
-                  and issubclass(getattr(normkit, n), nn.Module))
+    return sorted(
+        n
+        for n in normkit.__all__
+        if isinstance(getattr(normkit, n), type) and issubclass(getattr(normkit, n), nn.Module)
+    )
 
 
 def all_cases():
@@ -221,7 +249,8 @@ def _no_peer_export(module, dynamo):
     lacks, and RMSNorm under the TorchScript exporter (no aten::rms_norm symbolic:
     ``torch.onnx.export(torch.nn.RMSNorm(6), ..., dynamo=False)`` raises)."""
     return isinstance(module, normkit.LocalResponseNorm) or (
-        not dynamo and type(module).__name__ in ("RMSNorm", "ChannelRMSNorm"))
+        not dynamo and type(module).__name__ in ("RMSNorm", "ChannelRMSNorm")
+    )
 
 
 def _peer(module, dynamo):
@@ -256,12 +285,14 @@ def _export_and_run(modules, xs, path, dynamo):
 def test_plain_torch_onnx_export_of_every_layer_matches_torch_in_onnxruntime(dynamo, tmp_path):
     cases = all_cases()
     xs = tuple(x for _, _, x in cases)
-    outputs = _export_and_run([copy.deepcopy(m) for _, m, _ in cases], xs,
-                              tmp_path / "normkit.onnx", dynamo)
+    outputs = _export_and_run(
+        [copy.deepcopy(m) for _, m, _ in cases], xs, tmp_path / "normkit.onnx", dynamo
+    )
     # torch's own layers, same state and mode, through the same exporter: the exporters
     # choose per op whether a training-mode layer becomes its inference form
-    peers = _export_and_run([_peer(m, dynamo) for _, m, _ in cases], xs,
-                            tmp_path / "torch.onnx", dynamo)
+    peers = _export_and_run(
+        [_peer(m, dynamo) for _, m, _ in cases], xs, tmp_path / "torch.onnx", dynamo
+    )
     assert len(outputs) == len(cases)
     for (label, module, x), y, peer_y in zip(cases, outputs, peers):
         if _no_peer_export(module, dynamo):  # no mode dependence: eager reference
@@ -277,18 +308,21 @@ def test_plain_torch_onnx_export_of_every_layer_matches_torch_in_onnxruntime(dyn
 def test_torch_export_export_of_every_layer_matches_torch_in_its_mode():
     cases = all_cases()
     modules = [copy.deepcopy(m) for _, m, _ in cases]
-    peers = [None if isinstance(m, normkit.LocalResponseNorm) else
-             COUNTERPARTS[type(m).__name__](copy.deepcopy(m)) for _, m, _ in cases]
+    peers = [
+        None
+        if isinstance(m, normkit.LocalResponseNorm)
+        else COUNTERPARTS[type(m).__name__](copy.deepcopy(m))
+        for _, m, _ in cases
+    ]
     xs = tuple(x for _, _, x in cases)
     program = torch.export.export(Many(modules), xs)
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert not [t for t in targets if "normkit" in t], targets  # portable: aten ops only
     runnable = program.module()
     outputs = runnable(*xs)
-    for (label, module, x), y, peer in zip(cases, outputs, peers):
+    for (label, module, x), y, _unused in zip(cases, outputs, peers):
         ref, same = expected(module, x, training=module.training)
-        assert_matches_reference(y.detach(), ref, torch.float32, torch_same_dtype=same,
-                                 what=label)
+        assert_matches_reference(y.detach(), ref, torch.float32, torch_same_dtype=same, what=label)
     # training-mode running statistics were updated as torch updates them
     state = runnable.state_dict()
     for i, ((label, module, x), peer) in enumerate(zip(cases, peers)):
@@ -319,14 +353,18 @@ def test_export_keeps_eager_path_and_compile_untouched():
 
 # --- opset rule: RMSNormalization (>= 23), GroupNormalization (>= 21) ----------------------
 
+
 def _ort_runs_opset(opset):
     """None if onnxruntime here runs ``opset``, else its error message."""
     from onnx import TensorProto, helper
 
     node = helper.make_node("Identity", ["x"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                          [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, 10)
     try:
@@ -366,15 +404,23 @@ def test_opset_rule_for_rms_and_group_norm(opset, how):
     outputs = run_ort(proto, (a, b))
     for module, x, y in zip((model.rms, model.chrms, model.gn), (a, b, b), outputs):
         ref, same = expected(module, x, training=False)
-        assert_matches_reference(y, ref, torch.float32, torch_same_dtype=same,
-                                 what=f"{type(module).__name__} opset {opset}")
+        assert_matches_reference(
+            y,
+            ref,
+            torch.float32,
+            torch_same_dtype=same,
+            what=f"{type(module).__name__} opset {opset}",
+        )
 
 
 def test_torchscript_exporter_opset_past_20_is_a_clear_error():
     with pytest.raises(ValueError, match=r"TorchScript exporter .* up to 20, got opset=23"):
-        export_onnx(_RmsAndGroup(), (randn(3, 4, 6, dtype=torch.float32),
-                                     randn(2, 6, 4, 4, dtype=torch.float32)),
-                    opset=23, dynamo=False)
+        export_onnx(
+            _RmsAndGroup(),
+            (randn(3, 4, 6, dtype=torch.float32), randn(2, 6, 4, 4, dtype=torch.float32)),
+            opset=23,
+            dynamo=False,
+        )
 
 
 def test_export_onnx_still_writes_lrn_nodes():

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import normkit
-from normkit import bench, families, factory
+from normkit import bench, factory, families
 from normkit.convert import CONVERTERS
 from normkit.interop import export as ex
 from normkit.lab.experiments import ALL_NORMS
@@ -53,13 +53,21 @@ def test_docs_pages_exist():
 
 
 # nn.SyncBatchNorm is left out: its own forward needs CUDA (tests/test_syncbn.py covers it)
-@pytest.mark.parametrize("torch_cls", sorted((c for c in families.torch_converters()
-                                              if c is not nn.SyncBatchNorm),
-                                             key=lambda c: c.__name__))
+@pytest.mark.parametrize(
+    "torch_cls",
+    sorted(
+        (c for c in families.torch_converters() if c is not nn.SyncBatchNorm),
+        key=lambda c: c.__name__,
+    ),
+)
 def test_each_converter_builds_a_family_class_of_the_same_math(torch_cls):
     """convert's twin of a default-constructed torch layer computes what the layer does."""
-    args = {nn.GroupNorm: (2, 4), nn.LayerNorm: (4,), nn.RMSNorm: (4,),
-            nn.LocalResponseNorm: (3,)}.get(torch_cls, (4,))
+    args = {
+        nn.GroupNorm: (2, 4),
+        nn.LayerNorm: (4,),
+        nn.RMSNorm: (4,),
+        nn.LocalResponseNorm: (3,),
+    }.get(torch_cls, (4,))
     original = torch_cls(*args).eval()
     twin = normkit.convert(original)
     assert families.family_of(type(twin)) is not None

@@ -35,8 +35,10 @@ def _close(a, b, atol):
 
 
 def _bn_count(model):
-    return sum(isinstance(m, (nn.modules.batchnorm._BatchNorm,
-                              normkit.modules.norms._BatchNorm)) for m in model.modules())
+    return sum(
+        isinstance(m, (nn.modules.batchnorm._BatchNorm, normkit.modules.norms._BatchNorm))
+        for m in model.modules()
+    )
 
 
 def _mixed_net():
@@ -84,12 +86,15 @@ def test_float32_folded_within_tolerance():
     _close(folded(x), net(x), 1e-4)
 
 
-@pytest.mark.parametrize("conv, bn, shape", [
-    (nn.Conv1d(3, 5, 3, padding=2, dilation=2), nn.BatchNorm1d(5), (2, 3, 9)),
-    (nn.Conv3d(2, 4, 2, stride=2), nn.BatchNorm3d(4), (2, 2, 4, 4, 4)),
-    (nn.Linear(7, 5), nn.BatchNorm1d(5), (3, 7)),
-    (nn.Conv2d(4, 6, 3, groups=2, bias=False), normkit.BatchNorm2d(6), (2, 4, 5, 5)),
-])
+@pytest.mark.parametrize(
+    "conv, bn, shape",
+    [
+        (nn.Conv1d(3, 5, 3, padding=2, dilation=2), nn.BatchNorm1d(5), (2, 3, 9)),
+        (nn.Conv3d(2, 4, 2, stride=2), nn.BatchNorm3d(4), (2, 2, 4, 4, 4)),
+        (nn.Linear(7, 5), nn.BatchNorm1d(5), (3, 7)),
+        (nn.Conv2d(4, 6, 3, groups=2, bias=False), normkit.BatchNorm2d(6), (2, 4, 5, 5)),
+    ],
+)
 def test_after_layer_every_dimension(conv, bn, shape):
     torch.manual_seed(2)
     net = nn.Sequential(conv, _bn(bn)).to(F64).eval()
@@ -132,18 +137,31 @@ def test_named_children_outside_a_sequential_are_not_folded():
     _close(folded(x), net(x), 0.0)
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: nn.Sequential(nn.Conv2d(2, 3, 1), _bn(nn.BatchNorm2d(3)).train()),
-     r"0\.1 \(BatchNorm2d\) is in training mode"),
-    (lambda: nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3, track_running_stats=False)),
-     r"0\.1 .*no running statistics"),
-    (lambda: nn.Sequential(nn.Conv2d(2, 3, 1), _bn(nn.BatchNorm1d(3))),
-     r"0\.1 \(BatchNorm1d\) next to 0\.0 \(Conv2d\).*expected BatchNorm2d"),
-    (lambda: nn.Sequential(nn.Conv2d(2, 3, 1), _bn(nn.BatchNorm2d(4))),
-     r"0\.1 \(BatchNorm2d\) has num_features=4 but 0\.0 \(Conv2d\) outputs 3"),
-    (lambda: nn.Sequential(_bn(nn.BatchNorm2d(2)), nn.Conv2d(2, 3, 3, padding=1)),
-     r"0\.0 \(BatchNorm2d\) precedes 0\.1, which zero-pads"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (
+            lambda: nn.Sequential(nn.Conv2d(2, 3, 1), _bn(nn.BatchNorm2d(3)).train()),
+            r"0\.1 \(BatchNorm2d\) is in training mode",
+        ),
+        (
+            lambda: nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3, track_running_stats=False)),
+            r"0\.1 .*no running statistics",
+        ),
+        (
+            lambda: nn.Sequential(nn.Conv2d(2, 3, 1), _bn(nn.BatchNorm1d(3))),
+            r"0\.1 \(BatchNorm1d\) next to 0\.0 \(Conv2d\).*expected BatchNorm2d",
+        ),
+        (
+            lambda: nn.Sequential(nn.Conv2d(2, 3, 1), _bn(nn.BatchNorm2d(4))),
+            r"0\.1 \(BatchNorm2d\) has num_features=4 but 0\.0 \(Conv2d\) outputs 3",
+        ),
+        (
+            lambda: nn.Sequential(_bn(nn.BatchNorm2d(2)), nn.Conv2d(2, 3, 3, padding=1)),
+            r"0\.0 \(BatchNorm2d\) precedes 0\.1, which zero-pads",
+        ),
+    ],
+)
 def test_refusals_name_the_path_and_the_reason(make, match):
     net = nn.Sequential(make()).eval()
     if "training" in match:
@@ -161,8 +179,11 @@ def test_shared_layer_is_refused():
 
 def test_non_strict_warns_and_leaves_the_bn():
     torch.manual_seed(4)
-    net = nn.Sequential(_bn(nn.BatchNorm2d(2)), nn.Conv2d(2, 3, 3, padding=1),
-                        _bn(nn.BatchNorm2d(3))).to(F64).eval()
+    net = (
+        nn.Sequential(_bn(nn.BatchNorm2d(2)), nn.Conv2d(2, 3, 3, padding=1), _bn(nn.BatchNorm2d(3)))
+        .to(F64)
+        .eval()
+    )
     x = randn(2, 2, 5, 5, seed=6)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

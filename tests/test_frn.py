@@ -40,15 +40,18 @@ def test_reference_backward_matches_finite_differences():
         return float(np.sum(frn_forward(xv, *params)[0] * dy))
 
     # some outputs clipped by the TLU, none near the kink (finite differences stay valid)
-    z = w.reshape(1, -1, 1, 1) * x / np.sqrt((x * x).mean((2, 3), keepdims=True)
-                                             + eps.reshape(1, -1, 1, 1)) + b.reshape(1, -1, 1, 1)
+    z = w.reshape(1, -1, 1, 1) * x / np.sqrt(
+        (x * x).mean((2, 3), keepdims=True) + eps.reshape(1, -1, 1, 1)
+    ) + b.reshape(1, -1, 1, 1)
     gap = np.abs(z - tau.reshape(1, -1, 1, 1))
     assert (z < tau.reshape(1, -1, 1, 1)).any() and gap.min() > 1e-4
-    np.testing.assert_allclose(grads[0], numeric_grad(lambda v: loss(v, args), x.copy()),
-                               rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        grads[0], numeric_grad(lambda v: loss(v, args), x.copy()), rtol=1e-6, atol=1e-8
+    )
     for i in range(4):
-        num = numeric_grad(lambda v: loss(x, [v if j == i else a for j, a in enumerate(args)]),
-                           args[i].copy())
+        num = numeric_grad(
+            lambda v, i=i: loss(x, [v if j == i else a for j, a in enumerate(args)]), args[i].copy()
+        )
         np.testing.assert_allclose(grads[i + 1], num, rtol=1e-6, atol=1e-8)
 
 
@@ -89,8 +92,12 @@ def test_gradcheck_float64(backend):
     # Triton's interpreter takes ~0.5 s a call: fast mode checks a random projection of
     # the Jacobian (a few calls) instead of every column
     assert torch.autograd.gradcheck(
-        lambda *a: filter_response_norm(*a, backend=backend), leaves, eps=1e-6, atol=1e-7,
-        fast_mode=backend == "triton")
+        lambda *a: filter_response_norm(*a, backend=backend),
+        leaves,
+        eps=1e-6,
+        atol=1e-7,
+        fast_mode=backend == "triton",
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -130,10 +137,17 @@ def test_module_learnable_eps_gradient_is_reference_deps_times_sign():
     dy = randn(2, 3, 4, 4, seed=10)
     m(x).backward(dy)
     eps_eff = 1e-6 + np.abs(m.eps_param.detach().numpy())
-    grads = frn_backward(x.numpy(), dy.numpy(), m.weight.detach().numpy(),
-                         m.bias.detach().numpy(), m.tau.detach().numpy(), eps_eff)
-    np.testing.assert_allclose(m.eps_param.grad.numpy(),
-                               grads[4] * np.sign(m.eps_param.detach().numpy()), atol=1e-12)
+    grads = frn_backward(
+        x.numpy(),
+        dy.numpy(),
+        m.weight.detach().numpy(),
+        m.bias.detach().numpy(),
+        m.tau.detach().numpy(),
+        eps_eff,
+    )
+    np.testing.assert_allclose(
+        m.eps_param.grad.numpy(), grads[4] * np.sign(m.eps_param.detach().numpy()), atol=1e-12
+    )
     np.testing.assert_allclose(m.tau.grad.numpy(), grads[3], atol=1e-12)
 
 
@@ -160,10 +174,13 @@ def test_all_zero_plane_is_finite():
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(eps=0.0), "eps must be a positive float"),
-    (dict(weight=torch.ones(5)), r"weight must have 4 elements"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(eps=0.0), "eps must be a positive float"),
+        (dict(weight=torch.ones(5)), r"weight must have 4 elements"),
+    ],
+)
 def test_bad_arguments_name_the_invariant(kwargs, match):
     with pytest.raises(ValueError, match=match):
         filter_response_norm(torch.randn(2, 4, 3, 3), **kwargs)

@@ -71,8 +71,16 @@ def test_wsconv_and_frn_export_match_reference(dynamo):
     h = torch_F.conv2d(x.double(), w, model.conv.bias.detach().double(), padding=1).numpy()
     frn = model.frn
     eps = 1e-6 + np.abs(frn.eps_param.detach().double().numpy())
-    ref = frn_forward(h, frn.weight.detach().double().numpy(), frn.bias.detach().double().numpy(),
-                      frn.tau.detach().double().numpy(), eps)[0] + frn_forward(h, eps=1e-3)[0]
+    ref = (
+        frn_forward(
+            h,
+            frn.weight.detach().double().numpy(),
+            frn.bias.detach().double().numpy(),
+            frn.tau.detach().double().numpy(),
+            eps,
+        )[0]
+        + frn_forward(h, eps=1e-3)[0]
+    )
     assert_matches_reference(out, ref, torch.float32, what="onnxruntime")
     assert_matches_reference(model(x), ref, torch.float32, what="eager")
 
@@ -80,9 +88,16 @@ def test_wsconv_and_frn_export_match_reference(dynamo):
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_folded_model_exports_and_matches_the_original(dynamo):
     torch.manual_seed(1)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), normkit.BatchNorm2d(8), nn.ReLU(),
-                        nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4), nn.Flatten(),
-                        nn.Linear(4 * 25, 5), nn.BatchNorm1d(5))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        normkit.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 1),
+        nn.BatchNorm2d(4),
+        nn.Flatten(),
+        nn.Linear(4 * 25, 5),
+        nn.BatchNorm1d(5),
+    )
     net.train()
     for _ in range(3):  # real running statistics
         net(randn(8, 3, 5, 5, seed=2, dtype=torch.float32) * 2 + 1)

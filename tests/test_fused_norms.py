@@ -16,9 +16,14 @@ import torch.nn.functional as TF
 import normkit
 from normkit import dispatch
 from normkit.functional import add_layer_norm, add_rms_norm, modulated_layer_norm
-from normkit.reference import (add_layer_norm_backward, add_layer_norm_forward,
-                               add_rms_norm_backward, add_rms_norm_forward,
-                               modulated_layer_norm_backward, modulated_layer_norm_forward)
+from normkit.reference import (
+    add_layer_norm_backward,
+    add_layer_norm_forward,
+    add_rms_norm_backward,
+    add_rms_norm_forward,
+    modulated_layer_norm_backward,
+    modulated_layer_norm_forward,
+)
 
 import hostile
 from tolerance import as_f64, assert_matches_reference, max_err, numeric_grad
@@ -30,8 +35,11 @@ def _backends(op):
     """Backends that run ``op`` on the CPU tensors of these tests (triton: in its
     interpreter, which tests/conftest.py turns on when there is no GPU)."""
     probe = torch.zeros(2, 8)
-    return [b for b in ("torch", "cpu", "triton")
-            if b in dispatch.table[op] and dispatch.table[op][b].why_not(probe) is None]
+    return [
+        b
+        for b in ("torch", "cpu", "triton")
+        if b in dispatch.table[op] and dispatch.table[op][b].why_not(probe) is None
+    ]
 
 
 def randn(*shape, seed=0, dtype=torch.float64, **kw):
@@ -44,24 +52,32 @@ def _np(*shape, seed=0):
 
 # --- the reference: finite differences and torch autograd --------------------------------
 
+
 def _fd(f, arrays, i):
     """Finite-difference gradient of the scalar f(*arrays) with respect to arrays[i]."""
-    return numeric_grad(lambda v: f(*[v if j == i else a for j, a in enumerate(arrays)]),
-                        arrays[i].copy())
+    return numeric_grad(
+        lambda v: f(*[v if j == i else a for j, a in enumerate(arrays)]), arrays[i].copy()
+    )
 
 
 def test_add_rms_norm_reference_matches_hand_calculation():
     # h = [3, 4], <h^2> = 12.5, y = h / sqrt(12.5) * (1 + w) with w = [1, -0.5]
-    y, h = add_rms_norm_forward(np.array([[1.0, 2.0]]), np.array([[2.0, 2.0]]),
-                                np.array([1.0, -0.5]), eps=0.0, offset=1.0)
+    y, h = add_rms_norm_forward(
+        np.array([[1.0, 2.0]]), np.array([[2.0, 2.0]]), np.array([1.0, -0.5]), eps=0.0, offset=1.0
+    )
     np.testing.assert_allclose(h, [[3.0, 4.0]])
-    np.testing.assert_allclose(y, [[3 / 12.5 ** 0.5 * 2, 4 / 12.5 ** 0.5 * 0.5]], rtol=1e-15)
+    np.testing.assert_allclose(y, [[3 / 12.5**0.5 * 2, 4 / 12.5**0.5 * 0.5]], rtol=1e-15)
 
 
 @pytest.mark.parametrize("offset", [0.0, 1.0])
 def test_add_rms_norm_reference_backward_matches_finite_differences(offset):
-    x, r, w, dy, dh = _np(3, 5, seed=1), _np(3, 5, seed=2), _np(5, seed=3), _np(3, 5, seed=4), \
-        _np(3, 5, seed=5)
+    x, r, w, dy, dh = (
+        _np(3, 5, seed=1),
+        _np(3, 5, seed=2),
+        _np(5, seed=3),
+        _np(3, 5, seed=4),
+        _np(3, 5, seed=5),
+    )
 
     def loss(x, r, w):
         y, h = add_rms_norm_forward(x, r, w, 1e-5, offset)
@@ -86,8 +102,12 @@ def test_add_layer_norm_reference_backward_matches_finite_differences():
 
 
 def test_modulated_layer_norm_reference_backward_matches_finite_differences():
-    x, sh, sc, dy = _np(2, 3, 5, seed=12), _np(2, 5, seed=13), _np(2, 5, seed=14), \
-        _np(2, 3, 5, seed=15)
+    x, sh, sc, dy = (
+        _np(2, 3, 5, seed=12),
+        _np(2, 5, seed=13),
+        _np(2, 5, seed=14),
+        _np(2, 3, 5, seed=15),
+    )
 
     def loss(x, sh, sc):
         return float(np.sum(modulated_layer_norm_forward(x, sh, sc, 1e-6) * dy))
@@ -120,18 +140,24 @@ def test_references_match_torch_autograd_of_the_composite():
     for ours, ref in zip(add_layer_norm_backward(x, r, dy, dh, w, b, 1e-5), (tx, tr, tw, tb)):
         np.testing.assert_allclose(ours, ref.grad.numpy(), rtol=1e-12, atol=1e-12)
     # modulated LayerNorm, as DiT writes it
-    x3, sh, sc, dy3 = _np(2, 3, 6, seed=22), _np(2, 6, seed=23), _np(2, 6, seed=24), \
-        _np(2, 3, 6, seed=25)
+    x3, sh, sc, dy3 = (
+        _np(2, 3, 6, seed=22),
+        _np(2, 6, seed=23),
+        _np(2, 6, seed=24),
+        _np(2, 3, 6, seed=25),
+    )
     tx, tsh, tsc = t(x3), t(sh), t(sc)
     ty = TF.layer_norm(tx, (6,), eps=1e-6) * (1 + tsc.unsqueeze(1)) + tsh.unsqueeze(1)
     ty.backward(torch.tensor(dy3))
-    np.testing.assert_allclose(modulated_layer_norm_forward(x3, sh, sc, 1e-6),
-                               ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        modulated_layer_norm_forward(x3, sh, sc, 1e-6), ty.detach().numpy(), rtol=1e-12, atol=1e-12
+    )
     for ours, ref in zip(modulated_layer_norm_backward(x3, sh, sc, dy3, 1e-6), (tx, tsh, tsc)):
         np.testing.assert_allclose(ours, ref.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 
 # --- every backend and dtype against the reference ---------------------------------------
+
 
 def _leaves(*ts):
     return [None if t is None else t.detach().clone().requires_grad_(True) for t in ts]
@@ -187,8 +213,9 @@ def test_add_layer_norm_matches_reference(backend, dtype):
     grads = add_layer_norm_backward(a[0], a[1], a[4], a[5], a[2], a[3], 1e-5)
     assert_matches_reference(h, rh, dtype, ch, "h")
     assert_matches_reference(y, ry, dtype, cy, "y")
-    for ours, theirs, ref, what in zip((lx, lr, lw, lb), (cx, cr, cw, cb), grads,
-                                       ("dx", "dresidual", "dweight", "dbias")):
+    for ours, theirs, ref, what in zip(
+        (lx, lr, lw, lb), (cx, cr, cw, cb), grads, ("dx", "dresidual", "dweight", "dbias")
+    ):
         assert_matches_reference(ours.grad, ref, dtype, theirs.grad, what)
 
 
@@ -207,11 +234,13 @@ def test_modulated_layer_norm_matches_reference(backend, dtype):
     cy = TF.layer_norm(cx, (32,), eps=1e-6) * (1 + csc.unsqueeze(1)) + csh.unsqueeze(1)
     cy.backward(dy)
     a = [as_f64(t) for t in (x, sh, sc, dy)]
-    assert_matches_reference(y, modulated_layer_norm_forward(a[0], a[1], a[2], 1e-6), dtype, cy,
-                             "y")
+    assert_matches_reference(
+        y, modulated_layer_norm_forward(a[0], a[1], a[2], 1e-6), dtype, cy, "y"
+    )
     grads = modulated_layer_norm_backward(a[0], a[1], a[2], a[3], 1e-6)
-    for ours, theirs, ref, what in zip((lx, lsh, lsc), (cx, csh, csc), grads,
-                                       ("dx", "dshift", "dscale")):
+    for ours, theirs, ref, what in zip(
+        (lx, lsh, lsc), (cx, csh, csc), grads, ("dx", "dshift", "dscale")
+    ):
         assert_matches_reference(ours.grad, ref, dtype, theirs.grad, what)
 
 
@@ -221,16 +250,20 @@ def test_gradcheck_float64(backend):
     w, b = randn(8, seed=62), randn(8, seed=63)
     args = _leaves(x, r, w)
     assert torch.autograd.gradcheck(
-        lambda x, r, w: add_rms_norm(x, r, 8, w, 1e-5, offset=1.0, backend=backend), args)
+        lambda x, r, w: add_rms_norm(x, r, 8, w, 1e-5, offset=1.0, backend=backend), args
+    )
     args = _leaves(x, r, w, b)
     assert torch.autograd.gradcheck(
-        lambda x, r, w, b: add_layer_norm(x, r, 8, w, b, backend=backend), args)
+        lambda x, r, w, b: add_layer_norm(x, r, 8, w, b, backend=backend), args
+    )
     x3, sh, sc = randn(2, 3, 8, seed=64), randn(2, 8, seed=65), randn(2, 8, seed=66)
     assert torch.autograd.gradcheck(
-        lambda x, s, c: modulated_layer_norm(x, s, c, backend=backend), _leaves(x3, sh, sc))
+        lambda x, s, c: modulated_layer_norm(x, s, c, backend=backend), _leaves(x3, sh, sc)
+    )
 
 
 # --- semantics ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", _backends("add_rms_norm_fwd"))
 def test_residual_none_gives_a_fresh_h_equal_to_x(backend):
@@ -240,8 +273,9 @@ def test_residual_none_gives_a_fresh_h_equal_to_x(backend):
     ry, _ = add_rms_norm_forward(as_f64(x), None, None, torch.finfo(torch.float32).eps)
     assert_matches_reference(y, ry, torch.float32, TF.rms_norm(x, (16,)), "y")
     (y.sum() + h.sum()).backward()
-    rdx, _, _ = add_rms_norm_backward(as_f64(x), None, np.ones((4, 16)), np.ones((4, 16)), None,
-                                      torch.finfo(torch.float32).eps)
+    rdx, _, _ = add_rms_norm_backward(
+        as_f64(x), None, np.ones((4, 16)), np.ones((4, 16)), None, torch.finfo(torch.float32).eps
+    )
     assert_matches_reference(x.grad, rdx, torch.float32, None, "dx")
 
 
@@ -256,9 +290,11 @@ def test_non_contiguous_inputs(backend):
     np.testing.assert_allclose(as_f64(h), rh, atol=0)
     x3 = randn(8, 3, 2, seed=113).permute(2, 1, 0)  # (2, 3, 8)
     s = randn(2, 8, seed=114)
-    np.testing.assert_allclose(as_f64(modulated_layer_norm(x3, s, s, backend=backend)),
-                               modulated_layer_norm_forward(as_f64(x3), as_f64(s), as_f64(s)),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        as_f64(modulated_layer_norm(x3, s, s, backend=backend)),
+        modulated_layer_norm_forward(as_f64(x3), as_f64(s), as_f64(s)),
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("backend", _backends("add_layer_norm_fwd"))
@@ -286,8 +322,11 @@ def test_in_place_ops_on_outputs_work(fn, backend):
     x, r, w = _leaves(randn(4, 16, seed=74), randn(4, 16, seed=75), randn(16, seed=76))
 
     def f():
-        return (add_rms_norm(x, r, 16, w, 1e-5, backend=backend) if fn == "rms" else
-                add_layer_norm(x, r, 16, w, None, backend=backend))
+        return (
+            add_rms_norm(x, r, 16, w, 1e-5, backend=backend)
+            if fn == "rms"
+            else add_layer_norm(x, r, 16, w, None, backend=backend)
+        )
 
     y, h = f()
     assert not y._is_view() and not h._is_view()
@@ -298,8 +337,11 @@ def test_in_place_ops_on_outputs_work(fn, backend):
     y2.mul_(2.0)
     y2.sum().backward()
     dy = np.full((4, 16), 2.0)
-    ref = (add_rms_norm_backward(a[0], a[1], dy, None, a[2], 1e-5)[0] if fn == "rms" else
-           add_layer_norm_backward(a[0], a[1], dy, None, a[2], None)[0])
+    ref = (
+        add_rms_norm_backward(a[0], a[1], dy, None, a[2], 1e-5)[0]
+        if fn == "rms"
+        else add_layer_norm_backward(a[0], a[1], dy, None, a[2], None)[0]
+    )
     np.testing.assert_allclose(as_f64(x.grad), ref, rtol=1e-10, atol=1e-12)
 
 
@@ -322,9 +364,12 @@ def test_backward_after_modifying_saved_h_raises_like_the_composite(backend):
 
 # --- modules --------------------------------------------------------------------------------
 
+
 def test_add_rms_norm_module_starts_as_plain_rms_norm_for_any_offset():
-    x, r = randn(2, 3, 8, seed=80, dtype=torch.float32), randn(2, 3, 8, seed=81,
-                                                                  dtype=torch.float32)
+    x, r = (
+        randn(2, 3, 8, seed=80, dtype=torch.float32),
+        randn(2, 3, 8, seed=81, dtype=torch.float32),
+    )
     for offset in (0.0, 1.0):
         m = normkit.AddRMSNorm(8, eps=1e-6, offset=offset)
         y, h = m(x, r)
@@ -344,8 +389,9 @@ def test_add_layer_norm_module_matches_reference_and_trains():
     ry, _ = add_layer_norm_forward(as_f64(x), as_f64(r), as_f64(m.weight), as_f64(m.bias), 1e-5)
     np.testing.assert_allclose(as_f64(y), ry, atol=1e-12)
     y.sum().backward()
-    _, _, dw, db = add_layer_norm_backward(as_f64(x), as_f64(r), np.ones((4, 8)), None,
-                                           as_f64(m.weight), as_f64(m.bias), 1e-5)
+    _, _, dw, db = add_layer_norm_backward(
+        as_f64(x), as_f64(r), np.ones((4, 8)), None, as_f64(m.weight), as_f64(m.bias), 1e-5
+    )
     np.testing.assert_allclose(as_f64(m.weight.grad), dw, atol=1e-12)
     np.testing.assert_allclose(as_f64(m.bias.grad), db, atol=1e-12)
 
@@ -374,6 +420,7 @@ def test_ada_layer_norm_matches_dit_modulation():
 
 
 # --- bad input ------------------------------------------------------------------------------
+
 
 def test_errors_name_the_invariant():
     x = torch.randn(2, 8)
@@ -421,6 +468,7 @@ def test_same_tensor_as_x_and_residual_gets_both_gradients():
 
 # --- torch.compile and export ---------------------------------------------------------------
 
+
 def _block(x, r, w, b, shift, scale):
     y, h = add_rms_norm(x, r, 16, w, 1e-5, offset=1.0)
     y2, h2 = add_layer_norm(y, h, 16, w, b)
@@ -430,9 +478,14 @@ def _block(x, r, w, b, shift, scale):
 
 def test_compile_fullgraph_forward_and_backward_match_eager():
     torch._dynamo.reset()
-    args = [randn(8, 16, seed=93, dtype=torch.float32), randn(8, 16, seed=94, dtype=torch.float32),
-            randn(16, seed=95, dtype=torch.float32), randn(16, seed=96, dtype=torch.float32),
-            randn(2, 16, seed=97, dtype=torch.float32), randn(2, 16, seed=98, dtype=torch.float32)]
+    args = [
+        randn(8, 16, seed=93, dtype=torch.float32),
+        randn(8, 16, seed=94, dtype=torch.float32),
+        randn(16, seed=95, dtype=torch.float32),
+        randn(16, seed=96, dtype=torch.float32),
+        randn(2, 16, seed=97, dtype=torch.float32),
+        randn(2, 16, seed=98, dtype=torch.float32),
+    ]
     eager_args, comp_args = _leaves(*args), _leaves(*args)
     z, h = _block(*eager_args)
     (z.sum() + (h * h).sum()).backward()
@@ -450,18 +503,22 @@ def test_custom_ops_pass_opcheck():
     w = randn(16, seed=101, dtype=torch.float32)
     _, h, rstd = library.add_rms_norm_fwd(x, r, w, 1e-5, False, "torch")
     _, _, mean, rstd2 = library.add_layer_norm_fwd(x, r, w, None, 1e-5, True, "torch")
-    x3, s = randn(2, 3, 16, seed=102, dtype=torch.float32), randn(2, 16, seed=103,
-                                                                  dtype=torch.float32)
+    x3, s = (
+        randn(2, 3, 16, seed=102, dtype=torch.float32),
+        randn(2, 16, seed=103, dtype=torch.float32),
+    )
     _, m3, r3 = library.modulated_layer_norm_fwd(x3, s, s, 1e-6, "torch")
     ops = torch.ops.normkit
-    cases = [(ops.add_rms_norm_fwd, (x, r, w, 1e-5, False, "cpu")),
-             (ops.add_rms_norm_fwd, (x, None, None, 1e-5, True, "torch")),
-             (ops.add_rms_norm_bwd, (x, h, h, rstd, w, "cpu")),
-             (ops.add_rms_norm_bwd, (x, None, h, rstd, None, "torch")),
-             (ops.add_layer_norm_fwd, (x, r, w, w, 1e-5, False, "cpu")),
-             (ops.add_layer_norm_bwd, (x, x, h, mean, rstd2, w, "torch")),
-             (ops.modulated_layer_norm_fwd, (x3, s, s, 1e-6, "cpu")),
-             (ops.modulated_layer_norm_bwd, (x3, x3, m3, r3, s, "torch"))]
+    cases = [
+        (ops.add_rms_norm_fwd, (x, r, w, 1e-5, False, "cpu")),
+        (ops.add_rms_norm_fwd, (x, None, None, 1e-5, True, "torch")),
+        (ops.add_rms_norm_bwd, (x, h, h, rstd, w, "cpu")),
+        (ops.add_rms_norm_bwd, (x, None, h, rstd, None, "torch")),
+        (ops.add_layer_norm_fwd, (x, r, w, w, 1e-5, False, "cpu")),
+        (ops.add_layer_norm_bwd, (x, x, h, mean, rstd2, w, "torch")),
+        (ops.modulated_layer_norm_fwd, (x3, s, s, 1e-6, "cpu")),
+        (ops.modulated_layer_norm_bwd, (x3, x3, m3, r3, s, "torch")),
+    ]
     for op, args in cases:
         if "cpu" in args and "cpu" not in _backends("add_rms_norm_fwd"):
             continue
@@ -489,9 +546,11 @@ class _Exportable(torch.nn.Module):
 def _export_case():
     torch.manual_seed(0)
     m = _Exportable().eval()
-    args = (randn(2, 5, 16, seed=107, dtype=torch.float32),
-            randn(2, 5, 16, seed=108, dtype=torch.float32),
-            randn(2, 8, seed=109, dtype=torch.float32))
+    args = (
+        randn(2, 5, 16, seed=107, dtype=torch.float32),
+        randn(2, 5, 16, seed=108, dtype=torch.float32),
+        randn(2, 8, seed=109, dtype=torch.float32),
+    )
     # the float64 reference of the whole block
     a = [as_f64(t) for t in args]
     y, h = add_rms_norm_forward(a[0], a[1], as_f64(m.a.weight), 1e-6, 1.0)

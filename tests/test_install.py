@@ -8,8 +8,9 @@ install rather than a ModuleNotFoundError traceback.
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 import normkit  # noqa: F401  (registers every backend)
 from normkit import dispatch
@@ -38,11 +39,14 @@ def test_cpu_backend_registered_for_every_op():
 
 
 def _lab_without(module):
-    code = (f"import sys; sys.modules[{module!r}] = None\n"
-            "from normkit.cli import main\n"
-            "sys.exit(main(['lab']))\n")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=_env(), timeout=300)
+    code = (
+        f"import sys; sys.modules[{module!r}] = None\n"
+        "from normkit.cli import main\n"
+        "sys.exit(main(['lab']))\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300
+    )
 
 
 def test_lab_without_tqdm_prints_one_line_naming_the_extra():

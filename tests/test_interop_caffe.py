@@ -23,6 +23,7 @@ def fixture(name):
 
 # --- the seeds' example ------------------------------------------------------------------
 
+
 def test_seed_norm1_legacy_layers_syntax():
     layers = lrn_layers_from_caffe(fixture("seed_norm1_v1.prototxt"))
     assert list(layers) == ["norm1"]
@@ -48,10 +49,10 @@ def test_seed_example_as_text_and_torch_agrees():
 
 # --- the current syntax, defaults and WITHIN_CHANNEL ---------------------------------------
 
+
 def test_caffenet_fixture_all_layers():
     layers = lrn_layers_from_caffe(fixture("caffenet_lrn.prototxt"))
-    assert list(layers) == ["norm1", "pool1/norm1", "norm_within", "defaults_only",
-                            "within_cudnn"]
+    assert list(layers) == ["norm1", "pool1/norm1", "norm_within", "defaults_only", "within_cudnn"]
     assert layers["pool1/norm1"].spec.k == 2.0
     # all of LRNParameter's defaults: local_size 5, alpha 1, beta 0.75, k 1, across
     d = layers["defaults_only"].spec
@@ -84,9 +85,14 @@ def test_cudnn_engine_honours_k():
 def test_layers_match_reference_and_from_caffe():
     for lrn in read_caffe_lrn(fixture("caffenet_lrn.prototxt")):
         module = lrn.module()
-        same = normkit.LocalResponseNorm.from_caffe(lrn.local_size, lrn.alpha, lrn.beta, lrn.k,
-                                                    lrn.norm_region,
-                                                    engine=lrn.effective_engine())
+        same = normkit.LocalResponseNorm.from_caffe(
+            lrn.local_size,
+            lrn.alpha,
+            lrn.beta,
+            lrn.k,
+            lrn.norm_region,
+            engine=lrn.effective_engine(),
+        )
         assert module.spec == same.spec
         x = randn(2, 7, 6, 5, seed=3)
         assert_matches_reference(module(x), lrn_forward(x.numpy(), module.spec), torch.float64)
@@ -129,22 +135,29 @@ def test_unnamed_layer_takes_its_top():
 
 # --- errors name the line -------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,line,match", [
-    ('layer {\n  name: "n"\n  type: "LRN"\n  lrn_param { local_size: 4 }\n}', 4, "odd"),
-    ('layer {\n  name: "n"\n  type: "LRN"\n  lrn_param { local_size: 0 }\n}', 4, "odd"),
-    ('layer {\n  type: "LRN"\n  lrn_param {\n    locl_size: 5\n  }\n}', 3, "locl_size"),
-    ('layer {\n  type: "LRN"\n  lrn_param {\n    alpha: "big"\n  }\n}', 4, "number"),
-    ('layer {\n  type: "LRN"\n  lrn_param {\n    local_size: 2.5\n  }\n}', 4, "integer"),
-    ('layer {\n  type: "LRN"\n  lrn_param {\n    local_size: -3\n  }\n}', 4, "uint32"),
-    ('layer {\n  type: "LRN"\n  lrn_param {\n    norm_region: SIDEWAYS\n  }\n}', 4,
-     "ACROSS_CHANNELS"),
-    ('layer {\n  type: "LRN"\n  lrn_param { engine: MKL }\n}', 3, "CUDNN"),
-    ('layer {\n  name: "n"\n  type: "LRN"\n', 4, "missing '}'"),
-    ('layer {\n  name: "n"\n  type "LRN"\n}', 3, "':'"),
-    ('layer {\n  name: "n"\n}\n}', 4, "field name"),
-    ('layer {\n  name: "n" @\n}', 2, "unexpected character"),
-    ('layer { name: "n" type: "LRN" }\nlayer { name: "n" type: "LRN" }', 2, "second LRN"),
-])
+
+@pytest.mark.parametrize(
+    "text,line,match",
+    [
+        ('layer {\n  name: "n"\n  type: "LRN"\n  lrn_param { local_size: 4 }\n}', 4, "odd"),
+        ('layer {\n  name: "n"\n  type: "LRN"\n  lrn_param { local_size: 0 }\n}', 4, "odd"),
+        ('layer {\n  type: "LRN"\n  lrn_param {\n    locl_size: 5\n  }\n}', 3, "locl_size"),
+        ('layer {\n  type: "LRN"\n  lrn_param {\n    alpha: "big"\n  }\n}', 4, "number"),
+        ('layer {\n  type: "LRN"\n  lrn_param {\n    local_size: 2.5\n  }\n}', 4, "integer"),
+        ('layer {\n  type: "LRN"\n  lrn_param {\n    local_size: -3\n  }\n}', 4, "uint32"),
+        (
+            'layer {\n  type: "LRN"\n  lrn_param {\n    norm_region: SIDEWAYS\n  }\n}',
+            4,
+            "ACROSS_CHANNELS",
+        ),
+        ('layer {\n  type: "LRN"\n  lrn_param { engine: MKL }\n}', 3, "CUDNN"),
+        ('layer {\n  name: "n"\n  type: "LRN"\n', 4, "missing '}'"),
+        ('layer {\n  name: "n"\n  type "LRN"\n}', 3, "':'"),
+        ('layer {\n  name: "n"\n}\n}', 4, "field name"),
+        ('layer {\n  name: "n" @\n}', 2, "unexpected character"),
+        ('layer { name: "n" type: "LRN" }\nlayer { name: "n" type: "LRN" }', 2, "second LRN"),
+    ],
+)
 def test_malformed_prototxt_names_the_line(text, line, match):
     with pytest.raises(ValueError, match=match) as info:
         lrn_layers_from_caffe(text)
@@ -161,6 +174,7 @@ def test_bad_source_types():
 
 
 # --- the text-format parser -----------------------------------------------------------------
+
 
 def test_parser_handles_text_format_details():
     msg = parse("""

@@ -42,11 +42,16 @@ def test_onnx_even_size_warning_and_json(capsys, tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    nodes = [helper.make_node("LRN", ["x"], ["y"], name="norm_even", size=4, alpha=1e-4),
-             helper.make_node("LRN", ["y"], ["z"], name="norm_odd", size=5)]
-    graph = helper.make_graph(nodes, "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    nodes = [
+        helper.make_node("LRN", ["x"], ["y"], name="norm_even", size=4, alpha=1e-4),
+        helper.make_node("LRN", ["y"], ["z"], name="norm_odd", size=5),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+    )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph), str(path))
     code, out, _ = convert(capsys, str(path))
@@ -89,6 +94,10 @@ def test_format_override_and_no_lrn(capsys, tmp_path):
 
 
 def test_subcommand_listed_in_help():
-    out = subprocess.run([sys.executable, "-m", "normkit", "--help"], capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    out = subprocess.run(
+        [sys.executable, "-m", "normkit", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert out.returncode == 0 and "convert" in out.stdout

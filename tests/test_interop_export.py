@@ -78,12 +78,16 @@ def _lrn_layers(convention):
                 canonicalize(size, 0.3, 0.75, 1.2, region=region, convention=convention)
             except ValueError:
                 continue
-            layers.append(normkit.LocalResponseNorm(size, 0.3, 0.75, 1.2, region=region,
-                                                    convention=convention))
+            layers.append(
+                normkit.LocalResponseNorm(
+                    size, 0.3, 0.75, 1.2, region=region, convention=convention
+                )
+            )
     return layers
 
 
 # --- every LRN preset, odd and even sizes, across and within ----------------------------
+
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 @pytest.mark.parametrize("convention", sorted(CONVENTIONS))
@@ -107,8 +111,10 @@ def test_every_lrn_preset_runs_in_onnxruntime_and_matches(convention, dynamo):
 def test_even_sizes_are_decomposed_not_an_lrn_node():
     # an even torch LRN as an ONNX LRN node would be mirrored (docs/design.md section 2)
     for convention in ("torch", "onnx"):
-        proto = export_onnx(normkit.LocalResponseNorm(4, convention=convention),
-                            randn(1, 6, 3, 3, dtype=torch.float32))
+        proto = export_onnx(
+            normkit.LocalResponseNorm(4, convention=convention),
+            randn(1, 6, 3, 3, dtype=torch.float32),
+        )
         assert "LRN" not in op_types(proto)
 
 
@@ -133,8 +139,9 @@ def test_nhwc_rank3_rank5_and_dynamic_batch(dynamo):
             self.nhwc = nhwc
             self.lrn3 = normkit.LocalResponseNorm(3, 0.2, 0.75, 1.0)
             self.lrn_even = normkit.LocalResponseNorm(4, 0.2, 0.75, 1.0, convention="onnx")
-            self.within = normkit.LocalResponseNorm.from_caffe(3, 0.5, 0.75,
-                                                               norm_region="WITHIN_CHANNEL")
+            self.within = normkit.LocalResponseNorm.from_caffe(
+                3, 0.5, 0.75, norm_region="WITHIN_CHANNEL"
+            )
 
         def forward(self, a, b, c, d):
             return self.nhwc(a), self.lrn3(b), self.lrn_even(c), self.lrn3(c), self.within(d)
@@ -145,14 +152,18 @@ def test_nhwc_rank3_rank5_and_dynamic_batch(dynamo):
     d = randn(2, 3, 5, 6, dtype=torch.float32, seed=4)
     if dynamo:
         batch, h, w = torch.export.Dim("N"), torch.export.Dim("H"), torch.export.Dim("W")
-        dyn = {"dynamic_shapes": ({0: batch}, {0: batch}, {0: batch},
-                                  {0: batch, 2: h, 3: w})}
+        dyn = {"dynamic_shapes": ({0: batch}, {0: batch}, {0: batch}, {0: batch, 2: h, 3: w})}
     else:
-        dyn = {"dynamic_axes": {"a": {0: "N"}, "b": {0: "N"}, "c": {0: "N"},
-                                "d": {0: "N", 2: "H", 3: "W"}}}
+        dyn = {
+            "dynamic_axes": {
+                "a": {0: "N"},
+                "b": {0: "N"},
+                "c": {0: "N"},
+                "d": {0: "N", 2: "H", 3: "W"},
+            }
+        }
     model = Model()
-    proto = export_onnx(model, (a, b, c, d), dynamo=dynamo, input_names=["a", "b", "c", "d"],
-                        **dyn)
+    proto = export_onnx(model, (a, b, c, d), dynamo=dynamo, input_names=["a", "b", "c", "d"], **dyn)
     # a different batch size (and spatial size for the within-channel layer) than traced
     a5, b5, c5 = (randn(5, *t.shape[1:], dtype=torch.float32, seed=9) for t in (a, b, c))
     d5 = randn(5, 3, 7, 4, dtype=torch.float32, seed=10)
@@ -193,13 +204,16 @@ def test_decompose_mode_is_exact_for_a_loud_channel():
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_plain_torch_onnx_export_uses_the_hook(dynamo, tmp_path):
     """torch.onnx.export without export_onnx: the functional hook still writes standard ops."""
-    layers = [normkit.LocalResponseNorm(5, 0.3, 0.75, 1.2),
-              normkit.LocalResponseNorm(4, 0.3, 0.75, 1.2)]
+    layers = [
+        normkit.LocalResponseNorm(5, 0.3, 0.75, 1.2),
+        normkit.LocalResponseNorm(4, 0.3, 0.75, 1.2),
+    ]
 
     class Functional(nn.Module):
         def forward(self, x):
-            return normkit.functional.local_response_norm(x, 3, 0.5, 0.75, 2.0,
-                                                          convention="onnx") * 2
+            return (
+                normkit.functional.local_response_norm(x, 3, 0.5, 0.75, 2.0, convention="onnx") * 2
+            )
 
     model = Many(layers + [Functional()])
     x = randn(2, 7, 3, 3, dtype=torch.float32, seed=6)
@@ -237,23 +251,28 @@ def test_lrn_node_at_other_opsets(opset):
     x = randn(1, 8, 4, 4, dtype=torch.float32, seed=8)
     proto = export_onnx(layer, (x,), opset=opset)
     assert proto.opset_import[0].version == opset or any(
-        o.version == opset for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+        o.version == opset for o in proto.opset_import if o.domain in ("", "ai.onnx")
+    )
     assert op_types(proto) == ["LRN"]
     (y,) = run_ort(proto, x)
     assert_matches_reference(y, lrn_forward(x.double().numpy(), layer.spec), torch.float32)
 
 
 def test_decomposition_matches_reference_in_float64():
-    for spec in (canonicalize(4, 0.3, 0.75, 1.2, convention="torch"),
-                 canonicalize(6, 0.3, 0.75, 1.2, convention="onnx"),
-                 canonicalize(3, 0.3, 0.75, 1.2, region="within", convention="caffe"),
-                 canonicalize(4, 0.3, 0.75, 1.2, region="within", convention="cuda-convnet")):
+    for spec in (
+        canonicalize(4, 0.3, 0.75, 1.2, convention="torch"),
+        canonicalize(6, 0.3, 0.75, 1.2, convention="onnx"),
+        canonicalize(3, 0.3, 0.75, 1.2, region="within", convention="caffe"),
+        canonicalize(4, 0.3, 0.75, 1.2, region="within", convention="cuda-convnet"),
+    ):
         x = randn(2, 7, 5, 4, seed=12)
-        assert_matches_reference(lrn_decomposition(x, spec), lrn_forward(x.numpy(), spec),
-                                 torch.float64)
+        assert_matches_reference(
+            lrn_decomposition(x, spec), lrn_forward(x.numpy(), spec), torch.float64
+        )
 
 
 # --- bad input -------------------------------------------------------------------------------
+
 
 def test_export_onnx_rejects_bad_arguments():
     layer = normkit.LocalResponseNorm(3)
@@ -282,6 +301,7 @@ def test_export_restores_the_model():
 # --- the other layer families, through the registry ----------------------------------------
 # normkit's BatchNorm/LayerNorm/... are built in parallel; their torch.nn counterparts with an
 # opaque eager forward stand in for them (same attribute names, as normkit copies torch).
+
 
 def _opaque(base):
     class Opaque(base):
@@ -334,21 +354,32 @@ def _zoo_builders():
         ("BatchNorm1d", lambda c: (c(6), randn(4, 6, **f32, seed=1))),
         ("BatchNorm1d", lambda c: (c(6, affine=False), randn(4, 6, 5, **f32, seed=2))),
         ("BatchNorm2d", lambda c: (c(6), randn(2, 6, 4, 3, **f32, seed=3))),
-        ("BatchNorm3d", lambda c: (c(6, track_running_stats=False),
-                                   randn(2, 6, 2, 3, 2, **f32, seed=4))),
+        (
+            "BatchNorm3d",
+            lambda c: (c(6, track_running_stats=False), randn(2, 6, 2, 3, 2, **f32, seed=4)),
+        ),
         ("LayerNorm", lambda c: (c([4, 3]), randn(2, 6, 4, 3, **f32, seed=5, mean=1e3))),
-        ("LayerNorm", lambda c: (c(3, elementwise_affine=False, eps=1e-3),
-                                 randn(2, 6, 3, **f32, seed=6))),
+        (
+            "LayerNorm",
+            lambda c: (c(3, elementwise_affine=False, eps=1e-3), randn(2, 6, 3, **f32, seed=6)),
+        ),
         ("GroupNorm", lambda c: (c(3, 6), randn(2, 6, 4, 3, **f32, seed=7))),
         ("GroupNorm", lambda c: (c(1, 6, affine=False), randn(2, 6, 5, **f32, seed=8))),
         ("InstanceNorm1d", lambda c: (c(6, affine=True), randn(2, 6, 7, **f32, seed=9))),
         ("InstanceNorm2d", lambda c: (c(6), randn(2, 6, 4, 3, **f32, seed=10))),
-        ("InstanceNorm2d", lambda c: (c(6, track_running_stats=True, affine=True),
-                                      randn(2, 6, 4, 3, **f32, seed=11))),
+        (
+            "InstanceNorm2d",
+            lambda c: (
+                c(6, track_running_stats=True, affine=True),
+                randn(2, 6, 4, 3, **f32, seed=11),
+            ),
+        ),
         ("InstanceNorm3d", lambda c: (c(6, affine=True), randn(2, 6, 2, 3, 2, **f32, seed=12))),
         ("RMSNorm", lambda c: (c([4, 3]), randn(2, 6, 4, 3, **f32, seed=13))),
-        ("RMSNorm", lambda c: (c(3, eps=1e-5, elementwise_affine=False),
-                               randn(2, 6, 3, **f32, seed=14))),
+        (
+            "RMSNorm",
+            lambda c: (c(3, eps=1e-5, elementwise_affine=False), randn(2, 6, 3, **f32, seed=14)),
+        ),
     ]
 
 
@@ -366,8 +397,11 @@ class Zoo(nn.Module):
         return tuple(m(x) for m, x in zip(self.mods, xs))
 
 
-@pytest.mark.parametrize("dynamo,opset", [(True, None), (True, 21), (True, 23), (False, 17)],
-                         ids=["dynamo-default", "dynamo-21", "dynamo-23", "torchscript-17"])
+@pytest.mark.parametrize(
+    "dynamo,opset",
+    [(True, None), (True, 21), (True, 23), (False, 17)],
+    ids=["dynamo-default", "dynamo-21", "dynamo-23", "torchscript-17"],
+)
 def test_every_norm_family_exports_through_the_registry(standins, dynamo, opset):
     pairs = [(_randomize(m, i), x) for i, (m, x) in enumerate(_zoo(standins))]
     model = Zoo([m for m, _ in pairs])
@@ -379,8 +413,9 @@ def test_every_norm_family_exports_through_the_registry(standins, dynamo, opset)
         base = type(module).__mro__[1]
         want32 = base.forward(module, x).detach()
         want64 = base.forward(copy.deepcopy(module).double(), x.double()).detach()
-        assert_matches_reference(got, want64, torch.float32, torch_same_dtype=want32,
-                                 what=repr(module))
+        assert_matches_reference(
+            got, want64, torch.float32, torch_same_dtype=want32, what=repr(module)
+        )
     assert {"BatchNormalization", "InstanceNormalization"} <= types
     assert ("LayerNormalization" in types) == (opset is None or opset >= 17)
     assert ("GroupNormalization" in types) == (dynamo and opset is not None and opset >= 21)
@@ -389,8 +424,11 @@ def test_every_norm_family_exports_through_the_registry(standins, dynamo, opset)
 
 def test_registry_wires_normkit_classes_that_exist():
     assert nk_export.export_forward_for(normkit.LocalResponseNorm(3)) is nk_export.lrn_forward
-    present = {name: getattr(normkit, name) for name in nk_export._BY_NAME
-               if isinstance(getattr(normkit, name, None), type)}
+    present = {
+        name: getattr(normkit, name)
+        for name in nk_export._BY_NAME
+        if isinstance(getattr(normkit, name, None), type)
+    }
     assert "LocalResponseNorm" in present
     for name, cls in present.items():  # every normkit class this build has is wired
         assert nk_export.EXPORTERS[cls] is nk_export._BY_NAME[name], name
@@ -400,12 +438,15 @@ def test_registry_wires_normkit_classes_that_exist():
 def test_scalers_to_module_export():
     """Every normkit.preprocessing scaler's to_module() exports and runs in onnxruntime."""
     from normkit import preprocessing as prep
+
     rng = np.random.default_rng(0)
     data = rng.uniform(0.5, 5.0, size=(64, 4))
     checked = 0
     for name in dir(prep):
         cls = getattr(prep, name)
-        if name.startswith("_") or not (isinstance(cls, type) and hasattr(cls, "to_module") and hasattr(cls, "fit")):
+        if name.startswith("_") or not (
+            isinstance(cls, type) and hasattr(cls, "to_module") and hasattr(cls, "fit")
+        ):
             continue
         module = cls().fit(data).to_module()
         x = torch.as_tensor(data[:8], dtype=torch.float32)
@@ -443,8 +484,13 @@ def test_real_normkit_norm_classes_export():
             # at mean 1e3, and onnxruntime's kernels are no better than torch's there)
             want32 = _torch_twin(module, getattr(nn, type(module).__name__))(x).detach()
             want64 = copy.deepcopy(module).double()(x.double()).detach()
-            assert_matches_reference(got, want64, torch.float32, torch_same_dtype=want32,
-                                     what=f"{module} (dynamo={dynamo})")
+            assert_matches_reference(
+                got,
+                want64,
+                torch.float32,
+                torch_same_dtype=want32,
+                what=f"{module} (dynamo={dynamo})",
+            )
 
 
 def _torch_twin(module, torch_cls):

@@ -26,15 +26,24 @@ from tolerance import assert_matches_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 NESTED = "layer " + "{ a " * 10_000 + "}" * 10_000 + "\n"
-HEX_ALPHA = ('layer {\n  name: "n"\n  type: "LRN"\n  lrn_param { local_size: 5 alpha: 0x'
-             + "f" * 260 + " beta: 0.75 }\n}\n")  # 1040 bits: past float range
+HEX_ALPHA = (
+    'layer {\n  name: "n"\n  type: "LRN"\n  lrn_param { local_size: 5 alpha: 0x'
+    + "f" * 260
+    + " beta: 0.75 }\n}\n"
+)  # 1040 bits: past float range
 
 
 def convert(path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep
-               + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "normkit", "convert", str(path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "normkit", "convert", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_nested_braces_are_a_one_line_error_not_a_recursion_error():
@@ -63,8 +72,7 @@ def test_decimal_int_with_too_many_digits_names_line():
         lrn_layers_from_caffe(text)
 
 
-@pytest.mark.parametrize("text,needle", [(NESTED, "nested more than"),
-                                          (HEX_ALPHA, "float range")])
+@pytest.mark.parametrize("text,needle", [(NESTED, "nested more than"), (HEX_ALPHA, "float range")])
 def test_normkit_convert_exits_nonzero_with_one_line(tmp_path, text, needle):
     path = tmp_path / "hostile.prototxt"
     path.write_text(text)
@@ -93,8 +101,7 @@ def test_lrn_window_wider_than_the_tensor_is_a_window_of_the_tensor(size, backen
     convention = "onnx" if region == "across" else "caffe"
     spec = canonicalize(size, 0.3, 0.75, 1.2, region=region, convention=convention)
     x = randn(2, 5, 4, 3, dtype=torch.float32, seed=21).requires_grad_(True)
-    layer = normkit.LocalResponseNorm(size, 0.3, 0.75, 1.2, region=region,
-                                      convention=convention)
+    layer = normkit.LocalResponseNorm(size, 0.3, 0.75, 1.2, region=region, convention=convention)
     layer.backend = backend
     y = normkit.functional.lrn_canonical(x, layer.spec, backend=backend)
     assert normkit.dispatch.last_backend["lrn_fwd"] == backend
@@ -105,14 +112,17 @@ def test_lrn_window_wider_than_the_tensor_is_a_window_of_the_tensor(size, backen
     assert_matches_reference(y, lrn_forward(x64, narrow), torch.float32)
     dy = randn(*x.shape, dtype=torch.float32, seed=22)
     y.backward(dy)
-    assert_matches_reference(x.grad, lrn_backward(x64, dy.double().numpy(), narrow),
-                             torch.float32, what="grad")
+    assert_matches_reference(
+        x.grad, lrn_backward(x64, dy.double().numpy(), narrow), torch.float32, what="grad"
+    )
     assert np.isfinite(x.grad.numpy()).all()
 
 
 def test_huge_size_from_a_caffe_file_runs():
-    text = ('layer { name: "n" type: "LRN" lrn_param { local_size: 18446744073709551617 '
-            "alpha: 0.5 beta: 0.75 } }")
+    text = (
+        'layer { name: "n" type: "LRN" lrn_param { local_size: 18446744073709551617 '
+        "alpha: 0.5 beta: 0.75 } }"
+    )
     layer = lrn_layers_from_caffe(text)["n"]
     x = randn(1, 3, 2, 2, dtype=torch.float32, seed=5)
     spec = dataclasses.replace(layer.spec, back=3, ahead=3)

@@ -18,8 +18,11 @@ from onnx import TensorProto, helper  # noqa: E402
 
 def lrn_model(nodes, opset=13):
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes])
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -28,10 +31,17 @@ def run_ort(model, x):
     return sess.run(None, {"x": x})
 
 
-@pytest.mark.parametrize("size,attrs", [
-    (1, {}), (3, {"alpha": 0.5, "beta": 0.6, "bias": 2.0}), (5, {}),
-    (5, {"alpha": 1e-4, "beta": 0.75}), (7, {"bias": 0.5}), (11, {"alpha": 3.0}),
-])
+@pytest.mark.parametrize(
+    "size,attrs",
+    [
+        (1, {}),
+        (3, {"alpha": 0.5, "beta": 0.6, "bias": 2.0}),
+        (5, {}),
+        (5, {"alpha": 1e-4, "beta": 0.75}),
+        (7, {"bias": 0.5}),
+        (11, {"alpha": 3.0}),
+    ],
+)
 def test_odd_sizes_match_onnxruntime(size, attrs):
     node = helper.make_node("LRN", ["x"], ["y"], name="lrn", size=size, **attrs)
     lrn = lrn_from_onnx(node)
@@ -73,24 +83,33 @@ def test_defaults_and_float32_attributes():
 
 def test_model_walk_names_subgraphs_and_paths(tmp_path):
     then_branch = helper.make_graph(
-        [helper.make_node("LRN", ["x"], ["t"], name="inner", size=3)], "then", [],
-        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+        [helper.make_node("LRN", ["x"], ["t"], name="inner", size=3)],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
     else_branch = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["e"])], "else", [],
-        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+        [helper.make_node("Identity", ["x"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)],
+    )
     nodes = [
         helper.make_node("LRN", ["x"], ["y1"], name="norm1", size=5, alpha=1e-4, beta=0.75),
         helper.make_node("Relu", ["y1"], ["r"]),
         helper.make_node("LRN", ["r"], ["y2"], size=4),  # unnamed: keyed by its output
         helper.make_node("LRN", ["r"], ["y3"], name="norm1", size=3),  # a repeated name
-        helper.make_node("Constant", [], ["cond"], value=helper.make_tensor(
-            "c", TensorProto.BOOL, [], [True])),
-        helper.make_node("If", ["cond"], ["z"], then_branch=then_branch,
-                         else_branch=else_branch),
+        helper.make_node(
+            "Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])
+        ),
+        helper.make_node("If", ["cond"], ["z"], then_branch=then_branch, else_branch=else_branch),
     ]
-    graph = helper.make_graph(nodes, "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     layers = lrn_layers_from_onnx(model)
     assert list(layers) == ["norm1", "y2", "norm1#2", "inner"]

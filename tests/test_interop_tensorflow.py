@@ -44,8 +44,7 @@ def test_defaults_and_conversions():
     lrn = lrn_from_tensorflow()  # TF's defaults: depth_radius 5, bias 1, alpha 1, beta 0.5
     assert lrn.spec.width == 11 and lrn.spec.alpha == 1.0 and lrn.spec.beta == 0.5
     alexnet = lrn_from_tensorflow(2, 1.0, 2e-05, 0.75)
-    assert alexnet.to_onnx() == pytest.approx({"size": 5, "alpha": 1e-4, "beta": 0.75,
-                                               "bias": 1.0})
+    assert alexnet.to_onnx() == pytest.approx({"size": 5, "alpha": 1e-4, "beta": 0.75, "bias": 1.0})
     nchw = lrn_from_tensorflow(2, 1.0, 2e-05, 0.75, channel_dim=1)
     x = randn(2, 7, 3, 3, seed=2)
     assert torch.allclose(nchw(x), alexnet(x.movedim(1, -1)).movedim(-1, 1), rtol=1e-12)
@@ -62,8 +61,7 @@ def test_graphdef_text_fixture():
     layers = lrn_layers_from_tensorflow(FIXTURE)
     assert list(layers) == ["norm1", "lrn_defaults", "block/inner_lrn"]
     norm1 = layers["norm1"]
-    assert norm1.to_tensorflow() == {"depth_radius": 2, "bias": 1.0, "alpha": 2e-05,
-                                     "beta": 0.75}
+    assert norm1.to_tensorflow() == {"depth_radius": 2, "bias": 1.0, "alpha": 2e-05, "beta": 0.75}
     assert norm1.channel_dim == -1
     defaults = layers["lrn_defaults"].to_tensorflow()
     assert defaults == {"depth_radius": 5, "bias": 1.0, "alpha": 1.0, "beta": 0.5}
@@ -78,8 +76,9 @@ def _graphdef_classes():
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
     F = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="nk_test_graph.proto", package="nktest",
-                                             syntax="proto3")
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="nk_test_graph.proto", package="nktest", syntax="proto3"
+    )
 
     def message(name, fields, nested=()):
         msg = fdp.message_type.add(name=name)
@@ -92,24 +91,48 @@ def _graphdef_classes():
         return msg
 
     opt, rep = F.LABEL_OPTIONAL, F.LABEL_REPEATED
-    message("AttrValue", [("s", 2, F.TYPE_BYTES, opt, None), ("i", 3, F.TYPE_INT64, opt, None),
-                          ("f", 4, F.TYPE_FLOAT, opt, None), ("b", 5, F.TYPE_BOOL, opt, None),
-                          ("type", 6, F.TYPE_INT32, opt, None)])
+    message(
+        "AttrValue",
+        [
+            ("s", 2, F.TYPE_BYTES, opt, None),
+            ("i", 3, F.TYPE_INT64, opt, None),
+            ("f", 4, F.TYPE_FLOAT, opt, None),
+            ("b", 5, F.TYPE_BOOL, opt, None),
+            ("type", 6, F.TYPE_INT32, opt, None),
+        ],
+    )
     entry = descriptor_pb2.DescriptorProto(name="AttrEntry")
     entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=opt)
-    entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE, label=opt,
-                    type_name=".nktest.AttrValue")
+    entry.field.add(
+        name="value", number=2, type=F.TYPE_MESSAGE, label=opt, type_name=".nktest.AttrValue"
+    )
     entry.options.map_entry = True
-    message("NodeDef", [("name", 1, F.TYPE_STRING, opt, None), ("op", 2, F.TYPE_STRING, opt, None),
-                        ("input", 3, F.TYPE_STRING, rep, None),
-                        ("attr", 5, F.TYPE_MESSAGE, rep, ".nktest.NodeDef.AttrEntry")],
-            nested=[entry])
+    message(
+        "NodeDef",
+        [
+            ("name", 1, F.TYPE_STRING, opt, None),
+            ("op", 2, F.TYPE_STRING, opt, None),
+            ("input", 3, F.TYPE_STRING, rep, None),
+            ("attr", 5, F.TYPE_MESSAGE, rep, ".nktest.NodeDef.AttrEntry"),
+        ],
+        nested=[entry],
+    )
     message("OpDef", [("name", 1, F.TYPE_STRING, opt, None)])
-    message("FunctionDef", [("signature", 1, F.TYPE_MESSAGE, opt, ".nktest.OpDef"),
-                            ("node_def", 3, F.TYPE_MESSAGE, rep, ".nktest.NodeDef")])
+    message(
+        "FunctionDef",
+        [
+            ("signature", 1, F.TYPE_MESSAGE, opt, ".nktest.OpDef"),
+            ("node_def", 3, F.TYPE_MESSAGE, rep, ".nktest.NodeDef"),
+        ],
+    )
     message("FunctionDefLibrary", [("function", 1, F.TYPE_MESSAGE, rep, ".nktest.FunctionDef")])
-    message("GraphDef", [("node", 1, F.TYPE_MESSAGE, rep, ".nktest.NodeDef"),
-                         ("library", 2, F.TYPE_MESSAGE, opt, ".nktest.FunctionDefLibrary")])
+    message(
+        "GraphDef",
+        [
+            ("node", 1, F.TYPE_MESSAGE, rep, ".nktest.NodeDef"),
+            ("library", 2, F.TYPE_MESSAGE, opt, ".nktest.FunctionDefLibrary"),
+        ],
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("nktest.GraphDef"))
@@ -136,18 +159,24 @@ def test_binary_graphdef_without_tensorflow(tmp_path):
     for source in (str(path), path, data):
         layers = lrn_layers_from_tensorflow(source)
         assert list(layers) == ["norm1", "block/inner"]
-        assert layers["norm1"].to_tensorflow() == {"depth_radius": 2, "bias": 2.0,
-                                                   "alpha": 2e-05, "beta": 0.75}
+        assert layers["norm1"].to_tensorflow() == {
+            "depth_radius": 2,
+            "bias": 2.0,
+            "alpha": 2e-05,
+            "beta": 0.75,
+        }
         assert layers["block/inner"].spec.width == 7
 
 
 def test_bad_graphs():
     with pytest.raises(ValueError, match="unknown attr"):
-        lrn_layers_from_tensorflow('node { name: "a" op: "LRN" attr { key: "radius" '
-                                   'value { i: 2 } } }')
+        lrn_layers_from_tensorflow(
+            'node { name: "a" op: "LRN" attr { key: "radius" value { i: 2 } } }'
+        )
     with pytest.raises(ValueError, match="depth_radius must be an int"):
-        lrn_layers_from_tensorflow('node { name: "a" op: "LRN" attr { key: "depth_radius" '
-                                   'value { f: 2.0 } } }')
+        lrn_layers_from_tensorflow(
+            'node { name: "a" op: "LRN" attr { key: "depth_radius" value { f: 2.0 } } }'
+        )
     with pytest.raises(ValueError, match="line 1"):
         lrn_layers_from_tensorflow('node { name: "a" op: "LRN" ')
     with pytest.raises(TypeError):
@@ -164,14 +193,14 @@ def test_real_tensorflow_graph_and_values(tmp_path):
 
     @tf.function(input_signature=[tf.TensorSpec([2, 4, 4, 9], tf.float32)])
     def net(x):
-        y = tf.nn.local_response_normalization(x, depth_radius=2, bias=1.5, alpha=0.01,
-                                               beta=0.6)
+        y = tf.nn.local_response_normalization(x, depth_radius=2, bias=1.5, alpha=0.01, beta=0.6)
         return tf.nn.local_response_normalization(y, depth_radius=1)
 
     layers = list(lrn_layers_from_tensorflow(net).values())
     assert len(layers) == 2
     assert layers[0].to_tensorflow() == pytest.approx(
-        {"depth_radius": 2, "bias": 1.5, "alpha": 0.01, "beta": 0.6})
+        {"depth_radius": 2, "bias": 1.5, "alpha": 0.01, "beta": 0.6}
+    )
     x = randn(2, 4, 4, 9, dtype=torch.float32, seed=3)
     expected = net(tf.constant(x.numpy())).numpy()
     got = layers[1](layers[0](x.double())).numpy()

@@ -44,6 +44,7 @@ def _lab(tmp_path, *argv, capsys=None):
 
 def _check_png(path):
     import matplotlib.image as mpimg
+
     with open(path, "rb") as f:
         assert f.read(8) == PNG_MAGIC, f"{path} is not a PNG"
     img = mpimg.imread(path)
@@ -54,8 +55,19 @@ def _check_png(path):
 def _check_schema(out, experiment):
     with open(out / "results.json") as f:
         res = json.load(f)
-    for key in ("schema", "experiment", "created", "config", "data", "environment", "table",
-                "runs", "plots", "notes", "seconds"):
+    for key in (
+        "schema",
+        "experiment",
+        "created",
+        "config",
+        "data",
+        "environment",
+        "table",
+        "runs",
+        "plots",
+        "notes",
+        "seconds",
+    ):
         assert key in res, key
     assert res["schema"] == "normkit-lab/1"
     assert res["experiment"] == experiment
@@ -74,8 +86,17 @@ def _check_schema(out, experiment):
 
 
 def _check_training_run(run):
-    for key in ("norm", "config", "history", "final_train_loss", "test_accuracy",
-                "steps_to_threshold", "seconds_per_epoch", "steps_per_epoch", "diverged"):
+    for key in (
+        "norm",
+        "config",
+        "history",
+        "final_train_loss",
+        "test_accuracy",
+        "steps_to_threshold",
+        "seconds_per_epoch",
+        "steps_per_epoch",
+        "diverged",
+    ):
         assert key in run, key
     h = run["history"]
     epochs = run["config"]["epochs"]
@@ -160,7 +181,10 @@ def test_lrn_effect_quick(tmp_path):
     assert code == 0
     res = _check_schema(out, "lrn-effect")
     assert [(r[0], r[1]) for r in res["table"]["rows"]] == [
-        ("shallow", "none"), ("shallow", "lrn"), ("shallow", "batch")]
+        ("shallow", "none"),
+        ("shallow", "lrn"),
+        ("shallow", "batch"),
+    ]
     assert res["config"]["seeds"] == [0, 1]
     for row, norm in zip(res["table"]["rows"], ("none", "lrn", "batch")):
         accs = [100 * r["test_accuracy"] for r in res["runs"] if r["norm"] == norm]
@@ -183,8 +207,7 @@ def test_seed_makes_runs_identical_and_different_seeds_differ(digits):
 def test_same_initialization_for_every_norm():
     ref = build_model("none", seed=3)
     for norm in ("batch", "lrn", "group"):
-        net = build_model(norm, seed=3, norm_kwargs={"num_groups": 4} if norm == "group"
-                          else None)
+        net = build_model(norm, seed=3, norm_kwargs={"num_groups": 4} if norm == "group" else None)
         for c_ref, c in zip(ref.convs(), net.convs()):
             assert torch.equal(c_ref.weight, c.weight) and torch.equal(c_ref.bias, c.bias)
 
@@ -193,8 +216,12 @@ def test_models_are_alexnet_blocks():
     net = build_model("batch", seed=0, depth="shallow")
     kinds = [type(m).__name__ for m in net.features]
     # conv -> ReLU -> norm -> overlapping max-pool (kernel 3 > stride 2)
-    assert kinds[:4] == ["Conv2d", "ReLU", type(normkit.create_norm("batch", 32)).__name__,
-                         "MaxPool2d"]
+    assert kinds[:4] == [
+        "Conv2d",
+        "ReLU",
+        type(normkit.create_norm("batch", 32)).__name__,
+        "MaxPool2d",
+    ]
     pool = net.features[3]
     assert pool.kernel_size == 3 and pool.stride == 2
     assert any(isinstance(m, torch.nn.Dropout) for m in net.classifier)
@@ -214,6 +241,7 @@ def test_steps_to_threshold_hand_computed():
 
 def test_digits_scaled_and_split_stratified(digits):
     from sklearn.datasets import load_digits
+
     raw = load_digits()
     assert digits.x_train.shape[1:] == (1, 8, 8) and digits.num_classes == 10
     x_all = torch.cat([digits.x_train, digits.x_test])
@@ -238,8 +266,9 @@ def test_user_npz_trains(tmp_path, capsys):
     x = rng.standard_normal((60, 3, 6, 6)).astype(np.float32) + y[:, None, None, None]
     path = tmp_path / "mine.npz"
     np.savez(path, x=x, y=y)
-    code, out = _lab(tmp_path, "--quick", "--data", str(path), "--norms", "batch,group",
-                     "--batch-size", "8")
+    code, out = _lab(
+        tmp_path, "--quick", "--data", str(path), "--norms", "batch,group", "--batch-size", "8"
+    )
     assert code == 0
     with open(out / "results.json") as f:
         res = json.load(f)
@@ -248,16 +277,19 @@ def test_user_npz_trains(tmp_path, capsys):
     assert "mine.npz" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"x": np.zeros((20, 1, 8, 8))}, "lacks array(s) ['y']"),
-    ({"x": np.zeros((20, 8, 8)), "y": np.zeros(20, int)}, "x must be 4-D [N, C, H, W]"),
-    ({"x": np.zeros((20, 1, 8, 8)), "y": np.zeros(19, int)}, "one label per image"),
-    ({"x": np.zeros((20, 1, 8, 8)), "y": np.full(20, 0.5)}, "integer class labels"),
-    ({"x": np.full((20, 1, 8, 8), np.nan), "y": np.arange(20) % 2}, "NaN or infinity"),
-    ({"x": np.zeros((20, 1, 8, 8)), "y": np.zeros(20, int)}, "single class"),
-    ({"x": np.zeros((20, 1, 8, 8)), "y": np.arange(20) % 2 - 1}, "labels must be >= 0"),
-    ({"x": np.zeros((20, 1, 2, 2)), "y": np.arange(20) % 2}, "at least 4x4"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": np.zeros((20, 1, 8, 8))}, "lacks array(s) ['y']"),
+        ({"x": np.zeros((20, 8, 8)), "y": np.zeros(20, int)}, "x must be 4-D [N, C, H, W]"),
+        ({"x": np.zeros((20, 1, 8, 8)), "y": np.zeros(19, int)}, "one label per image"),
+        ({"x": np.zeros((20, 1, 8, 8)), "y": np.full(20, 0.5)}, "integer class labels"),
+        ({"x": np.full((20, 1, 8, 8), np.nan), "y": np.arange(20) % 2}, "NaN or infinity"),
+        ({"x": np.zeros((20, 1, 8, 8)), "y": np.zeros(20, int)}, "single class"),
+        ({"x": np.zeros((20, 1, 8, 8)), "y": np.arange(20) % 2 - 1}, "labels must be >= 0"),
+        ({"x": np.zeros((20, 1, 2, 2)), "y": np.arange(20) % 2}, "at least 4x4"),
+    ],
+)
 def test_malformed_npz_is_a_clear_error(tmp_path, capsys, arrays, message):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
@@ -316,14 +348,32 @@ def _lab_json(tmp_path, *argv):
 
 
 def _run_lab(argv, out, nproc=None):
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS="1",
+    )
     env.pop("NORMKIT_BACKEND", None)
-    launcher = [sys.executable, "-m", "normkit"] if nproc is None else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={nproc}", "-m", "normkit"]
-    proc = subprocess.run(launcher + ["lab", *argv, "--out", str(out), "--no-progress"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    launcher = (
+        [sys.executable, "-m", "normkit"]
+        if nproc is None
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "normkit",
+        ]
+    )
+    proc = subprocess.run(
+        launcher + ["lab", *argv, "--out", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out / "results.json") as f:
         return json.load(f)
@@ -333,8 +383,10 @@ def test_ddp_two_processes_matches_single_process(tmp_path):
     # dropout 0: dropout masks are per-process random draws, the one thing DDP cannot share
     argv = ["--quick", "--norms", "batch,group", "--dropout", "0", "--batch-size", "32"]
     ddp = _run_lab(argv, tmp_path / "ddp", nproc=2)
-    single, other_seed = [_lab_json(tmp_path / name, *argv, *extra) for name, extra in
-                          (("single", ()), ("seed1", ("--seed", "1")))]
+    single, other_seed = [
+        _lab_json(tmp_path / name, *argv, *extra)
+        for name, extra in (("single", ()), ("seed1", ("--seed", "1")))
+    ]
     assert ddp["environment"]["world_size"] == 2 and single["environment"]["world_size"] == 1
     assert [r["built_as"] for r in ddp["runs"]] == ["sync-batch", "group"]
     for r_ddp, r_one, r_other in zip(ddp["runs"], single["runs"], other_seed["runs"]):

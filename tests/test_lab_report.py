@@ -17,30 +17,58 @@ from normkit import cli
 from normkit.lab import report as R
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 # ------------------------------------------------------------------ rules, by hand
+
 
 def _scaling_res(raw_steps, z_steps, raw_c, z_c, sat_raw=0.98, sat_z=0.0):
     runs = []
     for d in ("wine", "breast_cancer"):
         for model in ("logreg", "mlp"):
-            for v, steps, loss, sat in (("raw", raw_steps, 0.9, sat_raw),
-                                        ("zscore", z_steps, 0.01, sat_z)):
-                r = {"dataset": d, "model": model, "scaling": v, "steps_to_target": steps,
-                     "final_loss": loss, "cond_cov": 1e7 if v == "raw" else 50.0,
-                     "applicable": True}
+            for v, steps, loss, sat in (
+                ("raw", raw_steps, 0.9, sat_raw),
+                ("zscore", z_steps, 0.01, sat_z),
+            ):
+                r = {
+                    "dataset": d,
+                    "model": model,
+                    "scaling": v,
+                    "steps_to_target": steps,
+                    "final_loss": loss,
+                    "cond_cov": 1e7 if v == "raw" else 50.0,
+                    "applicable": True,
+                }
                 if model == "mlp":
                     r.update(saturated_fraction_init=sat, grad_norm_init=0.7)
                 runs.append(r)
-    return {"config": {"datasets": ["wine", "breast_cancer"], "models": ["logreg", "mlp"],
-                       "loss_target": 0.1, "saturation": 0.01},
-            "runs": runs, "contours": {"features": ["a", "b"], "panels": {
+    return {
+        "config": {
+            "datasets": ["wine", "breast_cancer"],
+            "models": ["logreg", "mlp"],
+            "loss_target": 0.1,
+            "saturation": 0.01,
+        },
+        "runs": runs,
+        "contours": {
+            "features": ["a", "b"],
+            "panels": {
                 "raw (centred)": {"hessian_condition": 500.0, "steps_to_1pct": raw_c},
-                "zscore": {"hessian_condition": 2.0, "steps_to_1pct": z_c}}}}
+                "zscore": {"hessian_condition": 2.0, "steps_to_1pct": z_c},
+            },
+        },
+    }
 
 
 def test_zigzag_rule():
@@ -61,8 +89,11 @@ def test_saturation_rule():
 
 def test_small_batch_rule():
     def res(batch, group, layer):
-        return {"config": {"batch_sizes": [2, 32]},
-                "table": {"rows": [["batch", *batch], ["group", *group], ["layer", *layer]]}}
+        return {
+            "config": {"batch_sizes": [2, 32]},
+            "table": {"rows": [["batch", *batch], ["group", *group], ["layer", *layer]]},
+        }
+
     # drops (best - at batch 2): BN 7, GN 1, LN 0 -> BN's exceeds both by >= 2 points
     assert R.judge_small_batch(res([88.0, 95.0], [96.0, 97.0], [94.0, 94.0]))[0] == R.HOLDS
     # BN 3, GN 2 -> exceeds by 1 point only
@@ -72,9 +103,13 @@ def test_small_batch_rule():
 
 def test_lrn_minimal_rule():
     def res(lrn_mean, bn_mean, std=1.0):
-        rows = [["deep", "none", 10.0, std], ["deep", "lrn", lrn_mean, std],
-                ["deep", "batch", bn_mean, std]]
+        rows = [
+            ["deep", "none", 10.0, std],
+            ["deep", "lrn", lrn_mean, std],
+            ["deep", "batch", bn_mean, std],
+        ]
         return {"config": {"depths": ["deep"]}, "table": {"rows": rows}}
+
     # tolerance = max(2 * std, 0.5) = 2 points
     assert R.judge_lrn_minimal(res(11.5, 90.0))[0] == R.HOLDS
     assert R.judge_lrn_minimal(res(11.5, 11.0))[0] == R.WEAK
@@ -83,9 +118,16 @@ def test_lrn_minimal_rule():
 
 def test_ics_rule():
     def res(none, batch):
-        return {"table": {"rows": [["none", "conv1", 0, 0, 0, 0, 9.0, 0],
-                                   ["none", "conv2", 0, 0, 0, 0, none, 0],
-                                   ["batch", "conv2", 0, 0, 0, 0, batch, 0]]}}
+        return {
+            "table": {
+                "rows": [
+                    ["none", "conv1", 0, 0, 0, 0, 9.0, 0],
+                    ["none", "conv2", 0, 0, 0, 0, none, 0],
+                    ["batch", "conv2", 0, 0, 0, 0, batch, 0],
+                ]
+            }
+        }
+
     assert R.judge_ics(res(1.0, 0.4))[0] == R.HOLDS  # conv1's 9.0 is not counted
     assert R.judge_ics(res(1.0, 0.8))[0] == R.WEAK
     assert R.judge_ics(res(1.0, 1.2))[0] == R.NOT
@@ -104,6 +146,7 @@ def test_lrn_worked_example_holds():
 
 
 # ------------------------------------------------------------------ the quick report
+
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
@@ -161,9 +204,11 @@ def _chromium():
             return path
     if os.environ.get("NORMKIT_SKIP_BROWSER") == "1":
         pytest.skip("NORMKIT_SKIP_BROWSER=1: the browser check was skipped on purpose")
-    pytest.fail("headless Chromium is needed to check report.html in a real browser: "
-                "install it (Debian: apt-get install -y chromium) or set "
-                "NORMKIT_SKIP_BROWSER=1 to skip this test deliberately")
+    pytest.fail(
+        "headless Chromium is needed to check report.html in a real browser: "
+        "install it (Debian: apt-get install -y chromium) or set "
+        "NORMKIT_SKIP_BROWSER=1 to skip this test deliberately"
+    )
 
 
 def _browser(binary, tmp_path, *args):
@@ -177,11 +222,13 @@ def test_report_renders_in_chromium(quick_report, tmp_path):
     page = (quick_report / "report.html").read_text(encoding="utf-8")
     # A copy with a probe: after the load event, write each image's decoded width into
     # the DOM, where --dump-dom can read it (0 = the image failed to load).
-    probe = ("<script>window.addEventListener('load',function(){var r=[];"
-             "document.querySelectorAll('img').forEach(function(i){"
-             "r.push(i.complete+':'+i.naturalWidth)});var d=document.createElement('pre');"
-             "d.id='img-probe';d.textContent=r.join(',');document.body.appendChild(d);});"
-             "</script>")
+    probe = (
+        "<script>window.addEventListener('load',function(){var r=[];"
+        "document.querySelectorAll('img').forEach(function(i){"
+        "r.push(i.complete+':'+i.naturalWidth)});var d=document.createElement('pre');"
+        "d.id='img-probe';d.textContent=r.join(',');document.body.appendChild(d);});"
+        "</script>"
+    )
     probed = tmp_path / "probed.html"
     probed.write_text(page.replace("</body>", probe + "</body>"), encoding="utf-8")
     dom = _browser(binary, tmp_path, "--dump-dom", probed.as_uri())
@@ -194,12 +241,18 @@ def test_report_renders_in_chromium(quick_report, tmp_path):
     assert "normkit lab report" in dom.stdout and "holds" in dom.stdout
 
     shot = tmp_path / "report.png"
-    res = _browser(binary, tmp_path, "--window-size=1200,1600", f"--screenshot={shot}",
-                   (quick_report / "report.html").as_uri())
+    res = _browser(
+        binary,
+        tmp_path,
+        "--window-size=1200,1600",
+        f"--screenshot={shot}",
+        (quick_report / "report.html").as_uri(),
+    )
     assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
     with open(shot, "rb") as f:
         assert f.read(8) == PNG_MAGIC
     import matplotlib.image as mpimg
+
     img = mpimg.imread(shot)
     assert img.shape[:2] == (1600, 1200)
     assert img.std() > 0.05, "the screenshot is blank"

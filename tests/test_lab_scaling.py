@@ -19,6 +19,7 @@ RUN_KEYS = ("scaling", "dataset", "model", "steps_to_target", "final_loss", "tes
 
 def _check_png(path):
     import matplotlib.image as mpimg
+
     with open(path, "rb") as f:
         assert f.read(8) == PNG_MAGIC, f"{path} is not a PNG"
     img = mpimg.imread(path)
@@ -43,7 +44,8 @@ def test_results_schema_and_every_variant(quick, capsys):
     runs = res["runs"]
     assert len(runs) == len(S.DATASETS) * len(S.MODELS) * len(S.VARIANTS)
     assert {(r["dataset"], r["model"], r["scaling"]) for r in runs} == {
-        (d, m, v) for d in S.DATASETS for m in S.MODELS for v in S.VARIANTS}
+        (d, m, v) for d in S.DATASETS for m in S.MODELS for v in S.VARIANTS
+    }
     for r in runs:
         for key in RUN_KEYS:
             assert key in r, key
@@ -64,6 +66,7 @@ def test_results_schema_and_every_variant(quick, capsys):
 def test_log10_not_applicable_on_breast_cancer_and_not_shifted(quick):
     _, res, _ = quick
     from sklearn.datasets import load_breast_cancer
+
     # breast cancer has zeros (e.g. 'mean concavity'); log10 of 0 is -inf
     assert (load_breast_cancer().data <= 0).any()
     for r in res["runs"]:
@@ -86,8 +89,9 @@ def test_the_document_claims_as_measured(quick):
     pan = res["contours"]["panels"]
     assert pan["zscore"]["steps_to_1pct"] is not None
     # the fastest rate of the grid: raw needs thousands of steps, z-scored a handful
-    assert pan["raw (centred)"]["fastest_steps_to_1pct"] > 100 * pan["zscore"][
-        "fastest_steps_to_1pct"]
+    assert (
+        pan["raw (centred)"]["fastest_steps_to_1pct"] > 100 * pan["zscore"]["fastest_steps_to_1pct"]
+    )
     assert pan["raw (centred)"]["hessian_condition"] > 100 * pan["zscore"]["hessian_condition"]
 
 
@@ -112,6 +116,7 @@ def test_data_option_refused(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ pieces
+
 
 def test_out_of_range_counts_hand_computed():
     x = np.array([[0.0, 5.0], [2.0, -1.0], [3.0, 11.0], [-4.0, 10.0]])

@@ -32,6 +32,7 @@ def _spec_or_skip_even(convention, size, region="across"):
 
 # --- against the float64 reference --------------------------------------------------
 
+
 @pytest.mark.parametrize("convention,size", ACROSS_CASES)
 def test_across_every_preset_matches_reference(convention, size):
     spec = _spec_or_skip_even(convention, size)
@@ -44,9 +45,10 @@ def test_across_every_preset_matches_reference(convention, size):
         assert_matches_reference(y, lrn_forward(x.numpy(), spec), torch.float64, what=name)
 
 
-@pytest.mark.parametrize("convention,size,k", [("caffe", 3, 1.0), ("caffe", 5, 4.0),
-                                               ("caffe-cudnn", 3, 4.0),
-                                               ("cuda-convnet", 2, 2.0)])
+@pytest.mark.parametrize(
+    "convention,size,k",
+    [("caffe", 3, 1.0), ("caffe", 5, 4.0), ("caffe-cudnn", 3, 4.0), ("cuda-convnet", 2, 2.0)],
+)
 def test_within_matches_reference(convention, size, k):
     spec = canonicalize(size, 0.5, 0.75, k, region="within", convention=convention)
     x = randn(2, 3, 7, 6, seed=7)
@@ -108,8 +110,9 @@ def test_loud_channel_and_huge_values_do_not_cancel(dtype):
     ref_huge = lrn_forward(huge.double().numpy(), spec)  # float64: tiny but finite
     assert not torch.isnan(y).any()
     peer = torch.nn.functional.local_response_norm(huge, 3, 1.0, 0.75, 1.0)
-    assert_matches_reference(y, ref_huge, torch.float32,
-                             torch_same_dtype=torch.nan_to_num(peer, nan=0.0))
+    assert_matches_reference(
+        y, ref_huge, torch.float32, torch_same_dtype=torch.nan_to_num(peer, nan=0.0)
+    )
 
 
 @pytest.mark.parametrize("channel_dim", [1, -1, 2])
@@ -125,8 +128,9 @@ def test_channel_dim_and_layouts(channel_dim):
 def test_within_nhwc():
     x = randn(2, 6, 5, 3, seed=12)  # N H W C
     spec = canonicalize(3, 0.5, 0.75, 1.0, region="within", convention="caffe")
-    y = local_response_norm(x, 3, 0.5, 0.75, 1.0, region="within", convention="caffe",
-                            channel_dim=-1)
+    y = local_response_norm(
+        x, 3, 0.5, 0.75, 1.0, region="within", convention="caffe", channel_dim=-1
+    )
     assert_matches_reference(y, lrn_forward(x.numpy(), spec, channel_axis=-1), torch.float64)
 
 
@@ -140,6 +144,7 @@ def test_empty_input_returns_empty():
 
 
 # --- peers ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6, 9, 16])
 @pytest.mark.parametrize("shape", [(3, 7, 5, 4), (2, 6, 11), (2, 5, 3, 2, 3)])
@@ -183,10 +188,15 @@ def test_seed_000_and_002_worked_examples():
     x = torch.ones(2, 2, 3, 3)
     y = local_response_norm(x, 3, 1.0, 1.0, 0.0, convention="tensorflow", channel_dim=-1)
     assert torch.allclose(y, torch.tensor([0.5, 1 / 3, 0.5]).expand(2, 2, 3, 3))
-    layer = normkit.LocalResponseNorm.from_tensorflow(depth_radius=2, bias=0.0, alpha=1.0,
-                                                      beta=1.0)
-    x = torch.tensor([[[[1., 2, 3, 4, 5, 6, 7, 8], [8, 7, 6, 5, 4, 3, 2, 1]],
-                       [[4, 3, 2, 1, 8, 7, 6, 5], [1, 2, 3, 4, 5, 6, 7, 8]]]])
+    layer = normkit.LocalResponseNorm.from_tensorflow(depth_radius=2, bias=0.0, alpha=1.0, beta=1.0)
+    x = torch.tensor(
+        [
+            [
+                [[1.0, 2, 3, 4, 5, 6, 7, 8], [8, 7, 6, 5, 4, 3, 2, 1]],
+                [[4, 3, 2, 1, 8, 7, 6, 5], [1, 2, 3, 4, 5, 6, 7, 8]],
+            ]
+        ]
+    )
     y = layer(x)
     # hand calculations from the seed: 1/(1+4+9), 4/(4+9+16+25+36), and row 3's 2/(16+9+4+1+64)
     assert y[0, 0, 0, 0].item() == pytest.approx(1 / 14, rel=1e-6)
@@ -200,8 +210,11 @@ def _onnx_lrn(x: np.ndarray, size, alpha, beta, bias):
 
     node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=alpha, beta=beta, bias=bias)
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)])
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = min(model.ir_version, 10)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -220,8 +233,7 @@ def test_matches_onnxruntime(size):
     assert_matches_reference(ours, ref, torch.float32, torch_same_dtype=theirs)
     assert max_err(ours, theirs) < 1e-6
     layer = normkit.LocalResponseNorm.from_onnx(size, 0.03, 0.7, 1.3)
-    assert layer.to_onnx() == {"size": size, "alpha": pytest.approx(0.03), "beta": 0.7,
-                               "bias": 1.3}
+    assert layer.to_onnx() == {"size": size, "alpha": pytest.approx(0.03), "beta": 0.7, "bias": 1.3}
 
 
 @pytest.mark.skipif(not HAVE_TF, reason="tensorflow not installed (optional peer)")
@@ -230,8 +242,9 @@ def test_matches_tensorflow(radius):
     import tensorflow as tf
 
     x = randn(2, 4, 5, 13, seed=17, dtype=torch.float32)  # NHWC
-    theirs = tf.nn.local_response_normalization(x.numpy(), depth_radius=radius, bias=1.5,
-                                                alpha=0.01, beta=0.75).numpy()
+    theirs = tf.nn.local_response_normalization(
+        x.numpy(), depth_radius=radius, bias=1.5, alpha=0.01, beta=0.75
+    ).numpy()
     layer = normkit.LocalResponseNorm.from_tensorflow(radius, 1.5, 0.01, 0.75)
     assert max_err(layer(x), theirs) < 1e-6
     # gradients: TensorFlow's own LRNGrad op against normkit's analytic backward
@@ -239,8 +252,9 @@ def test_matches_tensorflow(radius):
     xt = tf.constant(x.numpy())
     with tf.GradientTape() as tape:
         tape.watch(xt)
-        yt = tf.nn.local_response_normalization(xt, depth_radius=radius, bias=1.5,
-                                                alpha=0.01, beta=0.75)
+        yt = tf.nn.local_response_normalization(
+            xt, depth_radius=radius, bias=1.5, alpha=0.01, beta=0.75
+        )
     g_tf = tape.gradient(yt, xt, output_gradients=tf.constant(dy.numpy())).numpy()
     xr = x.clone().requires_grad_()
     (g_ours,) = torch.autograd.grad(layer(xr), xr, dy)
@@ -250,7 +264,10 @@ def test_matches_tensorflow(radius):
 # --- autograd ---------------------------------------------------------------------------
 
 GRAD_CASES = [(c, n, "across") for c in sorted(CONVENTIONS) for n in (3, 4)] + [
-    ("caffe", 3, "within"), ("caffe-cudnn", 3, "within"), ("cuda-convnet", 2, "within")]
+    ("caffe", 3, "within"),
+    ("caffe-cudnn", 3, "within"),
+    ("cuda-convnet", 2, "within"),
+]
 
 
 @pytest.mark.parametrize("convention,size,region", GRAD_CASES)
@@ -261,14 +278,14 @@ def test_gradcheck_every_preset(convention, size, region):
     x = randn(2, 5, 3, 4, seed=18).requires_grad_()
 
     def f(v):
-        return local_response_norm(v, size, 0.3, 0.75, 1.2, region=region,
-                                   convention=convention)
+        return local_response_norm(v, size, 0.3, 0.75, 1.2, region=region, convention=convention)
 
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-8)
     dy = randn(2, 5, 3, 4, seed=19)
     (dx,) = torch.autograd.grad(f(x), x, dy)
-    assert_matches_reference(dx, lrn_backward(x.detach().numpy(), dy.numpy(), spec),
-                             torch.float64, what="dx")
+    assert_matches_reference(
+        dx, lrn_backward(x.detach().numpy(), dy.numpy(), spec), torch.float64, what="dx"
+    )
 
 
 def test_backward_saves_only_the_input():
@@ -288,29 +305,66 @@ def test_chosen_backend_is_observable_and_explicit_requests_are_checked():
 
 # --- bad input --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda: local_response_norm(np.ones((2, 3, 4, 4)), 3), TypeError, "must be a torch.Tensor"),
-    (lambda: local_response_norm(torch.ones(2, 3, dtype=torch.int64).view(2, 3, 1), 3),
-     TypeError, "floating point"),
-    (lambda: local_response_norm(torch.ones(4, 3), 3), ValueError, "rank >= 3"),
-    (lambda: local_response_norm(torch.ones(2, 3, 4), 3, region="within",
-                                 convention="caffe"), ValueError, "4-D input"),
-    (lambda: local_response_norm(torch.ones(2, 3, 4, 4), 3, channel_dim=4), ValueError,
-     r"channel_dim must be in \[-4, 3\]"),
-    (lambda: local_response_norm(torch.ones(2, 3, 4, 4), 3, channel_dim=0), ValueError,
-     "batch dim"),
-    (lambda: local_response_norm(torch.ones(2, 3, 4, 4), 0), ValueError, "size must be >= 1"),
-    (lambda: local_response_norm(torch.ones(2, 3, 4, 4), 4, convention="caffe"), ValueError,
-     "size must be odd"),
-    (lambda: local_response_norm(torch.ones(2, 3, 4, 4), 3, beta=float("nan")), ValueError,
-     "beta must be finite"),
-    (lambda: local_response_norm(torch.ones(2, 3, 4, 4), 3, region="within"), ValueError,
-     "no within-channel LRN"),
-    (lambda: normkit.LocalResponseNorm.from_tensorflow(-1), ValueError,
-     "depth_radius must be >= 0"),
-    (lambda: normkit.LocalResponseNorm.from_caffe(norm_region="SPATIAL"), ValueError,
-     "norm_region"),
-])
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (
+            lambda: local_response_norm(np.ones((2, 3, 4, 4)), 3),
+            TypeError,
+            "must be a torch.Tensor",
+        ),
+        (
+            lambda: local_response_norm(torch.ones(2, 3, dtype=torch.int64).view(2, 3, 1), 3),
+            TypeError,
+            "floating point",
+        ),
+        (lambda: local_response_norm(torch.ones(4, 3), 3), ValueError, "rank >= 3"),
+        (
+            lambda: local_response_norm(
+                torch.ones(2, 3, 4), 3, region="within", convention="caffe"
+            ),
+            ValueError,
+            "4-D input",
+        ),
+        (
+            lambda: local_response_norm(torch.ones(2, 3, 4, 4), 3, channel_dim=4),
+            ValueError,
+            r"channel_dim must be in \[-4, 3\]",
+        ),
+        (
+            lambda: local_response_norm(torch.ones(2, 3, 4, 4), 3, channel_dim=0),
+            ValueError,
+            "batch dim",
+        ),
+        (lambda: local_response_norm(torch.ones(2, 3, 4, 4), 0), ValueError, "size must be >= 1"),
+        (
+            lambda: local_response_norm(torch.ones(2, 3, 4, 4), 4, convention="caffe"),
+            ValueError,
+            "size must be odd",
+        ),
+        (
+            lambda: local_response_norm(torch.ones(2, 3, 4, 4), 3, beta=float("nan")),
+            ValueError,
+            "beta must be finite",
+        ),
+        (
+            lambda: local_response_norm(torch.ones(2, 3, 4, 4), 3, region="within"),
+            ValueError,
+            "no within-channel LRN",
+        ),
+        (
+            lambda: normkit.LocalResponseNorm.from_tensorflow(-1),
+            ValueError,
+            "depth_radius must be >= 0",
+        ),
+        (
+            lambda: normkit.LocalResponseNorm.from_caffe(norm_region="SPATIAL"),
+            ValueError,
+            "norm_region",
+        ),
+    ],
+)
 def test_bad_input_gives_clear_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
@@ -318,23 +372,38 @@ def test_bad_input_gives_clear_errors(call, exc, match):
 
 # --- module -----------------------------------------------------------------------------
 
+
 def test_module_constructors_defaults_and_way_back():
     caffe = normkit.LocalResponseNorm.from_caffe()
     assert (caffe.size, caffe.alpha, caffe.beta, caffe.k) == (5, 1.0, 0.75, 1.0)
-    assert caffe.to_caffe() == {"local_size": 5, "alpha": 1.0, "beta": 0.75, "k": 1.0,
-                                "norm_region": "ACROSS_CHANNELS"}
-    assert caffe.to_tensorflow() == {"depth_radius": 2, "bias": 1.0,
-                                     "alpha": pytest.approx(0.2), "beta": 0.75}
+    assert caffe.to_caffe() == {
+        "local_size": 5,
+        "alpha": 1.0,
+        "beta": 0.75,
+        "k": 1.0,
+        "norm_region": "ACROSS_CHANNELS",
+    }
+    assert caffe.to_tensorflow() == {
+        "depth_radius": 2,
+        "bias": 1.0,
+        "alpha": pytest.approx(0.2),
+        "beta": 0.75,
+    }
     tf_layer = normkit.LocalResponseNorm.from_tensorflow()
     assert tf_layer.channel_dim == -1 and tf_layer.spec.width == 11
-    assert tf_layer.to_onnx() == {"size": 11, "alpha": pytest.approx(11.0), "beta": 0.5,
-                                  "bias": 1.0}
+    assert tf_layer.to_onnx() == {
+        "size": 11,
+        "alpha": pytest.approx(11.0),
+        "beta": 0.5,
+        "bias": 1.0,
+    }
     within = normkit.LocalResponseNorm.from_caffe(3, 1.0, 0.75, 2.0, "WITHIN_CHANNEL")
     assert within.spec.k == 1.0
     with pytest.raises(ValueError, match="no within-channel LRN"):
         within.to_onnx()
-    cudnn = normkit.LocalResponseNorm.from_caffe(3, 1.0, 0.75, 2.0, "WITHIN_CHANNEL",
-                                                 engine="cudnn")
+    cudnn = normkit.LocalResponseNorm.from_caffe(
+        3, 1.0, 0.75, 2.0, "WITHIN_CHANNEL", engine="cudnn"
+    )
     assert cudnn.to_caffe()["engine"] == "CUDNN" and cudnn.to_caffe()["k"] == 2.0
     even = normkit.LocalResponseNorm(4)
     with pytest.raises(ValueError, match="look the other way"):
@@ -343,8 +412,9 @@ def test_module_constructors_defaults_and_way_back():
 
 def test_module_repr_pickle_state_dict():
     layer = normkit.LocalResponseNorm(4, 2e-4, 0.5, 2.0, convention="onnx", channel_dim=-1)
-    assert repr(layer) == ("LocalResponseNorm(4, alpha=0.0002, beta=0.5, k=2.0, "
-                           "convention='onnx', channel_dim=-1)")
+    assert repr(layer) == (
+        "LocalResponseNorm(4, alpha=0.0002, beta=0.5, k=2.0, convention='onnx', channel_dim=-1)"
+    )
     assert repr(normkit.LocalResponseNorm(5)) == repr(torch.nn.LocalResponseNorm(5))
     clone = pickle.loads(pickle.dumps(layer))
     x = randn(2, 3, 3, 7, seed=22)

@@ -22,9 +22,14 @@ from model_zoo import ZOO, randomize
 from tolerance import assert_matches_reference
 
 # the backends that can run every norm op on CPU tensors here
-BACKENDS = [b for b in ("torch", "cpu")
-            if all(b in dispatch.table[op] for op in ("layer_norm_fwd", "rms_norm_fwd",
-                                                      "group_norm_fwd", "batch_norm_stats"))]
+BACKENDS = [
+    b
+    for b in ("torch", "cpu")
+    if all(
+        b in dispatch.table[op]
+        for op in ("layer_norm_fwd", "rms_norm_fwd", "group_norm_fwd", "batch_norm_stats")
+    )
+]
 
 # which normkit classes each model must end up with (every norm converted)
 EXPECTED = {
@@ -60,10 +65,17 @@ def _train(model, x, steps=3, lr=0.05):
         loss = (y * w.to(y.dtype)).sum() + 0.1 * y.square().sum()
         opt.zero_grad()
         loss.backward()
-        out.append({"loss": loss.detach(), "dx": xx.grad.clone(),
-                    **{f"grad:{n.removeprefix('_orig_mod.')}": p.grad.clone()
-                       for n, p in model.named_parameters()
-                       if p.grad is not None}})
+        out.append(
+            {
+                "loss": loss.detach(),
+                "dx": xx.grad.clone(),
+                **{
+                    f"grad:{n.removeprefix('_orig_mod.')}": p.grad.clone()
+                    for n, p in model.named_parameters()
+                    if p.grad is not None
+                },
+            }
+        )
         opt.step()
     return out
 
@@ -91,8 +103,11 @@ def test_converted_model_trains_like_the_original(name, backend):
     assert kinds == EXPECTED[name], report
     assert report.left == []
     # no norm-like module of the original survives unconverted
-    assert not [m for m in ours.modules() if "Norm" in type(m).__name__
-                and not type(m).__module__.startswith("normkit")]
+    assert not [
+        m
+        for m in ours.modules()
+        if "Norm" in type(m).__name__ and not type(m).__module__.startswith("normkit")
+    ]
     x = randn(*shape, seed=7)
     ref = _train(ref_model, x)
     theirs = _train(torch32, x.float())
@@ -100,13 +115,19 @@ def test_converted_model_trains_like_the_original(name, backend):
     for step, (r, t, o) in enumerate(zip(ref, theirs, mine, strict=True)):
         assert r.keys() == o.keys(), step
         for key in r:
-            assert_matches_reference(o[key], r[key], torch.float32, t[key],
-                                     what=f"{name}/{backend} step {step} {key}")
+            assert_matches_reference(
+                o[key], r[key], torch.float32, t[key], what=f"{name}/{backend} step {step} {key}"
+            )
     ref_buf, t_buf, o_buf = _buffers(ref_model), _buffers(torch32), _buffers(ours)
     assert ref_buf.keys() == o_buf.keys()
     for key in ref_buf:
-        assert_matches_reference(o_buf[key], ref_buf[key], torch.float32, t_buf[key],
-                                 what=f"{name}/{backend} buffer {key}")
+        assert_matches_reference(
+            o_buf[key],
+            ref_buf[key],
+            torch.float32,
+            t_buf[key],
+            what=f"{name}/{backend} buffer {key}",
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

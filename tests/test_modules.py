@@ -110,12 +110,16 @@ def test_outputs_are_not_views_and_in_place_ops_train(info):
     for i, y in enumerate(outs):
         if i not in info.torch_views:
             assert not y._is_view(), f"{info.id}: output {i} is an autograd view"
-    loss_inplace = sum((y.add_(0.5).relu_() ** 2).sum() if i in chosen else (y ** 2).sum()
-                       for i, y in enumerate(outs))
+    loss_inplace = sum(
+        (y.add_(0.5).relu_() ** 2).sum() if i in chosen else (y**2).sum()
+        for i, y in enumerate(outs)
+    )
     loss_inplace.backward()
     ref_outs = _flat(twin(x2, *inputs[1:]))
-    loss_ref = sum(((y + 0.5).relu() ** 2).sum() if i in chosen else (y ** 2).sum()
-                   for i, y in enumerate(ref_outs))
+    loss_ref = sum(
+        ((y + 0.5).relu() ** 2).sum() if i in chosen else (y**2).sum()
+        for i, y in enumerate(ref_outs)
+    )
     loss_ref.backward()
     assert max_err(x1.grad, x2.grad) <= 1e-12 * max(1.0, float(x2.grad.abs().max()))
     for (n, p), (_, q) in zip(module.named_parameters(), twin.named_parameters()):

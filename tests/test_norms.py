@@ -19,9 +19,17 @@ from torch import nn
 import normkit
 from normkit import dispatch
 from normkit import functional as NF
-from normkit.reference import (batch_norm_backward, batch_norm_forward, group_norm_backward,
-                               group_norm_forward, layer_norm_backward, layer_norm_forward,
-                               rms_norm_backward, rms_norm_forward, running_stats_update)
+from normkit.reference import (
+    batch_norm_backward,
+    batch_norm_forward,
+    group_norm_backward,
+    group_norm_forward,
+    layer_norm_backward,
+    layer_norm_forward,
+    rms_norm_backward,
+    rms_norm_forward,
+    running_stats_update,
+)
 
 from hostile import layouts, randn
 from tolerance import ATOL, assert_matches_reference, max_err
@@ -38,10 +46,16 @@ CASES = [
     ("syncbn-no-group", lambda m: m.SyncBatchNorm(3), (4, 3, 2, 2)),
     ("in1d", lambda m: m.InstanceNorm1d(3), (2, 3, 6)),
     ("in1d-unbatched", lambda m: m.InstanceNorm1d(3, affine=True), (3, 6)),
-    ("in2d-affine-tracked", lambda m: m.InstanceNorm2d(3, affine=True,
-                                                       track_running_stats=True), (2, 3, 4, 4)),
-    ("in2d-tracked-momentum-none", lambda m: m.InstanceNorm2d(
-        3, momentum=None, track_running_stats=True), (2, 3, 3, 3)),
+    (
+        "in2d-affine-tracked",
+        lambda m: m.InstanceNorm2d(3, affine=True, track_running_stats=True),
+        (2, 3, 4, 4),
+    ),
+    (
+        "in2d-tracked-momentum-none",
+        lambda m: m.InstanceNorm2d(3, momentum=None, track_running_stats=True),
+        (2, 3, 3, 3),
+    ),
     ("in3d", lambda m: m.InstanceNorm3d(2, affine=True), (2, 2, 2, 3, 3)),
     ("ln-int", lambda m: m.LayerNorm(7), (3, 4, 7)),
     ("ln-shape", lambda m: m.LayerNorm([3, 4, 5], eps=1e-3), (2, 3, 4, 5)),
@@ -99,8 +113,7 @@ def test_training_steps_and_eval_match_torch(case):
         assert g_o.keys() == g_t.keys()
         for name in g_t:
             assert max_err(g_o[name], g_t[name]) < 1e-11, name
-        for (name, b_t), (_, b_o) in zip(theirs.state_dict().items(),
-                                         ours.state_dict().items()):
+        for (name, b_t), (_, b_o) in zip(theirs.state_dict().items(), ours.state_dict().items()):
             assert b_o.dtype == b_t.dtype, name
             assert max_err(b_o, b_t) < 1e-13, (name, step)
     theirs.eval()
@@ -181,20 +194,24 @@ def test_gradcheck_float64(case, training):
 
     def f(x, *ps):
         # route the gradient to the parameters by substituting them for this call
-        return torch.func.functional_call(ours, dict(zip([n for n, _ in
-                                                          ours.named_parameters()], ps)), (x,))
+        return torch.func.functional_call(
+            ours, dict(zip([n for n, _ in ours.named_parameters()], ps)), (x,)
+        )
 
     inputs = (x,) + tuple(p.detach().clone().requires_grad_(True) for p in params)
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("make,shape", [
-    (lambda m: m.BatchNorm2d(5), (3, 5, 4, 6)),
-    (lambda m: m.GroupNorm(5, 5), (3, 5, 4, 6)),
-    (lambda m: m.InstanceNorm2d(5, affine=True), (3, 5, 4, 6)),
-    (lambda m: m.LayerNorm(6), (3, 5, 4, 6)),
-    (lambda m: m.RMSNorm([4, 6]), (3, 5, 4, 6)),
-])
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda m: m.BatchNorm2d(5), (3, 5, 4, 6)),
+        (lambda m: m.GroupNorm(5, 5), (3, 5, 4, 6)),
+        (lambda m: m.InstanceNorm2d(5, affine=True), (3, 5, 4, 6)),
+        (lambda m: m.LayerNorm(6), (3, 5, 4, 6)),
+        (lambda m: m.RMSNorm([4, 6]), (3, 5, 4, 6)),
+    ],
+)
 def test_layouts_give_identical_results(make, shape):
     theirs, ours = _pair(make, torch.float32)
     base = randn(*shape, seed=6, dtype=torch.float32)
@@ -239,19 +256,31 @@ def test_functional_matches_reference(label, kw, dtype):
         return [y, xx.grad] + [p.grad for p in ps]
 
     checks = [
-        (run(lambda v, w_, b_: NF.batch_norm(v, None, None, w_, b_, True), w, b),
-         [batch_norm_forward(xr, wn, bn)[0], *batch_norm_backward(xr, dyn, wn, bn)],
-         lambda: run(lambda v, w_, b_: torch.nn.functional.batch_norm(v, None, None, w_, b_,
-                                                                      True), w, b)),
-        (run(lambda v, w_, b_: NF.group_norm(v, 3, w_, b_), w, b),
-         [group_norm_forward(xr, 3, wn, bn)[0], *group_norm_backward(xr, dyn, 3, wn, bn)],
-         lambda: run(lambda v, w_, b_: torch.nn.functional.group_norm(v, 3, w_, b_), w, b)),
-        (run(lambda v: NF.layer_norm(v, [5, 7])),
-         [layer_norm_forward(xr, (5, 7))[0], layer_norm_backward(xr, dyn, (5, 7))[0]],
-         lambda: run(lambda v: torch.nn.functional.layer_norm(v, [5, 7]))),
-        (run(lambda v: NF.rms_norm(v, [7], eps=1e-6)),
-         [rms_norm_forward(xr, (7,), eps=1e-6)[0], rms_norm_backward(xr, dyn, (7,), eps=1e-6)[0]],
-         lambda: run(lambda v: torch.nn.functional.rms_norm(v, [7], eps=1e-6))),
+        (
+            run(lambda v, w_, b_: NF.batch_norm(v, None, None, w_, b_, True), w, b),
+            [batch_norm_forward(xr, wn, bn)[0], *batch_norm_backward(xr, dyn, wn, bn)],
+            lambda: run(
+                lambda v, w_, b_: torch.nn.functional.batch_norm(v, None, None, w_, b_, True), w, b
+            ),
+        ),
+        (
+            run(lambda v, w_, b_: NF.group_norm(v, 3, w_, b_), w, b),
+            [group_norm_forward(xr, 3, wn, bn)[0], *group_norm_backward(xr, dyn, 3, wn, bn)],
+            lambda: run(lambda v, w_, b_: torch.nn.functional.group_norm(v, 3, w_, b_), w, b),
+        ),
+        (
+            run(lambda v: NF.layer_norm(v, [5, 7])),
+            [layer_norm_forward(xr, (5, 7))[0], layer_norm_backward(xr, dyn, (5, 7))[0]],
+            lambda: run(lambda v: torch.nn.functional.layer_norm(v, [5, 7])),
+        ),
+        (
+            run(lambda v: NF.rms_norm(v, [7], eps=1e-6)),
+            [
+                rms_norm_forward(xr, (7,), eps=1e-6)[0],
+                rms_norm_backward(xr, dyn, (7,), eps=1e-6)[0],
+            ],
+            lambda: run(lambda v: torch.nn.functional.rms_norm(v, [7], eps=1e-6)),
+        ),
     ]
     for k, (ours, refs, peer) in enumerate(checks):
         theirs = peer()
@@ -261,8 +290,11 @@ def test_functional_matches_reference(label, kw, dtype):
                 # that is 4.9e-4, i.e. 4.9e-4 * rstd * |w| in y. torch's CPU batch norm
                 # keeps its statistics in double and beats this; our contract saves float32.
                 _, _, var = batch_norm_forward(xr)
-                slack = 0.5 * float(np.spacing(np.float32(abs(kw["mean"])))) * float(
-                    np.max(np.abs(wn) / np.sqrt(var + 1e-5)))
+                slack = (
+                    0.5
+                    * float(np.spacing(np.float32(abs(kw["mean"]))))
+                    * float(np.max(np.abs(wn) / np.sqrt(var + 1e-5)))
+                )
                 assert max_err(o, r) <= 2 * max_err(t, r) + slack, f"{label} {what}"
                 continue
             assert_matches_reference(o, r, dtype, torch_same_dtype=t, what=f"{label} {what}")
@@ -295,18 +327,31 @@ def test_low_precision_within_policy(dtype, which):
     w = randn(6, seed=62).to(dtype)
     xr, dyr, wr = x.double().numpy(), dy.double().numpy(), w.double().numpy()
     fns = {
-        "batch": (lambda m, v, w_: m.batch_norm(v, None, None, w_, None, True),
-                  batch_norm_forward(xr, wr)[0], batch_norm_backward(xr, dyr, wr)),
-        "group": (lambda m, v, w_: m.group_norm(v, 2, w_),
-                  group_norm_forward(xr, 2, wr)[0], group_norm_backward(xr, dyr, 2, wr)),
-        "instance": (lambda m, v, w_: m.instance_norm(v, weight=w_),
-                     group_norm_forward(xr, 6, wr)[0], group_norm_backward(xr, dyr, 6, wr)),
-        "layer": (lambda m, v, w_: m.layer_norm(v, [5], w_[:5]),
-                  layer_norm_forward(xr, (5,), wr[:5])[0],
-                  layer_norm_backward(xr, dyr, (5,), wr[:5])),
-        "rms": (lambda m, v, w_: m.rms_norm(v, [5], w_[:5], 1e-5),
-                rms_norm_forward(xr, (5,), wr[:5], 1e-5)[0],
-                rms_norm_backward(xr, dyr, (5,), wr[:5], 1e-5)),
+        "batch": (
+            lambda m, v, w_: m.batch_norm(v, None, None, w_, None, True),
+            batch_norm_forward(xr, wr)[0],
+            batch_norm_backward(xr, dyr, wr),
+        ),
+        "group": (
+            lambda m, v, w_: m.group_norm(v, 2, w_),
+            group_norm_forward(xr, 2, wr)[0],
+            group_norm_backward(xr, dyr, 2, wr),
+        ),
+        "instance": (
+            lambda m, v, w_: m.instance_norm(v, weight=w_),
+            group_norm_forward(xr, 6, wr)[0],
+            group_norm_backward(xr, dyr, 6, wr),
+        ),
+        "layer": (
+            lambda m, v, w_: m.layer_norm(v, [5], w_[:5]),
+            layer_norm_forward(xr, (5,), wr[:5])[0],
+            layer_norm_backward(xr, dyr, (5,), wr[:5]),
+        ),
+        "rms": (
+            lambda m, v, w_: m.rms_norm(v, [5], w_[:5], 1e-5),
+            rms_norm_forward(xr, (5,), wr[:5], 1e-5)[0],
+            rms_norm_backward(xr, dyr, (5,), wr[:5], 1e-5),
+        ),
     }
     fn, ref_y, ref_grads = fns[which]
 
@@ -344,6 +389,7 @@ def test_running_stats_follow_reference_rule_including_momentum_none():
 
 # --- identities ----------------------------------------------------------------------
 
+
 def test_group_norm_one_group_is_layer_norm_over_c_star():
     x = randn(3, 6, 4, 5, seed=80)
     gn = normkit.GroupNorm(1, 6, affine=False).double()
@@ -369,8 +415,10 @@ def test_rms_norm_is_layer_norm_without_centring():
     by_hand = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-5) * w
     assert max_err(NF.rms_norm(x, [9], w, 1e-5), by_hand) < 1e-13
     centred = x - x.mean(-1, keepdim=True)
-    assert max_err(NF.rms_norm(centred, [9], w, 1e-5), NF.layer_norm(centred, [9], w, None,
-                                                                       1e-5)) < 1e-13
+    assert (
+        max_err(NF.rms_norm(centred, [9], w, 1e-5), NF.layer_norm(centred, [9], w, None, 1e-5))
+        < 1e-13
+    )
 
 
 def test_batch_norm_with_gamma_sqrt_var_and_beta_mean_returns_its_input():
@@ -392,14 +440,18 @@ def test_channel_rms_norm_normalizes_channels_per_position():
 
 # --- empty batches, eps default, backends ----------------------------------------------
 
-@pytest.mark.parametrize("make,shape", [
-    (lambda m: m.BatchNorm2d(3), (0, 3, 4, 4)),
-    (lambda m: m.BatchNorm1d(3), (0, 3)),
-    (lambda m: m.GroupNorm(2, 4), (0, 4, 3)),
-    (lambda m: m.InstanceNorm2d(3), (0, 3, 4, 4)),  # torch rejects affine or tracked here
-    (lambda m: m.LayerNorm(4), (0, 4)),
-    (lambda m: m.RMSNorm(4), (0, 4)),
-])
+
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda m: m.BatchNorm2d(3), (0, 3, 4, 4)),
+        (lambda m: m.BatchNorm1d(3), (0, 3)),
+        (lambda m: m.GroupNorm(2, 4), (0, 4, 3)),
+        (lambda m: m.InstanceNorm2d(3), (0, 3, 4, 4)),  # torch rejects affine or tracked here
+        (lambda m: m.LayerNorm(4), (0, 4)),
+        (lambda m: m.RMSNorm(4), (0, 4)),
+    ],
+)
 def test_empty_batches_like_torch(make, shape):
     theirs, ours = _pair(make, torch.float32)
     x = torch.zeros(shape)
@@ -417,7 +469,8 @@ def test_empty_batches_like_torch(make, shape):
 def test_rms_norm_default_eps_is_compute_dtype_eps_like_torch(dtype):
     x = torch.full((2, 4), 1e-4, dtype=dtype)  # eps dominates: the default decides the output
     assert max_err(NF.rms_norm(x, [4]), torch.nn.functional.rms_norm(x, [4])) <= (
-        0 if dtype == torch.float64 else 2 * ATOL[dtype])
+        0 if dtype == torch.float64 else 2 * ATOL[dtype]
+    )
 
 
 def test_backend_attribute_and_explicit_backend():
@@ -431,6 +484,7 @@ def test_backend_attribute_and_explicit_backend():
 
 # --- bad input -------------------------------------------------------------------------
 
+
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=r"BatchNorm2d: expected 3 channels .*\(2, 4, 3, 3\)"):
         normkit.BatchNorm2d(3)(torch.zeros(2, 4, 3, 3))
@@ -440,9 +494,11 @@ def test_bad_inputs_raise_clear_errors():
         normkit.BatchNorm2d(3)(torch.zeros(2, 3, 3))
     with pytest.raises(ValueError, match="expected 2D or 3D input"):
         normkit.BatchNorm1d(3)(torch.zeros(2, 3, 3, 3))
-    with pytest.raises(ValueError,
-                       match=r"GroupNorm: num_channels \(6\) must be divisible by "
-                             r"num_groups \(4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"GroupNorm: num_channels \(6\) must be divisible by "
+        r"num_groups \(4\)",
+    ):
         normkit.GroupNorm(4, 6)
     with pytest.raises(ValueError, match=r"num_channels \(6\) must be divisible"):
         NF.group_norm(torch.zeros(2, 6, 3), 4)
@@ -495,8 +551,13 @@ def test_normkit_check_norm_cases_all_pass():
 
 # --- every registered backend of the norm ops (cpu/triton register theirs at import) ----
 
-_CPU_BACKENDS = sorted({b for op in ("layer_norm_fwd", "rms_norm_fwd", "group_norm_fwd",
-                                     "batch_norm_stats") for b in dispatch.table[op]})
+_CPU_BACKENDS = sorted(
+    {
+        b
+        for op in ("layer_norm_fwd", "rms_norm_fwd", "group_norm_fwd", "batch_norm_stats")
+        for b in dispatch.table[op]
+    }
+)
 
 
 @pytest.mark.parametrize("backend", _CPU_BACKENDS)
@@ -507,16 +568,30 @@ def test_each_registered_backend_matches_reference(backend, dtype):
     w = randn(6, seed=94).to(dtype)
     xr, dyr, wr = x.double().numpy(), dy.double().numpy(), w.double().numpy()
     cases = [
-        ("batch_norm_stats", lambda v, w_: NF.batch_norm(v, None, None, w_, None, True,
-                                                         backend=backend),
-         batch_norm_forward(xr, wr)[0], batch_norm_backward(xr, dyr, wr)),
-        ("group_norm_fwd", lambda v, w_: NF.group_norm(v, 3, w_, backend=backend),
-         group_norm_forward(xr, 3, wr)[0], group_norm_backward(xr, dyr, 3, wr)),
-        ("layer_norm_fwd", lambda v, w_: NF.layer_norm(v, [5], w_[:5], backend=backend),
-         layer_norm_forward(xr, (5,), wr[:5])[0], layer_norm_backward(xr, dyr, (5,), wr[:5])),
-        ("rms_norm_fwd", lambda v, w_: NF.rms_norm(v, [5], w_[:5], 1e-5, backend=backend),
-         rms_norm_forward(xr, (5,), wr[:5], 1e-5)[0],
-         rms_norm_backward(xr, dyr, (5,), wr[:5], 1e-5)),
+        (
+            "batch_norm_stats",
+            lambda v, w_: NF.batch_norm(v, None, None, w_, None, True, backend=backend),
+            batch_norm_forward(xr, wr)[0],
+            batch_norm_backward(xr, dyr, wr),
+        ),
+        (
+            "group_norm_fwd",
+            lambda v, w_: NF.group_norm(v, 3, w_, backend=backend),
+            group_norm_forward(xr, 3, wr)[0],
+            group_norm_backward(xr, dyr, 3, wr),
+        ),
+        (
+            "layer_norm_fwd",
+            lambda v, w_: NF.layer_norm(v, [5], w_[:5], backend=backend),
+            layer_norm_forward(xr, (5,), wr[:5])[0],
+            layer_norm_backward(xr, dyr, (5,), wr[:5]),
+        ),
+        (
+            "rms_norm_fwd",
+            lambda v, w_: NF.rms_norm(v, [5], w_[:5], 1e-5, backend=backend),
+            rms_norm_forward(xr, (5,), wr[:5], 1e-5)[0],
+            rms_norm_backward(xr, dyr, (5,), wr[:5], 1e-5),
+        ),
     ]
     ran = 0
     for op, fn, ref_y, ref_grads in cases:
@@ -539,10 +614,17 @@ def test_each_registered_backend_matches_reference(backend, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("make", [
-    lambda m: m.BatchNorm2d(3), lambda m: m.GroupNorm(3, 3), lambda m: m.LayerNorm(4),
-    lambda m: m.RMSNorm(4), lambda m: m.InstanceNorm2d(3, affine=True, track_running_stats=True),
-], ids=["bn", "gn", "ln", "rms", "in"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: m.BatchNorm2d(3),
+        lambda m: m.GroupNorm(3, 3),
+        lambda m: m.LayerNorm(4),
+        lambda m: m.RMSNorm(4),
+        lambda m: m.InstanceNorm2d(3, affine=True, track_running_stats=True),
+    ],
+    ids=["bn", "gn", "ln", "rms", "in"],
+)
 def test_low_precision_modules_train_step_within_policy(dtype, make):
     # oracle: torch's layer in float64 on the same rounded input; peer: torch in `dtype`
     x = randn(4, 3, 4, 4, seed=110, mean=1.0, std=2.0).to(dtype)
@@ -556,18 +638,22 @@ def test_low_precision_modules_train_step_within_policy(dtype, make):
     assert y.dtype == dtype and dx.dtype == dtype
     assert_matches_reference(y, y_ref, dtype, y_peer, "y")
     assert_matches_reference(dx, dx_ref, dtype, dx_peer, "dx")
-    for (name, b_ref), (_, b_peer), (_, b) in zip(ref.named_buffers(), peer.named_buffers(),
-                                                 ours.named_buffers()):
+    for (name, b_ref), (_, b_peer), (_, b) in zip(
+        ref.named_buffers(), peer.named_buffers(), ours.named_buffers()
+    ):
         if b.dtype.is_floating_point:
             assert_matches_reference(b, b_ref, dtype, b_peer, name)
 
 
-@pytest.mark.parametrize("make,shape", [
-    (lambda m: m.BatchNorm1d(4), (5, 4, 1500)),
-    (lambda m: m.LayerNorm(1023), (3, 1023)),
-    (lambda m: m.GroupNorm(2, 4), (2, 4, 1023)),
-    (lambda m: m.RMSNorm(1500), (2, 1500)),
-])
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda m: m.BatchNorm1d(4), (5, 4, 1500)),
+        (lambda m: m.LayerNorm(1023), (3, 1023)),
+        (lambda m: m.GroupNorm(2, 4), (2, 4, 1023)),
+        (lambda m: m.RMSNorm(1500), (2, 1500)),
+    ],
+)
 def test_zero_variance_rows_and_odd_widths_match_torch(make, shape):
     theirs, ours = _pair(make, torch.float32, seed=3)
     x = randn(*shape, seed=120, dtype=torch.float32)
@@ -589,32 +675,48 @@ from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 4), groups=st.integers(1, 4), per_group=st.integers(1, 3),
-       length=st.integers(2, 9), seed=st.integers(0, 10_000),
-       mean=st.sampled_from([0.0, 1e3, -1e4]))
+@given(
+    n=st.integers(1, 4),
+    groups=st.integers(1, 4),
+    per_group=st.integers(1, 3),
+    length=st.integers(2, 9),
+    seed=st.integers(0, 10_000),
+    mean=st.sampled_from([0.0, 1e3, -1e4]),
+)
 def test_random_shapes_match_reference(n, groups, per_group, length, seed, mean):
     c = groups * per_group
     x = randn(n, c, length, seed=seed, mean=mean)
     dy = randn(n, c, length, seed=seed + 1)
     w, b = randn(c, seed=seed + 2), randn(c, seed=seed + 3)
     xn, dyn, wn, bn_ = x.numpy(), dy.numpy(), w.numpy(), b.numpy()
-    cases = [(lambda v, w_, b_: NF.group_norm(v, groups, w_, b_),
-              group_norm_forward(xn, groups, wn, bn_)[0],
-              group_norm_backward(xn, dyn, groups, wn, bn_))]
+    cases = [
+        (
+            lambda v, w_, b_: NF.group_norm(v, groups, w_, b_),
+            group_norm_forward(xn, groups, wn, bn_)[0],
+            group_norm_backward(xn, dyn, groups, wn, bn_),
+        )
+    ]
     if n * length > 1:
-        cases.append((lambda v, w_, b_: NF.batch_norm(v, None, None, w_, b_, True),
-                      batch_norm_forward(xn, wn, bn_)[0], batch_norm_backward(xn, dyn, wn, bn_)))
+        cases.append(
+            (
+                lambda v, w_, b_: NF.batch_norm(v, None, None, w_, b_, True),
+                batch_norm_forward(xn, wn, bn_)[0],
+                batch_norm_backward(xn, dyn, wn, bn_),
+            )
+        )
     for fn, ref_y, ref_grads in cases:
         v, w_, b_ = (t.clone().requires_grad_(True) for t in (x, w, b))
         y = fn(v, w_, b_)
         (y * dy).sum().backward()
-        for what, ours, ref in zip(("y", "dx", "dw", "db"), (y, v.grad, w_.grad, b_.grad),
-                                   (ref_y,) + tuple(ref_grads)):
+        for what, ours, ref in zip(
+            ("y", "dx", "dw", "db"), (y, v.grad, w_.grad, b_.grad), (ref_y,) + tuple(ref_grads)
+        ):
             # float64 with |mean|/std up to 1e4: allow 1e4 x the float64 floor
             assert max_err(ours, ref) <= 1e-8 * max(1.0, float(np.abs(ref).max())), what
 
 
 # --- the op contract of docs/ops.md, for every registered backend -------------------------
+
 
 def _contract_calls(x, w, b):
     """(op, args, expected output shapes/dtypes) for the norm ops on (N, C=6, L) data."""
@@ -622,8 +724,11 @@ def _contract_calls(x, w, b):
     rows = x.reshape(-1, length)
     sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     return [
-        ("layer_norm_fwd", (rows, None, None, 1e-5), [(rows.shape, x.dtype), ((n * c,), sdt),
-                                                       ((n * c,), sdt)]),
+        (
+            "layer_norm_fwd",
+            (rows, None, None, 1e-5),
+            [(rows.shape, x.dtype), ((n * c,), sdt), ((n * c,), sdt)],
+        ),
         ("rms_norm_fwd", (rows, None, 1e-5), [(rows.shape, x.dtype), ((n * c,), sdt)]),
         ("group_norm_fwd", (x, w, b, 3, 1e-5), [(x.shape, x.dtype), ((n, 3), sdt), ((n, 3), sdt)]),
         ("batch_norm_stats", (x,), [((c,), sdt), ((c,), sdt)]),
@@ -665,7 +770,8 @@ def test_op_contract_shapes_dtypes_and_values(backend, dtype):
     if entry is not None and entry.why_not(x) is None:
         sum_dy, sum_dy_xhat = entry.fn(dy, x, stats[0], rstd_c)
         ref_dy, ref_dy_xhat = dispatch.table["batch_norm_bwd_reduce"]["torch"].fn(
-            dy, x, stats[0], rstd_c)
+            dy, x, stats[0], rstd_c
+        )
         assert sum_dy.shape == (6,) and sum_dy.dtype == stats[0].dtype
         assert max_err(sum_dy, ref_dy) <= 1e-3 and max_err(sum_dy_xhat, ref_dy_xhat) <= 1e-3
         ran += 1
@@ -681,6 +787,7 @@ def test_op_contract_shapes_dtypes_and_values(backend, dtype):
 # of a tensor made inside it (a reshape of the kernel's (M, D) result) cannot be
 # modified in place, so every normkit output must be an ordinary tensor. The expected
 # gradients come from the same in-place step on torch's layers.
+
 
 def _within_lrn_peer(x, size=3, alpha=1e-2, beta=0.75):
     # Caffe WITHIN_CHANNEL written with torch ops: scale = 1 + alpha/size^2 * box sum of x^2
@@ -711,36 +818,78 @@ class _Fn(nn.Module):
 
 # (id, normkit layer, torch peer, input shape, train mode)
 _INPLACE_LAYERS = [
-    ("lrn-across", lambda: normkit.LocalResponseNorm(3, 1e-2),
-     lambda: nn.LocalResponseNorm(3, 1e-2), (2, 6, 4, 5), True),
-    ("lrn-within", lambda: normkit.LocalResponseNorm(3, 1e-2, region="within",
-                                                     convention="caffe"),
-     lambda: _Fn(_within_lrn_peer), (2, 3, 5, 4), True),
-    ("lrn-nhwc", lambda: normkit.LocalResponseNorm(3, 1e-2, channel_dim=-1),
-     lambda: _Moved(nn.LocalResponseNorm(3, 1e-2), -1), (2, 4, 5, 6), True),
+    (
+        "lrn-across",
+        lambda: normkit.LocalResponseNorm(3, 1e-2),
+        lambda: nn.LocalResponseNorm(3, 1e-2),
+        (2, 6, 4, 5),
+        True,
+    ),
+    (
+        "lrn-within",
+        lambda: normkit.LocalResponseNorm(3, 1e-2, region="within", convention="caffe"),
+        lambda: _Fn(_within_lrn_peer),
+        (2, 3, 5, 4),
+        True,
+    ),
+    (
+        "lrn-nhwc",
+        lambda: normkit.LocalResponseNorm(3, 1e-2, channel_dim=-1),
+        lambda: _Moved(nn.LocalResponseNorm(3, 1e-2), -1),
+        (2, 4, 5, 6),
+        True,
+    ),
     ("bn1d", lambda: normkit.BatchNorm1d(4), lambda: nn.BatchNorm1d(4), (6, 4), True),
     ("bn1d-3d", lambda: normkit.BatchNorm1d(4), lambda: nn.BatchNorm1d(4), (3, 4, 5), True),
     ("bn2d", lambda: normkit.BatchNorm2d(4), lambda: nn.BatchNorm2d(4), (3, 4, 5, 3), True),
-    ("bn2d-eval", lambda: normkit.BatchNorm2d(4), lambda: nn.BatchNorm2d(4), (3, 4, 5, 3),
-     False),
+    ("bn2d-eval", lambda: normkit.BatchNorm2d(4), lambda: nn.BatchNorm2d(4), (3, 4, 5, 3), False),
     ("bn3d", lambda: normkit.BatchNorm3d(3), lambda: nn.BatchNorm3d(3), (2, 3, 2, 3, 4), True),
-    ("bn3d-eval", lambda: normkit.BatchNorm3d(3), lambda: nn.BatchNorm3d(3), (2, 3, 2, 3, 4),
-     False),
+    (
+        "bn3d-eval",
+        lambda: normkit.BatchNorm3d(3),
+        lambda: nn.BatchNorm3d(3),
+        (2, 3, 2, 3, 4),
+        False,
+    ),
     ("syncbn", lambda: normkit.SyncBatchNorm(4), lambda: nn.BatchNorm2d(4), (3, 4, 3, 3), True),
     ("ln", lambda: normkit.LayerNorm(6), lambda: nn.LayerNorm(6), (2, 5, 6), True),
-    ("ln-2d-shape", lambda: normkit.LayerNorm([5, 6]), lambda: nn.LayerNorm([5, 6]),
-     (2, 5, 6), True),
+    (
+        "ln-2d-shape",
+        lambda: normkit.LayerNorm([5, 6]),
+        lambda: nn.LayerNorm([5, 6]),
+        (2, 5, 6),
+        True,
+    ),
     ("gn", lambda: normkit.GroupNorm(2, 6), lambda: nn.GroupNorm(2, 6), (2, 6, 4, 3), True),
-    ("in1d", lambda: normkit.InstanceNorm1d(3, affine=True),
-     lambda: nn.InstanceNorm1d(3, affine=True), (2, 3, 7), True),
-    ("in2d", lambda: normkit.InstanceNorm2d(3, affine=True),
-     lambda: nn.InstanceNorm2d(3, affine=True), (2, 3, 4, 5), True),
-    ("in3d-tracked", lambda: normkit.InstanceNorm3d(3, affine=True, track_running_stats=True),
-     lambda: nn.InstanceNorm3d(3, affine=True, track_running_stats=True), (2, 3, 2, 3, 4),
-     True),
+    (
+        "in1d",
+        lambda: normkit.InstanceNorm1d(3, affine=True),
+        lambda: nn.InstanceNorm1d(3, affine=True),
+        (2, 3, 7),
+        True,
+    ),
+    (
+        "in2d",
+        lambda: normkit.InstanceNorm2d(3, affine=True),
+        lambda: nn.InstanceNorm2d(3, affine=True),
+        (2, 3, 4, 5),
+        True,
+    ),
+    (
+        "in3d-tracked",
+        lambda: normkit.InstanceNorm3d(3, affine=True, track_running_stats=True),
+        lambda: nn.InstanceNorm3d(3, affine=True, track_running_stats=True),
+        (2, 3, 2, 3, 4),
+        True,
+    ),
     ("rms", lambda: normkit.RMSNorm(6), lambda: nn.RMSNorm(6), (2, 5, 6), True),
-    ("channel-rms", lambda: normkit.ChannelRMSNorm(4),
-     lambda: _Moved(nn.RMSNorm(4), 1, -1), (2, 4, 3, 5), True),
+    (
+        "channel-rms",
+        lambda: normkit.ChannelRMSNorm(4),
+        lambda: _Moved(nn.RMSNorm(4), 1, -1),
+        (2, 4, 3, 5),
+        True,
+    ),
 ]
 
 _INPLACE_OPS = {
@@ -750,8 +899,9 @@ _INPLACE_OPS = {
     "hardswish_inplace": lambda y, r: nn.functional.hardswish(y, inplace=True),
 }
 
-_INPLACE_BACKENDS = ["torch"] + [b for b in ("cpu", "triton")
-                                 if b in dispatch.table["layer_norm_fwd"]]
+_INPLACE_BACKENDS = ["torch"] + [
+    b for b in ("cpu", "triton") if b in dispatch.table["layer_norm_fwd"]
+]
 
 
 def _same_params(ours, theirs, seed):
@@ -774,8 +924,12 @@ def _same_params(ours, theirs, seed):
 
 
 # the triton interpreter is slow: one in-place op per layer covers it there
-_INPLACE_COMBOS = [(op, b) for b in _INPLACE_BACKENDS for op in sorted(_INPLACE_OPS)
-                   if b != "triton" or op == "relu_"]
+_INPLACE_COMBOS = [
+    (op, b)
+    for b in _INPLACE_BACKENDS
+    for op in sorted(_INPLACE_OPS)
+    if b != "triton" or op == "relu_"
+]
 
 
 @pytest.mark.parametrize("op,backend", _INPLACE_COMBOS)
@@ -798,8 +952,14 @@ def test_inplace_ops_on_outputs_train_like_torch(case, op, backend):
             assert y._base is None and not y._is_view(), f"{label}: output is an autograd view"
         out = _INPLACE_OPS[op](y, r)
         (out * upstream).sum().backward()
-        results.append((out.detach(), xi.grad, [p.grad for p in layer.parameters()],
-                        [b.clone() for b in layer.buffers()]))
+        results.append(
+            (
+                out.detach(),
+                xi.grad,
+                [p.grad for p in layer.parameters()],
+                [b.clone() for b in layer.buffers()],
+            )
+        )
     (y1, gx1, gp1, b1), (y2, gx2, gp2, b2) = results
     assert_matches_reference(y1, y2, torch.float64, what=f"{label} output")
     assert_matches_reference(gx1, gx2, torch.float64, what=f"{label} input grad")
@@ -815,8 +975,7 @@ def test_functional_outputs_are_not_views(backend):
     c = torch.ones(4)
     outs = {
         "local_response_norm": NF.local_response_norm(x, 3, backend=backend),
-        "local_response_norm-nhwc": NF.local_response_norm(x, 3, channel_dim=-1,
-                                                           backend=backend),
+        "local_response_norm-nhwc": NF.local_response_norm(x, 3, channel_dim=-1, backend=backend),
         "batch_norm-train": NF.batch_norm(x, None, None, training=True, backend=backend),
         "batch_norm-eval": NF.batch_norm(x, c * 0, c, training=False, backend=backend),
         "sync_batch_norm": NF.sync_batch_norm(x, None, None, training=True, backend=backend),

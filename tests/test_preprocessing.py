@@ -42,15 +42,22 @@ def _data(name):
         X = rng.normal(size=(2000, 4)) * np.array([1.0, 1e-3, 5.0, 1e3])
         return X + np.array([1e9, -1e6, 1e4, 3.0])
     if name == "mixed_units":
-        return np.column_stack([rng.uniform(-10, 10, 500), rng.uniform(-100, 100, 500),
-                                rng.exponential(1e5, 500), rng.integers(0, 3, 500)])
+        return np.column_stack(
+            [
+                rng.uniform(-10, 10, 500),
+                rng.uniform(-100, 100, 500),
+                rng.exponential(1e5, 500),
+                rng.integers(0, 3, 500),
+            ]
+        )
     raise KeyError(name)
 
 
 DATASETS = ["wine", "breast_cancer", "digits", "huge_offsets", "mixed_units"]
-PAIRS = [(P.StandardScaler, skp.StandardScaler, ("mean_", "var_", "scale_")),
-         (P.MinMaxScaler, skp.MinMaxScaler,
-          ("data_min_", "data_max_", "data_range_", "scale_", "min_"))]
+PAIRS = [
+    (P.StandardScaler, skp.StandardScaler, ("mean_", "var_", "scale_")),
+    (P.MinMaxScaler, skp.MinMaxScaler, ("data_min_", "data_max_", "data_range_", "scale_", "min_")),
+]
 
 
 def _compare(ours, ref, attrs, X):
@@ -62,11 +69,13 @@ def _compare(ours, ref, attrs, X):
         warnings.simplefilter("ignore", P.OutOfRangeWarning)
         Y = ours.transform(X)
     assert_rel(Y, ref.transform(X), what="transform")
-    assert_rel(ours.inverse_transform(Y), ref.inverse_transform(ref.transform(X)),
-               what="inverse_transform")
+    assert_rel(
+        ours.inverse_transform(Y), ref.inverse_transform(ref.transform(X)), what="inverse_transform"
+    )
 
 
 # ---------------------------------------------------------------- exactness to sklearn
+
 
 @pytest.mark.parametrize("name", DATASETS)
 @pytest.mark.parametrize("ours_cls,ref_cls,attrs", PAIRS, ids=["standard", "minmax"])
@@ -92,8 +101,9 @@ def test_partial_fit_many_chunks_equals_sklearn(name, ours_cls, ref_cls, attrs):
     for a in attrs:
         if a == "var_":
             continue  # = scale_**2
-        slack = 0.0 if ours_cls is P.MinMaxScaler else 64 * np.finfo(float).eps * np.abs(
-            whole.mean_)
+        slack = (
+            0.0 if ours_cls is P.MinMaxScaler else 64 * np.finfo(float).eps * np.abs(whole.mean_)
+        )
         err = np.abs(getattr(ours, a) - getattr(whole, a))
         assert np.all(err <= RTOL * np.abs(getattr(whole, a)) + slack), a
 
@@ -132,7 +142,7 @@ def test_constant_features_get_scale_one_like_sklearn():
     assert s.scale_[[0, 1, 3]].tolist() == [1.0, 1.0, 1.0]
     m = P.MinMaxScaler(feature_range=(-2, 5)).fit(X)
     assert m.scale_[[0, 1, 3]].tolist() == [7.0, 7.0, 7.0]  # (b - a) / 1
-    assert np.all(m.transform(X)[:, [0, 1, 3]] == -2.0)   # constants map to a
+    assert np.all(m.transform(X)[:, [0, 1, 3]] == -2.0)  # constants map to a
 
 
 def _with_nans(seed=3):
@@ -183,16 +193,16 @@ def test_chunk_with_an_all_nan_column_keeps_that_columns_statistics():
 def test_all_nan_chunk_where_sklearn_gives_nan_normkit_keeps_statistics(order):
     # sklearn 1.9 turns var_ (nan chunk later) or mean_ (nan chunk first) into NaN for good;
     # the right answer is the statistics of the values that exist: column 0 is {1, 3, 7}
-    chunks = [np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[np.nan, 5.0]]),
-              np.array([[7.0, 5.0]])]
+    chunks = [np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[np.nan, 5.0]]), np.array([[7.0, 5.0]])]
     if order == "nan chunk first":
         chunks = chunks[1:2] + chunks[:1] + chunks[2:]
     s = P.StandardScaler()
     for c in chunks:
         s.partial_fit(c)
     assert math.isclose(s.mean_[0], 11 / 3, rel_tol=1e-15)
-    assert math.isclose(s.var_[0], ((1 - 11 / 3) ** 2 + (3 - 11 / 3) ** 2 + (7 - 11 / 3) ** 2) / 3,
-                        rel_tol=1e-14)
+    assert math.isclose(
+        s.var_[0], ((1 - 11 / 3) ** 2 + (3 - 11 / 3) ** 2 + (7 - 11 / 3) ** 2) / 3, rel_tol=1e-14
+    )
     assert s.n_samples_seen_.tolist() == [3, 4]
 
 
@@ -218,6 +228,7 @@ def test_minmax_feature_range_and_clip_equal_sklearn():
 
 # ---------------------------------------------------------------- hand calculations
 
+
 def test_hand_minmax_and_zscore():
     X = np.array([[1.0, 10.0], [3.0, 20.0], [5.0, 40.0]])
     m = P.MinMaxScaler().fit(X)
@@ -226,8 +237,9 @@ def test_hand_minmax_and_zscore():
     s = P.StandardScaler().fit(X[:, :1])
     # mean 3, population variance (4 + 0 + 4) / 3
     assert s.mean_.tolist() == [3.0] and math.isclose(s.var_[0], 8 / 3, rel_tol=1e-15)
-    assert np.allclose(s.transform(X[:, :1]).ravel(), [-2 / math.sqrt(8 / 3), 0,
-                                                      2 / math.sqrt(8 / 3)], rtol=1e-15)
+    assert np.allclose(
+        s.transform(X[:, :1]).ravel(), [-2 / math.sqrt(8 / 3), 0, 2 / math.sqrt(8 / 3)], rtol=1e-15
+    )
 
 
 def test_hand_fixed_transforms_and_inverses():
@@ -245,13 +257,24 @@ def test_hand_fixed_transforms_and_inverses():
     assert_rel(at.inverse_transform(np.array([[0.5], [-0.5]])), [[1.0], [-1.0]], rtol=1e-15)
 
 
-@pytest.mark.parametrize("cls,f,finv,gen", [
-    (P.ReciprocalScaler, lambda x: 1 / (1 + x), lambda y: 1 / y - 1,
-     lambda r: r.exponential(100, (50, 3))),
-    (P.Log10Scaler, np.log10, lambda y: 10 ** y, lambda r: r.lognormal(0, 5, (50, 3))),
-    (P.ArctanScaler, lambda x: np.arctan(x) * 2 / np.pi, lambda y: np.tan(y * np.pi / 2),
-     lambda r: r.normal(0, 30, (50, 3))),
-])
+@pytest.mark.parametrize(
+    "cls,f,finv,gen",
+    [
+        (
+            P.ReciprocalScaler,
+            lambda x: 1 / (1 + x),
+            lambda y: 1 / y - 1,
+            lambda r: r.exponential(100, (50, 3)),
+        ),
+        (P.Log10Scaler, np.log10, lambda y: 10**y, lambda r: r.lognormal(0, 5, (50, 3))),
+        (
+            P.ArctanScaler,
+            lambda x: np.arctan(x) * 2 / np.pi,
+            lambda y: np.tan(y * np.pi / 2),
+            lambda r: r.normal(0, 30, (50, 3)),
+        ),
+    ],
+)
 def test_fixed_transforms_equal_numpy_formula(cls, f, finv, gen):
     X = gen(np.random.default_rng(0))
     X[4, 1] = np.nan
@@ -264,9 +287,11 @@ def test_fixed_transforms_equal_numpy_formula(cls, f, finv, gen):
 
 # ---------------------------------------------------------------- inputs: numpy and torch
 
+
 @pytest.mark.parametrize("cls", list(P.SCALERS.values()))
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16,
-                                   torch.int64])
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64]
+)
 def test_torch_input_keeps_type_device_dtype(cls, dtype):
     X = np.abs(_data("wine")) + 1.0  # >= 1 so the int64 cast stays in log10's domain
     Xt = torch.tensor(X).to(dtype)
@@ -278,8 +303,12 @@ def test_torch_input_keeps_type_device_dtype(cls, dtype):
     ref = cls().fit(Xt.to(torch.float64).numpy())
     assert_rel(s.data_min_, ref.data_min_)
     Yref = ref.transform(Xt.to(torch.float64).numpy())
-    tol = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 1e-3,
-           torch.bfloat16: 8e-3}.get(want)
+    tol = {
+        torch.float64: 1e-12,
+        torch.float32: 2e-6,
+        torch.float16: 1e-3,
+        torch.bfloat16: 8e-3,
+    }.get(want)
     assert_rel(Y.double().numpy(), Yref, rtol=tol)
     if not (cls is P.ArctanScaler and tol > 1e-4):  # see the bf16 test below
         assert s.inverse_transform(Y).dtype == want
@@ -309,8 +338,9 @@ def test_transform_does_not_modify_input():
     Xt = torch.tensor(X)
     for cls in (P.StandardScaler, P.MinMaxScaler):
         cls().fit(X).transform(X)
-        cls(with_mean=False, with_std=False).fit(X).transform(X) if cls is P.StandardScaler \
-            else None
+        cls(with_mean=False, with_std=False).fit(X).transform(
+            X
+        ) if cls is P.StandardScaler else None
         cls().fit(Xt).inverse_transform(Xt)
     assert np.array_equal(X, Xc) and np.array_equal(Xt.numpy(), Xc)
 
@@ -336,8 +366,9 @@ def test_accelerator_code_path_matches_numpy(cls, monkeypatch):
         warnings.simplefilter("ignore", P.OutOfRangeWarning)
         Y = ours.transform(torch.tensor(new))
         assert_rel(Y.numpy(), ref.transform(new))
-    assert (ours.out_of_range(torch.tensor(new)).total.tolist()
-            == ref.out_of_range(new).total.tolist())
+    assert (
+        ours.out_of_range(torch.tensor(new)).total.tolist() == ref.out_of_range(new).total.tolist()
+    )
     assert_rel(ours.inverse_transform(Y).numpy(), new, rtol=1e-11)
     bad = torch.tensor(X)
     bad[5, 2] = -np.inf
@@ -364,11 +395,15 @@ def test_cuda_tensors_match_cpu(cls):
 
 # ---------------------------------------------------------------- out of range (seed's caveat)
 
+
 def test_out_of_range_counted_and_warned():
     s = P.MinMaxScaler().fit(np.array([[0.0, 0.0], [10.0, 1.0]]))
     new = np.array([[-1.0, 0.5], [11.0, 2.0], [12.0, np.nan], [5.0, 3.0]])
-    with pytest.warns(P.OutOfRangeWarning, match=r"5 value\(s\).*column 0: 1 below, 2 above; "
-                                                  r"column 1: 0 below, 2 above.*clip=True"):
+    with pytest.warns(
+        P.OutOfRangeWarning,
+        match=r"5 value\(s\).*column 0: 1 below, 2 above; "
+        r"column 1: 0 below, 2 above.*clip=True",
+    ):
         Y = s.transform(new)
     counts = s.out_of_range(new)
     assert counts.below.tolist() == [1, 0] and counts.above.tolist() == [2, 2]
@@ -399,11 +434,15 @@ def test_standard_scaler_counts_out_of_range_without_warning():
 
 # ---------------------------------------------------------------- errors
 
+
 def test_log10_domain_error_names_column_and_count():
     X = np.ones((6, 3))
     X[[1, 4], 2] = [0.0, -3.0]
-    with pytest.raises(ValueError, match=r"log10 needs x > 0.*column 2: 2 value\(s\) "
-                                         r"\(first at row 1, value 0.0\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"log10 needs x > 0.*column 2: 2 value\(s\) "
+        r"\(first at row 1, value 0.0\)",
+    ):
         P.Log10Scaler().fit(X)
     s = P.Log10Scaler().fit(np.ones((2, 3)))
     with pytest.raises(ValueError, match="column 2"):
@@ -424,8 +463,11 @@ def test_rejected_chunk_leaves_the_scaler_unchanged():
 
 def test_reciprocal_pole_is_an_error_not_inf():
     X = np.array([[0.0, -1.0], [1.0, 2.0], [-1.0, -1.0]])
-    with pytest.raises(ValueError, match=r"pole at x = -1.*column 0: 1 value\(s\).*column 1: "
-                                         r"2 value\(s\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"pole at x = -1.*column 0: 1 value\(s\).*column 1: "
+        r"2 value\(s\)",
+    ):
         P.ReciprocalScaler().fit(X)
     with pytest.raises(ValueError, match="y = 0"):
         P.ReciprocalScaler().fit(np.ones((2, 2))).inverse_transform(np.zeros((1, 2)))
@@ -451,8 +493,15 @@ def test_infinity_rejected_nan_allowed(cls):
     assert np.isnan(Y[2, 1]) and np.isnan(Y[3, 1]) and np.isfinite(Y[0]).all()
 
 
-@pytest.mark.parametrize("bad", [np.array([["a", "b"]]), np.array([[object()]]),
-                                 np.array([["1.5", "x"]], dtype=object), [[1.0, 2.0], [3.0]]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.array([["a", "b"]]),
+        np.array([[object()]]),
+        np.array([["1.5", "x"]], dtype=object),
+        [[1.0, 2.0], [3.0]],
+    ],
+)
 def test_non_numeric_input_is_a_type_error(bad):
     with pytest.raises(TypeError, match="numeric"):
         P.StandardScaler().fit(bad)
@@ -517,6 +566,7 @@ def test_overflow_in_low_precision_output_is_an_error():
 
 # ---------------------------------------------------------------- merge
 
+
 @pytest.mark.parametrize("name", ["wine", "huge_offsets"])
 @pytest.mark.parametrize("ours_cls,ref_cls,attrs", PAIRS, ids=["standard", "minmax"])
 def test_merge_of_shards_equals_fit_on_all(name, ours_cls, ref_cls, attrs):
@@ -562,6 +612,7 @@ def test_sync_without_distributed_is_a_clear_error():
 
 # ---------------------------------------------------------------- persistence
 
+
 def _bits(a):
     return np.asarray(a, dtype=np.float64).view(np.int64).tolist()
 
@@ -577,8 +628,16 @@ def test_save_load_round_trip_is_bit_identical(cls, tmp_path):
     t = P.load(path)
     assert type(t) is cls and t.get_params() == s.get_params()
     assert t.meta_ == {"columns": list("abcde")}
-    for a in ("data_min_", "data_max_", "data_range_", "scale_", "min_", "mean_", "var_",
-              "n_samples_seen_"):
+    for a in (
+        "data_min_",
+        "data_max_",
+        "data_range_",
+        "scale_",
+        "min_",
+        "mean_",
+        "var_",
+        "n_samples_seen_",
+    ):
         if getattr(s, a, None) is not None:
             assert _bits(getattr(t, a)) == _bits(getattr(s, a)), a
     assert _bits(t.transform(X)) == _bits(s.transform(X))
@@ -587,8 +646,9 @@ def test_save_load_round_trip_is_bit_identical(cls, tmp_path):
 
 
 def test_save_load_keeps_awkward_float64_values_exact(tmp_path):
-    X = np.array([[0.1, 1e-308, 1 / 3], [0.7, 5e-324, 2 / 3], [np.pi, 1.7976931348623157e308,
-                                                                1e16 + 2]])
+    X = np.array(
+        [[0.1, 1e-308, 1 / 3], [0.7, 5e-324, 2 / 3], [np.pi, 1.7976931348623157e308, 1e16 + 2]]
+    )
     s = P.MinMaxScaler().fit(X)
     s.save(tmp_path / "m.json")
     t = P.load(tmp_path / "m.json")
@@ -613,13 +673,14 @@ def test_damaged_files_give_clear_errors(tmp_path):
     doc = json.loads(text)
     del doc["sha256"]
     (tmp_path / "nosum.json").write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match="no \"sha256\""):
+    with pytest.raises(ValueError, match='no "sha256"'):
         P.load(tmp_path / "nosum.json")
     (tmp_path / "other.json").write_text('{"hello": 1}')
     with pytest.raises(ValueError, match="not a normkit scaler file"):
         P.load(tmp_path / "other.json")
     # well-formed, checksum recomputed, but impossible statistics
     from normkit.preprocessing._persist import _digest
+
     for field, value in [("var", -1.0), ("count", 1e9), ("data_min", 1e300)]:
         doc = json.loads(text)
         doc["state"][field][0] = value
@@ -636,6 +697,7 @@ def test_damaged_files_give_clear_errors(tmp_path):
 
 
 # ---------------------------------------------------------------- to_module
+
 
 @pytest.mark.parametrize("cls", list(P.SCALERS.values()))
 def test_to_module_matches_transform_and_carries_buffers(cls):
@@ -664,6 +726,7 @@ def test_to_module_matches_transform_and_carries_buffers(cls):
 
 
 # ---------------------------------------------------------------- scikit-learn protocol
+
 
 def test_get_set_params_clone_and_pipeline():
     from sklearn.base import clone
@@ -730,5 +793,4 @@ def test_layouts_give_identical_results():
         assert _bits(s.mean_) == _bits(ref.mean_), name
         assert np.array_equal(s.transform(t).numpy(), want, equal_nan=True), name
     fortran = np.asfortranarray(X)
-    assert np.array_equal(P.StandardScaler().fit(fortran).transform(fortran), want,
-                          equal_nan=True)
+    assert np.array_equal(P.StandardScaler().fit(fortran).transform(fortran), want, equal_nan=True)

@@ -29,8 +29,9 @@ def data():
     return X
 
 
-@pytest.mark.parametrize("method,cls", [("minmax", skp.MinMaxScaler),
-                                        ("zscore", skp.StandardScaler)])
+@pytest.mark.parametrize(
+    "method,cls", [("minmax", skp.MinMaxScaler), ("zscore", skp.StandardScaler)]
+)
 @pytest.mark.parametrize("fmt", ["csv", "npy"])
 def test_fit_and_transform_files_equal_sklearn(tmp_path, data, method, cls, fmt, capsys):
     src = tmp_path / f"d.{fmt}"
@@ -39,8 +40,23 @@ def test_fit_and_transform_files_equal_sklearn(tmp_path, data, method, cls, fmt,
     else:
         np.save(src, data)
     stats = tmp_path / "s.json"
-    assert cli.main(["scale", "fit", str(src), "--method", method, "-o", str(stats),
-                     "--chunk-rows", "97", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "scale",
+                "fit",
+                str(src),
+                "--method",
+                method,
+                "-o",
+                str(stats),
+                "--chunk-rows",
+                "97",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     saved = json.loads(stats.read_text())
     assert saved["state"]["n_rows"] == 1003
     if fmt == "csv":
@@ -50,8 +66,23 @@ def test_fit_and_transform_files_equal_sklearn(tmp_path, data, method, cls, fmt,
         ref.partial_fit(chunk)
     for out_fmt in ("csv", "npy"):
         out = tmp_path / f"o.{out_fmt}"
-        assert cli.main(["scale", "transform", str(src), "--stats", str(stats), "-o", str(out),
-                         "--chunk-rows", "250", "--no-progress"]) == 0
+        assert (
+            cli.main(
+                [
+                    "scale",
+                    "transform",
+                    str(src),
+                    "--stats",
+                    str(stats),
+                    "-o",
+                    str(out),
+                    "--chunk-rows",
+                    "250",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         if out_fmt == "npy":
             Y = np.load(out)
         else:
@@ -71,19 +102,41 @@ def test_fixed_methods_and_inverse_round_trip(tmp_path, data, method):
     src = tmp_path / "d.npy"
     np.save(src, X.astype(np.float32))
     stats, out, back = tmp_path / "s.json", tmp_path / "o.npy", tmp_path / "b.npy"
-    assert cli.main(["scale", "fit", str(src), "--method", method, "-o", str(stats),
-                     "--no-progress"]) == 0
-    assert cli.main(["scale", "transform", str(src), "--stats", str(stats), "-o", str(out),
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["scale", "fit", str(src), "--method", method, "-o", str(stats), "--no-progress"])
+        == 0
+    )
+    assert (
+        cli.main(
+            ["scale", "transform", str(src), "--stats", str(stats), "-o", str(out), "--no-progress"]
+        )
+        == 0
+    )
     Y = np.load(out)
     assert Y.dtype == np.float32  # the input's dtype is kept
-    f = {"reciprocal": lambda x: 1 / (1 + x), "log10": np.log10,
-         "arctan": lambda x: np.arctan(x) * 2 / np.pi}[method]
-    np.testing.assert_allclose(Y, f(X.astype(np.float32).astype(np.float64)), rtol=2e-6,
-                               atol=1e-7)
+    f = {
+        "reciprocal": lambda x: 1 / (1 + x),
+        "log10": np.log10,
+        "arctan": lambda x: np.arctan(x) * 2 / np.pi,
+    }[method]
+    np.testing.assert_allclose(Y, f(X.astype(np.float32).astype(np.float64)), rtol=2e-6, atol=1e-7)
     if method != "arctan":  # atan of 1e5 rounds to ~1 in float32: not invertible
-        assert cli.main(["scale", "transform", str(out), "--stats", str(stats), "-o", str(back),
-                         "--inverse", "--no-progress"]) == 0
+        assert (
+            cli.main(
+                [
+                    "scale",
+                    "transform",
+                    str(out),
+                    "--stats",
+                    str(stats),
+                    "-o",
+                    str(back),
+                    "--inverse",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         np.testing.assert_allclose(np.load(back), X.astype(np.float32), rtol=1e-5)
 
 
@@ -93,9 +146,24 @@ def test_out_of_range_summary_and_progress_bar_go_to_stderr(tmp_path, data):
     _write_csv(new_src, data[500:])
     stats, out = tmp_path / "s.json", tmp_path / "o.csv"
     assert cli.main(["scale", "fit", str(fit_src), "--method", "minmax", "-o", str(stats)]) == 0
-    proc = subprocess.run([sys.executable, "-m", "normkit", "scale", "transform", str(new_src),
-                           "--stats", str(stats), "-o", str(out), "--chunk-rows", "100"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "normkit",
+            "scale",
+            "transform",
+            str(new_src),
+            "--stats",
+            str(stats),
+            "-o",
+            str(out),
+            "--chunk-rows",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""  # the output file is the only product; messages are on stderr
     assert "transform" in proc.stderr and "100%" in proc.stderr  # tqdm's bar
@@ -111,52 +179,158 @@ def test_cli_errors_are_one_clear_line(tmp_path, data, capsys):
     X[700, 2] = -1.0
     _write_csv(src, X)
     stats = tmp_path / "s.json"
-    assert cli.main(["scale", "fit", str(src), "--method", "log10", "-o", str(stats),
-                     "--chunk-rows", "300", "--no-progress"]) == 2
+    assert (
+        cli.main(
+            [
+                "scale",
+                "fit",
+                str(src),
+                "--method",
+                "log10",
+                "-o",
+                str(stats),
+                "--chunk-rows",
+                "300",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "data rows 600..899" in err and "column 2: 1 value(s) (first at row 100" in err
     assert not stats.exists()
 
-    assert cli.main(["scale", "fit", str(tmp_path / "missing.csv"), "--method", "zscore",
-                     "-o", str(stats)]) == 2
+    assert (
+        cli.main(
+            ["scale", "fit", str(tmp_path / "missing.csv"), "--method", "zscore", "-o", str(stats)]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2\n3,x\n")
-    assert cli.main(["scale", "fit", str(bad), "--method", "zscore", "-o", str(stats),
-                     "--no-progress"]) == 2
+    assert (
+        cli.main(
+            ["scale", "fit", str(bad), "--method", "zscore", "-o", str(stats), "--no-progress"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "bad.csv: cannot parse CSV" in err and "invalid value 'x'" in err
 
     # stats for 4 columns applied to 3 columns: an error, and no half-written output left
     good = tmp_path / "good.npy"
     np.save(good, data)
-    assert cli.main(["scale", "fit", str(good), "--method", "zscore", "-o", str(stats),
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(
+            ["scale", "fit", str(good), "--method", "zscore", "-o", str(stats), "--no-progress"]
+        )
+        == 0
+    )
     three = tmp_path / "three.npy"
     np.save(three, data[:, :3])
     out = tmp_path / "o.npy"
-    assert cli.main(["scale", "transform", str(three), "--stats", str(stats), "-o", str(out),
-                     "--no-progress"]) == 2
+    assert (
+        cli.main(
+            [
+                "scale",
+                "transform",
+                str(three),
+                "--stats",
+                str(stats),
+                "-o",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "X has 3 features" in capsys.readouterr().err and not out.exists()
 
     stats.write_text(stats.read_text()[:100])
-    assert cli.main(["scale", "transform", str(good), "--stats", str(stats), "-o", str(out),
-                     "--no-progress"]) == 2
+    assert (
+        cli.main(
+            [
+                "scale",
+                "transform",
+                str(good),
+                "--stats",
+                str(stats),
+                "-o",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "truncated" in capsys.readouterr().err
 
-    assert cli.main(["scale", "fit", str(good), "--method", "zscore", "--clip", "-o",
-                     str(stats), "--no-progress"]) == 2
+    assert (
+        cli.main(
+            [
+                "scale",
+                "fit",
+                str(good),
+                "--method",
+                "zscore",
+                "--clip",
+                "-o",
+                str(stats),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "minmax only" in capsys.readouterr().err
     assert cli.main(["scale"]) == 2
-    assert cli.main(["scale", "transform", str(good), "--stats", str(tmp_path / "s2.json"),
-                     "-o", str(good), "--no-progress"]) == 2  # s2.json does not exist
+    assert (
+        cli.main(
+            [
+                "scale",
+                "transform",
+                str(good),
+                "--stats",
+                str(tmp_path / "s2.json"),
+                "-o",
+                str(good),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )  # s2.json does not exist
     np.save(good, data)
-    assert cli.main(["scale", "fit", str(good), "--method", "zscore", "-o",
-                     str(tmp_path / "s2.json"), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "scale",
+                "fit",
+                str(good),
+                "--method",
+                "zscore",
+                "-o",
+                str(tmp_path / "s2.json"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert cli.main(["scale", "transform", str(good), "--stats", str(tmp_path / "s2.json"),
-                     "-o", str(good), "--no-progress"]) == 2
+    assert (
+        cli.main(
+            [
+                "scale",
+                "transform",
+                str(good),
+                "--stats",
+                str(tmp_path / "s2.json"),
+                "-o",
+                str(good),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "is the input file" in capsys.readouterr().err
     np.testing.assert_array_equal(np.load(good), data)  # untouched
 
@@ -165,10 +339,40 @@ def test_npy_integer_and_1d_inputs(tmp_path):
     src = tmp_path / "i.npy"
     np.save(src, np.arange(10, dtype=np.int32))  # 1-D: one feature
     stats, out = tmp_path / "s.json", tmp_path / "o.npy"
-    assert cli.main(["scale", "fit", str(src), "--method", "minmax", "-o", str(stats),
-                     "--chunk-rows", "3", "--no-progress"]) == 0
-    assert cli.main(["scale", "transform", str(src), "--stats", str(stats), "-o", str(out),
-                     "--chunk-rows", "4", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "scale",
+                "fit",
+                str(src),
+                "--method",
+                "minmax",
+                "-o",
+                str(stats),
+                "--chunk-rows",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "scale",
+                "transform",
+                str(src),
+                "--stats",
+                str(stats),
+                "-o",
+                str(out),
+                "--chunk-rows",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     Y = np.load(out)
     assert Y.dtype == np.float64 and Y.shape == (10, 1)
     np.testing.assert_allclose(Y.ravel(), np.arange(10) / 9, rtol=0, atol=3e-16)

@@ -18,8 +18,9 @@ skp = pytest.importorskip("sklearn.preprocessing")
 def client():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None)
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
         c = distributed.Client(cluster)
     yield c
     c.close()
@@ -90,8 +91,9 @@ def test_dask_in_process_scheduler_equals_sklearn():
     ddf = dd.from_pandas(pd.DataFrame(X, columns=list("abcd")), npartitions=3)
     out = P.MinMaxScaler().fit(ddf).transform(ddf)
     assert isinstance(out, dd.DataFrame)
-    np.testing.assert_allclose(out.compute().to_numpy(), skp.MinMaxScaler().fit_transform(X),
-                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        out.compute().to_numpy(), skp.MinMaxScaler().fit_transform(X), rtol=1e-12, atol=1e-15
+    )
 
 
 def test_conventions_spark_and_polars():

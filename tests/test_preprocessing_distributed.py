@@ -13,8 +13,10 @@ from normkit import preprocessing as P
 
 skp = pytest.importorskip("sklearn.preprocessing")
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 
 
 def _free_port() -> int:
@@ -57,8 +59,15 @@ def _worker(rank, world, port, out_dir, empty_rank):
                 # torch input on rank 0, numpy elsewhere: sync does not care
                 s.partial_fit(torch.tensor(part) if rank == 0 else part)
             s.sync()
-            for attr in ("n_samples_seen_", "data_min_", "data_max_", "scale_", "min_",
-                         "mean_", "var_"):
+            for attr in (
+                "n_samples_seen_",
+                "data_min_",
+                "data_max_",
+                "scale_",
+                "min_",
+                "mean_",
+                "var_",
+            ):
                 value = getattr(s, attr, None)
                 if value is not None:
                     results[f"{name}.{attr}"] = np.asarray(value, dtype=np.float64)
@@ -72,8 +81,9 @@ def _worker(rank, world, port, out_dir, empty_rank):
         try:
             bad.sync()
         except ValueError as exc:
-            results["mismatch_error"] = np.array([1.0]) if "different numbers of features" \
-                in str(exc) else np.array([0.0])
+            results["mismatch_error"] = (
+                np.array([1.0]) if "different numbers of features" in str(exc) else np.array([0.0])
+            )
         np.savez(os.path.join(out_dir, f"rank{rank}.npz"), **results)
     finally:
         dist.destroy_process_group()

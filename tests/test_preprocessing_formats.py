@@ -21,12 +21,14 @@ def table():
     n = 2500
     x = rng.normal(size=n) * 10 + 3
     x[[5, 77]] = np.nan
-    return pa.table({
-        "id": pa.array([f"row{i}" for i in range(n)]),        # text: passes through
-        "x": pa.array(x),
-        "n": pa.array(rng.integers(0, 1000, size=n)),        # int64: scaled as float64
-        "f": pa.array(rng.uniform(1, 2, size=n).astype(np.float32)),
-    })
+    return pa.table(
+        {
+            "id": pa.array([f"row{i}" for i in range(n)]),  # text: passes through
+            "x": pa.array(x),
+            "n": pa.array(rng.integers(0, 1000, size=n)),  # int64: scaled as float64
+            "f": pa.array(rng.uniform(1, 2, size=n).astype(np.float32)),
+        }
+    )
 
 
 def _write(table, path):
@@ -36,6 +38,7 @@ def _write(table, path):
         pq.write_table(table, path, row_group_size=700)
     elif path.suffix in (".arrow", ".feather"):
         import pyarrow.feather as feather
+
         feather.write_feather(table, path, chunksize=600)
 
 
@@ -51,6 +54,7 @@ def _read(path):
 @pytest.mark.parametrize("out_ext", [".csv", ".parquet", ".arrow"])
 def test_formats_equal_sklearn_and_keep_other_columns(tmp_path, table, src_ext, out_ext):
     import pyarrow.csv  # noqa: F401  (pa.csv)
+
     src = tmp_path / f"d{src_ext}"
     _write(table, src)
     stats, out = tmp_path / "s.json", tmp_path / f"o{out_ext}"
@@ -63,14 +67,16 @@ def test_formats_equal_sklearn_and_keep_other_columns(tmp_path, table, src_ext, 
     ref = pd.read_csv(src) if src_ext == ".csv" else table.to_pandas()
     X = ref[["x", "n", "f"]].to_numpy(dtype=np.float64)
     want = skp.StandardScaler().fit(X).transform(X)
-    Y = np.column_stack([got.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-                         for c in ["x", "n", "f"]])
+    Y = np.column_stack(
+        [got.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ["x", "n", "f"]]
+    )
     np.testing.assert_array_equal(np.isnan(Y), np.isnan(want))
     np.testing.assert_allclose(Y[:, :2], want[:, :2], rtol=1e-12, atol=1e-12)
     # f is float32 in Parquet/Arrow (output float32 too): float32 rounding
     f32 = src_ext != ".csv"  # the source holds f as float32: so does the output
-    np.testing.assert_allclose(Y[:, 2], want[:, 2], rtol=1e-6 if f32 else 1e-12,
-                               atol=1e-6 if f32 else 1e-12)
+    np.testing.assert_allclose(
+        Y[:, 2], want[:, 2], rtol=1e-6 if f32 else 1e-12, atol=1e-6 if f32 else 1e-12
+    )
 
 
 def test_parquet_output_is_real_parquet_and_columns_select(tmp_path, table):
@@ -85,8 +91,9 @@ def test_parquet_output_is_real_parquet_and_columns_select(tmp_path, table):
     assert got.schema.field("f").type == pa.float32()  # float32 stays float32
     x = table.column("x").to_numpy(zero_copy_only=False)
     want = skp.MinMaxScaler().fit_transform(x[:, None])[:, 0]
-    np.testing.assert_allclose(got.column("x").to_numpy(zero_copy_only=False), want,
-                               rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(
+        got.column("x").to_numpy(zero_copy_only=False), want, rtol=1e-15, atol=1e-15
+    )
 
 
 def test_unknown_extensions_and_missing_columns_are_refused(tmp_path, table, capsys):
@@ -114,6 +121,7 @@ def test_csv_empty_fields_are_nan(tmp_path):
     stats = tmp_path / "s.json"
     assert _run("fit", src, "--method", "zscore", "-o", stats) == 0
     import json
+
     doc = json.loads(stats.read_text())
     # hand calculation: a = [1, 3, 5] -> mean 3; b = [2, 4, 8] -> mean 14/3
     assert doc["state"]["mean"] == [3.0, 14 / 3]
@@ -139,10 +147,10 @@ import numpy as np
 from normkit import preprocessing as P, scale_cli
 P.StandardScaler().fit(np.ones((3, 2))).transform(np.ones((1, 2)))
 ap = argparse.ArgumentParser(); scale_cli.add_arguments(ap)
-for argv in (["fit", {str(data)!r}, "--method", "zscore", "-o", {str(tmp_path / 's.json')!r},
+for argv in (["fit", {str(data)!r}, "--method", "zscore", "-o", {str(tmp_path / "s.json")!r},
               "--no-progress"],
-             ["transform", {str(data)!r}, "--stats", {str(tmp_path / 's.json')!r}, "-o",
-              {str(tmp_path / 'o.parquet')!r}, "--no-progress"]):
+             ["transform", {str(data)!r}, "--stats", {str(tmp_path / "s.json")!r}, "-o",
+              {str(tmp_path / "o.parquet")!r}, "--no-progress"]):
     assert scale_cli.main(ap.parse_args(argv)) == 0
 assert "torch" not in sys.modules, "torch was imported"
 print("ok")

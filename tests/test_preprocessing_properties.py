@@ -14,8 +14,11 @@ from normkit import preprocessing as P
 skp = pytest.importorskip("sklearn.preprocessing")
 
 # NORMKIT_HYPOTHESIS_EXAMPLES=600 for a deeper search than the default suite's
-SETTINGS = settings(max_examples=int(os.environ.get("NORMKIT_HYPOTHESIS_EXAMPLES", 60)),
-                    deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("NORMKIT_HYPOTHESIS_EXAMPLES", 60)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 # moderate magnitudes with an offset: the property is about the algorithm, not about
 # data whose own rounding (|mean|/std ~ 1e15) leaves no significant digits
@@ -56,9 +59,10 @@ def _close(a, b, X, what):
 def test_chunked_equals_whole_and_sklearn(data):
     X, cuts = data
     chunks = np.split(X, cuts)
-    for cls, ref_cls, attrs in [(P.StandardScaler, skp.StandardScaler, ("mean_", "var_")),
-                                (P.MinMaxScaler, skp.MinMaxScaler, ("data_min_", "data_max_",
-                                                                    "scale_", "min_"))]:
+    for cls, ref_cls, attrs in [
+        (P.StandardScaler, skp.StandardScaler, ("mean_", "var_")),
+        (P.MinMaxScaler, skp.MinMaxScaler, ("data_min_", "data_max_", "scale_", "min_")),
+    ]:
         # columns that are NaN in every row make sklearn warn; their stats stay NaN in both
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -76,8 +80,9 @@ def test_chunked_equals_whole_and_sklearn(data):
             if ref is not None:
                 # same chunks, same algorithm: only the last digits may differ
                 _close(getattr(chunked, a), getattr(ref, a), X, f"{cls.__name__}.{a} vs sklearn")
-        assert np.array_equal(np.asarray(chunked.n_samples_seen_),
-                              np.asarray(whole.n_samples_seen_))
+        assert np.array_equal(
+            np.asarray(chunked.n_samples_seen_), np.asarray(whole.n_samples_seen_)
+        )
         # min/max are exact whatever the chunking
         assert np.array_equal(chunked.data_min_, whole.data_min_, equal_nan=True)
 
@@ -87,8 +92,11 @@ def test_chunked_equals_whole_and_sklearn(data):
 def test_merge_in_any_order_equals_whole(data):
     X, cuts = data
     assume(not np.isnan(X).all(0).any())
-    parts = [P.StandardScaler().fit(c) if not np.isnan(c).all() else P.StandardScaler()
-             for c in np.split(X, cuts) if len(c)]
+    parts = [
+        P.StandardScaler().fit(c) if not np.isnan(c).all() else P.StandardScaler()
+        for c in np.split(X, cuts)
+        if len(c)
+    ]
     # some shard may have columns it never saw (all NaN): merge keeps the others' stats
     forward, backward = P.StandardScaler(), P.StandardScaler()
     for p in parts:

@@ -46,6 +46,7 @@ def files(tmp_path):
 
 # ---------------------------------------------------------------- nothing lost
 
+
 def test_fit_output_equal_to_input_is_refused_even_with_force(files, capsys):
     tmp, data, _, X = files
     for extra in ([], ["--force"]):
@@ -96,8 +97,10 @@ def test_late_data_error_keeps_the_old_output(tmp_path, capsys):
     assert _run("fit", good, "--method", "log10", "-o", stats) == 0
     for out in (tmp_path / "o.npy", tmp_path / "o.parquet", tmp_path / "o.csv"):
         out.write_bytes(b"older result")
-        assert _run("transform", data, "--stats", stats, "-o", out, "--force",
-                    "--chunk-rows", "100") == 2
+        assert (
+            _run("transform", data, "--stats", stats, "-o", out, "--force", "--chunk-rows", "100")
+            == 2
+        )
         assert "data rows 200..299" in capsys.readouterr().err
         assert out.read_bytes() == b"older result"
         assert _leftovers(tmp_path) == []
@@ -114,9 +117,26 @@ def test_sigterm_mid_write_leaves_old_output_and_no_partial_file(tmp_path):
     out.write_text("old,result\n")
     env = dict(os.environ, PYTHONPATH=SRC)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "normkit", "scale", "transform", str(data), "--stats", str(stats),
-         "-o", str(out), "--force", "--chunk-rows", "2000", "--no-progress"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "normkit",
+            "scale",
+            "transform",
+            str(data),
+            "--stats",
+            str(stats),
+            "-o",
+            str(out),
+            "--force",
+            "--chunk-rows",
+            "2000",
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         # wait until the temporary output holds some data: the process is mid-write
@@ -148,6 +168,7 @@ def test_save_is_atomic_when_meta_cannot_be_written(tmp_path):
 
 # ---------------------------------------------------------------- non-finite statistics
 
+
 def test_overflowed_variance_round_trips(tmp_path):
     skp = pytest.importorskip("sklearn.preprocessing")
     # finite data whose variance overflows float64 (scikit-learn accepts it: var_ = inf)
@@ -166,6 +187,7 @@ def test_overflowed_variance_round_trips(tmp_path):
 
 
 # ---------------------------------------------------------------- hostile files
+
 
 @pytest.fixture
 def saved(tmp_path):
@@ -197,22 +219,25 @@ def test_nesting_bomb_is_refused_before_parsing(tmp_path):
     _one_line_error(path, "nested more than")
 
 
-@pytest.mark.parametrize("field,edit", [
-    ("params", lambda d: d.__setitem__("params", ["with_mean", True])),
-    ("params.bogus", lambda d: d["params"].__setitem__("bogus", 1)),
-    ("params", lambda d: d["params"].__setitem__("with_mean", "yes")),
-    ("class", lambda d: d.__setitem__("class", ["StandardScaler"])),
-    ("n_features_in", lambda d: d.__setitem__("n_features_in", 2.0)),
-    ("n_features_in", lambda d: d.__setitem__("n_features_in", 10 ** 30)),
-    ("state.n_rows", lambda d: d["state"].__setitem__("n_rows", -3)),
-    ("state.n_rows", lambda d: d["state"].__setitem__("n_rows", True)),
-    ("state", lambda d: d.__setitem__("state", "x")),
-    ("state.mean", lambda d: d["state"].__setitem__("mean", {"0": 1.0})),
-    ("state.mean", lambda d: d["state"].__setitem__("mean", [1.0])),
-    ("state.mean[1]", lambda d: d["state"]["mean"].__setitem__(1, "1.0")),
-    ("state.var[0]", lambda d: d["state"]["var"].__setitem__(0, [1.0])),
-    ("meta", lambda d: d.__setitem__("meta", 3)),
-])
+@pytest.mark.parametrize(
+    "field,edit",
+    [
+        ("params", lambda d: d.__setitem__("params", ["with_mean", True])),
+        ("params.bogus", lambda d: d["params"].__setitem__("bogus", 1)),
+        ("params", lambda d: d["params"].__setitem__("with_mean", "yes")),
+        ("class", lambda d: d.__setitem__("class", ["StandardScaler"])),
+        ("n_features_in", lambda d: d.__setitem__("n_features_in", 2.0)),
+        ("n_features_in", lambda d: d.__setitem__("n_features_in", 10**30)),
+        ("state.n_rows", lambda d: d["state"].__setitem__("n_rows", -3)),
+        ("state.n_rows", lambda d: d["state"].__setitem__("n_rows", True)),
+        ("state", lambda d: d.__setitem__("state", "x")),
+        ("state.mean", lambda d: d["state"].__setitem__("mean", {"0": 1.0})),
+        ("state.mean", lambda d: d["state"].__setitem__("mean", [1.0])),
+        ("state.mean[1]", lambda d: d["state"]["mean"].__setitem__(1, "1.0")),
+        ("state.var[0]", lambda d: d["state"]["var"].__setitem__(0, [1.0])),
+        ("meta", lambda d: d.__setitem__("meta", 3)),
+    ],
+)
 def test_forged_fields_are_named(saved, field, edit):
     tmp_path, doc = saved
     doc = json.loads(json.dumps(doc))
@@ -220,11 +245,15 @@ def test_forged_fields_are_named(saved, field, edit):
     _one_line_error(_forge(tmp_path, "forged.json", doc), field)
 
 
-@pytest.mark.parametrize("field,literal", [
-    ("state.mean[0]", "1" + "0" * 400),       # 10**400 as an integer literal
-    ("state.mean[0]", "1e400"),               # float64 overflow
-    ("n_features_in", "9" * 5000),            # beyond Python's int-string limit
-], ids=["int-10**400", "float-1e400", "int-5000-digits"])
+@pytest.mark.parametrize(
+    "field,literal",
+    [
+        ("state.mean[0]", "1" + "0" * 400),  # 10**400 as an integer literal
+        ("state.mean[0]", "1e400"),  # float64 overflow
+        ("n_features_in", "9" * 5000),  # beyond Python's int-string limit
+    ],
+    ids=["int-10**400", "float-1e400", "int-5000-digits"],
+)
 def test_huge_numbers_are_named(saved, field, literal):
     tmp_path, doc = saved
     text = json.dumps(_resign(doc))

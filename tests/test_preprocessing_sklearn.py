@@ -18,27 +18,47 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 # zeros; log10(0) = -inf, and Log10Scaler refuses x <= 0 by design (a domain error naming the
 # column) instead of producing -inf. Every check below fails only because its data contains 0;
 # test_log10_expected_failures_are_only_the_zero_domain_error proves it.
-_ZERO = ("its data holds x = 0 (scikit-learn's positive-only data is X - X.min()); "
-         "log10 is undefined there and Log10Scaler raises its domain error by design")
-LOG10_EXPECTED_FAILURES = {name: f"{name}: {_ZERO}" for name in [
-    "check_dict_unchanged", "check_dont_overwrite_parameters", "check_dtype_object",
-    "check_estimators_dtypes", "check_estimators_fit_returns_self",
-    "check_estimators_overwrite_params", "check_estimators_pickle",
-    "check_f_contiguous_array_estimator", "check_fit2d_1feature", "check_fit2d_1sample",
-    "check_fit2d_predict1d", "check_fit_check_is_fitted", "check_fit_idempotent",
-    "check_fit_score_takes_y", "check_methods_sample_order_invariance",
-    "check_methods_subset_invariance", "check_n_features_in", "check_n_features_in_after_fitting",
-    "check_pipeline_consistency", "check_readonly_memmap_input",
-    "check_transformer_data_not_an_array", "check_transformer_general",
-    "check_transformer_preserve_dtypes"]}
+_ZERO = (
+    "its data holds x = 0 (scikit-learn's positive-only data is X - X.min()); "
+    "log10 is undefined there and Log10Scaler raises its domain error by design"
+)
+LOG10_EXPECTED_FAILURES = {
+    name: f"{name}: {_ZERO}"
+    for name in [
+        "check_dict_unchanged",
+        "check_dont_overwrite_parameters",
+        "check_dtype_object",
+        "check_estimators_dtypes",
+        "check_estimators_fit_returns_self",
+        "check_estimators_overwrite_params",
+        "check_estimators_pickle",
+        "check_f_contiguous_array_estimator",
+        "check_fit2d_1feature",
+        "check_fit2d_1sample",
+        "check_fit2d_predict1d",
+        "check_fit_check_is_fitted",
+        "check_fit_idempotent",
+        "check_fit_score_takes_y",
+        "check_methods_sample_order_invariance",
+        "check_methods_subset_invariance",
+        "check_n_features_in",
+        "check_n_features_in_after_fitting",
+        "check_pipeline_consistency",
+        "check_readonly_memmap_input",
+        "check_transformer_data_not_an_array",
+        "check_transformer_general",
+        "check_transformer_preserve_dtypes",
+    ]
+}
 
 
 def _expected_failed_checks(estimator):
     return LOG10_EXPECTED_FAILURES if isinstance(estimator, P.Log10Scaler) else {}
 
 
-@parametrize_with_checks([cls() for cls in P.SCALERS.values()],
-                         expected_failed_checks=_expected_failed_checks)
+@parametrize_with_checks(
+    [cls() for cls in P.SCALERS.values()], expected_failed_checks=_expected_failed_checks
+)
 def test_sklearn_check_estimator(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", P.OutOfRangeWarning)
@@ -56,13 +76,16 @@ def test_log10_expected_failures_are_only_the_zero_domain_error():
 
 
 # scikit-learn keeps these outside check_estimator (they run in its own test suite): run them
-_DATAFRAME_CHECKS = ["check_set_output_transform", "check_set_output_transform_pandas",
-                     "check_global_output_transform_pandas",
-                     "check_set_output_transform_polars",
-                     "check_global_set_output_transform_polars",
-                     "check_dataframe_column_names_consistency",
-                     "check_transformer_get_feature_names_out",
-                     "check_transformer_get_feature_names_out_pandas"]
+_DATAFRAME_CHECKS = [
+    "check_set_output_transform",
+    "check_set_output_transform_pandas",
+    "check_global_output_transform_pandas",
+    "check_set_output_transform_polars",
+    "check_global_set_output_transform_polars",
+    "check_dataframe_column_names_consistency",
+    "check_transformer_get_feature_names_out",
+    "check_transformer_get_feature_names_out_pandas",
+]
 
 
 @pytest.mark.parametrize("check_name", _DATAFRAME_CHECKS)
@@ -77,8 +100,13 @@ def test_sklearn_dataframe_checks(cls, check_name):
 
 def _frame(seed=0, n=40):
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"a": rng.normal(size=n) * 3 + 1, "b": rng.uniform(1, 9, size=n),
-                         "c": rng.normal(size=n) * 1e3})
+    return pd.DataFrame(
+        {
+            "a": rng.normal(size=n) * 3 + 1,
+            "b": rng.uniform(1, 9, size=n),
+            "c": rng.normal(size=n) * 1e3,
+        }
+    )
 
 
 def test_pipeline_and_column_transformer_set_output_pandas():
@@ -92,12 +120,14 @@ def test_pipeline_and_column_transformer_set_output_pandas():
     assert isinstance(got, pd.DataFrame) and list(got.columns) == ["a", "b", "c"]
     assert got.index.equals(df.index)
     np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-15, atol=1e-15)
-    ct = ColumnTransformer([("z", P.StandardScaler(), ["a", "c"]),
-                            ("m", P.MinMaxScaler(), ["b"])]).set_output(transform="pandas")
+    ct = ColumnTransformer(
+        [("z", P.StandardScaler(), ["a", "c"]), ("m", P.MinMaxScaler(), ["b"])]
+    ).set_output(transform="pandas")
     out = ct.fit_transform(df)
     assert list(out.columns) == ["z__a", "z__c", "m__b"]
-    np.testing.assert_allclose(out["m__b"], skp.MinMaxScaler().fit_transform(df[["b"]])[:, 0],
-                               rtol=1e-15)
+    np.testing.assert_allclose(
+        out["m__b"], skp.MinMaxScaler().fit_transform(df[["b"]])[:, 0], rtol=1e-15
+    )
 
 
 def test_polars_output():
@@ -121,8 +151,9 @@ def test_reordered_columns_raise_instead_of_silently_mixing_statistics():
     with pytest.raises(ValueError, match="must be in the same order"):
         skp.StandardScaler().fit(df).transform(df[["c", "a", "b"]])
     # float64 rounding of (x - mean) / scale: a few ulp
-    np.testing.assert_allclose(s.transform(df[["a", "b", "c"]]),
-                               skp.StandardScaler().fit(df).transform(df), rtol=1e-13)
+    np.testing.assert_allclose(
+        s.transform(df[["a", "b", "c"]]), skp.StandardScaler().fit(df).transform(df), rtol=1e-13
+    )
 
 
 def test_nullable_float64_with_pd_na_is_nan():
@@ -141,8 +172,14 @@ def test_nullable_float64_with_pd_na_is_nan():
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=1e-13)
     with pytest.raises(TypeError, match="column 's' has dtype string"):
-        P.StandardScaler().fit(pd.DataFrame({"x": pd.array([1.0, None], dtype="Float64"),
-                                             "s": pd.array(["a", "b"], dtype="string")}))
+        P.StandardScaler().fit(
+            pd.DataFrame(
+                {
+                    "x": pd.array([1.0, None], dtype="Float64"),
+                    "s": pd.array(["a", "b"], dtype="string"),
+                }
+            )
+        )
 
 
 @pytest.mark.parametrize("cls", list(P.SCALERS.values()))

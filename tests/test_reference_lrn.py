@@ -43,11 +43,17 @@ def test_size_larger_than_channels_keeps_divisor_n():
     assert lrn_forward(x, spec)[0, 0, 0, 0] == pytest.approx(2 / (1 + 0.1 * 8))
 
 
-@pytest.mark.parametrize("convention,size,region", [
-    ("torch", 4, "across"), ("onnx", 4, "across"), ("torch", 5, "across"),
-    ("chainer", 2, "across"), ("caffe", 3, "within"), ("cuda-convnet", 2, "within"),
-
-])
+@pytest.mark.parametrize(
+    "convention,size,region",
+    [
+        ("torch", 4, "across"),
+        ("onnx", 4, "across"),
+        ("torch", 5, "across"),
+        ("chainer", 2, "across"),
+        ("caffe", 3, "within"),
+        ("cuda-convnet", 2, "within"),
+    ],
+)
 def test_backward_matches_finite_differences(convention, size, region):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 5, 3, 4))

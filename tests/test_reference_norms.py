@@ -3,11 +3,21 @@
 import numpy as np
 import pytest
 
-from normkit.reference import (batch_norm_backward, batch_norm_eval_forward, batch_norm_forward,
-                               group_norm_backward, group_norm_forward, instance_norm_backward,
-                               instance_norm_forward, layer_norm_backward, layer_norm_forward,
-                               moments, rms_norm_backward, rms_norm_forward,
-                               running_stats_update)
+from normkit.reference import (
+    batch_norm_backward,
+    batch_norm_eval_forward,
+    batch_norm_forward,
+    group_norm_backward,
+    group_norm_forward,
+    instance_norm_backward,
+    instance_norm_forward,
+    layer_norm_backward,
+    layer_norm_forward,
+    moments,
+    rms_norm_backward,
+    rms_norm_forward,
+    running_stats_update,
+)
 
 from tolerance import numeric_grad
 
@@ -21,8 +31,12 @@ def _check_grads(forward, backward, x, params, dy, rtol=1e-6, atol=1e-8):
         if p is None:
             assert analytic[i + 1] is None
             continue
-        num = numeric_grad(lambda v: float(np.sum(
-            forward(x, *[v if j == i else q for j, q in enumerate(params)]) * dy)), p.copy())
+        num = numeric_grad(
+            lambda v, i=i: float(
+                np.sum(forward(x, *[v if j == i else q for j, q in enumerate(params)]) * dy)
+            ),
+            p.copy(),
+        )
         np.testing.assert_allclose(analytic[i + 1], num, rtol=rtol, atol=atol)
 
 
@@ -84,19 +98,33 @@ def test_group_norm_identities():
 
 
 def test_group_norm_rejects_non_divisible_groups():
-    with pytest.raises(ValueError,
-                       match=r"num_channels \(6\) must be divisible by num_groups \(4\)"):
+    with pytest.raises(
+        ValueError, match=r"num_channels \(6\) must be divisible by num_groups \(4\)"
+    ):
         group_norm_forward(np.zeros((1, 6, 2)), 4)
 
 
 def test_running_stats_rule():
-    rm, rv = running_stats_update(np.zeros(1), np.ones(1), np.array([2.0]), np.array([3.0]),
-                                  count=4, momentum=0.1, num_batches_tracked=1)
+    rm, rv = running_stats_update(
+        np.zeros(1),
+        np.ones(1),
+        np.array([2.0]),
+        np.array([3.0]),
+        count=4,
+        momentum=0.1,
+        num_batches_tracked=1,
+    )
     assert rm.tolist() == [pytest.approx(0.2)]
     assert rv.tolist() == [pytest.approx(0.9 + 0.1 * 3.0 * 4 / 3)]
-    rm, rv = running_stats_update(np.array([1.0]), np.array([1.0]), np.array([4.0]),
-                                  np.array([3.0]), count=2, momentum=None,
-                                  num_batches_tracked=3)  # cumulative: (2 * old + new) / 3
+    rm, rv = running_stats_update(
+        np.array([1.0]),
+        np.array([1.0]),
+        np.array([4.0]),
+        np.array([3.0]),
+        count=2,
+        momentum=None,
+        num_batches_tracked=3,
+    )  # cumulative: (2 * old + new) / 3
     assert rm.tolist() == [pytest.approx(2.0)]
     assert rv.tolist() == [pytest.approx((2 + 6.0) / 3)]
 
@@ -106,10 +134,16 @@ def test_running_stats_rule():
 def test_batch_norm_backward_matches_finite_differences(shape, affine):
     x = RNG.standard_normal(shape) * 2 + 1
     dy = RNG.standard_normal(shape)
-    params = ([RNG.standard_normal(shape[1]), RNG.standard_normal(shape[1])] if affine
-              else [None, None])
-    _check_grads(lambda v, w, b: batch_norm_forward(v, w, b, 1e-3)[0],
-                 lambda v, d, w, b: batch_norm_backward(v, d, w, b, 1e-3), x, params, dy)
+    params = (
+        [RNG.standard_normal(shape[1]), RNG.standard_normal(shape[1])] if affine else [None, None]
+    )
+    _check_grads(
+        lambda v, w, b: batch_norm_forward(v, w, b, 1e-3)[0],
+        lambda v, d, w, b: batch_norm_backward(v, d, w, b, 1e-3),
+        x,
+        params,
+        dy,
+    )
 
 
 def test_batch_norm_eval_backward_is_dy_weight_rstd():
@@ -117,7 +151,8 @@ def test_batch_norm_eval_backward_is_dy_weight_rstd():
     dy = RNG.standard_normal(x.shape)
     rm, rv, w = np.array([0.3, -1.0]), np.array([2.0, 0.5]), np.array([1.5, -0.7])
     numeric = numeric_grad(
-        lambda v: float(np.sum(batch_norm_eval_forward(v, rm, rv, w, None, 1e-5) * dy)), x.copy())
+        lambda v: float(np.sum(batch_norm_eval_forward(v, rm, rv, w, None, 1e-5) * dy)), x.copy()
+    )
     analytic = dy * (w / np.sqrt(rv + 1e-5))[None, :, None]
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
 
@@ -127,11 +162,18 @@ def test_batch_norm_eval_backward_is_dy_weight_rstd():
 def test_layer_norm_backward_matches_finite_differences(normalized_shape, affine):
     x = RNG.standard_normal((2, 3, 5))
     dy = RNG.standard_normal(x.shape)
-    params = ([RNG.standard_normal(normalized_shape), RNG.standard_normal(normalized_shape)]
-              if affine else [None, None])
-    _check_grads(lambda v, w, b: layer_norm_forward(v, normalized_shape, w, b, 1e-4)[0],
-                 lambda v, d, w, b: layer_norm_backward(v, d, normalized_shape, w, b, 1e-4),
-                 x, params, dy)
+    params = (
+        [RNG.standard_normal(normalized_shape), RNG.standard_normal(normalized_shape)]
+        if affine
+        else [None, None]
+    )
+    _check_grads(
+        lambda v, w, b: layer_norm_forward(v, normalized_shape, w, b, 1e-4)[0],
+        lambda v, d, w, b: layer_norm_backward(v, d, normalized_shape, w, b, 1e-4),
+        x,
+        params,
+        dy,
+    )
 
 
 @pytest.mark.parametrize("groups", [1, 2, 6])
@@ -140,16 +182,26 @@ def test_group_norm_backward_matches_finite_differences(groups, affine):
     x = RNG.standard_normal((2, 6, 3))
     dy = RNG.standard_normal(x.shape)
     params = [RNG.standard_normal(6), RNG.standard_normal(6)] if affine else [None, None]
-    _check_grads(lambda v, w, b: group_norm_forward(v, groups, w, b, 1e-4)[0],
-                 lambda v, d, w, b: group_norm_backward(v, d, groups, w, b, 1e-4), x, params, dy)
+    _check_grads(
+        lambda v, w, b: group_norm_forward(v, groups, w, b, 1e-4)[0],
+        lambda v, d, w, b: group_norm_backward(v, d, groups, w, b, 1e-4),
+        x,
+        params,
+        dy,
+    )
 
 
 def test_instance_norm_backward_matches_finite_differences():
     x = RNG.standard_normal((2, 3, 2, 3))
     dy = RNG.standard_normal(x.shape)
     params = [RNG.standard_normal(3), RNG.standard_normal(3)]
-    _check_grads(lambda v, w, b: instance_norm_forward(v, w, b, 1e-4)[0],
-                 lambda v, d, w, b: instance_norm_backward(v, d, w, b, 1e-4), x, params, dy)
+    _check_grads(
+        lambda v, w, b: instance_norm_forward(v, w, b, 1e-4)[0],
+        lambda v, d, w, b: instance_norm_backward(v, d, w, b, 1e-4),
+        x,
+        params,
+        dy,
+    )
 
 
 @pytest.mark.parametrize("affine", [True, False])
@@ -157,14 +209,19 @@ def test_rms_norm_backward_matches_finite_differences(affine):
     x = RNG.standard_normal((3, 2, 4))
     dy = RNG.standard_normal(x.shape)
     params = [RNG.standard_normal((2, 4))] if affine else [None]
-    _check_grads(lambda v, w: rms_norm_forward(v, (2, 4), w, 1e-4)[0],
-                 lambda v, d, w: rms_norm_backward(v, d, (2, 4), w, 1e-4), x, params, dy)
+    _check_grads(
+        lambda v, w: rms_norm_forward(v, (2, 4), w, 1e-4)[0],
+        lambda v, d, w: rms_norm_backward(v, d, (2, 4), w, 1e-4),
+        x,
+        params,
+        dy,
+    )
 
 
 def test_rms_norm_is_layer_norm_without_centring():
     # for zero-mean rows the two coincide; by hand, y = x / sqrt(<x^2> + eps)
     x = RNG.standard_normal((4, 6))
     x -= x.mean(1, keepdims=True)
-    np.testing.assert_allclose(rms_norm_forward(x, (6,), eps=1e-5)[0],
-                               layer_norm_forward(x, (6,), eps=1e-5)[0], rtol=1e-12)
-
+    np.testing.assert_allclose(
+        rms_norm_forward(x, (6,), eps=1e-5)[0], layer_norm_forward(x, (6,), eps=1e-5)[0], rtol=1e-12
+    )

@@ -20,11 +20,18 @@ def test_docs_op_table_is_generated_from_the_schema():
     block = re.search(r"<!-- BEGIN OP TABLE[^\n]*-->\n(.*?)<!-- END OP TABLE -->", text, re.S)
     assert block, "docs/ops.md lost its generated op table markers"
     assert block.group(1) == schema.markdown_table(), (
-        "docs/ops.md's op table is stale: replace it with `python -m normkit.ops.schema`")
+        "docs/ops.md's op table is stale: replace it with `python -m normkit.ops.schema`"
+    )
 
 
-@pytest.mark.parametrize("backend", [b for b in schema.BACKENDS if b in
-                                     {name for impls in dispatch.table.values() for name in impls}])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        b
+        for b in schema.BACKENDS
+        if b in {name for impls in dispatch.table.values() for name in impls}
+    ],
+)
 def test_each_backend_implements_exactly_its_schema_ops(backend):
     declared = {name for name, s in schema.OPS.items() if backend in s.backends}
     registered = {op for op, impls in dispatch.table.items() if backend in impls}
@@ -47,8 +54,14 @@ def test_implements_rejects_undeclared_ops_and_backends():
     frn = schema.OPS["frn_fwd"]
     assert "torch" in frn.backends
     with pytest.raises(ValueError, match="unknown backend"):
-        schema.OpSchema("x_fwd", (schema.Arg("x", "Tensor"),), (schema.Out("y", "like"),),
-                        "doc", "shapes", backends=("gpu",))
+        schema.OpSchema(
+            "x_fwd",
+            (schema.Arg("x", "Tensor"),),
+            (schema.Out("y", "like"),),
+            "doc",
+            "shapes",
+            backends=("gpu",),
+        )
 
 
 def test_an_op_name_is_spelled_in_few_source_files():
@@ -56,7 +69,9 @@ def test_an_op_name_is_spelled_in_few_source_files():
     Function that calls it: no table elsewhere repeats its name. (bench.py is left out: it
     times every raw op on every backend by name, which is its job.)"""
     for name in schema.OPS:
-        files = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
-                       if p.name != "bench.py"
-                       and re.search(rf"\b{name}\b", p.read_text(encoding="utf-8")))
+        files = sorted(
+            str(p.relative_to(SRC))
+            for p in SRC.rglob("*.py")
+            if p.name != "bench.py" and re.search(rf"\b{name}\b", p.read_text(encoding="utf-8"))
+        )
         assert len(files) <= 5, f"{name} is spelled in {len(files)} source files: {files}"

@@ -32,16 +32,21 @@ def _slices(sizes):
 
 def _worker(rank, world, init_file, out_dir, cfg):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     calls = {"all_gather": 0, "all_reduce": 0, "other": 0}
-    for name in ("all_gather", "all_reduce", "all_gather_into_tensor", "broadcast",
-                 "reduce_scatter"):
+    for name in (
+        "all_gather",
+        "all_reduce",
+        "all_gather_into_tensor",
+        "broadcast",
+        "reduce_scatter",
+    ):
         original = getattr(dist, name)
 
         def counted(*a, _orig=original, _name=name, **k):
             calls[_name if _name in calls else "other"] += 1
             return _orig(*a, **k)
+
         setattr(dist, name, counted)
     groups = cfg.get("groups")
     group = None
@@ -64,11 +69,17 @@ def _worker(rank, world, init_file, out_dir, cfg):
         fwd = {k: calls[k] - before[k] for k in calls}
         (y * dy[part]).sum().backward()
         bwd = {k: calls[k] - before[k] - fwd[k] for k in calls}
-        results["steps"].append({"y": y.detach(), "dx": xr.grad, "dw": bn.weight.grad.clone(),
-                                 "db": bn.bias.grad.clone(),
-                                 "running_mean": bn.running_mean.clone(),
-                                 "running_var": bn.running_var.clone(),
-                                 "num_batches_tracked": bn.num_batches_tracked.clone()})
+        results["steps"].append(
+            {
+                "y": y.detach(),
+                "dx": xr.grad,
+                "dw": bn.weight.grad.clone(),
+                "db": bn.bias.grad.clone(),
+                "running_mean": bn.running_mean.clone(),
+                "running_var": bn.running_var.clone(),
+                "num_batches_tracked": bn.num_batches_tracked.clone(),
+            }
+        )
         results["calls"].append((fwd, bwd))
     bn.eval()
     before = dict(calls)
@@ -79,7 +90,7 @@ def _worker(rank, world, init_file, out_dir, cfg):
     untracked = normkit.SyncBatchNorm(C, track_running_stats=False, process_group=group)
     untracked = untracked.to(dtype).eval()
     before = dict(calls)
-    results["untracked_eval_y"] = untracked(x[rank:rank + 2]).detach()
+    results["untracked_eval_y"] = untracked(x[rank : rank + 2]).detach()
     results["untracked_eval_calls"] = {k: calls[k] - before[k] for k in calls}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
@@ -108,10 +119,17 @@ def _torch_reference(cfg, members, ranks_sizes):
         dys = torch.cat([dy[parts[r]] for r in members])
         y = bn(xs)
         (y * dys).sum().backward()
-        out.append({"y": y.detach(), "dx": xs.grad, "dw": bn.weight.grad.clone(),
-                    "db": bn.bias.grad.clone(), "running_mean": bn.running_mean.clone(),
-                    "running_var": bn.running_var.clone(),
-                    "num_batches_tracked": bn.num_batches_tracked.clone()})
+        out.append(
+            {
+                "y": y.detach(),
+                "dx": xs.grad,
+                "dw": bn.weight.grad.clone(),
+                "db": bn.bias.grad.clone(),
+                "running_mean": bn.running_mean.clone(),
+                "running_var": bn.running_var.clone(),
+                "num_batches_tracked": bn.num_batches_tracked.clone(),
+            }
+        )
         bn.zero_grad()
     bn.eval()
     return out, bn(_global_batch(999, 4, dtype)[0]).detach()
@@ -119,7 +137,7 @@ def _torch_reference(cfg, members, ranks_sizes):
 
 def _check(results, cfg, members, tol):
     ref, ref_eval = _torch_reference(cfg, members, None)
-    for step, sizes in enumerate(cfg["steps"]):
+    for step, _sizes in enumerate(cfg["steps"]):
         r = ref[step]
         ys = torch.cat([results[m]["steps"][step]["y"] for m in members])
         dxs = torch.cat([results[m]["steps"][step]["dx"] for m in members])
@@ -133,22 +151,22 @@ def _check(results, cfg, members, tol):
         for m in members:  # identical running stats on every rank, equal to torch's
             for key in ("running_mean", "running_var"):
                 assert (results[m]["steps"][step][key] - r[key]).abs().max() <= tol, key
-                assert torch.equal(results[m]["steps"][step][key],
-                                   results[members[0]]["steps"][step][key])
-            assert torch.equal(results[m]["steps"][step]["num_batches_tracked"],
-                               r["num_batches_tracked"])
+                assert torch.equal(
+                    results[m]["steps"][step][key], results[members[0]]["steps"][step][key]
+                )
+            assert torch.equal(
+                results[m]["steps"][step]["num_batches_tracked"], r["num_batches_tracked"]
+            )
     for m in members:
         assert (results[m]["eval_y"] - ref_eval).abs().max() <= tol
-        x = _global_batch(999, 4, cfg["dtype"])[0][m:m + 2]
+        x = _global_batch(999, 4, cfg["dtype"])[0][m : m + 2]
         local = torch.nn.BatchNorm2d(C, track_running_stats=False).to(cfg["dtype"]).eval()(x)
         assert (results[m]["untracked_eval_y"] - local).abs().max() <= tol
-        assert results[m]["untracked_eval_calls"] == {"all_gather": 0, "all_reduce": 0,
-                                                      "other": 0}
+        assert results[m]["untracked_eval_calls"] == {"all_gather": 0, "all_reduce": 0, "other": 0}
 
 
 def test_three_ranks_uneven_batches_with_an_empty_rank():
-    cfg = {"dtype": torch.float64, "momentum": 0.1,
-           "steps": [[3, 0, 5], [1, 4, 2], [2, 2, 0]]}
+    cfg = {"dtype": torch.float64, "momentum": 0.1, "steps": [[3, 0, 5], [1, 4, 2], [2, 2, 0]]}
     results = _run(3, cfg)
     _check(results, cfg, [0, 1, 2], 1e-12)
     for res in results:
@@ -161,8 +179,12 @@ def test_three_ranks_uneven_batches_with_an_empty_rank():
 
 def test_process_group_and_momentum_none_float32():
     # ranks 0 and 1 synchronise in one group; rank 2 is alone (world size 1: plain BN)
-    cfg = {"dtype": torch.float32, "momentum": None, "groups": [[0, 1], [2]],
-           "steps": [[2, 3, 4], [5, 1, 3]]}
+    cfg = {
+        "dtype": torch.float32,
+        "momentum": None,
+        "groups": [[0, 1], [2]],
+        "steps": [[2, 3, 4], [5, 1, 3]],
+    }
     results = _run(3, cfg)
     _check(results, cfg, [0, 1], 2e-5)
     _check(results, cfg, [2], 2e-5)
@@ -180,8 +202,11 @@ def test_without_process_group_is_batch_norm():
 
 
 def test_convert_sync_batchnorm_shares_parameters():
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, C, 1), torch.nn.BatchNorm2d(C),
-                              torch.nn.Sequential(normkit.BatchNorm1d(C)))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, C, 1),
+        torch.nn.BatchNorm2d(C),
+        torch.nn.Sequential(normkit.BatchNorm1d(C)),
+    )
     net.eval()
     weight = net[1].weight
     out = normkit.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -192,14 +217,17 @@ def test_convert_sync_batchnorm_shares_parameters():
 
 def _ddp_model(dtype):
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(2, C, 3, padding=1), normkit.SyncBatchNorm(C),
-                               torch.nn.ReLU(), torch.nn.Conv2d(C, 2, 1)).to(dtype)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(2, C, 3, padding=1),
+        normkit.SyncBatchNorm(C),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(C, 2, 1),
+    ).to(dtype)
 
 
 def _ddp_worker(rank, world, init_file, out_dir, sizes):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     model = torch.nn.parallel.DistributedDataParallel(_ddp_model(torch.float64))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(2):
@@ -219,8 +247,12 @@ def test_trains_under_distributed_data_parallel_like_one_process():
     # divided by the world size must end at the same parameters and running stats
     sizes, world = [3, 5], 2
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_ddp_worker, args=(world, os.path.join(tmp, "init"), tmp, sizes),
-                 nprocs=world, join=True)
+        mp.spawn(
+            _ddp_worker,
+            args=(world, os.path.join(tmp, "init"), tmp, sizes),
+            nprocs=world,
+            join=True,
+        )
         states = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
     single = _ddp_model(torch.float64)
     single[1] = torch.nn.BatchNorm2d(C).double()  # torch's own BN as the oracle
@@ -238,10 +270,10 @@ def test_trains_under_distributed_data_parallel_like_one_process():
 
 # --- mismatched ranks: a clear error on every rank, no abort, no hang (issue 10, item 8) ---
 
+
 def _mismatch_worker(rank, world, init_file, out_dir, cfg):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     channels, dtype = cfg["ranks"][rank]
     bn = normkit.SyncBatchNorm(channels).to(dtype)
     x = randn(4, channels, 3, seed=rank).to(dtype)
@@ -268,8 +300,12 @@ def _run_with_deadline(cfg, world=2, seconds=120):
     import time
 
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.spawn(_mismatch_worker, args=(world, os.path.join(tmp, "init"), tmp, cfg),
-                       nprocs=world, join=False)
+        ctx = mp.spawn(
+            _mismatch_worker,
+            args=(world, os.path.join(tmp, "init"), tmp, cfg),
+            nprocs=world,
+            join=False,
+        )
         deadline = time.monotonic() + seconds
         while not ctx.join(timeout=1):
             if time.monotonic() > deadline:
@@ -281,8 +317,9 @@ def _run_with_deadline(cfg, world=2, seconds=120):
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_mismatched_channels_raise_on_every_rank(compiled):
-    results = _run_with_deadline({"ranks": {0: (3, torch.float64), 1: (4, torch.float64)},
-                                  "compile": compiled})
+    results = _run_with_deadline(
+        {"ranks": {0: (3, torch.float64), 1: (4, torch.float64)}, "compile": compiled}
+    )
     for rank, res in enumerate(results):
         msg = res["error"]
         assert msg is not None, rank

@@ -40,12 +40,20 @@ PRELUDE = textwrap.dedent("""
 
 
 def _run(body: str, timeout: float = 240.0, threads: str = "2") -> str:
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               NORMKIT_NUM_THREADS=threads)
+    env = dict(
+        os.environ,
+        PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        NORMKIT_NUM_THREADS=threads,
+    )
     env.pop("NORMKIT_BACKEND", None)
     try:
-        proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
-                              env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"hung for {timeout} s; output so far: {exc.stdout!r} {exc.stderr!r}")
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"

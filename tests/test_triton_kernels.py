@@ -23,8 +23,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("triton", reason="triton is not installed: normkit has no triton backend "
-                                     "to test (pip install 'normkit[gpu]')")
+pytest.importorskip(
+    "triton",
+    reason="triton is not installed: normkit has no triton backend "
+    "to test (pip install 'normkit[gpu]')",
+)
 
 import normkit  # noqa: E402,F401  -- registers the triton backend in the dispatch table
 from normkit.conventions import CanonicalLRN  # noqa: E402
@@ -44,9 +47,11 @@ if T.INTERPRET:
 elif torch.cuda.is_available():
     DEVICE = "cuda"
 else:  # pragma: no cover -- only when a user sets TRITON_INTERPRET=0 on a machine without CUDA
-    pytest.skip("the Triton kernels can run neither on a GPU (no CUDA device) nor in the "
-                "interpreter (TRITON_INTERPRET is set to something other than 1)",
-                allow_module_level=True)
+    pytest.skip(
+        "the Triton kernels can run neither on a GPU (no CUDA device) nor in the "
+        "interpreter (TRITON_INTERPRET is set to something other than 1)",
+        allow_module_level=True,
+    )
 
 
 def randn(*shape, dtype=torch.float64, seed=0, mean=0.0, std=1.0):
@@ -107,6 +112,7 @@ def _check(ours, ref, dtype, peer=None, what=""):
 
 # --- registration and gating ---------------------------------------------------------
 
+
 def test_every_op_of_the_contract_is_registered():
     documented = re.findall(r"^\| `(\w+)` \|", (ROOT / "docs" / "ops.md").read_text(), re.M)
     assert documented, "could not read the op table of docs/ops.md"
@@ -140,6 +146,7 @@ def test_dispatch_routes_to_triton_when_it_can_run():
 def test_numel_limit_is_named():
     class Huge(torch.Tensor):
         pass
+
     x = torch.zeros(1).as_subclass(Huge)
     x.numel = lambda: 2**31  # the int32 indexing limit, without the memory
     reason = T.why_not_tensor(x)
@@ -168,8 +175,9 @@ def test_env_at_startup_routes_functional_through_triton():
     )
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT / "src"))
     env.pop("NORMKIT_BACKEND", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     err_y, err_dx = map(float, out.stdout.split())
     assert err_y < 1e-12 and err_dx < 1e-12
@@ -183,8 +191,13 @@ def _compile_check(*flags):
         pytest.skip("this triton build has no NVIDIA backend to compile for")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT / "src")
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/triton_compile_check.py"),
-                          *flags], env=env, capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/triton_compile_check.py"), *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert "kernel configurations compiled for sm_90a" in out.stdout
 
@@ -234,8 +247,18 @@ def test_lrn_across_matches_reference(dtype, window, blocks):
 def test_lrn_beta_specialisations(beta):
     x, dy = randn(2, 6, 9, seed=13), randn(2, 6, 9, seed=14)  # rank 3
     _lrn_case(x, dy, 2, 2, 0.4, beta, 0.8, False, torch.float32, f"beta {beta}")
-    _lrn_case(x.reshape(1, 2, 6, 9), dy.reshape(1, 2, 6, 9), 1, 1, 0.4, beta, 0.8, True,
-              torch.float32, f"within beta {beta}")
+    _lrn_case(
+        x.reshape(1, 2, 6, 9),
+        dy.reshape(1, 2, 6, 9),
+        1,
+        1,
+        0.4,
+        beta,
+        0.8,
+        True,
+        torch.float32,
+        f"within beta {beta}",
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -248,10 +271,30 @@ def test_lrn_within_matches_reference(dtype, window, blocks):
 
 
 def test_lrn_rank5_and_single_channel():
-    _lrn_case(randn(2, 5, 2, 3, 2, seed=17), randn(2, 5, 2, 3, 2, seed=18), 2, 1, 0.3, 0.75,
-              1.0, False, torch.float32, "rank 5")
-    _lrn_case(randn(2, 1, 4, 4, seed=19), randn(2, 1, 4, 4, seed=20), 2, 2, 0.3, 0.75, 1.0,
-              False, torch.float32, "C=1")
+    _lrn_case(
+        randn(2, 5, 2, 3, 2, seed=17),
+        randn(2, 5, 2, 3, 2, seed=18),
+        2,
+        1,
+        0.3,
+        0.75,
+        1.0,
+        False,
+        torch.float32,
+        "rank 5",
+    )
+    _lrn_case(
+        randn(2, 1, 4, 4, seed=19),
+        randn(2, 1, 4, 4, seed=20),
+        2,
+        2,
+        0.3,
+        0.75,
+        1.0,
+        False,
+        torch.float32,
+        "C=1",
+    )
 
 
 def test_lrn_loud_channel_loses_nothing():
@@ -271,7 +314,8 @@ def test_lrn_fp16_beyond_square_overflow():
 
 
 def test_lrn_l2_normalisation_identity():
-    """k = 0, alpha = 1, beta = 1/2, window covering every channel: x / ||x||_C (source document 5)."""
+    """k = 0, alpha = 1, beta = 1/2, a window covering every channel: x / ||x||_C (source
+    document 5)."""
     x = randn(2, 5, 3, 3, seed=24, dtype=torch.float32)
     y = T.lrn_fwd(x, 4, 4, 1.0, 0.5, 0.0, False)
     expected = x.double() / x.double().norm(dim=1, keepdim=True)  # hand formula, float64
@@ -324,6 +368,7 @@ def test_lrn_non_contiguous_input():
 
 # --- LayerNorm / RMSNorm --------------------------------------------------------------
 
+
 def _ref_layer_norm(x, w, b, eps):
     mean = x.mean(-1, keepdim=True)  # (M, 1)
     var = ((x - mean) ** 2).mean(-1, keepdim=True)  # (M, 1) biased, two-pass
@@ -344,12 +389,14 @@ def _affine(d, dtype, seed, affine=True):
 
 
 # mean 1e4 only where 1e4 + N(0, 1) is representable (float16/bfloat16 spacing there: 8 / 64)
-LN_CASES = ([(d, (5, 37), 0.0) for d in DTYPES]
-            + [(d, (3, 40), 1e4) for d in (torch.float32, torch.float64)])
+LN_CASES = [(d, (5, 37), 0.0) for d in DTYPES] + [
+    (d, (3, 40), 1e4) for d in (torch.float32, torch.float64)
+]
 
 
-@pytest.mark.parametrize("dtype,shape,mean", LN_CASES,
-                         ids=[f"{d}-{'mean1e4' if m else 'randn'}" for d, _, m in LN_CASES])
+@pytest.mark.parametrize(
+    "dtype,shape,mean", LN_CASES, ids=[f"{d}-{'mean1e4' if m else 'randn'}" for d, _, m in LN_CASES]
+)
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
 def test_layer_norm_matches_float64(dtype, affine, shape, mean, blocks):
     m, d = shape
@@ -386,9 +433,11 @@ def test_rms_norm_matches_float64(dtype, affine, blocks):
     dy = randn(m, d, seed=42).to(dtype)
     w, _ = _affine(d, dtype, 43, affine)
     eps = 1e-6
-    ref_y, (ref_dx, ref_dw) = _grads(lambda *a: _ref_rms_norm(*a, eps),
-                                     [x.double(), w.double() if w is not None else None],
-                                     dy.double())
+    ref_y, (ref_dx, ref_dw) = _grads(
+        lambda *a: _ref_rms_norm(*a, eps),
+        [x.double(), w.double() if w is not None else None],
+        dy.double(),
+    )
     peer_y, (peer_dx, peer_dw) = _peer(
         lambda: _grads(lambda xx, ww: F.rms_norm(xx, (d,), ww, eps), [x, w], dy)
     ) or (None, (None, None))
@@ -427,10 +476,11 @@ def test_layer_norm_constant_row():
     b = torch.arange(8.0)
     y, mean, rstd = T.layer_norm_fwd(x, None, b, 1e-5)
     assert torch.equal(y, b.expand(2, 8))
-    assert torch.allclose(rstd, torch.full((2,), 1e-5 ** -0.5))
+    assert torch.allclose(rstd, torch.full((2,), 1e-5**-0.5))
 
 
 # --- GroupNorm / InstanceNorm ----------------------------------------------------------
+
 
 def _ref_group_norm(x, w, b, groups, eps):
     n, c, length = x.shape
@@ -452,8 +502,9 @@ def test_group_norm_matches_float64(dtype, groups, affine, blocks):
     w, b = _affine(c, dtype, 53, affine)
     eps = 1e-5
     f64 = [t.double() if t is not None else None for t in (x, w, b)]
-    ref_y, (ref_dx, ref_dw, ref_db) = _grads(lambda *a: _ref_group_norm(*a, groups, eps), f64,
-                                             dy.double())
+    ref_y, (ref_dx, ref_dw, ref_db) = _grads(
+        lambda *a: _ref_group_norm(*a, groups, eps), f64, dy.double()
+    )
     if not affine:
         ref_db = dy.double().sum((0, 2))
     peer_y, (peer_dx, peer_dw, peer_db) = _peer(
@@ -473,8 +524,9 @@ def test_group_norm_hostile_mean_and_loud_channel():
     x[:, 1] = x[:, 1] * 1000.0  # one loud channel inside a group
     x = x.float()
     dy = randn(2, 4, 9, seed=55).float()
-    ref_y, (ref_dx,) = _grads(lambda xx: _ref_group_norm(xx, None, None, 2, 1e-5),
-                              [x.double()], dy.double())
+    ref_y, (ref_dx,) = _grads(
+        lambda xx: _ref_group_norm(xx, None, None, 2, 1e-5), [x.double()], dy.double()
+    )
     peer_y, (peer_dx,) = _grads(lambda xx: F.group_norm(xx, 2, None, None, 1e-5), [x], dy)
     y, mean, rstd = T.group_norm_fwd(x, None, None, 2, 1e-5)
     dx, dw, db = T.group_norm_bwd(dy, x, mean, rstd, None, 2)
@@ -487,8 +539,9 @@ def test_group_norm_identities():
     """GroupNorm(C) == instance norm; GroupNorm(1) == LayerNorm over (C, L)."""
     x = randn(2, 4, 5, seed=56, dtype=torch.float32)
     y_in, _, _ = T.group_norm_fwd(x, None, None, 4, 1e-5)
-    assert_matches_reference(y_in, F.instance_norm(x.double(), eps=1e-5), torch.float32,
-                             what="instance norm")
+    assert_matches_reference(
+        y_in, F.instance_norm(x.double(), eps=1e-5), torch.float32, what="instance norm"
+    )
     y_g1, _, _ = T.group_norm_fwd(x, None, None, 1, 1e-5)
     y_ln, _, _ = T.layer_norm_fwd(x.reshape(2, 20), None, None, 1e-5)
     assert_matches_reference(y_g1, y_ln.double().reshape(2, 4, 5), torch.float32, what="G=1")
@@ -504,6 +557,7 @@ def test_group_norm_errors():
 
 # --- BatchNorm ----------------------------------------------------------------------------
 
+
 def _ref_batch_norm(x, w, b, eps):
     mean = x.mean((0, 2), keepdim=True)  # (1, C, 1)
     var = ((x - mean) ** 2).mean((0, 2), keepdim=True)  # biased
@@ -517,17 +571,20 @@ def _bn_triton(x, w, b, dy, eps):
     rstd = 1.0 / torch.sqrt(var + eps)
     y = T.batch_norm_apply(x, mean, rstd, w, b)
     sum_dy, sum_dy_xhat = T.batch_norm_bwd_reduce(dy, x, mean, rstd)
-    dx = T.batch_norm_bwd_apply(dy, x, mean, rstd, w, sum_dy, sum_dy_xhat,
-                                x.shape[0] * x.shape[2])
+    dx = T.batch_norm_bwd_apply(dy, x, mean, rstd, w, sum_dy, sum_dy_xhat, x.shape[0] * x.shape[2])
     return mean, var, y, dx, sum_dy_xhat, sum_dy
 
 
-BN_CASES = ([(d, s, 0.0) for d in DTYPES for s in ((4, 3, 9), (5, 2, 1))]
-            + [(d, (3, 2, 20), 1e4) for d in (torch.float32, torch.float64)])
+BN_CASES = [(d, s, 0.0) for d in DTYPES for s in ((4, 3, 9), (5, 2, 1))] + [
+    (d, (3, 2, 20), 1e4) for d in (torch.float32, torch.float64)
+]
 
 
-@pytest.mark.parametrize("dtype,shape,mean", BN_CASES,
-                         ids=[f"{d}-{s}-{'mean1e4' if m else 'randn'}" for d, s, m in BN_CASES])
+@pytest.mark.parametrize(
+    "dtype,shape,mean",
+    BN_CASES,
+    ids=[f"{d}-{s}-{'mean1e4' if m else 'randn'}" for d, s, m in BN_CASES],
+)
 def test_batch_norm_matches_float64(dtype, shape, mean, blocks):
     c = shape[1]
     x = randn(*shape, seed=61, mean=mean).to(dtype)
@@ -535,10 +592,11 @@ def test_batch_norm_matches_float64(dtype, shape, mean, blocks):
     w, b = _affine(c, dtype, 63, True)
     eps = 1e-5
     f64 = [t.double() for t in (x, w, b)]
-    ref_y, (ref_dx, ref_dw, ref_db) = _grads(lambda *a: _ref_batch_norm(*a, eps), f64,
-                                             dy.double())
-    peer_y, (peer_dx, peer_dw, peer_db) = _peer(lambda: _grads(
-        lambda xx, ww, bb: F.batch_norm(xx, None, None, ww, bb, True, 0.1, eps), [x, w, b], dy)
+    ref_y, (ref_dx, ref_dw, ref_db) = _grads(lambda *a: _ref_batch_norm(*a, eps), f64, dy.double())
+    peer_y, (peer_dx, peer_dw, peer_db) = _peer(
+        lambda: _grads(
+            lambda xx, ww, bb: F.batch_norm(xx, None, None, ww, bb, True, 0.1, eps), [x, w, b], dy
+        )
     ) or (None, (None, None, None))
     mean_out, var, y, dx, dw, db = _bn_triton(x, w, b, dy, eps)
     stats = torch.float64 if dtype == torch.float64 else torch.float32
@@ -566,13 +624,15 @@ def test_batch_norm_no_weight_and_eval_path():
     running_mean, running_var = torch.rand(4), torch.rand(4) + 0.5
     rstd = 1 / torch.sqrt(running_var + 1e-5)
     y = T.batch_norm_apply(x, running_mean, rstd, None, None)
-    expected = F.batch_norm(x.double(), running_mean.double(), running_var.double(),
-                            training=False, eps=1e-5)
+    expected = F.batch_norm(
+        x.double(), running_mean.double(), running_var.double(), training=False, eps=1e-5
+    )
     assert_matches_reference(y, expected, torch.float32, what="eval")
     dy = randn(3, 4, 5, seed=66, dtype=torch.float32)
     mean, var, _, dx, _, _ = _bn_triton(x, None, None, dy, 1e-5)
-    _, (ref_dx,) = _grads(lambda xx: _ref_batch_norm(xx, None, None, 1e-5), [x.double()],
-                          dy.double())
+    _, (ref_dx,) = _grads(
+        lambda xx: _ref_batch_norm(xx, None, None, 1e-5), [x.double()], dy.double()
+    )
     assert_matches_reference(dx, ref_dx, torch.float32, what="dx without weight")
 
 
@@ -583,8 +643,9 @@ def test_batch_norm_errors_and_empty():
         T.batch_norm_stats(torch.zeros(0, 3, 4))
     with pytest.raises(ValueError, match="count must be > 0"):
         z = torch.zeros(1, 2, 1)
-        T.batch_norm_bwd_apply(z, z, torch.zeros(2), torch.ones(2), None, torch.zeros(2),
-                               torch.zeros(2), 0)
+        T.batch_norm_bwd_apply(
+            z, z, torch.zeros(2), torch.ones(2), None, torch.zeros(2), torch.zeros(2), 0
+        )
     empty = torch.zeros(0, 3, 4)
     assert T.batch_norm_apply(empty, torch.zeros(3), torch.ones(3), None, None).shape == empty.shape
     s1, s2 = T.batch_norm_bwd_reduce(empty, empty, torch.zeros(3), torch.ones(3))
@@ -592,6 +653,7 @@ def test_batch_norm_errors_and_empty():
 
 
 # --- float64 gradcheck through small autograd wrappers ---------------------------------
+
 
 class _LayerNormFn(torch.autograd.Function):
     @staticmethod
@@ -667,41 +729,66 @@ def _leaf(*shape, seed):
 
 
 def test_gradcheck_float64_every_op():
-    assert torch.autograd.gradcheck(_LayerNormFn.apply,
-                                    (_leaf(2, 5, seed=71), _leaf(5, seed=72), _leaf(5, seed=73)))
+    assert torch.autograd.gradcheck(
+        _LayerNormFn.apply, (_leaf(2, 5, seed=71), _leaf(5, seed=72), _leaf(5, seed=73))
+    )
     assert torch.autograd.gradcheck(_RMSNormFn.apply, (_leaf(2, 5, seed=74), _leaf(5, seed=75)))
-    assert torch.autograd.gradcheck(_GroupNormFn.apply,
-                                    (_leaf(2, 4, 2, seed=76), _leaf(4, seed=77), _leaf(4, seed=78)))
-    assert torch.autograd.gradcheck(_BatchNormFn.apply,
-                                    (_leaf(3, 2, 2, seed=79), _leaf(2, seed=80), _leaf(2, seed=81)))
+    assert torch.autograd.gradcheck(
+        _GroupNormFn.apply, (_leaf(2, 4, 2, seed=76), _leaf(4, seed=77), _leaf(4, seed=78))
+    )
+    assert torch.autograd.gradcheck(
+        _BatchNormFn.apply, (_leaf(3, 2, 2, seed=79), _leaf(2, seed=80), _leaf(2, seed=81))
+    )
     assert torch.autograd.gradcheck(_LRNFn.apply, (_leaf(1, 5, 2, 2, seed=82), False))
     assert torch.autograd.gradcheck(_LRNFn.apply, (_leaf(1, 1, 4, 3, seed=83), True))
 
 
 # --- longer cases (python -m pytest -m slow) ------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_wide_rows_1023(dtype):
     """Odd widths: a row of 1023 and an LRN plane 1023 wide (many masked lanes)."""
     x, dy = randn(3, 1023, seed=91).to(dtype), randn(3, 1023, seed=92).to(dtype)
-    ref_y, (ref_dx, _, _) = _grads(lambda *a: _ref_layer_norm(*a, 1e-5),
-                                   [x.double(), None, None], dy.double())
+    ref_y, (ref_dx, _, _) = _grads(
+        lambda *a: _ref_layer_norm(*a, 1e-5), [x.double(), None, None], dy.double()
+    )
     y, mean, rstd = T.layer_norm_fwd(x, None, None, 1e-5)
     dx, _, _ = T.layer_norm_bwd(dy, x, mean, rstd, None)
     _check(y, ref_y, dtype, None, "y")
     _check(dx, ref_dx, dtype, None, "dx")
-    _lrn_case(randn(2, 5, 3, 1023, seed=93), randn(2, 5, 3, 1023, seed=94), 2, 2, 1e-4 / 5,
-              0.75, 1.0, False, dtype, "wide spatial")
+    _lrn_case(
+        randn(2, 5, 3, 1023, seed=93),
+        randn(2, 5, 3, 1023, seed=94),
+        2,
+        2,
+        1e-4 / 5,
+        0.75,
+        1.0,
+        False,
+        dtype,
+        "wide spatial",
+    )
 
 
 @pytest.mark.slow
 def test_gpu_validate_script_smoke(tmp_path):
     """benchmarks/gpu_validate.py --smoke: validation passes, every bench case builds, CSV."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT / "src"))
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_validate.py"), "--smoke",
-                          "--out", str(tmp_path)], env=env, capture_output=True, text=True,
-                         timeout=1200)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/gpu_validate.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     csvs = list(tmp_path.glob("gpu_validate_smoke_*.csv"))
     assert len(csvs) == 1

@@ -46,8 +46,9 @@ def test_gradients_gradcheck_float64():
     conv = normkit.WSConv2d(2, 3, 3, dtype=torch.float64)
     x = randn(1, 2, 4, 4, seed=3).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda x_, w_, b_: torch_F.conv2d(x_, normkit.modules.ws.standardize_weight(w_, 1e-6),
-                                          b_), (x, conv.weight, conv.bias))
+        lambda x_, w_, b_: torch_F.conv2d(x_, normkit.modules.ws.standardize_weight(w_, 1e-6), b_),
+        (x, conv.weight, conv.bias),
+    )
     # the module's gradient is the one of the formula written out here
     conv(x).sum().backward()
     w = conv.weight.detach().clone().requires_grad_()
@@ -99,8 +100,11 @@ def test_bit_block_ws_with_groupnorm_matches_reference():
     y.square().sum().backward()
 
     def ref_gn(v, gn):
-        return torch.from_numpy(group_norm_forward(v.numpy(), 4, gn.weight.detach().numpy(),
-                                                   gn.bias.detach().numpy(), 1e-5)[0])
+        return torch.from_numpy(
+            group_norm_forward(
+                v.numpy(), 4, gn.weight.detach().numpy(), gn.bias.detach().numpy(), 1e-5
+            )[0]
+        )
 
     def ref_conv(v, conv):
         w = torch.from_numpy(weight_standardize(conv.weight.detach().numpy(), 1e-6))

@@ -46,11 +46,16 @@ def assert_matches_reference(ours, ref, dtype, torch_same_dtype=None, what="outp
     finite = np.isfinite(ref64)
     scale = max(1.0, float(np.max(np.abs(ref64[finite]))) if finite.any() else 1.0)
     err = float(np.max(np.abs(ours64[finite] - ref64[finite]))) if finite.any() else 0.0
-    torch_err = 0.0 if torch_same_dtype is None else max_err(
-        np.where(finite, as_f64(torch_same_dtype), 0), np.where(finite, ref64, 0))
+    torch_err = (
+        0.0
+        if torch_same_dtype is None
+        else max_err(np.where(finite, as_f64(torch_same_dtype), 0), np.where(finite, ref64, 0))
+    )
     bound = 2 * torch_err + ATOL[dtype] * scale
-    assert err <= bound, (f"{what}: max|ours - ref| = {err:.3g} exceeds 2*{torch_err:.3g} + "
-                          f"{ATOL[dtype]:g}*{scale:.3g} = {bound:.3g} ({dtype})")
+    assert err <= bound, (
+        f"{what}: max|ours - ref| = {err:.3g} exceeds 2*{torch_err:.3g} + "
+        f"{ATOL[dtype]:g}*{scale:.3g} = {bound:.3g} ({dtype})"
+    )
 
 
 def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:

@@ -17,21 +17,41 @@ __version__ = "0.1.0"
 # public name -> the module that defines it ("" for a submodule of the same name)
 _EXPORTS = {
     # submodules
-    "conventions": "", "functional": "", "preprocessing": "", "interop": "",
+    "conventions": "",
+    "functional": "",
+    "preprocessing": "",
+    "interop": "",
     # LRN and the torch.nn-compatible layers
-    "LocalResponseNorm": "modules", "BatchNorm1d": "modules", "BatchNorm2d": "modules",
-    "BatchNorm3d": "modules", "SyncBatchNorm": "modules", "LayerNorm": "modules",
-    "GroupNorm": "modules", "InstanceNorm1d": "modules", "InstanceNorm2d": "modules",
-    "InstanceNorm3d": "modules", "RMSNorm": "modules", "ChannelRMSNorm": "modules",
+    "LocalResponseNorm": "modules",
+    "BatchNorm1d": "modules",
+    "BatchNorm2d": "modules",
+    "BatchNorm3d": "modules",
+    "SyncBatchNorm": "modules",
+    "LayerNorm": "modules",
+    "GroupNorm": "modules",
+    "InstanceNorm1d": "modules",
+    "InstanceNorm2d": "modules",
+    "InstanceNorm3d": "modules",
+    "RMSNorm": "modules",
+    "ChannelRMSNorm": "modules",
     # third-party twins that convert() builds
-    "BatchNormAct2d": "modules", "FrozenBatchNorm2d": "modules", "HFRMSNorm": "modules",
+    "BatchNormAct2d": "modules",
+    "FrozenBatchNorm2d": "modules",
+    "HFRMSNorm": "modules",
     "LayerNorm2d": "modules",
     # beyond the source documents: FRN, weight standardization, fused and modulated norms
-    "FilterResponseNorm2d": "modules", "WSConv2d": "modules", "AddRMSNorm": "modules",
-    "AddLayerNorm": "modules", "AdaLayerNorm": "modules",
+    "FilterResponseNorm2d": "modules",
+    "WSConv2d": "modules",
+    "AddRMSNorm": "modules",
+    "AddLayerNorm": "modules",
+    "AdaLayerNorm": "modules",
     # model-level tools
-    "convert": "convert", "ConvertReport": "convert", "functional_mode": "functional_mode",
-    "fold_batch_norm": "fold", "create_norm": "factory", "create_conv": "factory",
+    "convert": "convert",
+    "ConvertReport": "convert",
+    "functional_mode": "functional_mode",
+    "fold_batch_norm": "fold",
+    "create_norm": "factory",
+    "create_conv": "factory",
     "NORMS": "factory",
 }
 
@@ -40,8 +60,16 @@ __all__ = [*_EXPORTS, "__version__"]
 # the layer stack and the exporters, loaded together on first use of a layer or function;
 # interop is among them because importing it installs the ONNX LRN-node writer that plain
 # torch.onnx.export (TorchScript) uses
-_EAGER_MODULES = ("conventions", "functional", "modules", "interop", "convert",
-                  "functional_mode", "fold", "factory")
+_EAGER_MODULES = (
+    "conventions",
+    "functional",
+    "modules",
+    "interop",
+    "convert",
+    "functional_mode",
+    "fold",
+    "factory",
+)
 
 
 def _load() -> None:

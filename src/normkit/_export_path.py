@@ -40,8 +40,18 @@ import torch.nn.functional as torch_F
 
 from .conventions import CanonicalLRN
 
-__all__ = ["exporting", "set_lrn_hook", "clamp_window", "lrn", "lrn_decomposition", "batch_norm",
-           "layer_norm", "group_norm", "instance_norm", "rms_norm"]
+__all__ = [
+    "exporting",
+    "set_lrn_hook",
+    "clamp_window",
+    "lrn",
+    "lrn_decomposition",
+    "batch_norm",
+    "layer_norm",
+    "group_norm",
+    "instance_norm",
+    "rms_norm",
+]
 
 
 def exporting() -> bool:
@@ -72,8 +82,7 @@ def clamp_window(spec: CanonicalLRN, x: torch.Tensor) -> CanonicalLRN:
     extent = x.shape[1] if spec.region == "across" else max(x.shape[2], x.shape[3])
     if spec.back <= extent and spec.ahead <= extent:
         return spec
-    return dataclasses.replace(spec, back=min(spec.back, extent),
-                               ahead=min(spec.ahead, extent))
+    return dataclasses.replace(spec, back=min(spec.back, extent), ahead=min(spec.ahead, extent))
 
 
 def _window_sum(v: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:
@@ -111,7 +120,7 @@ def lrn_decomposition(x: torch.Tensor, spec: CanonicalLRN) -> torch.Tensor:
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     x32 = x if x.dtype == compute else x.to(compute)  # a no-op .to() still traces a Cast
     acc = x32 * x32
-    for dim in ((2, 3) if spec.region == "within" else (1,)):
+    for dim in (2, 3) if spec.region == "within" else (1,):
         acc = _window_sum(acc, spec.back, spec.ahead, dim)
     # constants as tensors of the compute dtype: the dynamo exporter rounds Python scalars
     # through float32 (measured: 6.5e-8 relative error on a float64 model)
@@ -132,8 +141,9 @@ def lrn(input: torch.Tensor, spec: CanonicalLRN, channel_dim: int) -> torch.Tens
 
 def batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps):
     """``torch.nn.functional.batch_norm`` (same running-stat update in training)."""
-    return torch_F.batch_norm(input, running_mean, running_var, weight, bias, bool(training),
-                              float(momentum), float(eps))
+    return torch_F.batch_norm(
+        input, running_mean, running_var, weight, bias, bool(training), float(momentum), float(eps)
+    )
 
 
 def layer_norm(input, normalized_shape, weight, bias, eps):
@@ -146,11 +156,18 @@ def group_norm(input, num_groups, weight, bias, eps):
     return torch_F.group_norm(input, num_groups, weight, bias, float(eps))
 
 
-def instance_norm(input, running_mean, running_var, weight, bias, use_input_stats,
-                  momentum, eps):
+def instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps):
     """``torch.nn.functional.instance_norm``."""
-    return torch_F.instance_norm(input, running_mean, running_var, weight, bias,
-                                 bool(use_input_stats), float(momentum), float(eps))
+    return torch_F.instance_norm(
+        input,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        bool(use_input_stats),
+        float(momentum),
+        float(eps),
+    )
 
 
 def rms_norm(input, normalized_shape, weight, eps: float):
@@ -181,6 +198,7 @@ def filter_response_norm(x, weight, bias, tau, eps):
     xc = x.to(cdt)
     dims = tuple(range(2, x.dim()))
     nu2 = (xc * xc).mean(dims, keepdim=True)
-    z = xc * torch.rsqrt(nu2 + eps.to(cdt).view(view)) * weight.to(cdt).view(view) \
-        + bias.to(cdt).view(view)
+    z = xc * torch.rsqrt(nu2 + eps.to(cdt).view(view)) * weight.to(cdt).view(view) + bias.to(
+        cdt
+    ).view(view)
     return torch.maximum(z, tau.to(cdt).view(view)).to(x.dtype)

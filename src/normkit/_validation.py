@@ -19,11 +19,15 @@ FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def check_tensor(name: str, input) -> None:
     """Raise unless ``input`` is a floating-point tensor."""
     if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{name}: input must be a torch.Tensor, got {type(input).__name__}; "
-                        "convert with torch.as_tensor(x, dtype=torch.float32)")
+        raise TypeError(
+            f"{name}: input must be a torch.Tensor, got {type(input).__name__}; "
+            "convert with torch.as_tensor(x, dtype=torch.float32)"
+        )
     if input.dtype not in FLOATS:
-        raise TypeError(f"{name}: input dtype must be floating point (float16, bfloat16, "
-                        f"float32, float64), got {input.dtype}; cast with .float()")
+        raise TypeError(
+            f"{name}: input dtype must be floating point (float16, bfloat16, "
+            f"float32, float64), got {input.dtype}; cast with .float()"
+        )
 
 
 def check_channel_dim(name: str, input: torch.Tensor, channel_dim) -> int:
@@ -31,12 +35,16 @@ def check_channel_dim(name: str, input: torch.Tensor, channel_dim) -> int:
     if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
         raise TypeError(f"{name}: channel_dim must be an int, got {type(channel_dim).__name__}")
     if not -input.dim() <= channel_dim < input.dim():
-        raise ValueError(f"{name}: channel_dim must be in [{-input.dim()}, {input.dim() - 1}] "
-                         f"for a {input.dim()}-D input, got {channel_dim}")
+        raise ValueError(
+            f"{name}: channel_dim must be in [{-input.dim()}, {input.dim() - 1}] "
+            f"for a {input.dim()}-D input, got {channel_dim}"
+        )
     channel_dim %= input.dim()
     if channel_dim == 0:
-        raise ValueError(f"{name}: channel_dim=0 is the batch dim; inputs are (N, C, *) "
-                         "(channel_dim=1) or (N, *, C) (channel_dim=-1)")
+        raise ValueError(
+            f"{name}: channel_dim=0 is the batch dim; inputs are (N, C, *) "
+            "(channel_dim=1) or (N, *, C) (channel_dim=-1)"
+        )
     return channel_dim
 
 
@@ -44,9 +52,13 @@ def check_lrn_input(name: str, input, spec: CanonicalLRN, channel_dim) -> int:
     """Validate an LRN input (tensor, dtype, rank, channel_dim); the channel dim, >= 1."""
     check_tensor(name, input)
     if spec.region == "across" and input.dim() < 3:
-        raise ValueError(f"{name}: across-channel LRN needs an input of rank >= 3 (N, C, *), "
-                         f"got shape {tuple(input.shape)}; add a batch dim with x.unsqueeze(0)")
+        raise ValueError(
+            f"{name}: across-channel LRN needs an input of rank >= 3 (N, C, *), "
+            f"got shape {tuple(input.shape)}; add a batch dim with x.unsqueeze(0)"
+        )
     if spec.region == "within" and input.dim() != 4:
-        raise ValueError(f"{name}: within-channel LRN needs a 4-D input (N, C, H, W), got "
-                         f"shape {tuple(input.shape)}")
+        raise ValueError(
+            f"{name}: within-channel LRN needs a 4-D input (N, C, H, W), got "
+            f"shape {tuple(input.shape)}"
+        )
     return check_channel_dim(name, input, channel_dim)

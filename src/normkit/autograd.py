@@ -34,8 +34,18 @@ class LocalResponseNormFunction(torch.autograd.Function):
     """LRN in canonical form; saves only the input and recomputes the scale in backward."""
 
     @staticmethod
-    def forward(ctx, input, back: int, ahead: int, alpha: float, beta: float, k: float,
-                within: bool, backends: dict, channel_dim: int = 1):
+    def forward(
+        ctx,
+        input,
+        back: int,
+        ahead: int,
+        alpha: float,
+        beta: float,
+        k: float,
+        within: bool,
+        backends: dict,
+        channel_dim: int = 1,
+    ):
         ctx.save_for_backward(input)
         ctx.params = (back, ahead, alpha, beta, k, within)
         ctx.backend, ctx.channel_dim = backends["lrn_bwd"], channel_dim
@@ -83,10 +93,17 @@ class LayerNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x, mean, rstd, weight, bias = ctx.saved_tensors
-        dx, dweight, dbias = library.layer_norm_bwd(dy.reshape(x.shape).contiguous(), x, mean,
-                                                    rstd, weight, ctx.backend)
-        return (dx.reshape(ctx.shape), _grad_like(dweight, weight), _grad_like(dbias, bias),
-                None, None, None)
+        dx, dweight, dbias = library.layer_norm_bwd(
+            dy.reshape(x.shape).contiguous(), x, mean, rstd, weight, ctx.backend
+        )
+        return (
+            dx.reshape(ctx.shape),
+            _grad_like(dweight, weight),
+            _grad_like(dbias, bias),
+            None,
+            None,
+            None,
+        )
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -112,11 +129,18 @@ class RMSNormFunction(torch.autograd.Function):
         x, rstd, weight = ctx.saved_tensors
         cd = ctx.channel_dim
         dy = dy if cd == -1 else dy.movedim(cd, -1)
-        dx, dweight = library.rms_norm_bwd(dy.reshape(x.shape).contiguous(), x, rstd, weight,
-                                           ctx.backend)
+        dx, dweight = library.rms_norm_bwd(
+            dy.reshape(x.shape).contiguous(), x, rstd, weight, ctx.backend
+        )
         dx = dx.reshape(ctx.moved)
-        return ((dx if cd == -1 else dx.movedim(-1, cd)), _grad_like(dweight, weight),
-                None, None, None, None)
+        return (
+            (dx if cd == -1 else dx.movedim(-1, cd)),
+            _grad_like(dweight, weight),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class GroupNormFunction(torch.autograd.Function):
@@ -126,8 +150,9 @@ class GroupNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, num_groups: int, eps: float, backends: dict):
         x = _ncl(input)
-        y, mean, rstd = library.group_norm_fwd(x, weight, bias, num_groups, eps,
-                                               backends["group_norm_fwd"])
+        y, mean, rstd = library.group_norm_fwd(
+            x, weight, bias, num_groups, eps, backends["group_norm_fwd"]
+        )
         ctx.save_for_backward(x, mean, rstd, weight, bias)
         ctx.num_groups, ctx.shape = num_groups, input.shape
         ctx.backend = backends["group_norm_bwd"]
@@ -137,10 +162,17 @@ class GroupNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x, mean, rstd, weight, bias = ctx.saved_tensors
-        dx, dweight, dbias = library.group_norm_bwd(dy.reshape(x.shape).contiguous(), x, mean,
-                                                    rstd, weight, ctx.num_groups, ctx.backend)
-        return (dx.reshape(ctx.shape), _grad_like(dweight, weight), _grad_like(dbias, bias),
-                None, None, None)
+        dx, dweight, dbias = library.group_norm_bwd(
+            dy.reshape(x.shape).contiguous(), x, mean, rstd, weight, ctx.num_groups, ctx.backend
+        )
+        return (
+            dx.reshape(ctx.shape),
+            _grad_like(dweight, weight),
+            _grad_like(dbias, bias),
+            None,
+            None,
+            None,
+        )
 
 
 def _ncl(t: torch.Tensor) -> torch.Tensor:
@@ -155,8 +187,7 @@ def _stats_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def update_running_stats(running_mean, running_var, mean, unbiased_var,
-                         momentum: float) -> None:
+def update_running_stats(running_mean, running_var, mean, unbiased_var, momentum: float) -> None:
     """running <- (1 - m) running + m batch; the caller passes the unbiased variance
     var * n / (n - 1), which is what torch stores."""
     if running_mean is None:
@@ -167,15 +198,28 @@ def update_running_stats(running_mean, running_var, mean, unbiased_var,
         running_var.copy_(running_var.to(cdt) * (1.0 - momentum) + unbiased_var * momentum)
 
 
-def _batch_norm_backward(ctx, dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count,
-                         local_dy_xhat, local_dy):
+def _batch_norm_backward(
+    ctx, dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count, local_dy_xhat, local_dy
+):
     """(dx, dweight, dbias) given the (possibly all-reduced) sums and the local ones."""
     dx = None
     if ctx.needs_input_grad[0]:
-        dx = library.batch_norm_bwd_apply(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count,
-                                          ctx.backends["batch_norm_bwd_apply"])
-    return dx, _grad_like(local_dy_xhat, weight), (_grad_like(local_dy, weight)
-                                                   if ctx.has_bias else None)
+        dx = library.batch_norm_bwd_apply(
+            dy,
+            x,
+            mean,
+            rstd,
+            weight,
+            sum_dy,
+            sum_dy_xhat,
+            count,
+            ctx.backends["batch_norm_bwd_apply"],
+        )
+    return (
+        dx,
+        _grad_like(local_dy_xhat, weight),
+        (_grad_like(local_dy, weight) if ctx.has_bias else None),
+    )
 
 
 def _user_shaped(grads, shape):
@@ -203,8 +247,7 @@ class BatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, input, weight, bias, mean, rstd, training: bool, count: int,
-                backends: dict):
+    def forward(ctx, input, weight, bias, mean, rstd, training: bool, count: int, backends: dict):
         x = _ncl(input)
         y = library.batch_norm_apply(x, mean, rstd, weight, bias, backends["batch_norm_apply"])
         ctx.save_for_backward(x, mean, rstd, weight)
@@ -218,14 +261,17 @@ class BatchNormFunction(torch.autograd.Function):
         x, mean, rstd, weight = ctx.saved_tensors
         dy = dy.reshape(x.shape).contiguous()
         sum_dy, sum_dy_xhat = library.batch_norm_bwd_reduce(
-            dy, x, mean, rstd, ctx.backends["batch_norm_bwd_reduce"])
+            dy, x, mean, rstd, ctx.backends["batch_norm_bwd_reduce"]
+        )
         if ctx.training:
-            grads = _batch_norm_backward(ctx, dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat,
-                                         ctx.count, sum_dy_xhat, sum_dy)
+            grads = _batch_norm_backward(
+                ctx, dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, ctx.count, sum_dy_xhat, sum_dy
+            )
         else:
             zeros = torch.zeros_like(sum_dy)
-            grads = _batch_norm_backward(ctx, dy, x, mean, rstd, weight, zeros, zeros, 1,
-                                         sum_dy_xhat, sum_dy)
+            grads = _batch_norm_backward(
+                ctx, dy, x, mean, rstd, weight, zeros, zeros, 1, sum_dy_xhat, sum_dy
+            )
         return _user_shaped(grads, ctx.shape) + (None,) * 5
 
 
@@ -242,8 +288,19 @@ class SyncBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, momentum: float,
-                eps: float, process_group, world_size: int, backends: dict):
+    def forward(
+        ctx,
+        input,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        momentum: float,
+        eps: float,
+        process_group,
+        world_size: int,
+        backends: dict,
+    ):
         import torch.distributed as dist
 
         x = _ncl(input)
@@ -255,25 +312,32 @@ class SyncBatchNormFunction(torch.autograd.Function):
         else:
             mean = var = torch.zeros(c, dtype=cdt, device=x.device)
         # float64 packing: counts stay exact past 2**24 and the merge loses nothing
-        packed = torch.cat([torch.tensor([float(local_count)], dtype=torch.float64,
-                                         device=x.device),
-                            mean.to(torch.float64), var.to(torch.float64) * local_count])
+        packed = torch.cat(
+            [
+                torch.tensor([float(local_count)], dtype=torch.float64, device=x.device),
+                mean.to(torch.float64),
+                var.to(torch.float64) * local_count,
+            ]
+        )
         gathered = [torch.empty_like(packed) for _ in range(world_size)]
         dist.all_gather(gathered, packed, group=process_group)
         table = torch.stack(gathered)  # (W, 1 + 2C)
         counts = table[:, :1]  # (W, 1)
         total = float(counts.sum())
         if total <= 1:
-            raise ValueError("SyncBatchNorm: expected more than 1 value per channel over all "
-                             f"processes when training, got {int(total)}; use a larger batch "
-                             "or evaluation mode")
-        means, m2 = table[:, 1:1 + c], table[:, 1 + c:]  # (W, C) each
+            raise ValueError(
+                "SyncBatchNorm: expected more than 1 value per channel over all "
+                f"processes when training, got {int(total)}; use a larger batch "
+                "or evaluation mode"
+            )
+        means, m2 = table[:, 1 : 1 + c], table[:, 1 + c :]  # (W, C) each
         mean64 = (counts * means).sum(0) / total
         m2_total = m2.sum(0) + (counts * (means - mean64) ** 2).sum(0)
         var64 = (m2_total / total).clamp_min(0.0)
         mean, var = mean64.to(cdt), var64.to(cdt)
-        update_running_stats(running_mean, running_var, mean,
-                             (m2_total / (total - 1)).to(cdt), momentum)
+        update_running_stats(
+            running_mean, running_var, mean, (m2_total / (total - 1)).to(cdt), momentum
+        )
         rstd = torch.rsqrt(var + eps)
         y = library.batch_norm_apply(x, mean, rstd, weight, bias, backends["batch_norm_apply"])
         ctx.save_for_backward(x, mean, rstd, weight)
@@ -289,16 +353,19 @@ class SyncBatchNormFunction(torch.autograd.Function):
         x, mean, rstd, weight = ctx.saved_tensors
         dy = dy.reshape(x.shape).contiguous()
         sum_dy, sum_dy_xhat = library.batch_norm_bwd_reduce(
-            dy, x, mean, rstd, ctx.backends["batch_norm_bwd_reduce"])
+            dy, x, mean, rstd, ctx.backends["batch_norm_bwd_reduce"]
+        )
         c = sum_dy.numel()
         packed = torch.cat([sum_dy, sum_dy_xhat])  # a copy: the local sums stay intact
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=ctx.process_group)
-        grads = _batch_norm_backward(ctx, dy, x, mean, rstd, weight, packed[:c], packed[c:],
-                                     ctx.count, sum_dy_xhat, sum_dy)
+        grads = _batch_norm_backward(
+            ctx, dy, x, mean, rstd, weight, packed[:c], packed[c:], ctx.count, sum_dy_xhat, sum_dy
+        )
         return _user_shaped(grads, ctx.shape) + (None,) * 7
 
 
 # --- Filter Response Normalization + TLU -------------------------------------------------
+
 
 class FilterResponseNormFunction(torch.autograd.Function):
     """FRN + TLU of (N, C, *); saves x, rstd (N, C), weight, bias and tau (never y).
@@ -323,12 +390,15 @@ class FilterResponseNormFunction(torch.autograd.Function):
         dy = dy.reshape(x.shape)
         dx, *grads = library.frn_bwd(dy, x, rstd, weight, bias, tau, ctx.backend)
         dx = dx.reshape(ctx.shape)
-        grads = [g.to(dt) if need else None
-                 for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[1:5])]
+        grads = [
+            g.to(dt) if need else None
+            for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[1:5])
+        ]
         return (dx if ctx.needs_input_grad[0] else None, *grads, None)
 
 
-# --- fused residual add + norm, modulated LayerNorm --------------------------------------------------------------------
+# --- fused residual add + norm, modulated LayerNorm ------------------------------------------
+
 
 def _owned_contig(t: torch.Tensor) -> torch.Tensor:
     """``t`` contiguous and not an autograd view (see :func:`_owned`)."""
@@ -357,10 +427,17 @@ class AddRMSNormFunction(torch.autograd.Function):
     ``d``); saves h, rstd, weight. Takes and returns x's shape (outputs never views)."""
 
     @staticmethod
-    def forward(ctx, x, residual, weight, eps: float, residual_in_fp32: bool, backends: dict,
-                d: int):
-        y, h, rstd = library.add_rms_norm_fwd(x.reshape(-1, d), _flat(residual, d), weight, eps,
-                                      residual_in_fp32, backends["add_rms_norm_fwd"])
+    def forward(
+        ctx, x, residual, weight, eps: float, residual_in_fp32: bool, backends: dict, d: int
+    ):
+        y, h, rstd = library.add_rms_norm_fwd(
+            x.reshape(-1, d),
+            _flat(residual, d),
+            weight,
+            eps,
+            residual_in_fp32,
+            backends["add_rms_norm_fwd"],
+        )
         ctx.save_for_backward(h, rstd, weight)
         ctx.shape = x.shape
         ctx.backend = backends["add_rms_norm_bwd"]
@@ -373,7 +450,9 @@ class AddRMSNormFunction(torch.autograd.Function):
     def backward(ctx, dy, dh):
         h, rstd, weight = ctx.saved_tensors
         dy = torch.zeros_like(h, dtype=ctx.dtypes[0]) if dy is None else _flat(dy, h.shape[1])
-        dsum, dweight = library.add_rms_norm_bwd(dy, _flat(dh, h.shape[1]), h, rstd, weight, ctx.backend)
+        dsum, dweight = library.add_rms_norm_bwd(
+            dy, _flat(dh, h.shape[1]), h, rstd, weight, ctx.backend
+        )
         return _input_grads(ctx, dsum) + (_cast(dweight, weight), None, None, None, None)
 
 
@@ -382,11 +461,18 @@ class AddLayerNormFunction(torch.autograd.Function):
     weight. Takes and returns x's shape (outputs never views)."""
 
     @staticmethod
-    def forward(ctx, x, residual, weight, bias, eps: float, residual_in_fp32: bool,
-                backends: dict, d: int):
-        y, h, mean, rstd = library.add_layer_norm_fwd(x.reshape(-1, d), _flat(residual, d), weight,
-                                              bias, eps, residual_in_fp32,
-                                              backends["add_layer_norm_fwd"])
+    def forward(
+        ctx, x, residual, weight, bias, eps: float, residual_in_fp32: bool, backends: dict, d: int
+    ):
+        y, h, mean, rstd = library.add_layer_norm_fwd(
+            x.reshape(-1, d),
+            _flat(residual, d),
+            weight,
+            bias,
+            eps,
+            residual_in_fp32,
+            backends["add_layer_norm_fwd"],
+        )
         ctx.save_for_backward(h, mean, rstd, weight, bias)
         ctx.shape = x.shape
         ctx.backend = backends["add_layer_norm_bwd"]
@@ -399,10 +485,17 @@ class AddLayerNormFunction(torch.autograd.Function):
     def backward(ctx, dy, dh):
         h, mean, rstd, weight, bias = ctx.saved_tensors
         dy = torch.zeros_like(h, dtype=ctx.dtypes[0]) if dy is None else _flat(dy, h.shape[1])
-        dsum, dweight, dbias = library.add_layer_norm_bwd(dy, _flat(dh, h.shape[1]), h, mean, rstd,
-                                                  weight, ctx.backend)
-        return _input_grads(ctx, dsum) + (_cast(dweight, weight), _cast(dbias, bias), None,
-                                          None, None, None)
+        dsum, dweight, dbias = library.add_layer_norm_bwd(
+            dy, _flat(dh, h.shape[1]), h, mean, rstd, weight, ctx.backend
+        )
+        return _input_grads(ctx, dsum) + (
+            _cast(dweight, weight),
+            _cast(dbias, bias),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class ModulatedLayerNormFunction(torch.autograd.Function):
@@ -411,8 +504,9 @@ class ModulatedLayerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shift, scale, eps: float, backends: dict):
         x3 = x.reshape(x.shape[0], -1, x.shape[-1])
-        y, mean, rstd = library.modulated_layer_norm_fwd(x3, shift, scale, eps,
-                                                 backends["modulated_layer_norm_fwd"])
+        y, mean, rstd = library.modulated_layer_norm_fwd(
+            x3, shift, scale, eps, backends["modulated_layer_norm_fwd"]
+        )
         ctx.save_for_backward(x3, mean, rstd, scale)
         ctx.shape = x.shape
         ctx.backend = backends["modulated_layer_norm_bwd"]
@@ -423,6 +517,7 @@ class ModulatedLayerNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x, mean, rstd, scale = ctx.saved_tensors
-        dx, dshift, dscale = library.modulated_layer_norm_bwd(dy.reshape(x.shape).contiguous(), x, mean,
-                                                      rstd, scale, ctx.backend)
+        dx, dshift, dscale = library.modulated_layer_norm_bwd(
+            dy.reshape(x.shape).contiguous(), x, mean, rstd, scale, ctx.backend
+        )
         return dx.reshape(ctx.shape), dshift.to(ctx.shift_dtype), dscale, None, None

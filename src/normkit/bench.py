@@ -3,7 +3,8 @@
 For each layer and shape: warm-up, many repeats, the median time of the forward
 and of forward+backward, for torch eager and for every normkit backend that can
 run the tensor. Prints the ratio (torch time / normkit time: > 1 means normkit is
-faster), the effective bandwidth under the minimum-traffic model of docs/design.md section 3 (forward
+faster), the effective bandwidth under the minimum-traffic model of docs/design.md
+section 3 (forward
 reads x and writes y: 2·N·s bytes; backward reads x and dy and writes dx: 3·N·s;
 so forward+backward is 5·N·s) and that bandwidth as a fraction of a measured large
 tensor copy. For LRN forward+backward it also reports the peak extra memory as a
@@ -43,36 +44,81 @@ __all__ = ["add_arguments", "main", "CASES"]
 # every layer case a family names (normkit.families), then the whole-model tables
 LAYERS = bench_layers() + ("overhead", "model")
 LRN_BETAS = (0.5, 0.75, 1.0, 0.6)
-CSV_FIELDS = ["timestamp", "device", "device_name", "torch_version", "numba_version",
-              "triton_version", "threads", "allocator", "load_avg", "layer", "shape", "dtype",
-              "params", "pass", "impl", "median_ms", "repeats", "torch_ms", "ratio_vs_torch",
-              "gbps", "copy_gbps", "frac_copy_bw", "peak_extra_mem_x_input"]
+CSV_FIELDS = [
+    "timestamp",
+    "device",
+    "device_name",
+    "torch_version",
+    "numba_version",
+    "triton_version",
+    "threads",
+    "allocator",
+    "load_avg",
+    "layer",
+    "shape",
+    "dtype",
+    "params",
+    "pass",
+    "impl",
+    "median_ms",
+    "repeats",
+    "torch_ms",
+    "ratio_vs_torch",
+    "gbps",
+    "copy_gbps",
+    "frac_copy_bw",
+    "peak_extra_mem_x_input",
+]
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="where to run (default cpu)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small shapes and few repeats (a smoke run, not a measurement)")
-    parser.add_argument("--layers", default=",".join(LAYERS),
-                        help=f"comma-separated subset of {','.join(LAYERS)} (default all)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed repeats per case (default 20, --quick 3)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed warm-up calls per case (default 3, --quick 1)")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch intra-op threads, also used by normkit's cpu kernels "
-                             "(default 2)")
-    parser.add_argument("--dtype", choices=("float32", "float64", "float16", "bfloat16"),
-                        default="float32", help="input dtype (default float32)")
-    parser.add_argument("--memory", choices=("auto", "on", "off"), default="auto",
-                        help="measure LRN peak extra memory in subprocesses "
-                             "(auto: on unless --quick)")
-    parser.add_argument("--out", default=None,
-                        help="folder for the CSV (default benchmarks/results)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small shapes and few repeats (a smoke run, not a measurement)",
+    )
+    parser.add_argument(
+        "--layers",
+        default=",".join(LAYERS),
+        help=f"comma-separated subset of {','.join(LAYERS)} (default all)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed repeats per case (default 20, --quick 3)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed warm-up calls per case (default 3, --quick 1)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch intra-op threads, also used by normkit's cpu kernels (default 2)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64", "float16", "bfloat16"),
+        default="float32",
+        help="input dtype (default float32)",
+    )
+    parser.add_argument(
+        "--memory",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="measure LRN peak extra memory in subprocesses (auto: on unless --quick)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="folder for the CSV (default benchmarks/results)"
+    )
 
 
 # --- cases -----------------------------------------------------------------------------
+
 
 @dataclass
 class Impl:
@@ -95,8 +141,11 @@ class Case:
 def _backends(op: str, x: torch.Tensor) -> List[str]:
     from . import dispatch
 
-    return [name for name, entry in sorted(dispatch.table.get(op, {}).items())
-            if entry.why_not(x) is None]
+    return [
+        name
+        for name, entry in sorted(dispatch.table.get(op, {}).items())
+        if entry.why_not(x) is None
+    ]
 
 
 def _autograd_pair(fn, inputs, dy):
@@ -121,13 +170,19 @@ def _autograd_pair(fn, inputs, dy):
 def _lrn_case(x, dy, beta, size=5, alpha=1e-4, k=1.0) -> Case:
     from .functional import local_response_norm
 
-    case = Case("lrn", tuple(x.shape), f"size={size} beta={beta}", x,
-                lrn_args=dict(size=size, alpha=alpha, beta=beta, k=k))
+    case = Case(
+        "lrn",
+        tuple(x.shape),
+        f"size={size} beta={beta}",
+        x,
+        lrn_args=dict(size=size, alpha=alpha, beta=beta, k=k),
+    )
     f, fb = _autograd_pair(lambda v: F.local_response_norm(v, size, alpha, beta, k), [x], dy)
     case.impls.append(Impl("torch-eager", f, fb))
     for backend in _backends("lrn_fwd", x):
         f, fb = _autograd_pair(
-            lambda v, b=backend: local_response_norm(v, size, alpha, beta, k, backend=b), [x], dy)
+            lambda v, b=backend: local_response_norm(v, size, alpha, beta, k, backend=b), [x], dy
+        )
         case.impls.append(Impl(f"normkit-{backend}", f, fb))
     return case
 
@@ -156,12 +211,12 @@ def _row_case(layer, x, dy, rms: bool) -> Case:
     if rms:
         f, fb = _autograd_pair(lambda v, ww: F.rms_norm(v, (d,), ww, 1e-6), [x, w], dy)
     else:
-        f, fb = _autograd_pair(lambda v, ww, bb: F.layer_norm(v, (d,), ww, bb, 1e-5),
-                               [x, w, b], dy)
+        f, fb = _autograd_pair(lambda v, ww, bb: F.layer_norm(v, (d,), ww, bb, 1e-5), [x, w, b], dy)
     case.impls.append(Impl("torch-eager", f, fb))
     ops = ("rms_norm_fwd", "rms_norm_bwd") if rms else ("layer_norm_fwd", "layer_norm_bwd")
     for backend in _raw_backends(ops, x):
         if rms:
+
             def fwd(be=backend):
                 return _call("rms_norm_fwd", be, x, w, 1e-6)
 
@@ -169,12 +224,14 @@ def _row_case(layer, x, dy, rms: bool) -> Case:
                 y, rstd = _call("rms_norm_fwd", be, x, w, 1e-6)
                 return _call("rms_norm_bwd", be, dy, x, rstd, w)
         else:
+
             def fwd(be=backend):
                 return _call("layer_norm_fwd", be, x, w, b, 1e-5)
 
             def fwdbwd(be=backend):
                 y, mean, rstd = _call("layer_norm_fwd", be, x, w, b, 1e-5)
                 return _call("layer_norm_bwd", be, dy, x, mean, rstd, w)
+
         case.impls.append(Impl(f"normkit-{backend}", fwd, fwdbwd))
     return case
 
@@ -187,12 +244,14 @@ def _group_case(layer, x, dy, groups, affine: bool) -> Case:
     if layer == "instancenorm":
         f, fb = _autograd_pair(lambda v: F.instance_norm(v, eps=1e-5), [x], dy)
     else:
-        f, fb = _autograd_pair(lambda v, ww, bb: F.group_norm(v, groups, ww, bb, 1e-5),
-                               [x, w, b], dy)
+        f, fb = _autograd_pair(
+            lambda v, ww, bb: F.group_norm(v, groups, ww, bb, 1e-5), [x, w, b], dy
+        )
     case.impls.append(Impl("torch-eager", f, fb))
     # the raw ops take (N, C, L) (docs/ops.md); the module/functional layer does this view
     x, dy = x.reshape(x.shape[0], c, -1), dy.reshape(dy.shape[0], c, -1)
     for backend in _raw_backends(("group_norm_fwd", "group_norm_bwd"), x):
+
         def fwd(be=backend):
             return _call("group_norm_fwd", be, x, w, b, groups, 1e-5)
 
@@ -212,17 +271,19 @@ def _batch_case(x, dy) -> Case:
     rv = torch.ones(c, dtype=x.dtype, device=x.device)
     case = Case("batchnorm", tuple(x.shape), "train affine momentum=0.1", x)
     f, fb = _autograd_pair(
-        lambda v, ww, bb: F.batch_norm(v, rm, rv, ww, bb, training=True, momentum=0.1,
-                                       eps=1e-5), [x, w, b], dy)
+        lambda v, ww, bb: F.batch_norm(v, rm, rv, ww, bb, training=True, momentum=0.1, eps=1e-5),
+        [x, w, b],
+        dy,
+    )
     case.impls.append(Impl("torch-eager", f, fb))
-    ops = ("batch_norm_stats", "batch_norm_apply", "batch_norm_bwd_reduce",
-           "batch_norm_bwd_apply")
+    ops = ("batch_norm_stats", "batch_norm_apply", "batch_norm_bwd_reduce", "batch_norm_bwd_apply")
     count = x.numel() // c
     nrm, nrv = rm.clone(), rv.clone()
     # the raw ops take (N, C, L) (docs/ops.md); the module/functional layer does this view
     x, dy = x.reshape(x.shape[0], c, -1), dy.reshape(dy.shape[0], c, -1)
 
     for backend in _raw_backends(ops, x):
+
         def fwd(be=backend):
             mean, var = _call("batch_norm_stats", be, x)
             rstd = (var + 1e-5).rsqrt_()
@@ -234,8 +295,9 @@ def _batch_case(x, dy) -> Case:
         def fwdbwd(be=backend):
             y, mean, rstd = fwd(be)
             sum_dy, sum_dy_xhat = _call("batch_norm_bwd_reduce", be, dy, x, mean, rstd)
-            return _call("batch_norm_bwd_apply", be, dy, x, mean, rstd, w, sum_dy,
-                         sum_dy_xhat, count)
+            return _call(
+                "batch_norm_bwd_apply", be, dy, x, mean, rstd, w, sum_dy, sum_dy_xhat, count
+            )
 
         case.impls.append(Impl(f"normkit-{backend}", fwd, fwdbwd))
     return case
@@ -286,6 +348,7 @@ def CASES(layers, quick: bool, device: str, dtype: torch.dtype) -> List[Case]:
 # modules against torch.nn's inside whole models (same weights, same data, SGD step), and
 # the fixed cost of one layer call on a tiny input (where the kernel costs next to nothing
 # and Python dispatch, autograd and validation dominate).
+
 
 def _norm_factory(lib):
     """Constructors of the norm layers of ``lib`` (torch.nn or normkit)."""
@@ -357,8 +420,9 @@ class _BasicBlock(torch.nn.Module):
         self.bn2 = norms["bn2d"](cout)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                      norms["bn2d"](cout))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), norms["bn2d"](cout)
+            )
 
     def forward(self, x):
         identity = x if self.down is None else self.down(x)
@@ -394,26 +458,39 @@ class _PreNormBlock(torch.nn.Module):
     def forward(self, x):
         b, s, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, self.heads, d // self.heads).unbind(2)
-        att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                             v.transpose(1, 2))
+        att = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        )
         x = x + self.proj(att.transpose(1, 2).reshape(b, s, d))
         return x + self.mlp(self.ln2(x))
 
 
 def _transformer(norms, d=256, depth=4, heads=4, classes=10):
     nn = torch.nn
-    return nn.Sequential(*[_PreNormBlock(norms, d, heads) for _ in range(depth)],
-                         norms["ln"](d), nn.Flatten(1), nn.LazyLinear(classes))
+    return nn.Sequential(
+        *[_PreNormBlock(norms, d, heads) for _ in range(depth)],
+        norms["ln"](d),
+        nn.Flatten(1),
+        nn.LazyLinear(classes),
+    )
 
 
 # name -> (builder, input shape without batch, full batches, --quick batches)
 MODELS = {
     # BN from 64ch x 64x64 (stem) down to 512ch x 4x4: torchvision resnet18's stages
-    "resnet18-bn": (lambda n: _resnet(n, [(64, 1, 2), (128, 2, 2), (256, 2, 2), (512, 2, 2)]),
-                    (3, 64, 64), (8, 1), (2,)),
+    "resnet18-bn": (
+        lambda n: _resnet(n, [(64, 1, 2), (128, 2, 2), (256, 2, 2), (512, 2, 2)]),
+        (3, 64, 64),
+        (8, 1),
+        (2,),
+    ),
     # many small BN tensors: per-call overhead dominates
-    "small-bn": (lambda n: _resnet(n, [(16, 1, 1), (32, 2, 1), (32, 2, 1)], stem=16),
-                 (3, 16, 16), (8, 1), (2,)),
+    "small-bn": (
+        lambda n: _resnet(n, [(16, 1, 1), (32, 2, 1), (32, 2, 1)], stem=16),
+        (3, 16, 16),
+        (8, 1),
+        (2,),
+    ),
     # 4-layer pre-norm Transformer encoder, d 256, sequence 64
     "transformer-ln": (lambda n: _transformer(n), (64, 256), (8, 1), (2,)),
     # large BN tensors: 64ch at 64x64 throughout
@@ -447,7 +524,7 @@ def _model_cases(quick, device, dtype) -> List[Case]:
 
     cases = []
     for name, (build, shape, batches, quick_batches) in MODELS.items():
-        for batch in (quick_batches if quick else batches):
+        for batch in quick_batches if quick else batches:
             gen = torch.Generator().manual_seed(2)
             if quick:  # a smoke run: smaller inputs
                 shape = (shape[0], 16, 16) if len(shape) == 3 else (16, shape[1])
@@ -468,13 +545,17 @@ def _model_cases(quick, device, dtype) -> List[Case]:
 
 # --- timing ------------------------------------------------------------------------------
 
+
 def _median_ms(fn, device: str, warmup: int, repeats: int) -> float:
     if device == "cuda":
         try:
             from triton.testing import do_bench
 
-            return float(do_bench(fn, warmup=max(25, warmup), rep=max(100, repeats * 10),
-                                  return_mode="median"))
+            return float(
+                do_bench(
+                    fn, warmup=max(25, warmup), rep=max(100, repeats * 10), return_mode="median"
+                )
+            )
         except ImportError:
             pass
     for _ in range(warmup):
@@ -491,7 +572,7 @@ def _median_ms(fn, device: str, warmup: int, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def copy_bandwidth_gbps(device: str, nbytes: int = 256 * 2 ** 20) -> float:
+def copy_bandwidth_gbps(device: str, nbytes: int = 256 * 2**20) -> float:
     """Bandwidth of a large tensor copy into a preallocated buffer (read + write bytes)."""
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
@@ -543,14 +624,16 @@ def peak_extra_memory(case: Case, impl: str, threads: int, dtype: str) -> Option
     """Peak extra resident memory of one LRN forward+backward, as a multiple of the input."""
     if not os.path.exists("/proc/self/clear_refs"):
         return None
-    code = _MEM_SCRIPT.format(threads=threads, shape=case.shape, impl=impl,
-                              args=case.lrn_args, dtype=dtype)
+    code = _MEM_SCRIPT.format(
+        threads=threads, shape=case.shape, impl=impl, args=case.lrn_args, dtype=dtype
+    )
     env = dict(os.environ)
     src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=600, env=env)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env
+        )
         import json
 
         result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -560,6 +643,7 @@ def peak_extra_memory(case: Case, impl: str, threads: int, dtype: str) -> Option
 
 
 # --- environment -------------------------------------------------------------------------
+
 
 def _device_name(device: str) -> str:
     if device == "cuda":
@@ -583,8 +667,11 @@ def allocator_description() -> str:
     else:
         libc, version = platform.libc_ver()
         name = f"{libc or 'libc'} {version} malloc".strip()
-    settings = [f"{k}={v}" for k, v in sorted(os.environ.items())
-                if k.startswith("MALLOC_") or k in ("THP_MEM_ALLOC_ENABLE",)]
+    settings = [
+        f"{k}={v}"
+        for k, v in sorted(os.environ.items())
+        if k.startswith("MALLOC_") or k in ("THP_MEM_ALLOC_ENABLE",)
+    ]
     try:
         thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read().strip()
         settings.append(f"THP={thp.split('[')[1].split(']')[0]}")
@@ -627,16 +714,21 @@ def _print_overhead_table(rows) -> None:
 
 # --- main --------------------------------------------------------------------------------
 
+
 def main(args) -> int:
     layers = [s.strip() for s in args.layers.split(",") if s.strip()]
     unknown = [s for s in layers if s not in LAYERS]
     if unknown:
-        print(f"normkit bench: unknown layer(s) {unknown}; choose from {','.join(LAYERS)}",
-              file=sys.stderr)
+        print(
+            f"normkit bench: unknown layer(s) {unknown}; choose from {','.join(LAYERS)}",
+            file=sys.stderr,
+        )
         return 2
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("normkit bench: --device cuda but torch sees no CUDA device; use --device cpu",
-              file=sys.stderr)
+        print(
+            "normkit bench: --device cuda but torch sees no CUDA device; use --device cpu",
+            file=sys.stderr,
+        )
         return 2
     if args.threads < 1:
         print(f"normkit bench: --threads must be >= 1, got {args.threads}", file=sys.stderr)
@@ -651,25 +743,37 @@ def main(args) -> int:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{args.device}-{stamp}.csv")
 
-    copy_gbps = copy_bandwidth_gbps(args.device,
-                                    16 * 2 ** 20 if args.quick else 256 * 2 ** 20)
+    copy_gbps = copy_bandwidth_gbps(args.device, 16 * 2**20 if args.quick else 256 * 2**20)
     common = {
-        "timestamp": stamp, "device": args.device, "device_name": _device_name(args.device),
-        "torch_version": torch.__version__, "numba_version": _version("numba"),
-        "triton_version": _version("triton"), "threads": args.threads,
-        "allocator": allocator_description(), "dtype": args.dtype,
+        "timestamp": stamp,
+        "device": args.device,
+        "device_name": _device_name(args.device),
+        "torch_version": torch.__version__,
+        "numba_version": _version("numba"),
+        "triton_version": _version("triton"),
+        "threads": args.threads,
+        "allocator": allocator_description(),
+        "dtype": args.dtype,
         "load_avg": _load_average(),
         "copy_gbps": f"{copy_gbps:.4g}",
     }
-    print(f"load average {common['load_avg']} (1/5/15 min; more than the thread count "
-          "means a loaded machine: ratios are then not final)")
-    print(f"normkit bench on {common['device_name']} ({args.device}), {args.threads} threads, "
-          f"torch {torch.__version__}, numba {common['numba_version']}, "
-          f"copy bandwidth {copy_gbps:.1f} GB/s; allocator: {common['allocator']}")
-    print("ratio = torch eager time / normkit time (> 1: normkit faster); medians of "
-          f"{repeats} repeats after {warmup} warm-up calls")
-    header = (f"{'layer':<13}{'shape':<20}{'params':<28}{'pass':<8}{'impl':<16}"
-              f"{'ms':>9}{'ratio':>8}{'GB/s':>8}{'%copy':>7}{'mem/in':>8}")
+    print(
+        f"load average {common['load_avg']} (1/5/15 min; more than the thread count "
+        "means a loaded machine: ratios are then not final)"
+    )
+    print(
+        f"normkit bench on {common['device_name']} ({args.device}), {args.threads} threads, "
+        f"torch {torch.__version__}, numba {common['numba_version']}, "
+        f"copy bandwidth {copy_gbps:.1f} GB/s; allocator: {common['allocator']}"
+    )
+    print(
+        "ratio = torch eager time / normkit time (> 1: normkit faster); medians of "
+        f"{repeats} repeats after {warmup} warm-up calls"
+    )
+    header = (
+        f"{'layer':<13}{'shape':<20}{'params':<28}{'pass':<8}{'impl':<16}"
+        f"{'ms':>9}{'ratio':>8}{'GB/s':>8}{'%copy':>7}{'mem/in':>8}"
+    )
     print(header)
     rows = []
     for case in CASES(layers, args.quick, args.device, dtype):
@@ -687,18 +791,29 @@ def main(args) -> int:
                 mem = None
                 if memory and case.layer == "lrn" and pass_name == "fwdbwd":
                     mem = peak_extra_memory(case, impl.name, args.threads, args.dtype)
-                row = dict(common, layer=case.layer, shape="x".join(map(str, case.shape)),
-                           params=case.params, **{"pass": pass_name}, impl=impl.name,
-                           median_ms=f"{ms:.4g}", repeats=repeats,
-                           torch_ms=f"{torch_ms:.4g}" if torch_ms else "",
-                           ratio_vs_torch=f"{torch_ms / ms:.3g}" if torch_ms else "",
-                           gbps=f"{gbps:.4g}", frac_copy_bw=f"{gbps / copy_gbps:.4g}",
-                           peak_extra_mem_x_input="" if mem is None else f"{mem:.2f}")
+                row = dict(
+                    common,
+                    layer=case.layer,
+                    shape="x".join(map(str, case.shape)),
+                    params=case.params,
+                    **{"pass": pass_name},
+                    impl=impl.name,
+                    median_ms=f"{ms:.4g}",
+                    repeats=repeats,
+                    torch_ms=f"{torch_ms:.4g}" if torch_ms else "",
+                    ratio_vs_torch=f"{torch_ms / ms:.3g}" if torch_ms else "",
+                    gbps=f"{gbps:.4g}",
+                    frac_copy_bw=f"{gbps / copy_gbps:.4g}",
+                    peak_extra_mem_x_input="" if mem is None else f"{mem:.2f}",
+                )
                 rows.append(row)
-                print(f"{case.layer:<13}{row['shape']:<20}{case.params:<28}{pass_name:<8}"
-                      f"{impl.name:<16}{ms:9.3g}{row['ratio_vs_torch']:>8}{gbps:8.2f}"
-                      f"{100 * gbps / copy_gbps:6.0f}%"
-                      f"{row['peak_extra_mem_x_input']:>8}", flush=True)
+                print(
+                    f"{case.layer:<13}{row['shape']:<20}{case.params:<28}{pass_name:<8}"
+                    f"{impl.name:<16}{ms:9.3g}{row['ratio_vs_torch']:>8}{gbps:8.2f}"
+                    f"{100 * gbps / copy_gbps:6.0f}%"
+                    f"{row['peak_extra_mem_x_input']:>8}",
+                    flush=True,
+                )
     _print_overhead_table(rows)
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
@@ -716,11 +831,13 @@ def main(args) -> int:
 # dx = dresidual (4 more); the modulated norm moves what LayerNorm does (2, then 5).
 
 FUSED_LAYERS = ("add_rms_norm", "add_layer_norm", "modulated_layer_norm")
-SHAPES.update({
-    "add_rms_norm": ((8192, 768), (256, 128)),
-    "add_layer_norm": ((8192, 768), (256, 128)),
-    "modulated_layer_norm": ((32, 256, 1152), (4, 64, 128)),  # DiT-XL/2: 256 tokens, D 1152
-})
+SHAPES.update(
+    {
+        "add_rms_norm": ((8192, 768), (256, 128)),
+        "add_layer_norm": ((8192, 768), (256, 128)),
+        "modulated_layer_norm": ((32, 256, 1152), (4, 64, 128)),  # DiT-XL/2: 256 tokens, D 1152
+    }
+)
 
 
 def _leaves_of(*ts):
@@ -761,11 +878,12 @@ def _fused_case(layer, x, dy, gen) -> Case:
 
         f, fb = _autograd_pair(composite, [x, shift, scale], dy)
         case.impls.append(Impl("torch-eager", f, fb))
-        for backend in _raw_backends(("modulated_layer_norm_fwd", "modulated_layer_norm_bwd"),
-                                     x):
+        for backend in _raw_backends(("modulated_layer_norm_fwd", "modulated_layer_norm_bwd"), x):
             f, fb = _autograd_pair(
                 lambda v, s, c, be=backend: NF.modulated_layer_norm(v, s, c, 1e-6, backend=be),
-                [x, shift, scale], dy)
+                [x, shift, scale],
+                dy,
+            )
             case.impls.append(Impl(f"normkit-{backend}", f, fb))
         return case
     rms = layer == "add_rms_norm"
@@ -775,22 +893,28 @@ def _fused_case(layer, x, dy, gen) -> Case:
     b = torch.randn(d, generator=gen).to(dev, dt)
     case = Case(layer, tuple(x.shape), "affine, grads of y and h", x, traffic=(4, 8))
     if rms:
+
         def composite(v, rr, ww, bb):
             h = v + rr
             return F.rms_norm(h, (d,), ww, 1e-6), h
     else:
+
         def composite(v, rr, ww, bb):
             h = v + rr
             return F.layer_norm(h, (d,), ww, bb, 1e-5), h
+
     f, fb = _two_output_pair(composite, [x, r, w, b], dy, dh)
     case.impls.append(Impl("torch-eager", f, fb))
     for backend in _raw_backends((f"{layer}_fwd", f"{layer}_bwd"), x):
         if rms:
+
             def fused(v, rr, ww, bb, be=backend):
                 return NF.add_rms_norm(v, rr, d, ww, 1e-6, backend=be)
         else:
+
             def fused(v, rr, ww, bb, be=backend):
                 return NF.add_layer_norm(v, rr, d, ww, bb, 1e-5, backend=be)
+
         f, fb = _two_output_pair(fused, [x, r, w, b], dy, dh)
         case.impls.append(Impl(f"normkit-{backend}", f, fb))
     return case

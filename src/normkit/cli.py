@@ -15,8 +15,11 @@ import sys
 # name -> (module, one-line help). Add a subcommand by adding one line here.
 SUBCOMMANDS = {
     "check": ("normkit.check", "conformance report of normkit against every installed peer"),
-    "convert": ("normkit.convert_cli", "print the LRN layers of a Caffe/ONNX/TensorFlow model in "
-                                       "every framework's terms, with porting warnings"),
+    "convert": (
+        "normkit.convert_cli",
+        "print the LRN layers of a Caffe/ONNX/TensorFlow model in "
+        "every framework's terms, with porting warnings",
+    ),
     "scale": ("normkit.scale_cli", "fit/apply data scalers (minmax, zscore, ...) to CSV/.npy"),
     "lab": ("normkit.lab.cli", "train with each normalization; tables and plots of the claims"),
     "bench": ("normkit.bench", "time normkit's backends against torch eager (ratios, GB/s, CSV)"),
@@ -48,8 +51,12 @@ def missing_extra(command: str):
             missing.append(pip_name)
     if not missing:
         return None
-    return (f"normkit {command}: missing {', '.join(missing)} (the [{extra}] extra); "
-            f'install it with: pip install "normkit[{extra}]"')
+    return (
+        f"normkit {command}: missing {', '.join(missing)} (the [{extra}] extra); "
+        f'install it with: pip install "normkit[{extra}]"'
+    )
+
+
 # ---
 
 
@@ -57,9 +64,13 @@ def build_parser(only=None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normkit",
         description="normkit: normalization layers done right (LRN exact to every framework, "
-                    "BatchNorm/LayerNorm/GroupNorm/InstanceNorm/RMSNorm, data scalers).")
-    parser.add_argument("--version", action="version",
-                        version=f"normkit {importlib.import_module('normkit').__version__}")
+        "BatchNorm/LayerNorm/GroupNorm/InstanceNorm/RMSNorm, data scalers).",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"normkit {importlib.import_module('normkit').__version__}",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

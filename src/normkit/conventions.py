@@ -131,56 +131,123 @@ CONVENTIONS: Dict[str, Convention] = {
     c.name: c
     for c in [
         Convention(
-            "torch", "PyTorch torch.nn.functional.local_response_norm", 1, "torch", None, 0,
-            _defaults(None, 1e-4, 0.75, 1.0), ("size", "alpha", "beta", "k"), "(N, C, *)",
+            "torch",
+            "PyTorch torch.nn.functional.local_response_norm",
+            1,
+            "torch",
+            None,
+            0,
+            _defaults(None, 1e-4, 0.75, 1.0),
+            ("size", "alpha", "beta", "k"),
+            "(N, C, *)",
             "any rank >= 3; even sizes look back size//2 and ahead (size-1)//2",
         ),
         Convention(
-            "onnx", "ONNX LRN (= cuDNN, oneDNN)", 1, "onnx", None, 0,
-            _defaults(None, 1e-4, 0.75, 1.0), ("size", "alpha", "beta", "bias"), "(N, C, *)",
+            "onnx",
+            "ONNX LRN (= cuDNN, oneDNN)",
+            1,
+            "onnx",
+            None,
+            0,
+            _defaults(None, 1e-4, 0.75, 1.0),
+            ("size", "alpha", "beta", "bias"),
+            "(N, C, *)",
             "even sizes look back (size-1)//2 and ahead size//2: the mirror of PyTorch",
         ),
         Convention(
-            "caffe", "BVLC Caffe LRN layer", 1, "reject", "k-ignored", 2,
-            _defaults(5, 1.0, 0.75, 1.0), ("local_size", "alpha", "beta", "k"), "NCHW",
+            "caffe",
+            "BVLC Caffe LRN layer",
+            1,
+            "reject",
+            "k-ignored",
+            2,
+            _defaults(5, 1.0, 0.75, 1.0),
+            ("local_size", "alpha", "beta", "k"),
+            "NCHW",
             "WITHIN_CHANNEL ignores k (uses 1) and divides alpha by local_size**2",
         ),
         Convention(
-            "caffe-cudnn", "Caffe built with cuDNN (CuDNNLCNLayer), OpenVINO", 1, "reject",
-            "k-honoured", 2,
-            _defaults(5, 1.0, 0.75, 1.0), ("local_size", "alpha", "beta", "k"), "NCHW",
+            "caffe-cudnn",
+            "Caffe built with cuDNN (CuDNNLCNLayer), OpenVINO",
+            1,
+            "reject",
+            "k-honoured",
+            2,
+            _defaults(5, 1.0, 0.75, 1.0),
+            ("local_size", "alpha", "beta", "k"),
+            "NCHW",
             "like caffe, but WITHIN_CHANNEL honours k",
         ),
         Convention(
-            "tensorflow", "TensorFlow tf.nn.local_response_normalization", 0, "reject", None, 0,
-            _defaults(11, 1.0, 0.5, 1.0), ("depth_radius", "alpha", "beta", "bias"), "NHWC",
+            "tensorflow",
+            "TensorFlow tf.nn.local_response_normalization",
+            0,
+            "reject",
+            None,
+            0,
+            _defaults(11, 1.0, 0.5, 1.0),
+            ("depth_radius", "alpha", "beta", "bias"),
+            "NHWC",
             "raw alpha; takes depth_radius r, window 2r+1 (default r=5: 11 channels)",
         ),
         Convention(
-            "paddle", "PaddlePaddle 2.x paddle.nn.functional.local_response_norm", 1, "torch",
-            None, 0,
-            _defaults(None, 1e-4, 0.75, 1.0), ("size", "alpha", "beta", "k"), "NCHW",
+            "paddle",
+            "PaddlePaddle 2.x paddle.nn.functional.local_response_norm",
+            1,
+            "torch",
+            None,
+            0,
+            _defaults(None, 1e-4, 0.75, 1.0),
+            ("size", "alpha", "beta", "k"),
+            "NCHW",
             "a port of PyTorch's recipe",
         ),
         Convention(
-            "mxnet", "MXNet LRN operator", 1, "reject", None, 0,
-            _defaults(None, 1e-4, 0.75, 2.0), ("nsize", "alpha", "beta", "knorm"), "NCHW",
+            "mxnet",
+            "MXNet LRN operator",
+            1,
+            "reject",
+            None,
+            0,
+            _defaults(None, 1e-4, 0.75, 2.0),
+            ("nsize", "alpha", "beta", "knorm"),
+            "NCHW",
             "default knorm=2",
         ),
         Convention(
-            "chainer", "Chainer local_response_normalization", 0, "wide", None, 0,
-            _defaults(5, 1e-4, 0.75, 2.0), ("n", "alpha", "beta", "k"), "NCHW",
+            "chainer",
+            "Chainer local_response_normalization",
+            0,
+            "wide",
+            None,
+            0,
+            _defaults(5, 1e-4, 0.75, 2.0),
+            ("n", "alpha", "beta", "k"),
+            "NCHW",
             "raw alpha; even n sums n+1 channels (n//2 each side)",
         ),
         Convention(
-            "alexnet", "AlexNet paper (Krizhevsky et al. 2012), section 3.3", 0, "reject", None, 0,
-            _defaults(5, 1e-4, 0.75, 2.0), ("n", "alpha", "beta", "k"), "NCHW",
+            "alexnet",
+            "AlexNet paper (Krizhevsky et al. 2012), section 3.3",
+            0,
+            "reject",
+            None,
+            0,
+            _defaults(5, 1e-4, 0.75, 2.0),
+            ("n", "alpha", "beta", "k"),
+            "NCHW",
             "raw alpha; Krizhevsky's own code divides by n, BVLC's AlexNet uses alpha/n and k=1",
         ),
         Convention(
-            "cuda-convnet", "cuda-convnet cmrnorm (across) / rnorm (within)", 1, "torch",
-            "k-honoured", 2,
-            _defaults(None, None, None, 1.0), ("size", "addScale", "powScale", "minDiv"), "CHWN",
+            "cuda-convnet",
+            "cuda-convnet cmrnorm (across) / rnorm (within)",
+            1,
+            "torch",
+            "k-honoured",
+            2,
+            _defaults(None, None, None, 1.0),
+            ("size", "addScale", "powScale", "minDiv"),
+            "CHWN",
             "alpha/size across, alpha/size**2 within, PyTorch orientation for even sizes",
         ),
     ]
@@ -218,13 +285,16 @@ def _check_number(what: str, value, *, positive=False, non_negative=False) -> fl
     if positive and value <= 0:
         raise ValueError(f"LRN: {what} must be > 0, got {value}")
     if non_negative and value < 0:
-        raise ValueError(f"LRN: {what} must be >= 0, got {value}; a negative value can make "
-                         "the base of the power negative (NaN output)")
+        raise ValueError(
+            f"LRN: {what} must be >= 0, got {value}; a negative value can make "
+            "the base of the power negative (NaN output)"
+        )
     return value
 
 
-def canonicalize(size, alpha, beta, k, *, region: str = "across",
-                 convention: str = "torch") -> CanonicalLRN:
+def canonicalize(
+    size, alpha, beta, k, *, region: str = "across", convention: str = "torch"
+) -> CanonicalLRN:
     """Translate one framework's LRN parameters into the canonical form.
 
     ``size``, ``alpha`` and ``k`` carry the meaning of ``convention``: for
@@ -280,15 +350,19 @@ def from_canonical(spec: CanonicalLRN, convention: str) -> Dict[str, float]:
     name_size, name_alpha, name_beta, name_k = conv.param_names
     if spec.region == "within":
         if conv.within is None:
-            raise ValueError(f"{conv.framework} has no within-channel LRN; this layer cannot be "
-                             "expressed there")
+            raise ValueError(
+                f"{conv.framework} has no within-channel LRN; this layer cannot be expressed there"
+            )
         if spec.back != spec.ahead:
-            raise ValueError(f"{conv.framework}: within-channel LRN needs an odd box, "
-                             f"this layer has {spec.width} taps with back={spec.back}")
+            raise ValueError(
+                f"{conv.framework}: within-channel LRN needs an odd box, "
+                f"this layer has {spec.width} taps with back={spec.back}"
+            )
         if conv.within == "k-ignored" and spec.k != 1.0:
             raise ValueError(
                 f"{conv.framework} WITHIN_CHANNEL ignores k (always 1) but this layer has "
-                f"k={spec.k}; use the 'caffe-cudnn' convention or set k=1")
+                f"k={spec.k}; use the 'caffe-cudnn' convention or set k=1"
+            )
         alpha = spec.alpha * float(spec.size) ** conv.within_divisor_power
         out = {name_size: spec.size, name_alpha: alpha, name_beta: spec.beta}
         if conv.within == "k-honoured":
@@ -309,14 +383,18 @@ def from_canonical(spec: CanonicalLRN, convention: str) -> Dict[str, float]:
     else:
         raise ValueError(
             f"{conv.framework} cannot express an LRN window looking back {spec.back} and ahead "
-            f"{spec.ahead} channels" + (
+            f"{spec.ahead} channels"
+            + (
                 "; its even sizes look the other way (mirror the channel axis, or use the "
-                "other convention)" if spec.back != spec.ahead and conv.even != "reject" else ""))
+                "other convention)"
+                if spec.back != spec.ahead and conv.even != "reject"
+                else ""
+            )
+        )
     # the divisor uses the framework's own size for this window
     alpha = spec.alpha * float(size) ** conv.across_divisor_power
     if conv.name == "tensorflow":
-        return {"depth_radius": (size - 1) // 2, "bias": spec.k, "alpha": alpha,
-                "beta": spec.beta}
+        return {"depth_radius": (size - 1) // 2, "bias": spec.k, "alpha": alpha, "beta": spec.beta}
     return {name_size: size, name_alpha: alpha, name_beta: spec.beta, name_k: spec.k}
 
 

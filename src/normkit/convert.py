@@ -41,12 +41,21 @@ CONVERTERS: Dict[Type[nn.Module], Callable[[nn.Module], nn.Module]] = torch_conv
 
 # methods a torch norm's forward calls: a subclass overriding any of them computes
 # something of its own, so it is not converted
-_FORWARD_METHODS = ("forward", "_check_input_dim", "_get_no_batch_dim",
-                    "_handle_no_batch_input", "_apply_instance_norm",
-                    "_check_non_zero_input_channels")
+_FORWARD_METHODS = (
+    "forward",
+    "_check_input_dim",
+    "_get_no_batch_dim",
+    "_handle_no_batch_input",
+    "_apply_instance_norm",
+    "_check_non_zero_input_channels",
+)
 
 _NORMKIT_TYPES = tuple(getattr(M, name) for name in M.__all__) + (
-    C.LayerNorm2d, C.BatchNormAct2d, C.FrozenBatchNorm2d, C.HFRMSNorm)
+    C.LayerNorm2d,
+    C.BatchNormAct2d,
+    C.FrozenBatchNorm2d,
+    C.HFRMSNorm,
+)
 
 
 @dataclass
@@ -78,8 +87,11 @@ def _torch_base(module: nn.Module) -> Optional[Type[nn.Module]]:
 
 
 def _overrides(module: nn.Module, base: type) -> List[str]:
-    return [name for name in _FORWARD_METHODS
-            if hasattr(base, name) and getattr(type(module), name) is not getattr(base, name)]
+    return [
+        name
+        for name in _FORWARD_METHODS
+        if hasattr(base, name) and getattr(type(module), name) is not getattr(base, name)
+    ]
 
 
 def _share(new: nn.Module, old: nn.Module) -> nn.Module:
@@ -104,14 +116,19 @@ def _twin(module: nn.Module, base: Optional[type] = None) -> nn.Module:
 
 # --- third-party classes, by their documented behaviour --------------------------------
 
+
 def _package(module: nn.Module) -> str:
     return type(module).__module__.split(".")[0]
 
 
 def _plain_params(module: nn.Module, names) -> bool:
-    return (set(module._parameters) == set(names) and not module._modules
-            and all(module._parameters[n] is not None and module._parameters[n].dim() == 1
-                    for n in names))
+    return (
+        set(module._parameters) == set(names)
+        and not module._modules
+        and all(
+            module._parameters[n] is not None and module._parameters[n].dim() == 1 for n in names
+        )
+    )
 
 
 def _timm_fast_norm(module: nn.Module) -> Optional[str]:
@@ -130,8 +147,9 @@ def _layer_norm_2d(m):
         return _timm_fast_norm(m)
     if len(m.normalized_shape) != 1:
         return "LayerNorm2d with a multi-dim normalized_shape"
-    new = C.LayerNorm2d(m.normalized_shape[0], m.eps, m.elementwise_affine,
-                        m.bias is not None, device="meta")
+    new = C.LayerNorm2d(
+        m.normalized_shape[0], m.eps, m.elementwise_affine, m.bias is not None, device="meta"
+    )
     return None, lambda: _share(new, m)
 
 
@@ -143,9 +161,18 @@ def _timm_bn_act(m):
         return f"BatchNormAct2d with extra submodules {sorted(set(m._modules) - {'drop', 'act'})}"
 
     def build():
-        new = C.BatchNormAct2d(m.num_features, m.eps, m.momentum, m.affine,
-                               m.track_running_stats, act=act, drop=drop, device="meta")
+        new = C.BatchNormAct2d(
+            m.num_features,
+            m.eps,
+            m.momentum,
+            m.affine,
+            m.track_running_stats,
+            act=act,
+            drop=drop,
+            device="meta",
+        )
         return _share(new, m)
+
     return None, build
 
 
@@ -155,8 +182,11 @@ def _timm_group_norm(m):
 
 def _frozen_bn(m):
     names = ("weight", "bias", "running_mean", "running_var")
-    if m._parameters or m._modules or not all(
-            isinstance(m._buffers.get(n), torch.Tensor) for n in names):
+    if (
+        m._parameters
+        or m._modules
+        or not all(isinstance(m._buffers.get(n), torch.Tensor) for n in names)
+    ):
         return "FrozenBatchNorm2d without exactly its four buffers"
     new = C.FrozenBatchNorm2d(m.weight.numel(), float(getattr(m, "eps", 1e-5)), device="meta")
     return None, lambda: _share(new, m)
@@ -170,11 +200,20 @@ def _hf_rms(mode: str, eps_attr: str):
             return f"no {eps_attr} attribute"
         new = C.HFRMSNorm(m.weight.numel(), float(getattr(m, eps_attr)), mode, device="meta")
         return None, lambda: _share(new, m)
+
     return rule
 
 
-_LLAMA_STYLE = ("LlamaRMSNorm", "MistralRMSNorm", "MixtralRMSNorm", "Qwen2RMSNorm",
-                "Qwen2MoeRMSNorm", "Qwen3RMSNorm", "Qwen3MoeRMSNorm", "Phi3RMSNorm")
+_LLAMA_STYLE = (
+    "LlamaRMSNorm",
+    "MistralRMSNorm",
+    "MixtralRMSNorm",
+    "Qwen2RMSNorm",
+    "Qwen2MoeRMSNorm",
+    "Qwen3RMSNorm",
+    "Qwen3MoeRMSNorm",
+    "Phi3RMSNorm",
+)
 _GEMMA_STYLE = ("GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm")
 _T5_STYLE = ("T5LayerNorm", "MT5LayerNorm", "LongT5LayerNorm", "UMT5LayerNorm")
 
@@ -187,8 +226,9 @@ THIRD_PARTY: Dict[Tuple[str, str], Callable] = {
     ("torchvision", "LayerNorm2d"): _layer_norm_2d,
     ("torchvision", "FrozenBatchNorm2d"): _frozen_bn,
 }
-THIRD_PARTY.update({("transformers", n): _hf_rms("llama", "variance_epsilon")
-                    for n in _LLAMA_STYLE})
+THIRD_PARTY.update(
+    {("transformers", n): _hf_rms("llama", "variance_epsilon") for n in _LLAMA_STYLE}
+)
 THIRD_PARTY.update({("transformers", n): _hf_rms("gemma", "eps") for n in _GEMMA_STYLE})
 THIRD_PARTY.update({("transformers", n): _hf_rms("t5", "variance_epsilon") for n in _T5_STYLE})
 
@@ -211,8 +251,10 @@ def _plan(module: nn.Module):
     if base is not None:
         own = _overrides(module, base)
         if own:
-            return None, (f"subclass of {_qualname(base)} with its own {', '.join(own)}: "
-                          "normkit cannot know what it computes")
+            return None, (
+                f"subclass of {_qualname(base)} with its own {', '.join(own)}: "
+                "normkit cannot know what it computes"
+            )
         if module._modules:
             return None, f"subclass of {_qualname(base)} with submodules"
         return (lambda: _inherit(module, base)), None

@@ -17,10 +17,15 @@ from .interop.describe import FRAMEWORKS, fmt, reports
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help="a .prototxt (Caffe), .onnx, or .pb/.pbtxt (TensorFlow "
-                                      "GraphDef) file")
-    parser.add_argument("--format", choices=("caffe", "onnx", "tensorflow"), default=None,
-                        help="the model's format (default: from the file suffix)")
+    parser.add_argument(
+        "model", help="a .prototxt (Caffe), .onnx, or .pb/.pbtxt (TensorFlow GraphDef) file"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("caffe", "onnx", "tensorflow"),
+        default=None,
+        help="the model's format (default: from the file suffix)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -35,28 +40,34 @@ def _line(framework: str, form) -> str:
         return form
     p = {k: fmt(v) for k, v in form.items()}
     if framework == "torch":
-        return (f"torch.nn.LocalResponseNorm(size={p['size']}, alpha={p['alpha']}, "
-                f"beta={p['beta']}, k={p['k']})")
+        return (
+            f"torch.nn.LocalResponseNorm(size={p['size']}, alpha={p['alpha']}, "
+            f"beta={p['beta']}, k={p['k']})"
+        )
     if framework == "onnx":
         return f"LRN(size={p['size']}, alpha={p['alpha']}, beta={p['beta']}, bias={p['bias']})"
     if framework == "caffe":
         fields = " ".join(f"{k}: {v}" for k, v in p.items())
         return f"lrn_param {{ {fields} }}"
-    return (f"tf.nn.local_response_normalization(x, depth_radius={p['depth_radius']}, "
-            f"bias={p['bias']}, alpha={p['alpha']}, beta={p['beta']})  # NHWC")
+    return (
+        f"tf.nn.local_response_normalization(x, depth_radius={p['depth_radius']}, "
+        f"bias={p['bias']}, alpha={p['alpha']}, beta={p['beta']})  # NHWC"
+    )
 
 
 def format_text(path: str, found) -> str:
     lines = [f"{path}: {len(found)} LRN layer{'s' if len(found) != 1 else ''}"]
     for rep in found:
-        written = ", ".join(f"{k}={fmt(v)}" for k, v in rep.written.items()
-                            if k not in rep.defaulted)
-        defaults = ", ".join(f"{k}={fmt(v)}" for k, v in rep.written.items()
-                             if k in rep.defaulted)
+        written = ", ".join(
+            f"{k}={fmt(v)}" for k, v in rep.written.items() if k not in rep.defaulted
+        )
+        defaults = ", ".join(f"{k}={fmt(v)}" for k, v in rep.written.items() if k in rep.defaulted)
         lines.append("")
         lines.append(f"{rep.name}  ({rep.source}, {rep.where})")
-        lines.append(f"  as written   {written or '(nothing: all defaults)'}"
-                     + (f"  [defaults: {defaults}]" if defaults else ""))
+        lines.append(
+            f"  as written   {written or '(nothing: all defaults)'}"
+            + (f"  [defaults: {defaults}]" if defaults else "")
+        )
         lines.append(f"  computes     {rep.formula()}")
         lines.append(f"  normkit      {rep.normkit_call()}")
         for framework in FRAMEWORKS:
@@ -77,8 +88,11 @@ def main(args) -> int:
         print(f"normkit convert: {args.model}: {exc}", file=sys.stderr)
         return 2
     except ImportError as exc:  # reading .onnx needs the onnx package
-        print(f"normkit convert: {args.model}: {exc.name or exc} is needed to read this file "
-              f"(pip install {exc.name or 'onnx'})", file=sys.stderr)
+        print(
+            f"normkit convert: {args.model}: {exc.name or exc} is needed to read this file "
+            f"(pip install {exc.name or 'onnx'})",
+            file=sys.stderr,
+        )
         return 2
     if args.json:
         print(json.dumps({"model": args.model, "lrn": [r.as_dict() for r in found]}, indent=2))

@@ -54,8 +54,9 @@ _STATIC = frozenset(("torch", "cpu"))
 _memo: Dict[tuple, str] = {}
 
 
-def register(op: str, backend: str, fn: Callable,
-             why_not: Callable[[torch.Tensor], Optional[str]] = _always) -> None:
+def register(
+    op: str, backend: str, fn: Callable, why_not: Callable[[torch.Tensor], Optional[str]] = _always
+) -> None:
     """Register ``fn`` as ``backend``'s implementation of ``op``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -69,8 +70,10 @@ def _requested(backend: str) -> str:
     if backend == "auto":
         backend = os.environ.get(ENV_VAR, "auto") or "auto"
     if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r} (from argument or ${ENV_VAR}); "
-                         f"choose 'auto' or one of {BACKENDS}")
+        raise ValueError(
+            f"unknown backend {backend!r} (from argument or ${ENV_VAR}); "
+            f"choose 'auto' or one of {BACKENDS}"
+        )
     return backend
 
 
@@ -84,7 +87,7 @@ def resolve(op: str, x: torch.Tensor, backend: str = "auto") -> str:
             chosen = _resolve(op, x, backend)
             # memoise only when every backend auto looked at is size-independent
             order = _PREFERENCE.get(x.device.type, ("torch",))
-            looked = order[:order.index(chosen) + 1] if chosen in order else order
+            looked = order[: order.index(chosen) + 1] if chosen in order else order
             if all(name in _STATIC for name in looked if name in table.get(op, {})):
                 _memo[key] = chosen
         return chosen
@@ -104,12 +107,15 @@ def _resolve(op: str, x: torch.Tensor, backend: str) -> str:
         return "torch"
     entry = impls.get(backend)
     if entry is None:
-        raise ValueError(f"backend {backend!r} has no implementation of {op!r} "
-                         f"(available: {sorted(impls)}); use backend='auto' or 'torch'")
+        raise ValueError(
+            f"backend {backend!r} has no implementation of {op!r} "
+            f"(available: {sorted(impls)}); use backend='auto' or 'torch'"
+        )
     reason = entry.why_not(x)
     if reason is not None:
-        raise ValueError(f"backend {backend!r} cannot run {op!r} here: {reason}; "
-                         "use backend='auto' or 'torch'")
+        raise ValueError(
+            f"backend {backend!r} cannot run {op!r} here: {reason}; use backend='auto' or 'torch'"
+        )
     return backend
 
 

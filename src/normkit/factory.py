@@ -42,7 +42,6 @@ from torch import nn
 from .families import default_num_groups, norm_builders
 from .modules import WSConv2d
 
-
 __all__ = ["NORMS", "create_norm", "create_conv", "default_num_groups"]
 
 
@@ -50,7 +49,6 @@ __all__ = ["NORMS", "create_norm", "create_conv", "default_num_groups"]
 NORMS: Dict[str, Callable[..., nn.Module]] = norm_builders()
 
 WS_PREFIX = "ws-"
-
 
 
 def create_norm(name: str, num_channels: int, **kwargs) -> nn.Module:
@@ -70,11 +68,11 @@ def create_norm(name: str, num_channels: int, **kwargs) -> nn.Module:
         GroupNorm(24, 48, eps=1e-05, affine=True, bias=True)
     """
     if name not in NORMS:
-        raise ValueError(f"create_norm: unknown normalization {name!r}; choose one of "
-                         f"{sorted(NORMS)}")
+        raise ValueError(
+            f"create_norm: unknown normalization {name!r}; choose one of {sorted(NORMS)}"
+        )
     if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
-        raise ValueError(f"create_norm: num_channels must be a positive int, got "
-                         f"{num_channels!r}")
+        raise ValueError(f"create_norm: num_channels must be a positive int, got {num_channels!r}")
     return NORMS[name](num_channels, **kwargs)
 
 
@@ -92,7 +90,8 @@ def create_conv(norm: str, in_channels: int, out_channels: int, kernel_size, **k
         'WSConv2d'
     """
     if norm not in NORMS:
-        raise ValueError(f"create_conv: unknown normalization {norm!r}; choose one of "
-                         f"{sorted(NORMS)}")
+        raise ValueError(
+            f"create_conv: unknown normalization {norm!r}; choose one of {sorted(NORMS)}"
+        )
     cls = WSConv2d if norm.startswith(WS_PREFIX) else nn.Conv2d
     return cls(in_channels, out_channels, kernel_size, **kwargs)

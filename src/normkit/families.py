@@ -30,8 +30,17 @@ from torch import nn
 
 from . import modules as M
 
-__all__ = ["Family", "FAMILIES", "norm_builders", "torch_converters", "export_rules",
-           "bench_layers", "lab_norms", "family_of", "default_num_groups"]
+__all__ = [
+    "Family",
+    "FAMILIES",
+    "norm_builders",
+    "torch_converters",
+    "export_rules",
+    "bench_layers",
+    "lab_norms",
+    "family_of",
+    "default_num_groups",
+]
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,8 @@ class Family:
     norms: Mapping[str, Callable[..., nn.Module]] = field(default_factory=dict)
     lab: Tuple[str, ...] = ()
     converts: Mapping[Type[nn.Module], Callable[[nn.Module], nn.Module]] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
     export: Mapping[type, str] = field(default_factory=dict)
     bench: Tuple[str, ...] = ()
 
@@ -58,6 +68,7 @@ def default_num_groups(num_channels: int, max_groups: int = 32) -> int:
 
 
 # --- create_norm builders ---------------------------------------------------------------
+
 
 def _identity(c: int, **kwargs) -> nn.Module:
     if kwargs:
@@ -85,71 +96,146 @@ def _group(c: int, num_groups: int = None, **kwargs) -> nn.Module:
 
 # --- convert builders: built on "meta", then given the original's tensors ---------------
 
+
 def _batch(cls):
-    return lambda m: cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
-                         device="meta", bias=m.bias is not None)
+    return lambda m: cls(
+        m.num_features,
+        m.eps,
+        m.momentum,
+        m.affine,
+        m.track_running_stats,
+        device="meta",
+        bias=m.bias is not None,
+    )
 
 
 FAMILIES: Tuple[Family, ...] = (
     Family("identity", (), "README.md", norms={"none": _identity}, lab=("none",)),
-    Family("lrn", (M.LocalResponseNorm,), "docs/lrn.md",
-           norms={"lrn": _lrn, "lrn-within": _lrn_within}, lab=("lrn", "lrn-within"),
-           converts={nn.LocalResponseNorm: lambda m: M.LocalResponseNorm(
-               m.size, m.alpha, m.beta, m.k, convention="torch")},
-           export={M.LocalResponseNorm: "lrn"}, bench=("lrn",)),
-    Family("batch_norm", (M.BatchNorm1d, M.BatchNorm2d, M.BatchNorm3d, M.SyncBatchNorm),
-           "docs/norms.md",
-           norms={"batch": lambda c, **kw: M.BatchNorm2d(c, **kw),
-                  "sync-batch": lambda c, **kw: M.SyncBatchNorm(c, **kw)},
-           lab=("batch",),
-           converts={nn.BatchNorm1d: _batch(M.BatchNorm1d), nn.BatchNorm2d: _batch(M.BatchNorm2d),
-                     nn.BatchNorm3d: _batch(M.BatchNorm3d),
-                     nn.SyncBatchNorm: lambda m: M.SyncBatchNorm(
-                         m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
-                         m.process_group, device="meta", bias=m.bias is not None)},
-           export={c: "batch_norm" for c in (M.BatchNorm1d, M.BatchNorm2d, M.BatchNorm3d,
-                                                M.SyncBatchNorm)},
-           bench=("batchnorm",)),
-    Family("group_norm", (M.GroupNorm,), "docs/norms.md",
-           # "layer": GroupNorm(1, C), layer norm over (C, H, W) with a per-channel affine
-           norms={"group": _group, "layer": lambda c, **kw: M.GroupNorm(1, c, **kw)},
-           lab=("group", "layer"),
-           converts={nn.GroupNorm: lambda m: M.GroupNorm(m.num_groups, m.num_channels, m.eps,
-                                                         m.affine, device="meta",
-                                                         bias=m.bias is not None)},
-           export={M.GroupNorm: "group_norm"}, bench=("groupnorm",)),
-    Family("instance_norm", (M.InstanceNorm1d, M.InstanceNorm2d, M.InstanceNorm3d),
-           "docs/norms.md",
-           norms={"instance": lambda c, **kw: M.InstanceNorm2d(c, **{"affine": True, **kw})},
-           lab=("instance",),
-           converts={nn.InstanceNorm1d: _batch(M.InstanceNorm1d),
-                     nn.InstanceNorm2d: _batch(M.InstanceNorm2d),
-                     nn.InstanceNorm3d: _batch(M.InstanceNorm3d)},
-           export={c: "instance_norm" for c in (M.InstanceNorm1d, M.InstanceNorm2d,
-                                                   M.InstanceNorm3d)},
-           bench=("instancenorm",)),
-    Family("layer_norm", (M.LayerNorm, M.LayerNorm2d), "docs/norms.md",
-           converts={nn.LayerNorm: lambda m: M.LayerNorm(m.normalized_shape, m.eps,
-                                                         m.elementwise_affine,
-                                                         m.bias is not None, device="meta")},
-           export={M.LayerNorm: "layer_norm"}, bench=("layernorm",)),
-    Family("rms_norm", (M.RMSNorm, M.ChannelRMSNorm, M.HFRMSNorm), "docs/norms.md",
-           norms={"rms": lambda c, **kw: M.ChannelRMSNorm(c, **kw)}, lab=("rms",),
-           converts={nn.RMSNorm: lambda m: M.RMSNorm(m.normalized_shape, m.eps,
-                                                     m.elementwise_affine, device="meta")},
-           export={M.RMSNorm: "rms_norm", M.ChannelRMSNorm: "channel_rms_norm"},
-           bench=("rmsnorm",)),
+    Family(
+        "lrn",
+        (M.LocalResponseNorm,),
+        "docs/lrn.md",
+        norms={"lrn": _lrn, "lrn-within": _lrn_within},
+        lab=("lrn", "lrn-within"),
+        converts={
+            nn.LocalResponseNorm: lambda m: M.LocalResponseNorm(
+                m.size, m.alpha, m.beta, m.k, convention="torch"
+            )
+        },
+        export={M.LocalResponseNorm: "lrn"},
+        bench=("lrn",),
+    ),
+    Family(
+        "batch_norm",
+        (M.BatchNorm1d, M.BatchNorm2d, M.BatchNorm3d, M.SyncBatchNorm),
+        "docs/norms.md",
+        norms={
+            "batch": lambda c, **kw: M.BatchNorm2d(c, **kw),
+            "sync-batch": lambda c, **kw: M.SyncBatchNorm(c, **kw),
+        },
+        lab=("batch",),
+        converts={
+            nn.BatchNorm1d: _batch(M.BatchNorm1d),
+            nn.BatchNorm2d: _batch(M.BatchNorm2d),
+            nn.BatchNorm3d: _batch(M.BatchNorm3d),
+            nn.SyncBatchNorm: lambda m: M.SyncBatchNorm(
+                m.num_features,
+                m.eps,
+                m.momentum,
+                m.affine,
+                m.track_running_stats,
+                m.process_group,
+                device="meta",
+                bias=m.bias is not None,
+            ),
+        },
+        export={
+            c: "batch_norm" for c in (M.BatchNorm1d, M.BatchNorm2d, M.BatchNorm3d, M.SyncBatchNorm)
+        },
+        bench=("batchnorm",),
+    ),
+    Family(
+        "group_norm",
+        (M.GroupNorm,),
+        "docs/norms.md",
+        # "layer": GroupNorm(1, C), layer norm over (C, H, W) with a per-channel affine
+        norms={"group": _group, "layer": lambda c, **kw: M.GroupNorm(1, c, **kw)},
+        lab=("group", "layer"),
+        converts={
+            nn.GroupNorm: lambda m: M.GroupNorm(
+                m.num_groups,
+                m.num_channels,
+                m.eps,
+                m.affine,
+                device="meta",
+                bias=m.bias is not None,
+            )
+        },
+        export={M.GroupNorm: "group_norm"},
+        bench=("groupnorm",),
+    ),
+    Family(
+        "instance_norm",
+        (M.InstanceNorm1d, M.InstanceNorm2d, M.InstanceNorm3d),
+        "docs/norms.md",
+        norms={"instance": lambda c, **kw: M.InstanceNorm2d(c, **{"affine": True, **kw})},
+        lab=("instance",),
+        converts={
+            nn.InstanceNorm1d: _batch(M.InstanceNorm1d),
+            nn.InstanceNorm2d: _batch(M.InstanceNorm2d),
+            nn.InstanceNorm3d: _batch(M.InstanceNorm3d),
+        },
+        export={c: "instance_norm" for c in (M.InstanceNorm1d, M.InstanceNorm2d, M.InstanceNorm3d)},
+        bench=("instancenorm",),
+    ),
+    Family(
+        "layer_norm",
+        (M.LayerNorm, M.LayerNorm2d),
+        "docs/norms.md",
+        converts={
+            nn.LayerNorm: lambda m: M.LayerNorm(
+                m.normalized_shape, m.eps, m.elementwise_affine, m.bias is not None, device="meta"
+            )
+        },
+        export={M.LayerNorm: "layer_norm"},
+        bench=("layernorm",),
+    ),
+    Family(
+        "rms_norm",
+        (M.RMSNorm, M.ChannelRMSNorm, M.HFRMSNorm),
+        "docs/norms.md",
+        norms={"rms": lambda c, **kw: M.ChannelRMSNorm(c, **kw)},
+        lab=("rms",),
+        converts={
+            nn.RMSNorm: lambda m: M.RMSNorm(
+                m.normalized_shape, m.eps, m.elementwise_affine, device="meta"
+            )
+        },
+        export={M.RMSNorm: "rms_norm", M.ChannelRMSNorm: "channel_rms_norm"},
+        bench=("rmsnorm",),
+    ),
     Family("third_party_batch_norm", (M.BatchNormAct2d, M.FrozenBatchNorm2d), "docs/norms.md"),
-    Family("frn", (M.FilterResponseNorm2d,), "docs/frn-ws-fold.md",
-           norms={"frn": lambda c, **kw: M.FilterResponseNorm2d(c, **kw)}),
-    Family("weight_standardization", (M.WSConv2d,), "docs/frn-ws-fold.md",
-           # the norm of "ws-group" is GroupNorm; the WS lives in the conv (create_conv)
-           norms={"ws-group": _group}),
+    Family(
+        "frn",
+        (M.FilterResponseNorm2d,),
+        "docs/frn-ws-fold.md",
+        norms={"frn": lambda c, **kw: M.FilterResponseNorm2d(c, **kw)},
+    ),
+    Family(
+        "weight_standardization",
+        (M.WSConv2d,),
+        "docs/frn-ws-fold.md",
+        # the norm of "ws-group" is GroupNorm; the WS lives in the conv (create_conv)
+        norms={"ws-group": _group},
+    ),
     Family("add_rms_norm", (M.AddRMSNorm,), "docs/fused-norms.md", bench=("add_rms_norm",)),
-    Family("add_layer_norm", (M.AddLayerNorm,), "docs/fused-norms.md",
-           bench=("add_layer_norm",)),
-    Family("modulated_layer_norm", (M.AdaLayerNorm,), "docs/fused-norms.md",
-           bench=("modulated_layer_norm",)),
+    Family("add_layer_norm", (M.AddLayerNorm,), "docs/fused-norms.md", bench=("add_layer_norm",)),
+    Family(
+        "modulated_layer_norm",
+        (M.AdaLayerNorm,),
+        "docs/fused-norms.md",
+        bench=("modulated_layer_norm",),
+    ),
 )
 
 

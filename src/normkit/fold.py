@@ -62,6 +62,7 @@ _EXACT_PAD_MODES = ("reflect", "replicate", "circular")
 
 def _is_bn(m: nn.Module) -> bool:
     from .modules.norms import _BatchNorm
+
     return isinstance(m, (nn.modules.batchnorm._BatchNorm, _BatchNorm))
 
 
@@ -69,8 +70,7 @@ def _bn_dim(m: nn.Module) -> Optional[int]:
     """1, 2, 3 for (normkit or torch) BatchNorm1d/2d/3d; None for SyncBatchNorm (any)."""
     name = type(m).__name__
     for d in (1, 2, 3):
-        if name.endswith(f"BatchNorm{d}d") or isinstance(
-                m, getattr(nn, f"BatchNorm{d}d")):
+        if name.endswith(f"BatchNorm{d}d") or isinstance(m, getattr(nn, f"BatchNorm{d}d")):
             return d
     return None
 
@@ -91,12 +91,16 @@ class _Refusal(Exception):
 def _bn_affine(bn: nn.Module, path: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """(s, t) of the evaluation-mode BN, in float64."""
     if bn.training:
-        raise _Refusal(f"{path} ({type(bn).__name__}) is in training mode, where it uses batch "
-                       "statistics; folding uses the running ones: call model.eval() first")
+        raise _Refusal(
+            f"{path} ({type(bn).__name__}) is in training mode, where it uses batch "
+            "statistics; folding uses the running ones: call model.eval() first"
+        )
     if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
-        raise _Refusal(f"{path} ({type(bn).__name__}) has no running statistics "
-                       "(track_running_stats=False), so it normalizes by batch statistics "
-                       "even in eval mode and is not an affine map")
+        raise _Refusal(
+            f"{path} ({type(bn).__name__}) has no running statistics "
+            "(track_running_stats=False), so it normalizes by batch statistics "
+            "even in eval mode and is not an affine map"
+        )
     rm = bn.running_mean.detach().to(torch.float64)
     rv = bn.running_var.detach().to(torch.float64)
     s = torch.rsqrt(rv + float(bn.eps))
@@ -112,18 +116,30 @@ def _check_dims(layer: nn.Module, bn: nn.Module, lpath: str, bpath: str) -> None
     ld, bd = _layer_dim(layer), _bn_dim(bn)
     want = 1 if ld == 0 else ld
     if bd is not None and bd != want:
-        raise _Refusal(f"{bpath} ({type(bn).__name__}) next to {lpath} ({type(layer).__name__}): "
-                       f"a {bd}-d BatchNorm cannot normalize a {type(layer).__name__}'s "
-                       f"channels; expected BatchNorm{want}d")
+        raise _Refusal(
+            f"{bpath} ({type(bn).__name__}) next to {lpath} ({type(layer).__name__}): "
+            f"a {bd}-d BatchNorm cannot normalize a {type(layer).__name__}'s "
+            f"channels; expected BatchNorm{want}d"
+        )
 
 
 def _plain_conv(layer: nn.Module) -> nn.Module:
     """A WSConv2d as the plain Conv2d it computes in evaluation (standardized weight)."""
     if not isinstance(layer, WSConv2d):
         return layer
-    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                     layer.padding, layer.dilation, layer.groups, layer.bias is not None,
-                     layer.padding_mode, device=layer.weight.device, dtype=layer.weight.dtype)
+    conv = nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        layer.groups,
+        layer.bias is not None,
+        layer.padding_mode,
+        device=layer.weight.device,
+        dtype=layer.weight.dtype,
+    )
     with torch.no_grad():
         conv.weight.copy_(layer.standardized_weight())
         if layer.bias is not None:
@@ -136,8 +152,9 @@ def _set_params(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> N
     with torch.no_grad():
         w.copy_(weight.to(w.dtype))
         if layer.bias is None:
-            layer.bias = nn.Parameter(bias.to(device=w.device, dtype=w.dtype),
-                                      requires_grad=w.requires_grad)
+            layer.bias = nn.Parameter(
+                bias.to(device=w.device, dtype=w.dtype), requires_grad=w.requires_grad
+            )
         else:
             layer.bias.copy_(bias.to(layer.bias.dtype))
 
@@ -154,12 +171,17 @@ def _fold_after(layer, bn, lpath, bpath) -> None:
     _check_dims(layer, bn, lpath, bpath)
     c = _out_channels(layer)
     if bn.num_features != c:
-        raise _Refusal(f"{bpath} ({type(bn).__name__}) has num_features={bn.num_features} but "
-                       f"{lpath} ({type(layer).__name__}) outputs {c} channels")
+        raise _Refusal(
+            f"{bpath} ({type(bn).__name__}) has num_features={bn.num_features} but "
+            f"{lpath} ({type(layer).__name__}) outputs {c} channels"
+        )
     s, t = _bn_affine(bn, bpath)
     w = layer.weight.detach().to(torch.float64)
-    b = (layer.bias.detach().to(torch.float64) if layer.bias is not None
-         else torch.zeros(c, dtype=torch.float64, device=w.device))
+    b = (
+        layer.bias.detach().to(torch.float64)
+        if layer.bias is not None
+        else torch.zeros(c, dtype=torch.float64, device=w.device)
+    )
     view = (-1,) + (1,) * (w.dim() - 1)
     _set_params(layer, w * s.view(view), b * s + t)
 
@@ -168,34 +190,46 @@ def _fold_before(bn, layer, bpath, lpath) -> None:
     _check_dims(layer, bn, lpath, bpath)
     c = _in_channels(layer)
     if bn.num_features != c:
-        raise _Refusal(f"{bpath} ({type(bn).__name__}) has num_features={bn.num_features} but "
-                       f"{lpath} ({type(layer).__name__}) reads {c} channels")
+        raise _Refusal(
+            f"{bpath} ({type(bn).__name__}) has num_features={bn.num_features} but "
+            f"{lpath} ({type(layer).__name__}) reads {c} channels"
+        )
     if not isinstance(layer, nn.Linear):
-        padded = any(p != 0 for p in layer.padding) if not isinstance(layer.padding, str) \
+        padded = (
+            any(p != 0 for p in layer.padding)
+            if not isinstance(layer.padding, str)
             else layer.padding == "same" and any(k > 1 for k in layer.kernel_size)
+        )
         if padded and layer.padding_mode not in _EXACT_PAD_MODES:
-            raise _Refusal(f"{bpath} ({type(bn).__name__}) precedes {lpath}, which zero-pads "
-                           f"(padding={layer.padding}): a padded 0 is not a BatchNorm output, "
-                           "so the fold would change the border; use padding=0 or "
-                           "padding_mode='reflect'/'replicate'/'circular', or keep the BN")
+            raise _Refusal(
+                f"{bpath} ({type(bn).__name__}) precedes {lpath}, which zero-pads "
+                f"(padding={layer.padding}): a padded 0 is not a BatchNorm output, "
+                "so the fold would change the border; use padding=0 or "
+                "padding_mode='reflect'/'replicate'/'circular', or keep the BN"
+            )
     s, t = _bn_affine(bn, bpath)
     w = layer.weight.detach().to(torch.float64)
     o = w.shape[0]
     groups = 1 if isinstance(layer, nn.Linear) else layer.groups
     per = w.shape[1]  # input channels per group
     # channel index i(o, j) of every (o, j): (O, in_per_group)
-    idx = (torch.arange(o, device=w.device) // (o // groups)).view(-1, 1) * per \
-        + torch.arange(per, device=w.device).view(1, -1)
+    idx = (torch.arange(o, device=w.device) // (o // groups)).view(-1, 1) * per + torch.arange(
+        per, device=w.device
+    ).view(1, -1)
     view = idx.shape + (1,) * (w.dim() - 2)
     s_oj, t_oj = s[idx].view(view), t[idx].view(view)
-    b = (layer.bias.detach().to(torch.float64) if layer.bias is not None
-         else torch.zeros(o, dtype=torch.float64, device=w.device))
+    b = (
+        layer.bias.detach().to(torch.float64)
+        if layer.bias is not None
+        else torch.zeros(o, dtype=torch.float64, device=w.device)
+    )
     b = b + (w * t_oj).flatten(1).sum(1)
     _set_params(layer, w * s_oj, b)
 
 
 def _is_affine_norm(m: nn.Module) -> bool:
     from .modules.norms import LayerNorm, RMSNorm
+
     kinds = (nn.LayerNorm, LayerNorm, RMSNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
     return isinstance(m, kinds)
 
@@ -203,16 +237,21 @@ def _is_affine_norm(m: nn.Module) -> bool:
 def _fold_norm_linear(norm, lin, npath, lpath) -> None:
     shape = tuple(norm.normalized_shape)
     if shape != (lin.in_features,):
-        raise _Refusal(f"{npath} ({type(norm).__name__}) normalizes {shape}, but {lpath} reads "
-                       f"{lin.in_features} features; only a norm over the Linear's input "
-                       "features folds")
+        raise _Refusal(
+            f"{npath} ({type(norm).__name__}) normalizes {shape}, but {lpath} reads "
+            f"{lin.in_features} features; only a norm over the Linear's input "
+            "features folds"
+        )
     weight = getattr(norm, "weight", None)
     bias = getattr(norm, "bias", None)
     if weight is None and bias is None:
         return
     w = lin.weight.detach().to(torch.float64)
-    b = (lin.bias.detach().to(torch.float64) if lin.bias is not None
-         else torch.zeros(lin.out_features, dtype=torch.float64, device=w.device))
+    b = (
+        lin.bias.detach().to(torch.float64)
+        if lin.bias is not None
+        else torch.zeros(lin.out_features, dtype=torch.float64, device=w.device)
+    )
     if bias is not None:
         b = b + w @ bias.detach().to(torch.float64)
     if weight is not None:
@@ -225,8 +264,13 @@ def _fold_norm_linear(norm, lin, npath, lpath) -> None:
             bias.zero_()
 
 
-def fold_batch_norm(model: nn.Module, *, fold_norm_into_linear: bool = False,
-                    inplace: bool = False, strict: bool = True) -> nn.Module:
+def fold_batch_norm(
+    model: nn.Module,
+    *,
+    fold_norm_into_linear: bool = False,
+    inplace: bool = False,
+    strict: bool = True,
+) -> nn.Module:
     r"""Fold every evaluation-mode BatchNorm adjacent to a Conv/Linear in an ``nn.Sequential``.
 
     .. math:: \mathrm{BN}(z) = s z + t,\quad s = \frac{\gamma}{\sqrt{\sigma^2_{run} +
@@ -258,8 +302,7 @@ def fold_batch_norm(model: nn.Module, *, fold_norm_into_linear: bool = False,
         Identity()
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"fold_batch_norm: model must be an nn.Module, got "
-                        f"{type(model).__name__}")
+        raise TypeError(f"fold_batch_norm: model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
     counts: Dict[int, int] = {}
@@ -274,8 +317,10 @@ def fold_batch_norm(model: nn.Module, *, fold_norm_into_linear: bool = False,
 
     def shared(m, path) -> bool:
         if counts.get(id(m), 0) > 1:
-            refuse(f"{path} ({type(m).__name__}) appears more than once in the model; folding "
-                   "into it would change every use")
+            refuse(
+                f"{path} ({type(m).__name__}) appears more than once in the model; folding "
+                "into it would change every use"
+            )
             return True
         return False
 
@@ -307,9 +352,12 @@ def fold_batch_norm(model: nn.Module, *, fold_norm_into_linear: bool = False,
                         _fold_before(mod, layer, path, npath)
                         seq._modules[nxt_name] = layer
                         seq._modules[name] = nn.Identity()
-                elif (fold_norm_into_linear and _is_affine_norm(mod)
-                      and isinstance(nxt, nn.Linear)
-                      and not (shared(mod, path) or shared(nxt, npath))):
+                elif (
+                    fold_norm_into_linear
+                    and _is_affine_norm(mod)
+                    and isinstance(nxt, nn.Linear)
+                    and not (shared(mod, path) or shared(nxt, npath))
+                ):
                     _fold_norm_linear(mod, nxt, path, npath)
             except _Refusal as exc:
                 refuse(str(exc))

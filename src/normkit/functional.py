@@ -17,19 +17,35 @@ from ._validation import FLOATS as _FLOATS
 from ._validation import check_channel_dim as _check_channel_dim  # noqa: F401
 from ._validation import check_lrn_input
 from ._validation import check_tensor as _check_tensor
-from .autograd import (BatchNormFunction, FilterResponseNormFunction, GroupNormFunction,
-                       LayerNormFunction, LocalResponseNormFunction, RMSNormFunction,
-                       SyncBatchNormFunction, batch_norm_batch_stats, update_running_stats)
+from .autograd import (
+    BatchNormFunction,
+    FilterResponseNormFunction,
+    GroupNormFunction,
+    LayerNormFunction,
+    LocalResponseNormFunction,
+    RMSNormFunction,
+    SyncBatchNormFunction,
+    batch_norm_batch_stats,
+    update_running_stats,
+)
 from .conventions import CanonicalLRN, canonicalize
 from .ops import schema
 
 __all__ = ["local_response_norm", "lrn_canonical"]
-__all__ += ["batch_norm", "sync_batch_norm", "layer_norm", "group_norm", "instance_norm",
-            "rms_norm", "channel_rms_norm"]
+__all__ += [
+    "batch_norm",
+    "sync_batch_norm",
+    "layer_norm",
+    "group_norm",
+    "instance_norm",
+    "rms_norm",
+    "channel_rms_norm",
+]
 
 
-def lrn_canonical(input: torch.Tensor, spec: CanonicalLRN, *, channel_dim: int = 1,
-                  backend: str = "auto") -> torch.Tensor:
+def lrn_canonical(
+    input: torch.Tensor, spec: CanonicalLRN, *, channel_dim: int = 1, backend: str = "auto"
+) -> torch.Tensor:
     """Apply an LRN already in canonical form (see :mod:`normkit.conventions`)."""
     channel_dim = check_lrn_input("local_response_norm", input, spec, channel_dim)
     if _xp.exporting():  # export: standard ops, never the eager kernels
@@ -40,15 +56,31 @@ def lrn_canonical(input: torch.Tensor, spec: CanonicalLRN, *, channel_dim: int =
     spec = _xp.clamp_window(spec, input if channel_dim == 1 else input.movedim(channel_dim, 1))
     backends = _backends(schema.ops_of("lrn"), input, backend)
     # the Function moves the channel dim itself: its output is never an autograd view
-    return LocalResponseNormFunction.apply(input, spec.back, spec.ahead, spec.alpha, spec.beta,
-                                           spec.k, spec.region == "within", backends,
-                                           channel_dim)
+    return LocalResponseNormFunction.apply(
+        input,
+        spec.back,
+        spec.ahead,
+        spec.alpha,
+        spec.beta,
+        spec.k,
+        spec.region == "within",
+        backends,
+        channel_dim,
+    )
 
 
-def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4,
-                        beta: float = 0.75, k: float = 1.0, *, region: str = "across",
-                        convention: str = "torch", channel_dim: int = 1,
-                        backend: str = "auto") -> torch.Tensor:
+def local_response_norm(
+    input: torch.Tensor,
+    size: int,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 1.0,
+    *,
+    region: str = "across",
+    convention: str = "torch",
+    channel_dim: int = 1,
+    backend: str = "auto",
+) -> torch.Tensor:
     r"""Local Response Normalization, exact to the chosen framework's convention.
 
     .. math::
@@ -109,17 +141,20 @@ def _check_param(name: str, what: str, t, shape) -> None:
     if t is None:
         return
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: {what} must be a torch.Tensor or None, got "
-                        f"{type(t).__name__}")
+        raise TypeError(f"{name}: {what} must be a torch.Tensor or None, got {type(t).__name__}")
     if t.numel() != math.prod(shape) or (len(shape) > 1 and tuple(t.shape) != tuple(shape)):
-        raise ValueError(f"{name}: {what} must have shape {tuple(shape)} to match the input, "
-                         f"got {tuple(t.shape)}; create it with the layer's size")
+        raise ValueError(
+            f"{name}: {what} must have shape {tuple(shape)} to match the input, "
+            f"got {tuple(t.shape)}; create it with the layer's size"
+        )
 
 
 def _check_rank(name: str, input: torch.Tensor, min_rank: int) -> None:
     if input.dim() < min_rank:
-        raise ValueError(f"{name}: expected an input of rank >= {min_rank} (N, C, *), got "
-                         f"shape {tuple(input.shape)}; add a batch dim with x.unsqueeze(0)")
+        raise ValueError(
+            f"{name}: expected an input of rank >= {min_rank} (N, C, *), got "
+            f"shape {tuple(input.shape)}; add a batch dim with x.unsqueeze(0)"
+        )
 
 
 def _check_eps(name: str, eps, strict: bool) -> None:
@@ -131,9 +166,11 @@ def _check_eps(name: str, eps, strict: bool) -> None:
 
 def _verify_more_than_one(name: str, shape, per_value: int) -> None:
     if per_value == 1:
-        raise ValueError(f"{name}: expected more than 1 value per channel when training, got "
-                         f"input size {list(shape)}; use a batch of more than one sample "
-                         "(or spatial size > 1), or evaluation mode")
+        raise ValueError(
+            f"{name}: expected more than 1 value per channel when training, got "
+            f"input size {list(shape)}; use a batch of more than one sample "
+            "(or spatial size > 1), or evaluation mode"
+        )
 
 
 def _empty_result(input, weight, bias, view_shape):
@@ -151,25 +188,40 @@ def _bn_prepare(name, input, running_mean, running_var, weight, bias, training, 
     _check_tensor(name, input)
     _check_rank(name, input, 2)
     c = input.shape[1]
-    for what, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
+    for what, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
         _check_param(name, what, t, (c,))
     if momentum is None:
-        raise TypeError(f"{name}: momentum must be a float; modules turn momentum=None into "
-                        "the cumulative factor 1 / num_batches_tracked before calling")
+        raise TypeError(
+            f"{name}: momentum must be a float; modules turn momentum=None into "
+            "the cumulative factor 1 / num_batches_tracked before calling"
+        )
     _check_eps(name, eps, strict=training)
     if training:
         _verify_more_than_one(name, input.shape, input.numel() // max(c, 1) if c else 0)
     elif running_mean is None or running_var is None:
-        raise ValueError(f"{name}: evaluation mode (training=False) needs running_mean and "
-                         "running_var; pass them or use training=True")
+        raise ValueError(
+            f"{name}: evaluation mode (training=False) needs running_mean and "
+            "running_var; pass them or use training=True"
+        )
 
 
-def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
-               running_var: Optional[torch.Tensor], weight: Optional[torch.Tensor] = None,
-               bias: Optional[torch.Tensor] = None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5, *,
-               backend: str = "auto") -> torch.Tensor:
+def batch_norm(
+    input: torch.Tensor,
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     r"""Batch normalization over every dim but the channel dim 1.
 
     .. math::
@@ -203,8 +255,9 @@ def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
     name = "batch_norm"
     _bn_prepare(name, input, running_mean, running_var, weight, bias, training, momentum, eps)
     if _xp.exporting():  # export: torch's ops (see normkit._export_path)
-        return _xp.batch_norm(input, running_mean, running_var, weight, bias, training,
-                              momentum, eps)
+        return _xp.batch_norm(
+            input, running_mean, running_var, weight, bias, training, momentum, eps
+        )
     if input.numel() == 0:  # torch leaves the running stats alone on an empty batch
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
     x = input.reshape(input.shape[0], input.shape[1], math.prod(input.shape[2:]))
@@ -214,15 +267,15 @@ def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
         count = x.shape[0] * x.shape[2]
         # plain torch ops outside the autograd Function: torch.compile traces the buffer
         # update as an in-place op on the module's buffers
-        update_running_stats(running_mean, running_var, mean, var * (count / (count - 1)),
-                             float(momentum))
+        update_running_stats(
+            running_mean, running_var, mean, var * (count / (count - 1)), float(momentum)
+        )
     else:
         cdt = torch.float64 if input.dtype == torch.float64 else torch.float32
         mean, var, count = running_mean.to(cdt, copy=True), running_var.to(cdt), 0
     rstd = torch.rsqrt(var + float(eps))
     # the Function reshapes input and output itself: its output is never an autograd view
-    return BatchNormFunction.apply(input, weight, bias, mean, rstd, bool(training), count,
-                                   backends)
+    return BatchNormFunction.apply(input, weight, bias, mean, rstd, bool(training), count, backends)
 
 
 def _sync_world(process_group) -> int:
@@ -235,11 +288,19 @@ def _sync_world(process_group) -> int:
     return dist.get_world_size(group)
 
 
-def sync_batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
-                    running_var: Optional[torch.Tensor], weight: Optional[torch.Tensor] = None,
-                    bias: Optional[torch.Tensor] = None, training: bool = False,
-                    momentum: float = 0.1, eps: float = 1e-5, process_group=None, *,
-                    backend: str = "auto") -> torch.Tensor:
+def sync_batch_norm(
+    input: torch.Tensor,
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    process_group=None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     r"""Batch normalization with statistics over every process of ``process_group``.
 
     Same math as :func:`batch_norm` on the concatenation of every rank's batch.
@@ -261,30 +322,47 @@ def sync_batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
     name = "sync_batch_norm"
     world = _sync_world(process_group) if training else 1
     if world == 1:
-        return batch_norm(input, running_mean, running_var, weight, bias, training, momentum,
-                          eps, backend=backend)
+        return batch_norm(
+            input, running_mean, running_var, weight, bias, training, momentum, eps, backend=backend
+        )
     if torch.compiler.is_compiling():
         # collectives inside an autograd.Function are not traceable; under
         # fullgraph=False dynamo breaks the graph here and runs this part eagerly
-        raise RuntimeError(f"{name}: synchronising over {world} processes is eager-only, "
-                           "torch.compile(fullgraph=True) cannot trace its collectives; compile "
-                           "with fullgraph=False (the sync step then runs eagerly), or convert "
-                           "to BatchNorm for a single process")
+        raise RuntimeError(
+            f"{name}: synchronising over {world} processes is eager-only, "
+            "torch.compile(fullgraph=True) cannot trace its collectives; compile "
+            "with fullgraph=False (the sync step then runs eagerly), or convert "
+            "to BatchNorm for a single process"
+        )
     _check_tensor(name, input)
     _check_rank(name, input, 2)
     c = input.shape[1]
     if c == 0:
-        raise ValueError(f"{name}: the number of input channels must be non-zero, got shape "
-                         f"{tuple(input.shape)}")
-    for what, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
+        raise ValueError(
+            f"{name}: the number of input channels must be non-zero, got shape {tuple(input.shape)}"
+        )
+    for what, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
         _check_param(name, what, t, (c,))
     _check_eps(name, eps, strict=True)
     x = input.reshape(input.shape[0], c, math.prod(input.shape[2:]))
     backends = _backends(_BN_OPS, x, backend)
-    return SyncBatchNormFunction.apply(input, weight, bias, running_mean, running_var,
-                                       float(momentum), float(eps), process_group, world,
-                                       backends)
+    return SyncBatchNormFunction.apply(
+        input,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        float(momentum),
+        float(eps),
+        process_group,
+        world,
+        backends,
+    )
 
 
 def _normalized_shape(name: str, normalized_shape) -> tuple:
@@ -293,25 +371,35 @@ def _normalized_shape(name: str, normalized_shape) -> tuple:
     try:
         shape = tuple(int(d) for d in normalized_shape)
     except TypeError:
-        raise TypeError(f"{name}: normalized_shape must be an int or a sequence of ints, got "
-                        f"{type(normalized_shape).__name__}") from None
+        raise TypeError(
+            f"{name}: normalized_shape must be an int or a sequence of ints, got "
+            f"{type(normalized_shape).__name__}"
+        ) from None
     return shape
 
 
 def _rows(name: str, input: torch.Tensor, shape: tuple) -> torch.Tensor:
     k = len(shape)
-    if k == 0 or input.dim() < k or tuple(input.shape[input.dim() - k:]) != shape:
-        raise ValueError(f"{name}: normalized_shape={list(shape)} must equal the trailing dims "
-                         f"of the input, got input of shape {tuple(input.shape)}; pass "
-                         f"normalized_shape=x.shape[-{max(k, 1)}:]")
+    if k == 0 or input.dim() < k or tuple(input.shape[input.dim() - k :]) != shape:
+        raise ValueError(
+            f"{name}: normalized_shape={list(shape)} must equal the trailing dims "
+            f"of the input, got input of shape {tuple(input.shape)}; pass "
+            f"normalized_shape=x.shape[-{max(k, 1)}:]"
+        )
     if input.numel() == 0:
         return input
     return input.reshape(-1, math.prod(shape))  # (M, D)
 
 
-def layer_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
-               weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-               eps: float = 1e-5, *, backend: str = "auto") -> torch.Tensor:
+def layer_norm(
+    input: torch.Tensor,
+    normalized_shape: Union[int, Sequence[int]],
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     r"""Layer normalization over the trailing ``normalized_shape`` dims.
 
     .. math:: y = \gamma \odot \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta
@@ -344,14 +432,19 @@ def layer_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
         return _empty_result(input, weight, bias, shape)
     w = None if weight is None else weight.reshape(-1)
     b = None if bias is None else bias.reshape(-1)
-    return LayerNormFunction.apply(input, w, b, float(eps),
-                                   _backends(schema.ops_of("layer_norm"), x, backend),
-                                   x.shape[1])
+    return LayerNormFunction.apply(
+        input, w, b, float(eps), _backends(schema.ops_of("layer_norm"), x, backend), x.shape[1]
+    )
 
 
-def rms_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
-             weight: Optional[torch.Tensor] = None, eps: Optional[float] = None, *,
-             backend: str = "auto") -> torch.Tensor:
+def rms_norm(
+    input: torch.Tensor,
+    normalized_shape: Union[int, Sequence[int]],
+    weight: Optional[torch.Tensor] = None,
+    eps: Optional[float] = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     r"""Root-mean-square normalization over the trailing ``normalized_shape`` dims.
 
     .. math:: y = \gamma \odot \frac{x}{\sqrt{\langle x^2 \rangle + \epsilon}}
@@ -385,13 +478,18 @@ def rms_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
     if input.numel() == 0:
         return _empty_result(input, weight, None, shape)
     w = None if weight is None else weight.reshape(-1)
-    return RMSNormFunction.apply(input, w, float(eps),
-                                 _backends(schema.ops_of("rms_norm"), x, backend),
-                                 x.shape[1])
+    return RMSNormFunction.apply(
+        input, w, float(eps), _backends(schema.ops_of("rms_norm"), x, backend), x.shape[1]
+    )
 
 
-def channel_rms_norm(input: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                     eps: Optional[float] = None, *, backend: str = "auto") -> torch.Tensor:
+def channel_rms_norm(
+    input: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    eps: Optional[float] = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     r"""RMS normalization over the channel dim 1 of an (N, C, *) input.
 
     .. math:: y_{n,c,s} = \gamma_c \frac{x_{n,c,s}}{\sqrt{\frac{1}{C}\sum_{c'} x_{n,c',s}^2
@@ -427,14 +525,20 @@ def channel_rms_norm(input: torch.Tensor, weight: Optional[torch.Tensor] = None,
         return _xp.rms_norm(input.movedim(1, last), (c,), weight, eps).movedim(last, 1)
     if input.numel() == 0:
         return _empty_result(input, weight, None, (1, -1) + (1,) * (input.dim() - 2))
-    return RMSNormFunction.apply(input, weight, float(eps),
-                                 _backends(schema.ops_of("rms_norm"), input, backend),
-                                 c, 1)
+    return RMSNormFunction.apply(
+        input, weight, float(eps), _backends(schema.ops_of("rms_norm"), input, backend), c, 1
+    )
 
 
-def group_norm(input: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor] = None,
-               bias: Optional[torch.Tensor] = None, eps: float = 1e-5, *,
-               backend: str = "auto") -> torch.Tensor:
+def group_norm(
+    input: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     r"""Group normalization: statistics per sample over groups of C/G channels and all of space.
 
     .. math:: y_{n,c} = \gamma_c \frac{x_{n,c} - \mu_{n,g(c)}}{\sqrt{\sigma^2_{n,g(c)} +
@@ -461,8 +565,10 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
         raise ValueError(f"{name}: num_groups must be a positive int, got {num_groups!r}")
     n, c = input.shape[:2]
     if c % num_groups:
-        raise ValueError(f"GroupNorm: num_channels ({c}) must be divisible by num_groups "
-                         f"({num_groups}); choose num_groups among the divisors of {c}")
+        raise ValueError(
+            f"GroupNorm: num_channels ({c}) must be divisible by num_groups "
+            f"({num_groups}); choose num_groups among the divisors of {c}"
+        )
     _check_param(name, "weight", weight, (c,))
     _check_param(name, "bias", bias, (c,))
     _check_eps(name, eps, strict=False)
@@ -472,15 +578,28 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
     if input.numel() == 0:
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
     x = input.reshape(n, c, math.prod(input.shape[2:]))
-    return GroupNormFunction.apply(input, weight, bias, num_groups, float(eps),
-                                   _backends(schema.ops_of("group_norm"), x, backend))
+    return GroupNormFunction.apply(
+        input,
+        weight,
+        bias,
+        num_groups,
+        float(eps),
+        _backends(schema.ops_of("group_norm"), x, backend),
+    )
 
 
-def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
-                  running_var: Optional[torch.Tensor] = None,
-                  weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-                  use_input_stats: bool = True, momentum: float = 0.1, eps: float = 1e-5, *,
-                  backend: str = "auto") -> torch.Tensor:
+def instance_norm(
+    input: torch.Tensor,
+    running_mean: Optional[torch.Tensor] = None,
+    running_var: Optional[torch.Tensor] = None,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     r"""Instance normalization: statistics per sample and channel over all of space.
 
     .. math:: y_{n,c} = \gamma_c \frac{x_{n,c} - \mu_{n,c}}{\sqrt{\sigma^2_{n,c} + \epsilon}}
@@ -511,23 +630,33 @@ def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = No
     _check_tensor(name, input)
     _check_rank(name, input, 2)
     n, c = input.shape[:2]
-    for what, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
+    for what, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
         _check_param(name, what, t, (c,))
     _check_eps(name, eps, strict=False)
     if _xp.exporting():  # export: torch's ops (see normkit._export_path)
-        return _xp.instance_norm(input, running_mean, running_var, weight, bias,
-                                 use_input_stats, momentum, eps)
+        return _xp.instance_norm(
+            input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
+        )
     if not use_input_stats:
         if running_mean is None or running_var is None:
-            raise ValueError(f"{name}: use_input_stats=False needs running_mean and "
-                             "running_var; pass them or use_input_stats=True")
-        return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps,
-                          backend=backend)
+            raise ValueError(
+                f"{name}: use_input_stats=False needs running_mean and "
+                "running_var; pass them or use_input_stats=True"
+            )
+        return batch_norm(
+            input, running_mean, running_var, weight, bias, False, momentum, eps, backend=backend
+        )
     spatial = math.prod(input.shape[2:])
     if spatial == 1:
-        raise ValueError(f"{name}: expected more than 1 spatial element when training, got "
-                         f"input size {list(input.shape)}")
+        raise ValueError(
+            f"{name}: expected more than 1 spatial element when training, got "
+            f"input size {list(input.shape)}"
+        )
     if input.numel() == 0:
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
     x = input.reshape(n, c, math.prod(input.shape[2:]))
@@ -537,31 +666,50 @@ def instance_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor] = No
         with torch.no_grad():
             mean, var = batch_norm_batch_stats(x.reshape(1, n * c, -1), bn_backends)
             unbiased = var.view(n, c) * (spatial / (spatial - 1))
-            update_running_stats(running_mean, running_var, mean.view(n, c).mean(0),
-                                 unbiased.mean(0), float(momentum))
-    return GroupNormFunction.apply(input, weight, bias, c, float(eps),
-                                   _backends(schema.ops_of("group_norm"), x, backend))
+            update_running_stats(
+                running_mean,
+                running_var,
+                mean.view(n, c).mean(0),
+                unbiased.mean(0),
+                float(momentum),
+            )
+    return GroupNormFunction.apply(
+        input, weight, bias, c, float(eps), _backends(schema.ops_of("group_norm"), x, backend)
+    )
 
 
 # --- Filter Response Normalization + TLU ----------------------------------------------
 
+
 def _frn_param(name: str, t, c: int, fill: float, like: torch.Tensor) -> torch.Tensor:
     if t is None:
-        return torch.full((c,), fill, dtype=like.dtype if like.dtype == torch.float64
-                          else torch.float32, device=like.device)
+        return torch.full(
+            (c,),
+            fill,
+            dtype=like.dtype if like.dtype == torch.float64 else torch.float32,
+            device=like.device,
+        )
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"filter_response_norm: {name} must be a torch.Tensor or None, got "
-                        f"{type(t).__name__}")
+        raise TypeError(
+            f"filter_response_norm: {name} must be a torch.Tensor or None, got {type(t).__name__}"
+        )
     if t.numel() != c:
-        raise ValueError(f"filter_response_norm: {name} must have {c} elements (one per "
-                         f"channel), got shape {tuple(t.shape)}; create it with shape ({c},)")
+        raise ValueError(
+            f"filter_response_norm: {name} must have {c} elements (one per "
+            f"channel), got shape {tuple(t.shape)}; create it with shape ({c},)"
+        )
     return t.reshape(c)
 
 
-def filter_response_norm(input: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                         bias: Optional[torch.Tensor] = None, tau: Optional[torch.Tensor] = None,
-                         eps: Union[float, torch.Tensor] = 1e-6, *,
-                         backend: str = "auto") -> torch.Tensor:
+def filter_response_norm(
+    input: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    tau: Optional[torch.Tensor] = None,
+    eps: Union[float, torch.Tensor] = 1e-6,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
     r"""Filter Response Normalization followed by the Thresholded Linear Unit.
 
     .. math::
@@ -593,11 +741,14 @@ def filter_response_norm(input: torch.Tensor, weight: Optional[torch.Tensor] = N
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{name}: input must be a torch.Tensor, got {type(input).__name__}")
     if input.dtype not in _FLOATS:
-        raise TypeError(f"{name}: input dtype must be floating point, got {input.dtype}; "
-                        "cast with .float()")
+        raise TypeError(
+            f"{name}: input dtype must be floating point, got {input.dtype}; cast with .float()"
+        )
     if input.dim() < 3:
-        raise ValueError(f"{name}: expected an input of rank >= 3 (N, C, H, W), got shape "
-                         f"{tuple(input.shape)}; add a batch dim with x.unsqueeze(0)")
+        raise ValueError(
+            f"{name}: expected an input of rank >= 3 (N, C, H, W), got shape "
+            f"{tuple(input.shape)}; add a batch dim with x.unsqueeze(0)"
+        )
     n, c = input.shape[:2]
     weight = _frn_param("weight", weight, c, 1.0, input)
     bias = _frn_param("bias", bias, c, 0.0, input)
@@ -606,8 +757,10 @@ def filter_response_norm(input: torch.Tensor, weight: Optional[torch.Tensor] = N
         eps_t = _frn_param("eps", eps, c, 0.0, input)
     else:
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
-            raise ValueError(f"{name}: eps must be a positive float, got {eps!r}; FRN divides "
-                             "by sqrt(mean(x^2) + eps), which is 0 on an all-zero plane")
+            raise ValueError(
+                f"{name}: eps must be a positive float, got {eps!r}; FRN divides "
+                "by sqrt(mean(x^2) + eps), which is 0 on an all-zero plane"
+            )
         eps_t = torch.full((c,), float(eps), dtype=weight.dtype, device=input.device)
     if _xp.exporting() or input.numel() == 0:  # standard ops (export; empty input)
         return _xp.filter_response_norm(input, weight, bias, tau, eps_t)

@@ -29,8 +29,8 @@ import torch.nn.functional as TF
 from torch.overrides import TorchFunctionMode
 
 from . import dispatch
-from .ops import schema
 from . import functional as NF
+from .ops import schema
 
 __all__ = ["functional_mode", "NormkitFunctionMode", "SERVED"]
 
@@ -47,26 +47,37 @@ _APPLY_BN = next(op for op in schema.ops_of("batch_norm") if op.endswith("_apply
 
 
 def _layer_norm(a, backend):
-    return NF.layer_norm(a["input"], a["normalized_shape"], a["weight"], a["bias"], a["eps"],
-                         backend=backend), _first("layer_norm")
+    return NF.layer_norm(
+        a["input"], a["normalized_shape"], a["weight"], a["bias"], a["eps"], backend=backend
+    ), _first("layer_norm")
 
 
 def _rms_norm(a, backend):
-    return NF.rms_norm(a["input"], a["normalized_shape"], a["weight"], a["eps"],
-                       backend=backend), _first("rms_norm")
+    return NF.rms_norm(
+        a["input"], a["normalized_shape"], a["weight"], a["eps"], backend=backend
+    ), _first("rms_norm")
 
 
 def _group_norm(a, backend):
-    return NF.group_norm(a["input"], a["num_groups"], a["weight"], a["bias"], a["eps"],
-                         backend=backend), _first("group_norm")
+    return NF.group_norm(
+        a["input"], a["num_groups"], a["weight"], a["bias"], a["eps"], backend=backend
+    ), _first("group_norm")
 
 
 def _batch_norm(a, backend):
     if a["momentum"] is None or (a["running_mean"] is None) != (a["running_var"] is None):
         return None, None  # torch decides what these mean
-    return NF.batch_norm(a["input"], a["running_mean"], a["running_var"], a["weight"],
-                         a["bias"], bool(a["training"]), a["momentum"], a["eps"],
-                         backend=backend), _APPLY_BN
+    return NF.batch_norm(
+        a["input"],
+        a["running_mean"],
+        a["running_var"],
+        a["weight"],
+        a["bias"],
+        bool(a["training"]),
+        a["momentum"],
+        a["eps"],
+        backend=backend,
+    ), _APPLY_BN
 
 
 def _instance_norm(a, backend):
@@ -75,14 +86,23 @@ def _instance_norm(a, backend):
     if (a["running_mean"] is None) != (a["running_var"] is None):
         return None, None  # torch decides what one buffer alone means
     op = _first("group_norm") if a["use_input_stats"] else _APPLY_BN
-    return NF.instance_norm(a["input"], a["running_mean"], a["running_var"], a["weight"],
-                            a["bias"], bool(a["use_input_stats"]), a["momentum"], a["eps"],
-                            backend=backend), op
+    return NF.instance_norm(
+        a["input"],
+        a["running_mean"],
+        a["running_var"],
+        a["weight"],
+        a["bias"],
+        bool(a["use_input_stats"]),
+        a["momentum"],
+        a["eps"],
+        backend=backend,
+    ), op
 
 
 def _local_response_norm(a, backend):
-    return NF.local_response_norm(a["input"], a["size"], a["alpha"], a["beta"], a["k"],
-                                  convention="torch", backend=backend), _first("lrn")
+    return NF.local_response_norm(
+        a["input"], a["size"], a["alpha"], a["beta"], a["k"], convention="torch", backend=backend
+    ), _first("lrn")
 
 
 # torch.nn.functional function -> (name, server returning (output, op name) or (None, None))

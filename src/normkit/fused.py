@@ -20,7 +20,6 @@ import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import _export_path as _xp
 from . import dispatch
@@ -39,13 +38,18 @@ def _cdt(dtype: torch.dtype) -> torch.dtype:
 
 # --- functional ----------------------------------------------------------------------------
 
+
 def _check_tensor(name: str, what: str, t) -> None:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}; "
-                        "convert with torch.as_tensor(v, dtype=torch.float32)")
+        raise TypeError(
+            f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}; "
+            "convert with torch.as_tensor(v, dtype=torch.float32)"
+        )
     if t.dtype not in _FLOATS:
-        raise TypeError(f"{name}: {what} dtype must be floating point (float16, bfloat16, "
-                        f"float32, float64), got {t.dtype}; cast with .float()")
+        raise TypeError(
+            f"{name}: {what} dtype must be floating point (float16, bfloat16, "
+            f"float32, float64), got {t.dtype}; cast with .float()"
+        )
 
 
 def _check_param(name: str, what: str, t, shape) -> None:
@@ -53,8 +57,10 @@ def _check_param(name: str, what: str, t, shape) -> None:
         return
     _check_tensor(name, what, t)
     if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name}: {what} must have shape {tuple(shape)} (normalized_shape), "
-                         f"got {tuple(t.shape)}; create it with the layer's size")
+        raise ValueError(
+            f"{name}: {what} must have shape {tuple(shape)} (normalized_shape), "
+            f"got {tuple(t.shape)}; create it with the layer's size"
+        )
 
 
 def _check_eps(name: str, eps) -> float:
@@ -70,13 +76,17 @@ def _shape(name: str, normalized_shape, x: Tensor) -> tuple:
         try:
             shape = tuple(int(d) for d in normalized_shape)
         except TypeError:
-            raise TypeError(f"{name}: normalized_shape must be an int or a sequence of ints, "
-                            f"got {type(normalized_shape).__name__}") from None
+            raise TypeError(
+                f"{name}: normalized_shape must be an int or a sequence of ints, "
+                f"got {type(normalized_shape).__name__}"
+            ) from None
     k = len(shape)
-    if k == 0 or x.dim() < k or tuple(x.shape[x.dim() - k:]) != shape:
-        raise ValueError(f"{name}: normalized_shape={list(shape)} must equal the trailing dims "
-                         f"of x, got x of shape {tuple(x.shape)}; pass "
-                         f"normalized_shape=x.shape[-{max(k, 1)}:]")
+    if k == 0 or x.dim() < k or tuple(x.shape[x.dim() - k :]) != shape:
+        raise ValueError(
+            f"{name}: normalized_shape={list(shape)} must equal the trailing dims "
+            f"of x, got x of shape {tuple(x.shape)}; pass "
+            f"normalized_shape=x.shape[-{max(k, 1)}:]"
+        )
     return shape
 
 
@@ -85,12 +95,16 @@ def _check_add_inputs(name: str, x, residual, normalized_shape, weight, bias):
     if residual is not None:
         _check_tensor(name, "residual", residual)
         if residual.shape != x.shape:
-            raise ValueError(f"{name}: residual must have x's shape {tuple(x.shape)}, got "
-                             f"{tuple(residual.shape)}; the residual stream and the sublayer "
-                             "output are added elementwise (no broadcasting)")
+            raise ValueError(
+                f"{name}: residual must have x's shape {tuple(x.shape)}, got "
+                f"{tuple(residual.shape)}; the residual stream and the sublayer "
+                "output are added elementwise (no broadcasting)"
+            )
         if residual.device != x.device:
-            raise ValueError(f"{name}: residual is on {residual.device} but x on {x.device}; "
-                             "move both to one device")
+            raise ValueError(
+                f"{name}: residual is on {residual.device} but x on {x.device}; "
+                "move both to one device"
+            )
     shape = _shape(name, normalized_shape, x)
     _check_param(name, "weight", weight, shape)
     _check_param(name, "bias", bias, shape)
@@ -99,7 +113,7 @@ def _check_add_inputs(name: str, x, residual, normalized_shape, weight, bias):
 
 def _composite_add(x, residual, residual_in_fp32):
     """h in its dtype and in the compute dtype, with plain torch ops."""
-    hdt = schema.h_dtype({'x': x, 'residual': residual, 'residual_in_fp32': residual_in_fp32})
+    hdt = schema.h_dtype({"x": x, "residual": residual, "residual_in_fp32": residual_in_fp32})
     cdt = _cdt(hdt)
     # a copy when there is no residual: h is a new tensor, never x itself
     h32 = x.to(cdt, copy=True) if residual is None else x.to(cdt) + residual.to(cdt)
@@ -110,11 +124,17 @@ def _dims(shape) -> tuple:
     return tuple(range(-len(shape), 0))
 
 
-def add_rms_norm(x: Tensor, residual: Optional[Tensor],
-                 normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor] = None,
-                 eps: Optional[float] = None, *, offset: float = 0.0,
-                 residual_in_fp32: bool = False,
-                 backend: str = "auto") -> Tuple[Tensor, Tensor]:
+def add_rms_norm(
+    x: Tensor,
+    residual: Optional[Tensor],
+    normalized_shape: Union[int, Sequence[int]],
+    weight: Optional[Tensor] = None,
+    eps: Optional[float] = None,
+    *,
+    offset: float = 0.0,
+    residual_in_fp32: bool = False,
+    backend: str = "auto",
+) -> Tuple[Tensor, Tensor]:
     r"""Fused residual add and RMS normalization: returns ``(y, h)``.
 
     .. math:: h = x + r, \qquad
@@ -150,13 +170,15 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor],
     """
     name = "add_rms_norm"
     shape = _check_add_inputs(name, x, residual, normalized_shape, weight, None)
-    hdt = schema.h_dtype({'x': x, 'residual': residual, 'residual_in_fp32': residual_in_fp32})
+    hdt = schema.h_dtype({"x": x, "residual": residual, "residual_in_fp32": residual_in_fp32})
     if eps is None:
         eps = torch.finfo(_cdt(hdt)).eps
     eps = _check_eps(name, eps)
     if offset != 0.0 and weight is None:
-        raise ValueError(f"{name}: offset ({offset}) scales (offset + weight) and needs a "
-                         "weight; pass a weight or offset=0.0")
+        raise ValueError(
+            f"{name}: offset ({offset}) scales (offset + weight) and needs a "
+            "weight; pass a weight or offset=0.0"
+        )
     w = None if weight is None else (weight + offset if offset != 0.0 else weight)
     if _xp.exporting() or x.numel() == 0:
         h, h32 = _composite_add(x, residual, residual_in_fp32)
@@ -166,15 +188,28 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor],
             y = y * w.to(y.dtype)
         return y.to(x.dtype), h
     backends = {op: dispatch.resolve(op, x, backend) for op in schema.ops_of("add_rms_norm")}
-    return AddRMSNormFunction.apply(x, residual, None if w is None else w.reshape(-1), eps,
-                                    bool(residual_in_fp32), backends, math.prod(shape))
+    return AddRMSNormFunction.apply(
+        x,
+        residual,
+        None if w is None else w.reshape(-1),
+        eps,
+        bool(residual_in_fp32),
+        backends,
+        math.prod(shape),
+    )
 
 
-def add_layer_norm(x: Tensor, residual: Optional[Tensor],
-                   normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor] = None,
-                   bias: Optional[Tensor] = None, eps: float = 1e-5, *,
-                   residual_in_fp32: bool = False,
-                   backend: str = "auto") -> Tuple[Tensor, Tensor]:
+def add_layer_norm(
+    x: Tensor,
+    residual: Optional[Tensor],
+    normalized_shape: Union[int, Sequence[int]],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    residual_in_fp32: bool = False,
+    backend: str = "auto",
+) -> Tuple[Tensor, Tensor]:
     r"""Fused residual add and layer normalization: returns ``(y, h)``.
 
     .. math:: h = x + r, \qquad y = w \odot \frac{h - \mu}{\sqrt{\sigma^2 + \epsilon}} + b
@@ -204,18 +239,29 @@ def add_layer_norm(x: Tensor, residual: Optional[Tensor],
     if _xp.exporting() or x.numel() == 0:
         h, h32 = _composite_add(x, residual, residual_in_fp32)
         y = torch.nn.functional.layer_norm(
-            h32, shape, None if weight is None else weight.to(h32.dtype),
-            None if bias is None else bias.to(h32.dtype), eps)
+            h32,
+            shape,
+            None if weight is None else weight.to(h32.dtype),
+            None if bias is None else bias.to(h32.dtype),
+            eps,
+        )
         return y.to(x.dtype), h
     backends = {op: dispatch.resolve(op, x, backend) for op in schema.ops_of("add_layer_norm")}
-    return AddLayerNormFunction.apply(x, residual,
-                                      None if weight is None else weight.reshape(-1),
-                                      None if bias is None else bias.reshape(-1), eps,
-                                      bool(residual_in_fp32), backends, math.prod(shape))
+    return AddLayerNormFunction.apply(
+        x,
+        residual,
+        None if weight is None else weight.reshape(-1),
+        None if bias is None else bias.reshape(-1),
+        eps,
+        bool(residual_in_fp32),
+        backends,
+        math.prod(shape),
+    )
 
 
-def modulated_layer_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6, *,
-                         backend: str = "auto") -> Tensor:
+def modulated_layer_norm(
+    x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6, *, backend: str = "auto"
+) -> Tensor:
     r"""LayerNorm without affine, modulated per sample (DiT's adaLN): fused.
 
     .. math:: y_{n,t} = \frac{x_{n,t} - \mu_{n,t}}{\sqrt{\sigma^2_{n,t} + \epsilon}}
@@ -244,16 +290,21 @@ def modulated_layer_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1
     _check_tensor(name, "shift", shift)
     _check_tensor(name, "scale", scale)
     if x.dim() < 2:
-        raise ValueError(f"{name}: x must be (N, T, D), got shape {tuple(x.shape)}; add a "
-                         "token dim with x.unsqueeze(1)")
+        raise ValueError(
+            f"{name}: x must be (N, T, D), got shape {tuple(x.shape)}; add a "
+            "token dim with x.unsqueeze(1)"
+        )
     want = (x.shape[0], x.shape[-1])
     for what, t in (("shift", shift), ("scale", scale)):
         if tuple(t.shape) != want:
-            raise ValueError(f"{name}: {what} must have shape (N, D) = {want} for x of shape "
-                             f"{tuple(x.shape)}, got {tuple(t.shape)}; one row per sample")
+            raise ValueError(
+                f"{name}: {what} must have shape (N, D) = {want} for x of shape "
+                f"{tuple(x.shape)}, got {tuple(t.shape)}; one row per sample"
+            )
         if t.device != x.device:
-            raise ValueError(f"{name}: {what} is on {t.device} but x on {x.device}; move both "
-                             "to one device")
+            raise ValueError(
+                f"{name}: {what} is on {t.device} but x on {x.device}; move both to one device"
+            )
     eps = _check_eps(name, eps)
     if _xp.exporting() or x.numel() == 0:
         cdt = _cdt(x.dtype)
@@ -261,5 +312,7 @@ def modulated_layer_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1
         x_hat = torch.nn.functional.layer_norm(x.to(cdt), (x.shape[-1],), None, None, eps)
         y = x_hat * (1.0 + scale.to(cdt).reshape(bshape)) + shift.to(cdt).reshape(bshape)
         return y.to(x.dtype)
-    backends = {op: dispatch.resolve(op, x, backend) for op in schema.ops_of("modulated_layer_norm")}
+    backends = {
+        op: dispatch.resolve(op, x, backend) for op in schema.ops_of("modulated_layer_norm")
+    }
     return ModulatedLayerNormFunction.apply(x, shift, scale, eps, backends)

@@ -13,6 +13,7 @@ op itself is a pure function of its arguments.
 from __future__ import annotations
 
 import functools
+
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
@@ -42,8 +43,7 @@ class _Op:
     """
 
     def __init__(self, name: str, fn, op_schema: str):
-        self.op = torch.library.custom_op(f"normkit::{name}", fn, mutates_args=(),
-                                          schema=op_schema)
+        self.op = torch.library.custom_op(f"normkit::{name}", fn, mutates_args=(), schema=op_schema)
         self._fn = fn
         functools.update_wrapper(self, fn)
 

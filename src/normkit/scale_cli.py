@@ -38,8 +38,15 @@ METHODS = {
     "arctan": "ArctanScaler",
 }
 
-FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".arrow": "ipc",
-           ".feather": "ipc", ".ipc": "ipc", ".npy": "npy"}
+FORMATS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".arrow": "ipc",
+    ".feather": "ipc",
+    ".ipc": "ipc",
+    ".npy": "npy",
+}
 
 _NPY_HEADER_BYTES = 128  # fixed size, so the row count can be patched in after streaming
 _CSV_BLOCK_BYTES = 1 << 20  # per block, parsed on pyarrow's threads; 8 MiB blocks let its
@@ -53,44 +60,87 @@ class CLIError(Exception):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="scale_command", metavar="{fit,transform}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("data", metavar="DATA",
-                        help="input file: .csv, .parquet/.pq, .arrow/.feather/.ipc or .npy")
-    common.add_argument("--columns", default=None, metavar="A,B,...",
-                        help="comma-separated columns to scale (default: every numeric column; "
-                             "transform: the columns fit used)")
-    common.add_argument("--chunk-rows", type=int, default=None,
-                        help="at most this many rows per chunk (default: pyarrow's batches; "
-                             "for .npy about 2**20 values per chunk)")
+    common.add_argument(
+        "data", metavar="DATA", help="input file: .csv, .parquet/.pq, .arrow/.feather/.ipc or .npy"
+    )
+    common.add_argument(
+        "--columns",
+        default=None,
+        metavar="A,B,...",
+        help="comma-separated columns to scale (default: every numeric column; "
+        "transform: the columns fit used)",
+    )
+    common.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=None,
+        help="at most this many rows per chunk (default: pyarrow's batches; "
+        "for .npy about 2**20 values per chunk)",
+    )
     common.add_argument("--delimiter", default=",", help="CSV field separator (default ',')")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
-    common.add_argument("--force", action="store_true",
-                        help="replace an existing output file (never an input)")
+    common.add_argument(
+        "--force", action="store_true", help="replace an existing output file (never an input)"
+    )
 
-    fit = sub.add_parser("fit", parents=[common], help="compute statistics, write stats.json",
-                         description="Stream DATA through partial_fit and save the scaler.")
-    fit.add_argument("--method", required=True, choices=sorted(METHODS),
-                     help="minmax (MinMaxScaler), zscore (StandardScaler), reciprocal "
-                          "(1/(1+x)), log10, arctan (atan(x)*2/pi)")
-    fit.add_argument("-o", "--output", required=True, metavar="STATS",
-                     help="where to write the statistics (JSON)")
-    fit.add_argument("--feature-range", nargs=2, type=float, metavar=("A", "B"),
-                     default=None, help="minmax only: target range (default 0 1)")
-    fit.add_argument("--clip", action="store_true",
-                     help="minmax only: clip transformed values to the feature range")
+    fit = sub.add_parser(
+        "fit",
+        parents=[common],
+        help="compute statistics, write stats.json",
+        description="Stream DATA through partial_fit and save the scaler.",
+    )
+    fit.add_argument(
+        "--method",
+        required=True,
+        choices=sorted(METHODS),
+        help="minmax (MinMaxScaler), zscore (StandardScaler), reciprocal "
+        "(1/(1+x)), log10, arctan (atan(x)*2/pi)",
+    )
+    fit.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="STATS",
+        help="where to write the statistics (JSON)",
+    )
+    fit.add_argument(
+        "--feature-range",
+        nargs=2,
+        type=float,
+        metavar=("A", "B"),
+        default=None,
+        help="minmax only: target range (default 0 1)",
+    )
+    fit.add_argument(
+        "--clip",
+        action="store_true",
+        help="minmax only: clip transformed values to the feature range",
+    )
 
-    tr = sub.add_parser("transform", parents=[common], help="apply saved statistics to DATA",
-                        description="Stream DATA through the saved scaler into OUT.")
+    tr = sub.add_parser(
+        "transform",
+        parents=[common],
+        help="apply saved statistics to DATA",
+        description="Stream DATA through the saved scaler into OUT.",
+    )
     tr.add_argument("--stats", required=True, help="statistics written by `normkit scale fit`")
-    tr.add_argument("-o", "--output", required=True, metavar="OUT",
-                    help="output file, format by extension (.csv, .parquet, .arrow, .npy)")
+    tr.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output file, format by extension (.csv, .parquet, .arrow, .npy)",
+    )
     tr.add_argument("--inverse", action="store_true", help="apply inverse_transform instead")
 
 
 def _format(path: str, what: str) -> str:
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
-        raise CLIError(f"{what} {path}: unknown extension {ext or '(none)'!r}; supported: "
-                       ".csv, .parquet/.pq, .arrow/.feather/.ipc (Arrow IPC), .npy")
+        raise CLIError(
+            f"{what} {path}: unknown extension {ext or '(none)'!r}; supported: "
+            ".csv, .parquet/.pq, .arrow/.feather/.ipc (Arrow IPC), .npy"
+        )
     return FORMATS[ext]
 
 
@@ -98,14 +148,17 @@ def _pyarrow():
     try:
         import pyarrow
     except ImportError:
-        raise CLIError("CSV/Parquet/Arrow files need pyarrow, which is not installed: "
-                       "pip install 'normkit[data]' (or pyarrow)") from None
+        raise CLIError(
+            "CSV/Parquet/Arrow files need pyarrow, which is not installed: "
+            "pip install 'normkit[data]' (or pyarrow)"
+        ) from None
     return pyarrow
 
 
 # ----------------------------------------------------------------------------
 # Readers: batches (pyarrow RecordBatch, or a 2-D array for .npy) plus progress.
 # ----------------------------------------------------------------------------
+
 
 def _is_header(fields: List[str]) -> bool:
     for s in fields:
@@ -119,8 +172,13 @@ def _is_header(fields: List[str]) -> bool:
 class _Source:
     """One input file, read in batches."""
 
-    def __init__(self, path: str, chunk_rows: Optional[int], delimiter: str,
-                 float_columns: Optional[List[str]] = None):
+    def __init__(
+        self,
+        path: str,
+        chunk_rows: Optional[int],
+        delimiter: str,
+        float_columns: Optional[List[str]] = None,
+    ):
         if chunk_rows is not None and chunk_rows < 1:
             raise CLIError(f"--chunk-rows must be >= 1, got {chunk_rows}")
         self.fmt = _format(path, "input")
@@ -163,8 +221,10 @@ class _Source:
         try:
             fields = [s.strip() for s in first.decode("utf-8").strip().split(self.delimiter)]
         except UnicodeDecodeError as exc:
-            raise CLIError(f"{self.path}: not UTF-8 text ({exc}); is it really a CSV "
-                           "file? (Parquet files end in .parquet)") from None
+            raise CLIError(
+                f"{self.path}: not UTF-8 text ({exc}); is it really a CSV "
+                "file? (Parquet files end in .parquet)"
+            ) from None
         if not first.strip():
             raise CLIError(f"{self.path}: empty CSV file (no data rows)")
         has_header = _is_header(fields)
@@ -176,10 +236,15 @@ class _Source:
         for n in float_columns or []:
             types[n] = pa.float64()
         self._csv_args = dict(
-            read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=True,
-                                          column_names=names, skip_rows=int(has_header)),
+            read_options=pcsv.ReadOptions(
+                block_size=_CSV_BLOCK_BYTES,
+                use_threads=True,
+                column_names=names,
+                skip_rows=int(has_header),
+            ),
             parse_options=pcsv.ParseOptions(delimiter=self.delimiter),
-            convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True))
+            convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+        )
         self._pcsv = pcsv
         self.total, self.unit = os.path.getsize(self.path), "B"
         self._file = pa.OSFile(self.path)
@@ -193,8 +258,9 @@ class _Source:
         source = pa.memory_map(self.path)
         try:
             self._ipc = pa.ipc.open_file(source)
-            self.total = sum(self._ipc.get_record_batch(i).num_rows
-                             for i in range(self._ipc.num_record_batches))
+            self.total = sum(
+                self._ipc.get_record_batch(i).num_rows for i in range(self._ipc.num_record_batches)
+            )
         except pa.ArrowInvalid:
             source.seek(0)
             try:
@@ -217,14 +283,20 @@ class _Source:
                 raise CLIError(f"{self.path}: not a valid .npy file ({exc})") from None
             self.offset = f.tell()
         if dtype.kind not in "fiub" or dtype.hasobject:
-            raise CLIError(f"{self.path}: dtype {dtype} is not numeric; the scalers need "
-                           "float, int or bool data")
+            raise CLIError(
+                f"{self.path}: dtype {dtype} is not numeric; the scalers need "
+                "float, int or bool data"
+            )
         if len(shape) not in (1, 2):
-            raise CLIError(f"{self.path}: expected a 1-D or 2-D array, got shape {shape}; "
-                           "reshape it to (n_samples, n_features)")
+            raise CLIError(
+                f"{self.path}: expected a 1-D or 2-D array, got shape {shape}; "
+                "reshape it to (n_samples, n_features)"
+            )
         if fortran and len(shape) == 2 and shape[1] > 1:
-            raise CLIError(f"{self.path}: Fortran-ordered arrays cannot be streamed by rows; "
-                           "save it with np.save(path, np.ascontiguousarray(a))")
+            raise CLIError(
+                f"{self.path}: Fortran-ordered arrays cannot be streamed by rows; "
+                "save it with np.save(path, np.ascontiguousarray(a))"
+            )
         self.npy_dtype = dtype
         self.n_rows = shape[0]
         self.n_cols = shape[1] if len(shape) == 2 else 1
@@ -267,9 +339,10 @@ class _Source:
                 except StopIteration:
                     break
                 except pa.ArrowInvalid as exc:
-                    raise CLIError(f"{self.path}: cannot parse CSV after data row {seen} "
-                                   f"({exc}); write missing values as empty fields or nan"
-                                   ) from None
+                    raise CLIError(
+                        f"{self.path}: cannot parse CSV after data row {seen} "
+                        f"({exc}); write missing values as empty fields or nan"
+                    ) from None
                 seen += b.num_rows
                 pos = self._file.tell()
                 yield b, pos
@@ -277,7 +350,7 @@ class _Source:
 
     def _npy_chunks(self):
         row_bytes = self.n_cols * self.npy_dtype.itemsize
-        per_chunk = self.chunk_rows or max(1, min(65536, 2 ** 20 // max(self.n_cols, 1)))
+        per_chunk = self.chunk_rows or max(1, min(65536, 2**20 // max(self.n_cols, 1)))
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             done = 0
@@ -285,8 +358,10 @@ class _Source:
                 rows = min(per_chunk, self.n_rows - done)
                 buf = f.read(rows * row_bytes)
                 if len(buf) != rows * row_bytes:
-                    raise CLIError(f"{self.path}: file is truncated (expected {self.n_rows} rows, "
-                                   f"data ends inside row {done + len(buf) // row_bytes})")
+                    raise CLIError(
+                        f"{self.path}: file is truncated (expected {self.n_rows} rows, "
+                        f"data ends inside row {done + len(buf) // row_bytes})"
+                    )
                 yield np.frombuffer(buf, dtype=self.npy_dtype).reshape(rows, self.n_cols), rows
                 done += rows
 
@@ -320,17 +395,22 @@ def _matrix(batch, columns: List[str]) -> np.ndarray:
 # Writers: a temporary file next to OUT, renamed into place by commit().
 # ----------------------------------------------------------------------------
 
+
 def _npy_header(dtype: np.dtype, shape: Tuple[int, int]) -> bytes:
     """A version-1.0 .npy header padded to a fixed size (valid: spaces then newline)."""
-    d = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-         "shape": tuple(shape)}
+    d = {
+        "descr": np.lib.format.dtype_to_descr(dtype),
+        "fortran_order": False,
+        "shape": tuple(shape),
+    }
     text = repr(d)
     magic = np.lib.format.magic(1, 0)
     body_len = _NPY_HEADER_BYTES - len(magic) - 2
     text = text.ljust(body_len - 1) + "\n"
     if len(text) != body_len:
-        raise CLIError(f"internal: .npy header for shape {shape} does not fit "
-                       f"{_NPY_HEADER_BYTES} bytes")
+        raise CLIError(
+            f"internal: .npy header for shape {shape} does not fit {_NPY_HEADER_BYTES} bytes"
+        )
     return magic + body_len.to_bytes(2, "little") + text.encode("latin1")
 
 
@@ -351,8 +431,11 @@ class _Sink:
         self.cols = None
         self.dtype = None
         self.writer = None
-        fd, self.tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                                        prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        fd, self.tmp = tempfile.mkstemp(
+            dir=os.path.dirname(os.path.abspath(path)),
+            prefix=f".{os.path.basename(path)}.",
+            suffix=".tmp",
+        )
         self.f = os.fdopen(fd, "wb")
 
     def write_array(self, y: np.ndarray) -> None:
@@ -419,10 +502,19 @@ class _Sink:
 # Commands.
 # ----------------------------------------------------------------------------
 
+
 def _progress(src: _Source, desc: str, disable: bool):
     from tqdm import tqdm
-    return tqdm(total=src.total, unit=src.unit, unit_scale=True, desc=desc, file=sys.stderr,
-                disable=disable, dynamic_ncols=True)
+
+    return tqdm(
+        total=src.total,
+        unit=src.unit,
+        unit_scale=True,
+        desc=desc,
+        file=sys.stderr,
+        disable=disable,
+        dynamic_ncols=True,
+    )
 
 
 def _advance(bar, src: _Source, units: int) -> None:
@@ -444,8 +536,10 @@ class _rows_context:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None and issubclass(exc_type, ValueError):
-            raise CLIError(f"{self.where} (0-based, header excluded; 'row r' below means "
-                           f"data row {self.start} + r): {exc}") from None
+            raise CLIError(
+                f"{self.where} (0-based, header excluded; 'row r' below means "
+                f"data row {self.start} + r): {exc}"
+            ) from None
         return False
 
 
@@ -457,11 +551,15 @@ def _check_output(out: str, inputs: List[str], force: bool) -> None:
         return
     for src in inputs:
         if os.path.exists(src) and os.path.samefile(out, src):
-            raise CLIError(f"-o {out} is the input file {src}; writing it would destroy the "
-                           "data being read: choose another output path")
+            raise CLIError(
+                f"-o {out} is the input file {src}; writing it would destroy the "
+                "data being read: choose another output path"
+            )
     if not force:
-        raise CLIError(f"-o {out} already exists; pass --force to replace it (it is replaced "
-                       "only once the new file is complete)")
+        raise CLIError(
+            f"-o {out} already exists; pass --force to replace it (it is replaced "
+            "only once the new file is complete)"
+        )
 
 
 class _Terminated(SystemExit):
@@ -484,13 +582,17 @@ def _split_columns(text: Optional[str]) -> Optional[List[str]]:
 def _select(src: _Source, wanted: Optional[List[str]], what: str) -> List[str]:
     if wanted is None:
         if not src.numeric:
-            raise CLIError(f"{src.path}: no numeric column to scale (columns: "
-                           f"{src.names[:10]}); pick them with --columns")
+            raise CLIError(
+                f"{src.path}: no numeric column to scale (columns: "
+                f"{src.names[:10]}); pick them with --columns"
+            )
         return list(src.numeric)
     missing = [c for c in wanted if c not in src.names]
     if missing:
-        raise CLIError(f"{src.path}: {what} column(s) {missing} not in the file (it has "
-                       f"{src.names[:20]}{' ...' if len(src.names) > 20 else ''})")
+        raise CLIError(
+            f"{src.path}: {what} column(s) {missing} not in the file (it has "
+            f"{src.names[:20]}{' ...' if len(src.names) > 20 else ''})"
+        )
     return wanted
 
 
@@ -510,8 +612,9 @@ def _fit(args) -> int:
             kwargs["feature_range"] = tuple(args.feature_range)
         kwargs["clip"] = bool(args.clip)
     elif args.feature_range is not None or args.clip:
-        raise CLIError(f"--feature-range and --clip apply to --method minmax only, "
-                       f"not {args.method}")
+        raise CLIError(
+            f"--feature-range and --clip apply to --method minmax only, not {args.method}"
+        )
     scaler = cls(**kwargs)
     wanted = _split_columns(args.columns)
     _check_output(args.output, [args.data], args.force)
@@ -521,8 +624,10 @@ def _fit(args) -> int:
         for c in columns:
             field = src.schema.field(c)
             if not _is_numeric(_pyarrow(), field.type):
-                raise CLIError(f"{args.data}: column {c!r} has type {field.type}, not numbers; "
-                               "scale numeric columns only (see --columns)")
+                raise CLIError(
+                    f"{args.data}: column {c!r} has type {field.type}, not numbers; "
+                    "scale numeric columns only (see --columns)"
+                )
     with _progress(src, f"fit {args.method}", args.no_progress) as bar:
         start = 0
         for batch, units in src.batches():
@@ -534,13 +639,21 @@ def _fit(args) -> int:
             _advance(bar, src, units)
     if not hasattr(scaler, "n_features_in_"):
         raise CLIError(f"{args.data}: no data rows")
-    scaler.save(args.output, meta={"source": os.path.basename(args.data),
-                                   "columns": columns if src.named else None,
-                                   "method": args.method})
+    scaler.save(
+        args.output,
+        meta={
+            "source": os.path.basename(args.data),
+            "columns": columns if src.named else None,
+            "method": args.method,
+        },
+    )
     passed = [c for c in src.names if c not in columns]
     note = f"; not scaled (pass through transform): {passed[:10]}" if passed else ""
-    print(f"normkit scale fit: {scaler!r} on {scaler._st_rows} rows x "
-          f"{scaler.n_features_in_} columns -> {args.output}{note}", file=sys.stderr)
+    print(
+        f"normkit scale fit: {scaler!r} on {scaler._st_rows} rows x "
+        f"{scaler.n_features_in_} columns -> {args.output}{note}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -551,19 +664,23 @@ def _transform(args) -> int:
     _format(args.output, "output")
     scaler = P.load(args.stats)
     fitted = (getattr(scaler, "meta_", {}) or {}).get("columns")
-    if fitted is not None and not (isinstance(fitted, list)
-                                   and all(isinstance(c, str) for c in fitted)):
+    if fitted is not None and not (
+        isinstance(fitted, list) and all(isinstance(c, str) for c in fitted)
+    ):
         raise CLIError(f"{args.stats}: meta.columns must be a list of column names")
     wanted = _split_columns(args.columns) or fitted
-    src = _Source(args.data, args.chunk_rows, args.delimiter,
-                  float_columns=wanted if wanted else None)
+    src = _Source(
+        args.data, args.chunk_rows, args.delimiter, float_columns=wanted if wanted else None
+    )
     columns = _select(src, wanted if src.named else None, "fitted")
     out_fmt = _format(args.output, "output")
     passthrough = [c for c in src.names if c not in columns]
     if out_fmt == "npy" and passthrough and src.fmt != "npy":
-        raise CLIError(f"-o {args.output}: a .npy output holds only the scaled columns, but "
-                       f"{args.data} has other columns {passthrough[:10]}; write .parquet, "
-                       ".arrow or .csv to keep them, or select them away")
+        raise CLIError(
+            f"-o {args.output}: a .npy output holds only the scaled columns, but "
+            f"{args.data} has other columns {passthrough[:10]}; write .parquet, "
+            ".arrow or .csv to keep them, or select them away"
+        )
     below = np.zeros(scaler.n_features_in_, dtype=np.int64)
     above = np.zeros_like(below)
     sink = None
@@ -576,6 +693,7 @@ def _transform(args) -> int:
                 X = _as_float_matrix(src, batch, columns)
                 if src.fmt == "npy":
                     from .preprocessing._dtypes import output_dtype
+
                     X = X.astype(output_dtype(X.dtype), copy=False)
                 with _rows_context(args.data, start, len(X)):
                     if args.inverse:
@@ -592,8 +710,11 @@ def _transform(args) -> int:
                 out_dtype = y.dtype
                 _write(sink, src, batch, columns, y)
                 _advance(bar, src, units)
-        sink.commit(scaler.n_features_in_, out_dtype or np.float64,
-                    empty_schema=None if src.fmt == "npy" else src.schema)
+        sink.commit(
+            scaler.n_features_in_,
+            out_dtype or np.float64,
+            empty_schema=None if src.fmt == "npy" else src.schema,
+        )
     except BaseException:
         if sink is not None:
             sink.abort()  # OUT, old or absent, stays as it was
@@ -605,9 +726,11 @@ def _transform(args) -> int:
         names = columns if src.named else [str(i) for i in range(scaler.n_features_in_)]
         detail = "; ".join(f"{names[c]}: {below[c]} below, {above[c]} above" for c in cols[:10])
         more = f"; and {len(cols) - 10} more column(s)" if len(cols) > 10 else ""
-        print(f"normkit scale transform: {int(out.sum())} value(s) outside the fitted range "
-              f"({detail}{more})" + ("; clipped" if getattr(scaler, "clip", False) else ""),
-              file=sys.stderr)
+        print(
+            f"normkit scale transform: {int(out.sum())} value(s) outside the fitted range "
+            f"({detail}{more})" + ("; clipped" if getattr(scaler, "clip", False) else ""),
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -635,8 +758,10 @@ def _write(sink: _Sink, src: _Source, batch, columns: List[str], y: np.ndarray) 
 
 def main(args) -> int:
     if getattr(args, "scale_command", None) is None:
-        print("usage: normkit scale {fit,transform} ...  (see normkit scale fit --help)",
-              file=sys.stderr)
+        print(
+            "usage: normkit scale {fit,transform} ...  (see normkit scale fit --help)",
+            file=sys.stderr,
+        )
         return 2
     previous = {}
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):

@@ -12,11 +12,16 @@ See ``docs/interop.md``.
 """
 
 from .caffe import lrn_layers_from_caffe
+from .export import export_onnx, register_exporter
 from .onnx_import import lrn_from_onnx, lrn_layers_from_onnx
 from .tf_import import lrn_from_tensorflow, lrn_layers_from_tensorflow
-from .export import export_onnx, register_exporter
 
 __all__ = [
-    "lrn_from_onnx", "lrn_layers_from_onnx", "lrn_layers_from_caffe", "lrn_from_tensorflow",
-    "lrn_layers_from_tensorflow", "export_onnx", "register_exporter",
+    "lrn_from_onnx",
+    "lrn_layers_from_onnx",
+    "lrn_layers_from_caffe",
+    "lrn_from_tensorflow",
+    "lrn_layers_from_tensorflow",
+    "export_onnx",
+    "register_exporter",
 ]

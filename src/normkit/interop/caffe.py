@@ -36,12 +36,28 @@ from .prototext import Message, Scalar
 __all__ = ["CaffeLRN", "read_caffe_lrn", "lrn_layers_from_caffe", "LRN_DEFAULTS"]
 
 # Caffe's LRNParameter defaults, in Caffe's own names
-LRN_DEFAULTS = {"local_size": 5, "alpha": 1.0, "beta": 0.75, "k": 1.0,
-                "norm_region": "ACROSS_CHANNELS", "engine": "DEFAULT"}
-_REGIONS = {"ACROSS_CHANNELS": "ACROSS_CHANNELS", "WITHIN_CHANNEL": "WITHIN_CHANNEL",
-            "0": "ACROSS_CHANNELS", "1": "WITHIN_CHANNEL"}
-_ENGINES = {"DEFAULT": "DEFAULT", "CAFFE": "CAFFE", "CUDNN": "CUDNN", "0": "DEFAULT",
-            "1": "CAFFE", "2": "CUDNN"}
+LRN_DEFAULTS = {
+    "local_size": 5,
+    "alpha": 1.0,
+    "beta": 0.75,
+    "k": 1.0,
+    "norm_region": "ACROSS_CHANNELS",
+    "engine": "DEFAULT",
+}
+_REGIONS = {
+    "ACROSS_CHANNELS": "ACROSS_CHANNELS",
+    "WITHIN_CHANNEL": "WITHIN_CHANNEL",
+    "0": "ACROSS_CHANNELS",
+    "1": "WITHIN_CHANNEL",
+}
+_ENGINES = {
+    "DEFAULT": "DEFAULT",
+    "CAFFE": "CAFFE",
+    "CUDNN": "CUDNN",
+    "0": "DEFAULT",
+    "1": "CAFFE",
+    "2": "CUDNN",
+}
 _V1_LRN = "15"  # V1LayerParameter.LayerType.LRN
 _V0_LRN_FIELDS = ("local_size", "alpha", "beta", "k")
 
@@ -90,9 +106,14 @@ class CaffeLRN:
 
     def module(self, default_engine: str = "caffe") -> LocalResponseNorm:
         """The exact :class:`~normkit.LocalResponseNorm` for this layer."""
-        return LocalResponseNorm.from_caffe(self.local_size, self.alpha, self.beta, self.k,
-                                            self.norm_region,
-                                            engine=self.effective_engine(default_engine))
+        return LocalResponseNorm.from_caffe(
+            self.local_size,
+            self.alpha,
+            self.beta,
+            self.k,
+            self.norm_region,
+            engine=self.effective_engine(default_engine),
+        )
 
 
 def _scalar(value, where: str, line: int) -> Scalar:
@@ -105,8 +126,7 @@ def _enum(value: Scalar, table: Dict[str, str], where: str) -> str:
     key = value.text.upper() if value.kind == "ident" else value.text
     if value.kind == "string" or key not in table:
         choices = ", ".join(k for k in table if not k.isdigit())
-        raise ValueError(f"line {value.line}: {where} must be one of {choices}, "
-                         f"got {value.text!r}")
+        raise ValueError(f"line {value.line}: {where} must be one of {choices}, got {value.text!r}")
     return table[key]
 
 
@@ -123,8 +143,7 @@ def _read_params(params: Message, where: str, allowed) -> Tuple[dict, set]:
         if name == "local_size":
             size = value.as_int(f"{where}.local_size")
             if size < 0:
-                raise ValueError(f"line {value.line}: {where}.local_size is a uint32, "
-                                 f"got {size}")
+                raise ValueError(f"line {value.line}: {where}.local_size is a uint32, got {size}")
             out[name] = size
         elif name in ("alpha", "beta", "k"):
             out[name] = value.as_float(f"{where}.{name}")
@@ -138,8 +157,7 @@ def _read_params(params: Message, where: str, allowed) -> Tuple[dict, set]:
 _LRN_PARAM_FIELDS = ("local_size", "alpha", "beta", "norm_region", "k", "engine")
 
 
-def _layer_name(layer: Message, fallback_line: int) -> Tuple[str, Tuple[str, ...],
-                                                              Tuple[str, ...]]:
+def _layer_name(layer: Message, fallback_line: int) -> Tuple[str, Tuple[str, ...], Tuple[str, ...]]:
     def strings(field):
         vals = []
         for v in layer.all(field):
@@ -167,8 +185,10 @@ def _lrn_from_layer(layer: Message, syntax: str) -> Optional[CaffeLRN]:
         where = f"layer {name!r}"
         unknown = [n for n in inner.names() if n not in _V0_LRN_FIELDS + ("name", "type")]
         if unknown:
-            raise ValueError(f"line {inner.line}: V0 LRN {where} has fields Caffe's LRN does not "
-                             f"read: {', '.join(unknown)}")
+            raise ValueError(
+                f"line {inner.line}: V0 LRN {where} has fields Caffe's LRN does not "
+                f"read: {', '.join(unknown)}"
+            )
         params, explicit = _read_params(inner, where, _V0_LRN_FIELDS)
     else:
         type_ = layer.get("type")
@@ -186,25 +206,35 @@ def _lrn_from_layer(layer: Message, syntax: str) -> Optional[CaffeLRN]:
         params_msg = Message(line=layer.line)
         for b in block:
             if not isinstance(b, Message):
-                raise ValueError(f"line {layer.line}: {where}: lrn_param must be a {{ ... }} "
-                                 "block")
+                raise ValueError(f"line {layer.line}: {where}: lrn_param must be a {{ ... }} block")
             unknown = [n for n in b.names() if n not in _LRN_PARAM_FIELDS]
             if unknown:
                 raise ValueError(
                     f"line {b.line}: {where}: lrn_param has no field {unknown[0]!r}; Caffe's "
-                    f"LRNParameter fields are {', '.join(_LRN_PARAM_FIELDS)}")
+                    f"LRNParameter fields are {', '.join(_LRN_PARAM_FIELDS)}"
+                )
             params_msg.fields.extend(b.fields)  # repeated message fields merge, as in protobuf
         params, explicit = _read_params(params_msg, where + " lrn_param", _LRN_PARAM_FIELDS)
     if params["local_size"] % 2 == 0:
         line = params.get("_line_local_size", layer.line)
         raise ValueError(
             f"line {line}: {where}: local_size must be odd (Caffe refuses even sizes: "
-            f"'LRN only supports odd values for local_size'), got {params['local_size']}")
-    return CaffeLRN(name=name, line=layer.line, syntax=syntax,
-                    local_size=params["local_size"], alpha=params["alpha"],
-                    beta=params["beta"], k=params["k"], norm_region=params["norm_region"],
-                    engine=params["engine"], explicit=frozenset(explicit), bottom=bottom,
-                    top=top)
+            f"'LRN only supports odd values for local_size'), got {params['local_size']}"
+        )
+    return CaffeLRN(
+        name=name,
+        line=layer.line,
+        syntax=syntax,
+        local_size=params["local_size"],
+        alpha=params["alpha"],
+        beta=params["beta"],
+        k=params["k"],
+        norm_region=params["norm_region"],
+        engine=params["engine"],
+        explicit=frozenset(explicit),
+        bottom=bottom,
+        top=top,
+    )
 
 
 def read_caffe_lrn(prototxt) -> List[CaffeLRN]:
@@ -236,15 +266,18 @@ def read_caffe_lrn(prototxt) -> List[CaffeLRN]:
         if lrn is None:
             continue
         if lrn.name in seen:
-            raise ValueError(f"line {lrn.line}: a second LRN layer named {lrn.name!r} (the first "
-                             f"is on line {seen[lrn.name]}); layer names must be unique")
+            raise ValueError(
+                f"line {lrn.line}: a second LRN layer named {lrn.name!r} (the first "
+                f"is on line {seen[lrn.name]}); layer names must be unique"
+            )
         seen[lrn.name] = lrn.line
         found.append(lrn)
     return found
 
 
-def lrn_layers_from_caffe(prototxt, *, default_engine: str = "caffe"
-                          ) -> Dict[str, LocalResponseNorm]:
+def lrn_layers_from_caffe(
+    prototxt, *, default_engine: str = "caffe"
+) -> Dict[str, LocalResponseNorm]:
     """The LRN layers of a Caffe ``.prototxt`` as ``{layer name: LocalResponseNorm}``.
 
     Each module computes exactly what Caffe computes: ``alpha/local_size`` across

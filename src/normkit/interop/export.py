@@ -52,10 +52,21 @@ from .._validation import check_lrn_input
 from ..conventions import CanonicalLRN
 
 __all__ = [
-    "ExportContext", "export_onnx", "register_exporter", "export_forward_for", "lrn_export",
-    "lrn_export_graph", "lrn_decomposition", "EXPORTERS",
-    "batch_norm_forward", "layer_norm_forward", "group_norm_forward", "instance_norm_forward",
-    "rms_norm_forward", "channel_rms_norm_forward", "lrn_forward",
+    "ExportContext",
+    "export_onnx",
+    "register_exporter",
+    "export_forward_for",
+    "lrn_export",
+    "lrn_export_graph",
+    "lrn_decomposition",
+    "EXPORTERS",
+    "batch_norm_forward",
+    "layer_norm_forward",
+    "group_norm_forward",
+    "instance_norm_forward",
+    "rms_norm_forward",
+    "channel_rms_norm_forward",
+    "lrn_forward",
 ]
 
 _OP_NAMESPACE = "normkit_onnx"
@@ -80,7 +91,8 @@ class ExportContext:
 
 
 _ACTIVE: contextvars.ContextVar[Optional[ExportContext]] = contextvars.ContextVar(
-    "normkit_onnx_export", default=None)
+    "normkit_onnx_export", default=None
+)
 
 
 def _current_context() -> ExportContext:
@@ -95,6 +107,7 @@ def _current_context() -> ExportContext:
 
 
 # --- the LRN custom op: eager value, fake value, and its two ONNX translations ------------
+
 
 def _lrn_eager(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float):
     half = (size - 1) // 2
@@ -115,8 +128,9 @@ def _lrn_custom_op():
     return _lrn_op
 
 
-def _lrn_eager_typed(x: torch.Tensor, size: int, alpha: float, beta: float,
-                     bias: float) -> torch.Tensor:
+def _lrn_eager_typed(
+    x: torch.Tensor, size: int, alpha: float, beta: float, bias: float
+) -> torch.Tensor:
     return _lrn_eager(x, size, alpha, beta, bias)
 
 
@@ -138,10 +152,14 @@ def _register_torchscript_symbolic() -> None:
     def symbolic(g, x, size, alpha, beta, bias):
         from torch.onnx import symbolic_helper as sh
 
-        return g.op("LRN", x, size_i=sh._get_const(size, "i", "size"),
-                    alpha_f=sh._get_const(alpha, "f", "alpha"),
-                    beta_f=sh._get_const(beta, "f", "beta"),
-                    bias_f=sh._get_const(bias, "f", "bias"))
+        return g.op(
+            "LRN",
+            x,
+            size_i=sh._get_const(size, "i", "size"),
+            alpha_f=sh._get_const(alpha, "f", "alpha"),
+            beta_f=sh._get_const(beta, "f", "beta"),
+            bias_f=sh._get_const(bias, "f", "bias"),
+        )
 
     torch.onnx.register_custom_op_symbolic(_LRN_OP, symbolic, 1)
     _symbolic_registered = True
@@ -165,11 +183,12 @@ def _lrn_node(x: torch.Tensor, spec: CanonicalLRN) -> torch.Tensor:
 
 def lrn_node_expressible(spec: CanonicalLRN, dtype: torch.dtype) -> bool:
     """Whether an ONNX ``LRN`` node computes ``spec`` and onnxruntime runs it."""
-    return (spec.region == "across" and spec.back == spec.ahead and dtype != torch.float64)
+    return spec.region == "across" and spec.back == spec.ahead and dtype != torch.float64
 
 
-def lrn_export_graph(x: torch.Tensor, spec: CanonicalLRN, *, lrn_nodes: bool = True
-                     ) -> torch.Tensor:
+def lrn_export_graph(
+    x: torch.Tensor, spec: CanonicalLRN, *, lrn_nodes: bool = True
+) -> torch.Tensor:
     """The export-time computation of a canonical LRN on ``(N, C, *)`` input.
 
     An ONNX ``LRN`` node (via ``normkit_onnx::lrn``) when :func:`lrn_node_expressible`
@@ -178,9 +197,12 @@ def lrn_export_graph(x: torch.Tensor, spec: CanonicalLRN, *, lrn_nodes: bool = T
     if lrn_nodes and lrn_node_expressible(spec, x.dtype):
         return _lrn_node(x, spec)
     if lrn_node_expressible(spec, x.dtype) and not lrn_nodes and _ACTIVE.get() is None:
-        warnings.warn("normkit LRN: a direct torch.onnx.export(..., dynamo=True) cannot emit an "
-                      "ONNX LRN node, so the layer is written as an equivalent decomposition; "
-                      "use normkit.interop.export_onnx(...) to get an LRN node", stacklevel=3)
+        warnings.warn(
+            "normkit LRN: a direct torch.onnx.export(..., dynamo=True) cannot emit an "
+            "ONNX LRN node, so the layer is written as an equivalent decomposition; "
+            "use normkit.interop.export_onnx(...) to get an LRN node",
+            stacklevel=3,
+        )
     return lrn_decomposition(x, spec)
 
 
@@ -202,14 +224,18 @@ _export_path.set_lrn_hook(lrn_export)
 # Each takes (module, input) and reads torch's attribute names, which normkit's modules
 # copy exactly, so the torch.nn classes stand in for them in tests.
 
+
 def lrn_forward(module, input: torch.Tensor) -> torch.Tensor:
     """normkit.LocalResponseNorm."""
     return lrn_export(input, module.spec, module.channel_dim)
 
 
 def _bn_stats(module):
-    use_batch = module.training or not getattr(module, "track_running_stats", True) or \
-        getattr(module, "running_mean", None) is None
+    use_batch = (
+        module.training
+        or not getattr(module, "track_running_stats", True)
+        or getattr(module, "running_mean", None) is None
+    )
     if use_batch:
         return None, None, True
     return module.running_mean, module.running_var, False
@@ -218,20 +244,19 @@ def _bn_stats(module):
 def batch_norm_forward(module, input: torch.Tensor) -> torch.Tensor:
     """BatchNorm1d/2d/3d and SyncBatchNorm: ONNX BatchNormalization (running statistics)."""
     mean, var, batch = _bn_stats(module)
-    return torch_F.batch_norm(input, mean, var, module.weight, module.bias, batch, 0.0,
-                              module.eps)
+    return torch_F.batch_norm(input, mean, var, module.weight, module.bias, batch, 0.0, module.eps)
 
 
 def layer_norm_forward(module, input: torch.Tensor) -> torch.Tensor:
     """LayerNorm: ONNX LayerNormalization (opset >= 17)."""
-    return torch_F.layer_norm(input, tuple(module.normalized_shape), module.weight,
-                              module.bias, module.eps)
+    return torch_F.layer_norm(
+        input, tuple(module.normalized_shape), module.weight, module.bias, module.eps
+    )
 
 
 def group_norm_forward(module, input: torch.Tensor) -> torch.Tensor:
     """GroupNorm: ONNX GroupNormalization at opset >= 21 (dynamo), else a decomposition."""
-    return torch_F.group_norm(input, module.num_groups, module.weight, module.bias,
-                              module.eps)
+    return torch_F.group_norm(input, module.num_groups, module.weight, module.bias, module.eps)
 
 
 def _instance_no_batch_dim(module) -> Optional[int]:
@@ -249,8 +274,16 @@ def instance_norm_forward(module, input: torch.Tensor) -> torch.Tensor:
     unbatched = input.dim() == _instance_no_batch_dim(module)
     x = input.unsqueeze(0) if unbatched else input
     use_input_stats = module.training or not module.track_running_stats
-    y = torch_F.instance_norm(x, module.running_mean, module.running_var, module.weight,
-                              module.bias, use_input_stats, 0.0, module.eps)
+    y = torch_F.instance_norm(
+        x,
+        module.running_mean,
+        module.running_var,
+        module.weight,
+        module.bias,
+        use_input_stats,
+        0.0,
+        module.eps,
+    )
     return y.squeeze(0) if unbatched else y
 
 
@@ -263,15 +296,17 @@ def _rms_eps(module, input: torch.Tensor) -> float:
 
 def rms_norm_forward(module, input: torch.Tensor) -> torch.Tensor:
     """RMSNorm: ONNX RMSNormalization at opset >= 23 (dynamo), else a decomposition."""
-    return _export_path.rms_norm(input, tuple(module.normalized_shape), module.weight,
-                                 _rms_eps(module, input))
+    return _export_path.rms_norm(
+        input, tuple(module.normalized_shape), module.weight, _rms_eps(module, input)
+    )
 
 
 def channel_rms_norm_forward(module, input: torch.Tensor) -> torch.Tensor:
     """ChannelRMSNorm: RMSNorm over dim 1 of (N, C, *), via a transpose to channels-last."""
     last = input.dim() - 1  # not -1: the TorchScript exporter writes perm=-1 as is
-    y = _export_path.rms_norm(input.movedim(1, last), (module.num_channels,), module.weight,
-                              _rms_eps(module, input))
+    y = _export_path.rms_norm(
+        input.movedim(1, last), (module.num_channels,), module.weight, _rms_eps(module, input)
+    )
     return y.movedim(last, 1)
 
 
@@ -281,9 +316,13 @@ EXPORTERS: Dict[Type[nn.Module], Callable] = {}
 # missing from this install is skipped, so the table never breaks an import
 # export rule name (named per class in normkit.families) -> export-time forward
 RULES = {
-    "lrn": lrn_forward, "batch_norm": batch_norm_forward, "layer_norm": layer_norm_forward,
-    "group_norm": group_norm_forward, "instance_norm": instance_norm_forward,
-    "rms_norm": rms_norm_forward, "channel_rms_norm": channel_rms_norm_forward,
+    "lrn": lrn_forward,
+    "batch_norm": batch_norm_forward,
+    "layer_norm": layer_norm_forward,
+    "group_norm": group_norm_forward,
+    "instance_norm": instance_norm_forward,
+    "rms_norm": rms_norm_forward,
+    "channel_rms_norm": channel_rms_norm_forward,
 }
 
 
@@ -353,10 +392,21 @@ def _eval_mode(model: nn.Module):
             m.training = training
 
 
-def export_onnx(model: nn.Module, args, f=None, *, opset: Optional[int] = None,
-                dynamo: bool = True, lrn: str = "node", input_names=None, output_names=None,
-                dynamic_shapes=None, dynamic_axes=None, custom_translation_table=None,
-                **kwargs):
+def export_onnx(
+    model: nn.Module,
+    args,
+    f=None,
+    *,
+    opset: Optional[int] = None,
+    dynamo: bool = True,
+    lrn: str = "node",
+    input_names=None,
+    output_names=None,
+    dynamic_shapes=None,
+    dynamic_axes=None,
+    custom_translation_table=None,
+    **kwargs,
+):
     """Export a model with normkit layers to standard ONNX operators.
 
     Every registered layer (``normkit.LocalResponseNorm`` and the other norms, see
@@ -403,14 +453,17 @@ def export_onnx(model: nn.Module, args, f=None, *, opset: Optional[int] = None,
     if isinstance(args, torch.Tensor):
         args = (args,)
     if not isinstance(args, tuple):
-        raise TypeError(f"export_onnx: args must be a tensor or a tuple of inputs, got "
-                        f"{type(args).__name__}")
+        raise TypeError(
+            f"export_onnx: args must be a tensor or a tuple of inputs, got {type(args).__name__}"
+        )
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)):
         raise TypeError(f"export_onnx: opset must be an int, got {opset!r}")
     if not dynamo and opset is not None and opset > _TORCHSCRIPT_MAX_OPSET:
-        raise ValueError(f"export_onnx: the TorchScript exporter (dynamo=False) writes opsets up "
-                         f"to {_TORCHSCRIPT_MAX_OPSET}, got opset={opset}; use dynamo=True (it "
-                         "writes RMSNormalization at >= 23 and GroupNormalization at >= 21)")
+        raise ValueError(
+            f"export_onnx: the TorchScript exporter (dynamo=False) writes opsets up "
+            f"to {_TORCHSCRIPT_MAX_OPSET}, got opset={opset}; use dynamo=True (it "
+            "writes RMSNormalization at >= 23 and GroupNormalization at >= 21)"
+        )
     if lrn not in ("node", "decompose"):
         raise ValueError(f"export_onnx: lrn must be 'node' or 'decompose', got {lrn!r}")
     exporter = "dynamo" if dynamo else "torchscript"
@@ -425,20 +478,38 @@ def export_onnx(model: nn.Module, args, f=None, *, opset: Optional[int] = None,
                 table = dict(_translation_table())
                 table.update(custom_translation_table or {})
                 program = torch.onnx.export(
-                    model, args, None, dynamo=True, opset_version=opset,
-                    input_names=input_names, output_names=output_names,
-                    dynamic_shapes=dynamic_shapes, custom_translation_table=table,
-                    verbose=False, **kwargs)
+                    model,
+                    args,
+                    None,
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=input_names,
+                    output_names=output_names,
+                    dynamic_shapes=dynamic_shapes,
+                    custom_translation_table=table,
+                    verbose=False,
+                    **kwargs,
+                )
                 proto = program.model_proto
             else:
                 if custom_translation_table:
-                    raise ValueError("export_onnx: custom_translation_table is for dynamo=True; "
-                                     "register symbolics for the TorchScript exporter instead")
+                    raise ValueError(
+                        "export_onnx: custom_translation_table is for dynamo=True; "
+                        "register symbolics for the TorchScript exporter instead"
+                    )
                 _register_torchscript_symbolic()
                 buffer = io.BytesIO()
-                torch.onnx.export(model, args, buffer, dynamo=False, opset_version=opset,
-                                  input_names=input_names, output_names=output_names,
-                                  dynamic_axes=dynamic_axes, **kwargs)
+                torch.onnx.export(
+                    model,
+                    args,
+                    buffer,
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=input_names,
+                    output_names=output_names,
+                    dynamic_axes=dynamic_axes,
+                    **kwargs,
+                )
                 proto = onnx.load_model_from_string(buffer.getvalue())
     if f is not None:
         onnx.save(proto, f)

@@ -53,22 +53,29 @@ def _attributes(node) -> Tuple[dict, set]:
     values, explicit = {}, set()
     for attr in node.attribute:
         if attr.ref_attr_name:
-            raise ValueError(f"{what}: attribute {attr.name} refers to the enclosing function's "
-                             f"attribute {attr.ref_attr_name!r}; its value is only known once the "
-                             "function is called (inline the model with onnx.inliner first)")
+            raise ValueError(
+                f"{what}: attribute {attr.name} refers to the enclosing function's "
+                f"attribute {attr.ref_attr_name!r}; its value is only known once the "
+                "function is called (inline the model with onnx.inliner first)"
+            )
         if attr.name == "size":
             if attr.type != AttributeProto.INT:
-                raise ValueError(f"{what}: attribute size must be an INT, got "
-                                 f"{AttributeProto.AttributeType.Name(attr.type)}")
+                raise ValueError(
+                    f"{what}: attribute size must be an INT, got "
+                    f"{AttributeProto.AttributeType.Name(attr.type)}"
+                )
             values["size"] = int(attr.i)
         elif attr.name in _DEFAULTS:
             if attr.type != AttributeProto.FLOAT:
-                raise ValueError(f"{what}: attribute {attr.name} must be a FLOAT, got "
-                                 f"{AttributeProto.AttributeType.Name(attr.type)}")
+                raise ValueError(
+                    f"{what}: attribute {attr.name} must be a FLOAT, got "
+                    f"{AttributeProto.AttributeType.Name(attr.type)}"
+                )
             values[attr.name] = _f32_decimal(attr.f)
         else:
-            raise ValueError(f"{what}: unknown attribute {attr.name!r}; ONNX LRN has size, "
-                             "alpha, beta and bias")
+            raise ValueError(
+                f"{what}: unknown attribute {attr.name!r}; ONNX LRN has size, alpha, beta and bias"
+            )
         explicit.add(attr.name)
     if "size" not in values:
         raise ValueError(f"{what}: the required attribute 'size' is missing")
@@ -83,12 +90,15 @@ def _check_node(node) -> None:
     from onnx import NodeProto
 
     if not isinstance(node, NodeProto):
-        raise TypeError(f"lrn_from_onnx: expected an onnx.NodeProto, got {type(node).__name__}; "
-                        "for a whole model use lrn_layers_from_onnx(model)")
+        raise TypeError(
+            f"lrn_from_onnx: expected an onnx.NodeProto, got {type(node).__name__}; "
+            "for a whole model use lrn_layers_from_onnx(model)"
+        )
     if node.op_type != "LRN" or node.domain not in ("", "ai.onnx"):
         domain = f"{node.domain}::" if node.domain else ""
-        raise ValueError(f"lrn_from_onnx: node {node.name!r} is a {domain}{node.op_type}, not an "
-                         "ONNX LRN node")
+        raise ValueError(
+            f"lrn_from_onnx: node {node.name!r} is a {domain}{node.op_type}, not an ONNX LRN node"
+        )
 
 
 def lrn_from_onnx(node) -> LocalResponseNorm:
@@ -116,8 +126,9 @@ def lrn_from_onnx(node) -> LocalResponseNorm:
     """
     _check_node(node)
     values, _ = _attributes(node)
-    return LocalResponseNorm.from_onnx(values["size"], values["alpha"], values["beta"],
-                                       values["bias"])
+    return LocalResponseNorm.from_onnx(
+        values["size"], values["alpha"], values["beta"], values["bias"]
+    )
 
 
 def _walk(graph, where: str) -> Iterator[Tuple[object, str]]:
@@ -147,10 +158,13 @@ def _load(model):
             # external weights are irrelevant to LRN attributes: do not load them
             return onnx.load(path, load_external_data=False)
         except Exception as exc:  # onnx raises DecodeError and friends
-            raise ValueError(f"lrn_layers_from_onnx: {path!r} is not a readable ONNX model "
-                             f"({type(exc).__name__}: {exc})") from exc
-    raise TypeError(f"lrn_layers_from_onnx: expected an onnx.ModelProto or a path, got "
-                    f"{type(model).__name__}")
+            raise ValueError(
+                f"lrn_layers_from_onnx: {path!r} is not a readable ONNX model "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+    raise TypeError(
+        f"lrn_layers_from_onnx: expected an onnx.ModelProto or a path, got {type(model).__name__}"
+    )
 
 
 def read_onnx_lrn(model) -> List[OnnxLRN]:
@@ -161,8 +175,9 @@ def read_onnx_lrn(model) -> List[OnnxLRN]:
     proto = _load(model)
     found: List[OnnxLRN] = []
     names: Dict[str, int] = {}
-    sources = [(proto.graph, "main")] + [(f, f"function {f.domain}::{f.name}")
-                                          for f in proto.functions]
+    sources = [(proto.graph, "main")] + [
+        (f, f"function {f.domain}::{f.name}") for f in proto.functions
+    ]
     for graph, where in sources:
         for node, holder in _walk(graph, where):
             if node.op_type != "LRN" or node.domain not in ("", "ai.onnx"):
@@ -174,8 +189,17 @@ def read_onnx_lrn(model) -> List[OnnxLRN]:
                 name = f"{name}#{names[name]}"
             else:
                 names[name] = 1
-            found.append(OnnxLRN(name, values["size"], values["alpha"], values["beta"],
-                                 values["bias"], frozenset(explicit), holder))
+            found.append(
+                OnnxLRN(
+                    name,
+                    values["size"],
+                    values["alpha"],
+                    values["beta"],
+                    values["bias"],
+                    frozenset(explicit),
+                    holder,
+                )
+            )
     return found
 
 

@@ -26,7 +26,8 @@ from typing import Iterator, List, Tuple, Union
 
 __all__ = ["Message", "Scalar", "parse"]
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<ws>[ \t\r\f\v]+)
   | (?P<nl>\n)
   | (?P<comment>\#[^\n]*)
@@ -34,10 +35,23 @@ _TOKEN = re.compile(r"""
   | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)[fF]?)
   | (?P<ident>[-+]?[A-Za-z_][A-Za-z0-9_.]*|\[[A-Za-z_][A-Za-z0-9_./]*\])
   | (?P<punct>[:{}<>\[\],;])
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "a": "\a",
-            "b": "\b", "f": "\f", "v": "\v", "?": "?"}
+_ESCAPES = {
+    "n": "\n",
+    "t": "\t",
+    "r": "\r",
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "v": "\v",
+    "?": "?",
+}
 
 
 @dataclass(frozen=True)
@@ -56,8 +70,10 @@ class Scalar:
                     return float(int(self.text, 16))
                 return float(self.text.rstrip("fF"))
             except OverflowError:  # a hex literal past float range (float('1e999') is inf)
-                raise ValueError(f"line {self.line}: {what} = {self._shown()} is out of the "
-                                 f"float range (|x| <= {sys.float_info.max:.4g})") from None
+                raise ValueError(
+                    f"line {self.line}: {what} = {self._shown()} is out of the "
+                    f"float range (|x| <= {sys.float_info.max:.4g})"
+                ) from None
             except ValueError:
                 pass  # not a number after all: the message below
         if self.kind == "ident" and self.text.lower().lstrip("+-") in ("inf", "infinity", "nan"):
@@ -70,8 +86,10 @@ class Scalar:
             try:
                 return int(self.text, 0) if re.match(r"^[-+]?0[xX]", self.text) else int(self.text)
             except ValueError:  # Python refuses decimal ints of more than 4300 digits
-                raise ValueError(f"line {self.line}: {what} = {self._shown()} has too many "
-                                 "digits to be an integer") from None
+                raise ValueError(
+                    f"line {self.line}: {what} = {self._shown()} has too many "
+                    "digits to be an integer"
+                ) from None
         raise ValueError(f"line {self.line}: {what} must be an integer, got {self._shown()}")
 
     def as_bool(self, what: str) -> bool:
@@ -132,7 +150,7 @@ def _decode_string(raw: str, line: int) -> str:
             out.append(chr(int(m.group(0), 8)))
             i += len(m.group(0))
         elif esc in "xX":
-            m = re.match(r"[0-9a-fA-F]{1,2}", body[i + 1:])
+            m = re.match(r"[0-9a-fA-F]{1,2}", body[i + 1 :])
             if not m:
                 raise ValueError(f"line {line}: bad \\x escape in string {raw}")
             out.append(chr(int(m.group(0), 16)))
@@ -149,8 +167,9 @@ def _tokens(text: str):
         m = _TOKEN.match(text, pos)
         if m is None:
             col = pos - line_start + 1
-            raise ValueError(f"line {line}, column {col}: unexpected character "
-                             f"{text[pos]!r} in protobuf text")
+            raise ValueError(
+                f"line {line}, column {col}: unexpected character {text[pos]!r} in protobuf text"
+            )
         kind = m.lastgroup
         if kind == "nl":
             line += 1
@@ -187,16 +206,20 @@ class _Parser:
         if depth > MAX_DEPTH:
             # iterating instead would only move the problem: every consumer of the tree
             # recurses; protobuf's own text parser stops at 100 levels too
-            raise ValueError(f"line {line}: messages nested more than {MAX_DEPTH} levels deep; "
-                             "a model file never nests this deep, the file is corrupt or hostile")
+            raise ValueError(
+                f"line {line}: messages nested more than {MAX_DEPTH} levels deep; "
+                "a model file never nests this deep, the file is corrupt or hostile"
+            )
         msg = Message(line=line)
         while True:
             tok = self.peek()
             kind, text, tline, _ = tok
             if kind == "eof":
                 if closer:
-                    raise ValueError(f"line {tline}: end of file inside the message opened on "
-                                     f"line {line} (missing {closer!r})")
+                    raise ValueError(
+                        f"line {tline}: end of file inside the message opened on "
+                        f"line {line} (missing {closer!r})"
+                    )
                 return msg
             if kind == "punct" and text == closer:
                 self.take()
@@ -215,8 +238,9 @@ class _Parser:
                 nxt = self.peek()
             if nxt[0] == "punct" and nxt[1] in "{<":
                 self.take()
-                msg.fields.append((name, self.message("}" if nxt[1] == "{" else ">", nxt[2],
-                                                      depth + 1)))
+                msg.fields.append(
+                    (name, self.message("}" if nxt[1] == "{" else ">", nxt[2], depth + 1))
+                )
             elif nxt[0] == "punct" and nxt[1] == "[":
                 self.take()
                 if self.peek()[:2] == ("punct", "]"):
@@ -262,6 +286,8 @@ def parse(text: str) -> Message:
         5
     """
     if not isinstance(text, str):
-        raise TypeError(f"protobuf text must be a str, got {type(text).__name__}; decode bytes "
-                        "with .decode('utf-8')")
+        raise TypeError(
+            f"protobuf text must be a str, got {type(text).__name__}; decode bytes "
+            "with .decode('utf-8')"
+        )
     return _Parser(text).message("", 1)

@@ -29,8 +29,13 @@ from ..modules.lrn import LocalResponseNorm
 from . import prototext
 from .prototext import Message
 
-__all__ = ["TfLRN", "lrn_from_tensorflow", "lrn_layers_from_tensorflow", "read_tf_lrn",
-           "TF_DEFAULTS"]
+__all__ = [
+    "TfLRN",
+    "lrn_from_tensorflow",
+    "lrn_layers_from_tensorflow",
+    "read_tf_lrn",
+    "TF_DEFAULTS",
+]
 
 # attr defaults of TensorFlow's LRN op (tensorflow/core/ops/nn_ops.cc)
 TF_DEFAULTS = {"depth_radius": 5, "bias": 1.0, "alpha": 1.0, "beta": 0.5}
@@ -48,12 +53,19 @@ class TfLRN:
     explicit: frozenset
 
     def module(self, channel_dim: int = -1) -> LocalResponseNorm:
-        return LocalResponseNorm.from_tensorflow(self.depth_radius, self.bias, self.alpha,
-                                                 self.beta, channel_dim=channel_dim)
+        return LocalResponseNorm.from_tensorflow(
+            self.depth_radius, self.bias, self.alpha, self.beta, channel_dim=channel_dim
+        )
 
 
-def lrn_from_tensorflow(depth_radius: int = 5, bias: float = 1.0, alpha: float = 1.0,
-                        beta: float = 0.5, *, channel_dim: int = -1) -> LocalResponseNorm:
+def lrn_from_tensorflow(
+    depth_radius: int = 5,
+    bias: float = 1.0,
+    alpha: float = 1.0,
+    beta: float = 0.5,
+    *,
+    channel_dim: int = -1,
+) -> LocalResponseNorm:
     """The exact :class:`~normkit.LocalResponseNorm` for ``tf.nn.local_response_normalization``.
 
     .. math::
@@ -76,8 +88,9 @@ def lrn_from_tensorflow(depth_radius: int = 5, bias: float = 1.0, alpha: float =
         >>> lrn.to_caffe()["alpha"]        # Caffe divides by local_size = 5
         0.0001
     """
-    return LocalResponseNorm.from_tensorflow(depth_radius, bias, alpha, beta,
-                                             channel_dim=channel_dim)
+    return LocalResponseNorm.from_tensorflow(
+        depth_radius, bias, alpha, beta, channel_dim=channel_dim
+    )
 
 
 def _f32_decimal(value: float) -> float:
@@ -91,24 +104,30 @@ def _make(name: str, attrs: Dict[str, object]) -> TfLRN:
         if key == "T" or key.startswith("_"):  # dtype, and TF's internal _output_shapes etc.
             continue
         if key not in TF_DEFAULTS:
-            raise ValueError(f"TensorFlow LRN op {name!r}: unknown attr {key!r}; the LRN op has "
-                             "depth_radius, bias, alpha, beta and T")
+            raise ValueError(
+                f"TensorFlow LRN op {name!r}: unknown attr {key!r}; the LRN op has "
+                "depth_radius, bias, alpha, beta and T"
+            )
         if key == "depth_radius":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"TensorFlow LRN op {name!r}: depth_radius must be an int, "
-                                 f"got {value!r}")
+                raise ValueError(
+                    f"TensorFlow LRN op {name!r}: depth_radius must be an int, got {value!r}"
+                )
             if value < 0:
-                raise ValueError(f"TensorFlow LRN op {name!r}: depth_radius must be >= 0, "
-                                 f"got {value}")
+                raise ValueError(
+                    f"TensorFlow LRN op {name!r}: depth_radius must be >= 0, got {value}"
+                )
         elif not isinstance(value, float):
             raise ValueError(f"TensorFlow LRN op {name!r}: {key} must be a float, got {value!r}")
         values[key] = value if key == "depth_radius" else _f32_decimal(value)
     explicit = frozenset(k for k in attrs if k in TF_DEFAULTS)
-    return TfLRN(name, values["depth_radius"], values["bias"], values["alpha"],
-                 values["beta"], explicit)
+    return TfLRN(
+        name, values["depth_radius"], values["bias"], values["alpha"], values["beta"], explicit
+    )
 
 
 # --- GraphDef in text format ------------------------------------------------------------
+
 
 def _text_attr_value(value: Message, where: str):
     for kind, v in value:
@@ -133,8 +152,10 @@ def _text_nodes(msg: Message, prefix: str = "") -> Iterator[Tuple[str, str, dict
         for entry in node.all("attr"):
             key, value = entry.get("key"), entry.get("value")
             if key is None or not isinstance(value, Message):
-                raise ValueError(f"line {entry.line}: attr of node {name_text!r} needs a key "
-                                 "and a value { ... }")
+                raise ValueError(
+                    f"line {entry.line}: attr of node {name_text!r} needs a key "
+                    "and a value { ... }"
+                )
             attrs[key.text] = _text_attr_value(value, f"attr {key.text!r} of {name_text!r}")
         yield prefix + name_text, (op.text if op is not None else ""), attrs
     library = msg.get("library")
@@ -147,6 +168,7 @@ def _text_nodes(msg: Message, prefix: str = "") -> Iterator[Tuple[str, str, dict
 
 # --- GraphDef in binary format, decoded without TensorFlow -------------------------------
 # Field numbers from tensorflow/core/framework/{graph,node_def,attr_value,function}.proto.
+
 
 def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
     result = shift = 0
@@ -172,14 +194,14 @@ def _fields(buf: bytes) -> Iterator[Tuple[int, int, object]]:
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
+            value, pos = buf[pos : pos + 8], pos + 8
         elif wire == 2:
             length, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + length], pos + length
+            value, pos = buf[pos : pos + length], pos + length
             if len(value) != length:
                 raise ValueError("truncated length-delimited field in GraphDef")
         elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
+            value, pos = buf[pos : pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported protobuf wire type {wire} in GraphDef")
         yield number, wire, value
@@ -229,6 +251,7 @@ def _binary_nodes(buf: bytes, node_field: int, prefix: str = ""):
 
 # --- TensorFlow objects ------------------------------------------------------------------
 
+
 def _tf_graph_def(obj):
     """A GraphDef from a tf object, or None if ``obj`` is not one."""
     if hasattr(obj, "node") and hasattr(obj, "library") and hasattr(obj, "SerializeToString"):
@@ -241,8 +264,10 @@ def _tf_graph_def(obj):
         try:
             concrete = obj.get_concrete_function()
         except (TypeError, ValueError) as exc:
-            raise ValueError("lrn_layers_from_tensorflow: a tf.function needs an input_signature "
-                             "(or pass fn.get_concrete_function(tf.TensorSpec(...)))") from exc
+            raise ValueError(
+                "lrn_layers_from_tensorflow: a tf.function needs an input_signature "
+                "(or pass fn.get_concrete_function(tf.TensorSpec(...)))"
+            ) from exc
         return concrete.graph.as_graph_def()
     return None
 
@@ -285,13 +310,17 @@ def _nodes(source) -> Iterator[Tuple[str, str, dict]]:
         return
     if isinstance(source, str):
         if "node" not in source and "{" not in source:
-            raise FileNotFoundError(f"lrn_layers_from_tensorflow: {source!r} is not an existing "
-                                    "file and does not look like GraphDef text")
+            raise FileNotFoundError(
+                f"lrn_layers_from_tensorflow: {source!r} is not an existing "
+                "file and does not look like GraphDef text"
+            )
         yield from _text_nodes(prototext.parse(source))
         return
-    raise TypeError("lrn_layers_from_tensorflow: expected a tf.Graph, GraphDef, tf.function, "
-                    "ConcreteFunction, a .pb/.pbtxt path, GraphDef text or GraphDef bytes; got "
-                    f"{type(source).__name__}")
+    raise TypeError(
+        "lrn_layers_from_tensorflow: expected a tf.Graph, GraphDef, tf.function, "
+        "ConcreteFunction, a .pb/.pbtxt path, GraphDef text or GraphDef bytes; got "
+        f"{type(source).__name__}"
+    )
 
 
 def read_tf_lrn(source) -> List[TfLRN]:

@@ -39,7 +39,9 @@ def _int_list(text: str):
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
@@ -49,7 +51,7 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
@@ -64,59 +66,116 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("experiment", nargs="?", default="compare",
-                        choices=list(EXPERIMENTS) + list(STANDALONE),
-                        help="which experiment (default: compare)")
-    parser.add_argument("--norms", type=_name_list, default=None,
-                        help="comma-separated normkit.create_norm names (default: the "
-                             "experiment's set; compare uses none,lrn,lrn-within,batch,group,"
-                             "layer,instance,rms)")
-    parser.add_argument("--epochs", type=_positive_int, default=None,
-                        help="epochs per run (default: per experiment, 8 for compare)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32,
-                        help="global mini-batch size (default 32)")
-    parser.add_argument("--batch-sizes", type=_int_list, default=None,
-                        help="batch-size experiment: sizes to try (default 2,4,8,16,32,64,128)")
-    parser.add_argument("--lr", type=float, default=0.01,
-                        help="SGD learning rate at batch 32, momentum 0.9 (default 0.01)")
-    parser.add_argument("--depth", choices=["deep", "shallow"], default=None,
-                        help="deep = 6 conv layers (default), shallow = AlexNet's 2-block shape")
+    parser.add_argument(
+        "experiment",
+        nargs="?",
+        default="compare",
+        choices=list(EXPERIMENTS) + list(STANDALONE),
+        help="which experiment (default: compare)",
+    )
+    parser.add_argument(
+        "--norms",
+        type=_name_list,
+        default=None,
+        help="comma-separated normkit.create_norm names (default: the "
+        "experiment's set; compare uses none,lrn,lrn-within,batch,group,"
+        "layer,instance,rms)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="epochs per run (default: per experiment, 8 for compare)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="global mini-batch size (default 32)"
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=_int_list,
+        default=None,
+        help="batch-size experiment: sizes to try (default 2,4,8,16,32,64,128)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=0.01,
+        help="SGD learning rate at batch 32, momentum 0.9 (default 0.01)",
+    )
+    parser.add_argument(
+        "--depth",
+        choices=["deep", "shallow"],
+        default=None,
+        help="deep = 6 conv layers (default), shallow = AlexNet's 2-block shape",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for init, order, dropout")
-    parser.add_argument("--seeds", type=_positive_int, default=None,
-                        help="lrn-effect: number of seeds (default 3); batch-size: seeds "
-                             "averaged per cell (default 1)")
-    parser.add_argument("--groups", type=_positive_int, default=4,
-                        help="GroupNorm's num_groups (default 4)")
-    parser.add_argument("--dropout", type=float, default=0.2,
-                        help="dropout in the classifier head (default 0.2; AlexNet's 0.5 on "
-                             "this 64-feature head stalls GroupNorm/LayerNorm, see README)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="loss threshold for the 'steps to loss<' column (default 0.5)")
+    parser.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=None,
+        help="lrn-effect: number of seeds (default 3); batch-size: seeds "
+        "averaged per cell (default 1)",
+    )
+    parser.add_argument(
+        "--groups", type=_positive_int, default=4, help="GroupNorm's num_groups (default 4)"
+    )
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.2,
+        help="dropout in the classifier head (default 0.2; AlexNet's 0.5 on "
+        "this 64-feature head stalls GroupNorm/LayerNorm, see README)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="loss threshold for the 'steps to loss<' column (default 0.5)",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="torch.set_num_threads (default: $OMP_NUM_THREADS if set, else 1)")
-    parser.add_argument("--data", default=None, metavar="FILE.npz",
-                        help="your own data: arrays x [N, C, H, W] and y [N] (integer labels)")
-    parser.add_argument("--out", default=None,
-                        help="output directory (default lab-out/<experiment>; report: "
-                             "lab-out, holding one directory per experiment)")
-    parser.add_argument("--quick", action="store_true",
-                        help="seconds, not minutes: 1 epoch on 256 images, small grids")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bars")
-    parser.add_argument("--rerun", action="store_true",
-                        help="report: run every experiment again even where --out already "
-                             "holds its results.json")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch.set_num_threads (default: $OMP_NUM_THREADS if set, else 1)",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE.npz",
+        help="your own data: arrays x [N, C, H, W] and y [N] (integer labels)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default lab-out/<experiment>; report: "
+        "lab-out, holding one directory per experiment)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="seconds, not minutes: 1 epoch on 256 images, small grids",
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars"
+    )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="report: run every experiment again even where --out already holds its results.json",
+    )
 
 
 def _check_norms(norms) -> None:
     import normkit
+
     for name in norms or []:
         try:
             normkit.create_norm(name, 8)
         except (ValueError, TypeError, KeyError) as exc:
-            raise ValueError(f"--norms: {name!r} is not a normalization normkit.create_norm "
-                             f"knows ({exc})") from exc
+            raise ValueError(
+                f"--norms: {name!r} is not a normalization normkit.create_norm knows ({exc})"
+            ) from exc
 
 
 def _clean(obj):
@@ -134,10 +193,18 @@ def _clean(obj):
 
 def environment(device: str, world_size: int) -> dict:
     import torch
+
     import normkit
-    return {"normkit": normkit.__version__, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "threads": torch.get_num_threads(), "device": device, "world_size": world_size}
+
+    return {
+        "normkit": normkit.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "world_size": world_size,
+    }
 
 
 def write_results(result: dict, out_dir: str) -> str:
@@ -150,15 +217,22 @@ def write_results(result: dict, out_dir: str) -> str:
 def format_table(table: dict) -> str:
     cols = table["columns"]
     fmts = table.get("formats") or ["{}"] * len(cols)
-    cells = [[("-" if v is None or (isinstance(v, float) and not math.isfinite(v))
-               else fmt.format(v)) for v, fmt in zip(row, fmts)] for row in table["rows"]]
+    cells = [
+        [
+            ("-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v))
+            for v, fmt in zip(row, fmts)
+        ]
+        for row in table["rows"]
+    ]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(cols, widths)))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))
+    ]
     lines.append("  ".join("-" * w for w in widths))
     for r in cells:
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                               enumerate(zip(r, widths))))
+        lines.append(
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        )
     return "\n".join(lines)
 
 
@@ -168,6 +242,7 @@ def _init_distributed(device: str) -> int:
     if world_size <= 1:
         return 1
     import torch.distributed as dist
+
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
     return world_size
@@ -198,26 +273,43 @@ def run(args) -> dict:
         return _run_standalone(args)
     world_size = _init_distributed(args.device)
     if world_size > 1 and args.experiment != "compare":
-        raise ValueError(f"under torchrun only the default experiment (compare) runs "
-                         f"data-parallel; run {args.experiment!r} as a single process")
+        raise ValueError(
+            f"under torchrun only the default experiment (compare) runs "
+            f"data-parallel; run {args.experiment!r} as a single process"
+        )
     rank, _ = world()
     data = load(args.data)
     out_dir = args.out or os.path.join("lab-out", args.experiment)
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
-    opts = Options(norms=args.norms, epochs=args.epochs, batch_size=args.batch_size,
-                   batch_sizes=args.batch_sizes, lr=args.lr, depth=args.depth, seed=args.seed,
-                   seeds=args.seeds, groups=args.groups, dropout=args.dropout,
-                   device=args.device, threshold=args.threshold, quick=args.quick,
-                   progress=args.progress)
+    opts = Options(
+        norms=args.norms,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        batch_sizes=args.batch_sizes,
+        lr=args.lr,
+        depth=args.depth,
+        seed=args.seed,
+        seeds=args.seeds,
+        groups=args.groups,
+        dropout=args.dropout,
+        device=args.device,
+        threshold=args.threshold,
+        quick=args.quick,
+        progress=args.progress,
+    )
     t0 = time.perf_counter()
     # only rank 0 writes: the other processes train the same model and draw nothing
     result = EXPERIMENTS[args.experiment](data, opts, out_dir if rank == 0 else None)
-    result = {"schema": SCHEMA, "experiment": result.pop("experiment"),
-              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                  timespec="seconds"),
-              "data": data.describe(), "environment": environment(args.device, world_size),
-              "seconds": time.perf_counter() - t0, **result}
+    result = {
+        "schema": SCHEMA,
+        "experiment": result.pop("experiment"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data": data.describe(),
+        "environment": environment(args.device, world_size),
+        "seconds": time.perf_counter() - t0,
+        **result,
+    }
     result["out_dir"] = out_dir
     return result
 
@@ -235,22 +327,30 @@ def _run_standalone(args) -> dict:
     from .experiments import Options
 
     if args.data:
-        raise ValueError(f"--data applies to the image experiments; {args.experiment!r} "
-                         "uses its own data (drop --data)")
+        raise ValueError(
+            f"--data applies to the image experiments; {args.experiment!r} "
+            "uses its own data (drop --data)"
+        )
     if args.experiment == "report":
         from .report import build_report
+
         return build_report(args, _run_and_write)
     from .scaling import describe_data, scaling
+
     out_dir = args.out or os.path.join("lab-out", args.experiment)
     os.makedirs(out_dir, exist_ok=True)
     opts = Options(seed=args.seed, quick=args.quick, progress=args.progress)
     t0 = time.perf_counter()
     result = scaling(opts, out_dir)
-    result = {"schema": SCHEMA, "experiment": result.pop("experiment"),
-              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                  timespec="seconds"),
-              "data": describe_data(), "environment": environment("cpu", 1),
-              "seconds": time.perf_counter() - t0, **result}
+    result = {
+        "schema": SCHEMA,
+        "experiment": result.pop("experiment"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data": describe_data(),
+        "environment": environment("cpu", 1),
+        "seconds": time.perf_counter() - t0,
+        **result,
+    }
     result["out_dir"] = out_dir
     return result
 
@@ -266,14 +366,17 @@ def main(args) -> int:
     rank, _ = world()
     if result["experiment"] == "report":
         from .report import print_summary
+
         print_summary(result)
     elif rank == 0:
         out_dir = result["out_dir"]
         path = write_results(result, out_dir)
         data = result["data"]
-        print(f"normkit lab {result['experiment']}: {data['name']}, {data['train']} train / "
-              f"{data['test']} test, {result['environment']['world_size']} process(es), "
-              f"{result['seconds']:.1f} s")
+        print(
+            f"normkit lab {result['experiment']}: {data['name']}, {data['train']} train / "
+            f"{data['test']} test, {result['environment']['world_size']} process(es), "
+            f"{result['seconds']:.1f} s"
+        )
         print()
         print(format_table(result["table"]))
         print()
@@ -283,6 +386,7 @@ def main(args) -> int:
         files = [os.path.basename(path)] + result["plots"]
         print(f"wrote {', '.join(files)} to {os.path.abspath(out_dir)}")
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -35,9 +35,13 @@ class Dataset:
         return tuple(int(s) for s in self.x_train.shape[2:])
 
     def describe(self) -> dict:
-        return {"name": self.name, "train": int(self.x_train.shape[0]),
-                "test": int(self.x_test.shape[0]), "shape": list(self.x_train.shape[1:]),
-                "classes": self.num_classes}
+        return {
+            "name": self.name,
+            "train": int(self.x_train.shape[0]),
+            "test": int(self.x_test.shape[0]),
+            "shape": list(self.x_train.shape[1:]),
+            "classes": self.num_classes,
+        }
 
 
 def _stratified_split(y: np.ndarray, test_fraction: float, seed: int):
@@ -78,48 +82,64 @@ def load_npz(path: str, test_fraction: float = 0.2, split_seed: int = 0) -> Data
     saying which invariant failed and how to fix it.
     """
     if not os.path.isfile(path):
-        raise ValueError(f"--data: no such file {path!r}; pass an .npz written with "
-                         "numpy.savez(path, x=images, y=labels)")
+        raise ValueError(
+            f"--data: no such file {path!r}; pass an .npz written with "
+            "numpy.savez(path, x=images, y=labels)"
+        )
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises several types for a non-npz file
-        raise ValueError(f"--data: {path!r} is not a readable .npz archive ({exc}); write it "
-                         "with numpy.savez(path, x=images, y=labels)") from exc
+        raise ValueError(
+            f"--data: {path!r} is not a readable .npz archive ({exc}); write it "
+            "with numpy.savez(path, x=images, y=labels)"
+        ) from exc
     if not hasattr(archive, "files"):
-        raise ValueError(f"--data: {path!r} holds a single array, not an .npz archive; write "
-                         "it with numpy.savez(path, x=images, y=labels)")
+        raise ValueError(
+            f"--data: {path!r} holds a single array, not an .npz archive; write "
+            "it with numpy.savez(path, x=images, y=labels)"
+        )
     missing = [k for k in ("x", "y") if k not in archive.files]
     if missing:
-        raise ValueError(f"--data: {path!r} lacks array(s) {missing} (it has "
-                         f"{archive.files}); the file needs x [N, C, H, W] and y [N]")
+        raise ValueError(
+            f"--data: {path!r} lacks array(s) {missing} (it has "
+            f"{archive.files}); the file needs x [N, C, H, W] and y [N]"
+        )
     x, y = archive["x"], archive["y"]
     if x.ndim != 4:
-        raise ValueError(f"--data: x must be 4-D [N, C, H, W], got shape {x.shape}; add a "
-                         "channel axis for grey images with x[:, None]")
+        raise ValueError(
+            f"--data: x must be 4-D [N, C, H, W], got shape {x.shape}; add a "
+            "channel axis for grey images with x[:, None]"
+        )
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise ValueError(f"--data: x must be numeric, got dtype {x.dtype}")
     if not np.all(np.isfinite(x)):
         raise ValueError("--data: x contains NaN or infinity; clean or impute those pixels")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"--data: y must be 1-D with one label per image (N = {x.shape[0]}), "
-                         f"got shape {y.shape}")
+        raise ValueError(
+            f"--data: y must be 1-D with one label per image (N = {x.shape[0]}), "
+            f"got shape {y.shape}"
+        )
     if not np.issubdtype(y.dtype, np.integer):
         if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
             y = y.astype(np.int64)
         else:
-            raise ValueError(f"--data: y must hold integer class labels, got dtype {y.dtype}; "
-                             "map classes to 0..K-1")
+            raise ValueError(
+                f"--data: y must hold integer class labels, got dtype {y.dtype}; "
+                "map classes to 0..K-1"
+            )
     if y.min() < 0:
-        raise ValueError(f"--data: labels must be >= 0, got minimum {int(y.min())}; map "
-                         "classes to 0..K-1")
+        raise ValueError(
+            f"--data: labels must be >= 0, got minimum {int(y.min())}; map classes to 0..K-1"
+        )
     if len(np.unique(y)) < 2:
         raise ValueError("--data: y holds a single class; classification needs at least 2")
     if x.shape[0] < 10:
-        raise ValueError(f"--data: need at least 10 examples to split train/test, got "
-                         f"{x.shape[0]}")
+        raise ValueError(f"--data: need at least 10 examples to split train/test, got {x.shape[0]}")
     if min(x.shape[2:]) < 4:
-        raise ValueError(f"--data: images must be at least 4x4 (the net pools twice), got "
-                         f"{x.shape[2]}x{x.shape[3]}")
+        raise ValueError(
+            f"--data: images must be at least 4x4 (the net pools twice), got "
+            f"{x.shape[2]}x{x.shape[3]}"
+        )
     name = f"{os.path.basename(path)} (user data)"
     return _make(name, x.astype(np.float32), y.astype(np.int64), test_fraction, split_seed)
 

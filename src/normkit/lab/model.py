@@ -62,9 +62,17 @@ class LabNet(nn.Module):
         torch.Size([4, 10])
     """
 
-    def __init__(self, norm: str, in_channels: int = 1, num_classes: int = 10,
-                 image_size: Sequence[int] = (8, 8), depth: str = "deep",
-                 norm_kwargs: Optional[Dict] = None, dropout: float = 0.2, hidden: int = 128):
+    def __init__(
+        self,
+        norm: str,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: Sequence[int] = (8, 8),
+        depth: str = "deep",
+        norm_kwargs: Optional[Dict] = None,
+        dropout: float = 0.2,
+        hidden: int = 128,
+    ):
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {depth!r}")
@@ -74,17 +82,24 @@ class LabNet(nn.Module):
         c = in_channels
         for (out, pool), k in zip(DEPTHS[depth], KERNEL[depth]):
             # create_conv: WSConv2d for ws-* norms, nn.Conv2d otherwise
-            layers += [normkit.create_conv(norm, c, out, k, padding=k // 2),
-                       nn.ReLU(inplace=False),
-                       normkit.create_norm(norm, out, **dict(norm_kwargs or {}))]
+            layers += [
+                normkit.create_conv(norm, c, out, k, padding=k // 2),
+                nn.ReLU(inplace=False),
+                normkit.create_norm(norm, out, **dict(norm_kwargs or {})),
+            ]
             if pool:
                 layers.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
                 h, w = _pooled(h), _pooled(w)
             c = out
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * h * w, hidden), nn.ReLU(),
-            nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(c * h * w, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -94,9 +109,17 @@ class LabNet(nn.Module):
         return [m for m in self.features if isinstance(m, nn.Conv2d)]
 
 
-def build_model(norm: str, *, seed: int, in_channels: int = 1, num_classes: int = 10,
-                image_size: Sequence[int] = (8, 8), depth: str = "deep",
-                norm_kwargs: Optional[Dict] = None, dropout: float = 0.2) -> LabNet:
+def build_model(
+    norm: str,
+    *,
+    seed: int,
+    in_channels: int = 1,
+    num_classes: int = 10,
+    image_size: Sequence[int] = (8, 8),
+    depth: str = "deep",
+    norm_kwargs: Optional[Dict] = None,
+    dropout: float = 0.2,
+) -> LabNet:
     """A :class:`LabNet` whose conv and linear weights depend only on ``seed``.
 
     The weights are re-drawn after construction, layer by layer from one seeded
@@ -108,5 +131,6 @@ def build_model(norm: str, *, seed: int, in_channels: int = 1, num_classes: int 
     torch.manual_seed(seed)
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            m.reset_parameters()  # torch's default init, the setting the lab notes in the README measured
+            # torch's default init: the setting the lab notes in the README measured
+            m.reset_parameters()
     return net

@@ -7,14 +7,15 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-
 LINESTYLES = ["-", "--", ":", "-."]
 
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg", force=True)  # a headless machine has no display; never open a window
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -23,7 +24,7 @@ def _smooth(values: Sequence[float], window: int) -> np.ndarray:
     if window <= 1 or v.size < window:
         return v
     kernel = np.ones(window) / window
-    head = np.cumsum(v[:window - 1]) / np.arange(1, window)  # ramp-in: no fake zeros
+    head = np.cumsum(v[: window - 1]) / np.arange(1, window)  # ramp-in: no fake zeros
     return np.concatenate([head, np.convolve(v, kernel, mode="valid")])
 
 
@@ -44,11 +45,18 @@ def curves(runs: List[dict], path: str, title: str) -> str:
         loss = _smooth(h["step_loss"], window)
         # runs that do not learn draw the same flat line; dashes keep them all visible
         style = LINESTYLES[i % len(LINESTYLES)]
-        (line,) = ax_l.plot(np.arange(1, loss.size + 1), loss, label=run["norm"], lw=1.4,
-                            ls=style)
+        (line,) = ax_l.plot(np.arange(1, loss.size + 1), loss, label=run["norm"], lw=1.4, ls=style)
         epochs = np.arange(1, len(h["test_accuracy"]) + 1)
-        ax_a.plot(epochs, 100 * np.asarray(h["test_accuracy"]), marker="o", ms=3,
-                  color=line.get_color(), label=run["norm"], lw=1.4, ls=style)
+        ax_a.plot(
+            epochs,
+            100 * np.asarray(h["test_accuracy"]),
+            marker="o",
+            ms=3,
+            color=line.get_color(),
+            label=run["norm"],
+            lw=1.4,
+            ls=style,
+        )
     ax_l.set(xlabel="step", ylabel="train loss (running mean)", title="training loss")
     ax_l.set_yscale("log")
     ax_a.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy", ylim=(0, 100))
@@ -102,10 +110,20 @@ def scale_invariance(rows: List[dict], path: str, title: str) -> str:
     if ref:
         a = np.array(sorted({r["a"] for r in rows}))
         ax_w.plot(a, ref[0]["grad_w_norm"] / a, "k--", lw=0.8, label="1/a")
-    ax_w.set(xscale="log", yscale="log", xlabel="weight scale a", ylabel="|dL/dW|",
-             title="gradient w.r.t. the weight")
-    ax_u.set(xscale="log", yscale="log", xlabel="weight scale a", ylabel="|dL/du|",
-             title="gradient w.r.t. the layer input")
+    ax_w.set(
+        xscale="log",
+        yscale="log",
+        xlabel="weight scale a",
+        ylabel="|dL/dW|",
+        title="gradient w.r.t. the weight",
+    )
+    ax_u.set(
+        xscale="log",
+        yscale="log",
+        xlabel="weight scale a",
+        ylabel="|dL/du|",
+        title="gradient w.r.t. the layer input",
+    )
     ax_w.legend()
     ax_u.legend()
     fig.suptitle(title, fontsize=10)
@@ -136,9 +154,14 @@ def mean_std_bars(groups: Dict[str, Dict[str, List[float]]], path: str, title: s
 
 # ---------------------------------------------------------------- scaling (input data)
 
-SCALING_STYLES = {"raw": ("k", "-"), "minmax": ("tab:blue", "--"), "zscore": ("tab:green", "-"),
-                  "reciprocal": ("tab:orange", ":"), "log10": ("tab:purple", "-."),
-                  "arctan": ("tab:red", "--")}
+SCALING_STYLES = {
+    "raw": ("k", "-"),
+    "minmax": ("tab:blue", "--"),
+    "zscore": ("tab:green", "-"),
+    "reciprocal": ("tab:orange", ":"),
+    "log10": ("tab:purple", "-."),
+    "arctan": ("tab:red", "--"),
+}
 
 
 def scaling_contours(case: dict, path: str) -> str:
@@ -158,19 +181,33 @@ def scaling_contours(case: dict, path: str) -> str:
         a, b = np.meshgrid(g1, g2)
         margins = t[:, None] * (x @ np.vstack([a.ravel(), b.ravel()]))  # (n, grid points)
         loss = np.logaddexp(0.0, -margins).mean(axis=0).reshape(a.shape)
-        levels = p["optimum_loss"] + (np.log(2) - p["optimum_loss"] + 1e-9) * \
-            np.geomspace(0.005, 4, 14)
+        levels = p["optimum_loss"] + (np.log(2) - p["optimum_loss"] + 1e-9) * np.geomspace(
+            0.005, 4, 14
+        )
         ax.contour(g1, g2, loss, levels=levels, cmap="viridis", linewidths=0.8)
-        ax.plot(path_w[:, 0], path_w[:, 1], "o-", color="tab:red", ms=2.5, lw=0.9,
-                label=f"GD, lr {p['lr']:.0e}, {len(path_w) - 1} steps")
+        ax.plot(
+            path_w[:, 0],
+            path_w[:, 1],
+            "o-",
+            color="tab:red",
+            ms=2.5,
+            lw=0.9,
+            label=f"GD, lr {p['lr']:.0e}, {len(path_w) - 1} steps",
+        )
         ax.plot(*opt, "k*", ms=10, label="minimum")
         reach = p.get("fastest_steps_to_1pct", p["steps_to_1pct"])
-        ax.set(xlabel=f"w1 (weight of {f1})", ylabel=f"w2 (weight of {f2})",
-               title=f"{label}: Hessian condition {p['hessian_condition']:.0f}; fastest "
-                     f"rate: {reach if reach is not None else '>10000'} steps to 99%")
+        ax.set(
+            xlabel=f"w1 (weight of {f1})",
+            ylabel=f"w2 (weight of {f2})",
+            title=f"{label}: Hessian condition {p['hessian_condition']:.0f}; fastest "
+            f"rate: {reach if reach is not None else '>10000'} steps to 99%",
+        )
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(f"{case['task']}: logistic loss over two weights (features {f1}, {f2}; "
-                 "same learning-rate search in both panels)", fontsize=10)
+    fig.suptitle(
+        f"{case['task']}: logistic loss over two weights (features {f1}, {f2}; "
+        "same learning-rate search in both panels)",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
@@ -187,13 +224,26 @@ def scaling_curves(runs: List[dict], target: float, path: str) -> str:
                 continue
             color, ls = SCALING_STYLES.get(r["scaling"], (None, "-"))
             curve = np.asarray(r["loss_curve"])
-            ax.plot(np.arange(curve.size), curve, color=color, ls=ls, lw=1.3,
-                    label=f"{r['scaling']} (lr {r['lr']:.0e})")
-        na = [r["scaling"] for r in runs if (r["dataset"], r["model"]) == (d, m)
-              and not r["applicable"]]
+            ax.plot(
+                np.arange(curve.size),
+                curve,
+                color=color,
+                ls=ls,
+                lw=1.3,
+                label=f"{r['scaling']} (lr {r['lr']:.0e})",
+            )
+        na = [
+            r["scaling"]
+            for r in runs
+            if (r["dataset"], r["model"]) == (d, m) and not r["applicable"]
+        ]
         ax.axhline(target, color="grey", lw=0.8, ls=":")
-        ax.set(xlabel="full-batch GD step", ylabel="training loss", yscale="log",
-               title=f"{d}, {m}" + (f" ({', '.join(na)}: n/a)" if na else ""))
+        ax.set(
+            xlabel="full-batch GD step",
+            ylabel="training loss",
+            yscale="log",
+            title=f"{d}, {m}" + (f" ({', '.join(na)}: n/a)" if na else ""),
+        )
         ax.legend(fontsize=7)
     fig.suptitle(f"convergence per input scaling (dotted: loss target {target:g})", fontsize=10)
     return _save(fig, path)
@@ -206,19 +256,33 @@ def scaling_minmax(caveat: dict, path: str) -> str:
     n = len(caveat["features"])
     xs = np.arange(n)
     ax.axhspan(0, 1, color="tab:green", alpha=0.12, label="feature_range [0, 1]")
-    ax.vlines(xs - 0.12, caveat["new_min"], caveat["new_max"], color="tab:red", lw=3,
-              label="new data, clip=False")
-    ax.vlines(xs + 0.12, caveat["clip_min"], caveat["clip_max"], color="tab:blue", lw=3,
-              label="new data, clip=True")
-    tot = [b + a for b, a in zip(caveat["out_of_range"]["below"],
-                                 caveat["out_of_range"]["above"])]
+    ax.vlines(
+        xs - 0.12,
+        caveat["new_min"],
+        caveat["new_max"],
+        color="tab:red",
+        lw=3,
+        label="new data, clip=False",
+    )
+    ax.vlines(
+        xs + 0.12,
+        caveat["clip_min"],
+        caveat["clip_max"],
+        color="tab:blue",
+        lw=3,
+        label="new data, clip=True",
+    )
+    tot = [b + a for b, a in zip(caveat["out_of_range"]["below"], caveat["out_of_range"]["above"])]
     for i, c in enumerate(tot):
         if c:
-            ax.annotate(str(c), (i, max(caveat["new_max"][i], 1.0)), ha="center",
-                        va="bottom", fontsize=8)
+            ax.annotate(
+                str(c), (i, max(caveat["new_max"][i], 1.0)), ha="center", va="bottom", fontsize=8
+            )
     ax.set_xticks(xs, caveat["features"], rotation=35, ha="right", fontsize=8)
-    ax.set(ylabel="min-max scaled value",
-           title=f"MinMaxScaler fitted on {caveat['fit_on']}, applied to {caveat['new_data']} "
-                 "(numbers: values out of range)")
+    ax.set(
+        ylabel="min-max scaled value",
+        title=f"MinMaxScaler fitted on {caveat['fit_on']}, applied to {caveat['new_data']} "
+        "(numbers: values out of range)",
+    )
     ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path)

@@ -56,7 +56,7 @@ def lr_grid(quick: bool) -> List[float]:
     # raw breast-cancer features reach ~4000, so the stable rate for raw inputs is ~1e-7;
     # z-scored ones take rates above 10. The grid spans both.
     exps = np.array([-7, -5, -3, -1, 0, 1, 2]) if quick else np.arange(-7, 2.01, 0.5)
-    return [float(10.0 ** e) for e in exps]
+    return [float(10.0**e) for e in exps]
 
 
 def n_steps(quick: bool) -> int:
@@ -64,6 +64,7 @@ def n_steps(quick: bool) -> int:
 
 
 # ------------------------------------------------------------------ data
+
 
 def load_table(name: str, seed: int = 0) -> dict:
     """A scikit-learn table split once, stratified, ``TEST_FRACTION`` to test (fixed seed)."""
@@ -78,18 +79,29 @@ def load_table(name: str, seed: int = 0) -> dict:
     x = np.asarray(bunch.data, dtype=np.float64)
     y = np.asarray(bunch.target, dtype=np.int64)
     train, test = _stratified_split(y, TEST_FRACTION, seed)
-    return {"name": name, "features": [str(f) for f in bunch.feature_names],
-            "x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test],
-            "classes": int(y.max()) + 1}
+    return {
+        "name": name,
+        "features": [str(f) for f in bunch.feature_names],
+        "x_train": x[train],
+        "y_train": y[train],
+        "x_test": x[test],
+        "y_test": y[test],
+        "classes": int(y.max()) + 1,
+    }
 
 
 def make_scaler(variant: str):
     """The ``normkit.preprocessing`` scaler for ``variant`` (``None`` for raw)."""
     from normkit import preprocessing as pp
 
-    makers = {"raw": lambda: None, "minmax": pp.MinMaxScaler, "zscore": pp.StandardScaler,
-              "reciprocal": pp.ReciprocalScaler, "log10": pp.Log10Scaler,
-              "arctan": pp.ArctanScaler}
+    makers = {
+        "raw": lambda: None,
+        "minmax": pp.MinMaxScaler,
+        "zscore": pp.StandardScaler,
+        "reciprocal": pp.ReciprocalScaler,
+        "log10": pp.Log10Scaler,
+        "arctan": pp.ArctanScaler,
+    }
     if variant not in makers:
         raise ValueError(f"scaling: unknown variant {variant!r}; choose from {VARIANTS}")
     return makers[variant]()
@@ -124,8 +136,11 @@ def out_of_range_counts(data_min, data_max, x) -> Dict[str, list]:
     lo, hi = np.asarray(data_min, np.float64), np.asarray(data_max, np.float64)
     below = (x < lo).sum(axis=0).astype(int)
     above = (x > hi).sum(axis=0).astype(int)
-    return {"below": below.tolist(), "above": above.tolist(),
-            "total": int(below.sum() + above.sum())}
+    return {
+        "below": below.tolist(),
+        "above": above.tolist(),
+        "total": int(below.sum() + above.sum()),
+    }
 
 
 def conditioning(x: np.ndarray) -> dict:
@@ -140,15 +155,21 @@ def conditioning(x: np.ndarray) -> dict:
 
     std = x.std(axis=0)
     pos = std[std > 0]
-    return {"cond_cov": cond(cov), "cond_second_moment": cond(second),
-            "feature_std_ratio": float(pos.max() / pos.min()) if pos.size else None,
-            "feature_min": float(x.min()), "feature_max": float(x.max())}
+    return {
+        "cond_cov": cond(cov),
+        "cond_second_moment": cond(second),
+        "feature_std_ratio": float(pos.max() / pos.min()) if pos.size else None,
+        "feature_min": float(x.min()),
+        "feature_max": float(x.max()),
+    }
 
 
 # ------------------------------------------------------------------ models
 
+
 def _sigmoid(z):
     from scipy.special import expit
+
     return expit(z)
 
 
@@ -168,8 +189,12 @@ def init_params(model: str, d: int, k: int, seed: int) -> Dict[str, np.ndarray]:
         return {"W": np.zeros((d, k)), "b": np.zeros(k)}
     if model == "mlp":
         rng = np.random.default_rng(seed)
-        return {"W1": rng.standard_normal((d, HIDDEN)) / math.sqrt(d), "b1": np.zeros(HIDDEN),
-                "W2": rng.standard_normal((HIDDEN, k)) / math.sqrt(HIDDEN), "b2": np.zeros(k)}
+        return {
+            "W1": rng.standard_normal((d, HIDDEN)) / math.sqrt(d),
+            "b1": np.zeros(HIDDEN),
+            "W2": rng.standard_normal((HIDDEN, k)) / math.sqrt(HIDDEN),
+            "b2": np.zeros(k),
+        }
     raise ValueError(f"scaling: unknown model {model!r}; choose from {MODELS}")
 
 
@@ -223,19 +248,31 @@ def init_stats(x, y, k: int, seed: int) -> dict:
     p = init_params("mlp", x.shape[1], k, seed)
     _, g, h = loss_and_grad("mlp", p, x, y)
     saturated = float(((h < SATURATION) | (h > 1 - SATURATION)).mean())
-    full = math.sqrt(sum(float((v ** 2).sum()) for v in g.values()))
-    return {"saturated_fraction_init": saturated, "grad_norm_init": full,
-            "grad_norm_init_hidden": float(np.linalg.norm(g["W1"])),
-            "mean_sigmoid_slope_init": float((h * (1 - h)).mean())}
+    full = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
+    return {
+        "saturated_fraction_init": saturated,
+        "grad_norm_init": full,
+        "grad_norm_init_hidden": float(np.linalg.norm(g["W1"])),
+        "mean_sigmoid_slope_init": float((h * (1 - h)).mean()),
+    }
 
 
 # ------------------------------------------------------------------ one variant
 
+
 def run_variant(table: dict, variant: str, model: str, quick: bool, seed: int) -> dict:
     """Learning-rate search, then the measurements of the winning rate."""
-    rec = {"scaling": variant, "dataset": table["name"], "model": model,
-           "steps_to_target": None, "final_loss": None, "test_acc": None,
-           "applicable": True, "reason": None, "loss_target": LOSS_TARGET}
+    rec = {
+        "scaling": variant,
+        "dataset": table["name"],
+        "model": model,
+        "steps_to_target": None,
+        "final_loss": None,
+        "test_acc": None,
+        "applicable": True,
+        "reason": None,
+        "loss_target": LOSS_TARGET,
+    }
     xt, xs, reason = apply_variant(variant, table["x_train"], table["x_test"])
     if reason is not None:
         rec.update(applicable=False, reason=reason)
@@ -257,23 +294,29 @@ def run_variant(table: dict, variant: str, model: str, quick: bool, seed: int) -
         return rec
     final, lr, p, losses = best
     grid = lr_grid(quick)
-    rec.update(lr=lr, lr_at_grid_edge=lr in (grid[0], grid[-1]), final_loss=final,
-               steps_to_target=steps_to_target(losses, LOSS_TARGET),
-               train_acc=float((predict(model, p, xt) == yt).mean()),
-               test_acc=float((predict(model, p, xs) == ys).mean()),
-               loss_curve=[float(v) for v in losses])
+    rec.update(
+        lr=lr,
+        lr_at_grid_edge=lr in (grid[0], grid[-1]),
+        final_loss=final,
+        steps_to_target=steps_to_target(losses, LOSS_TARGET),
+        train_acc=float((predict(model, p, xt) == yt).mean()),
+        test_acc=float((predict(model, p, xs) == ys).mean()),
+        loss_curve=[float(v) for v in losses],
+    )
     if model == "mlp":
         rec.update(init_stats(xt, yt, k, seed))
         h = _sigmoid(xt @ p["W1"] + p["b1"])
         rec["saturated_fraction_final"] = float(((h < SATURATION) | (h > 1 - SATURATION)).mean())
     if variant == "minmax":
         s = make_scaler("minmax").fit(table["x_train"])
-        rec["test_out_of_range"] = out_of_range_counts(s.data_min_, s.data_max_,
-                                                       table["x_test"])["total"]
+        rec["test_out_of_range"] = out_of_range_counts(s.data_min_, s.data_max_, table["x_test"])[
+            "total"
+        ]
     return rec
 
 
 # ------------------------------------------------------------------ contours (the zig-zag)
+
 
 def _binary_loss_grad(w, x, t):
     """Logistic loss of labels t in {-1, +1} for the score x @ w (no bias), and its gradient."""
@@ -300,9 +343,13 @@ def contour_case(quick: bool) -> dict:
     # One picture in quick and full runs: the decade grid and 60 steps (the path of the
     # rate that is best after 60 steps), plus the fastest rate of the grid to 99%.
     steps = 60
-    grid = [float(10.0 ** e) for e in range(-7, 3)]
-    out = {"features": list(CONTOUR_FEATURES), "steps": steps, "task": "wine class 0 vs rest",
-           "panels": {}}
+    grid = [float(10.0**e) for e in range(-7, 3)]
+    out = {
+        "features": list(CONTOUR_FEATURES),
+        "steps": steps,
+        "task": "wine class 0 vs rest",
+        "panels": {},
+    }
     for label, xs in (("raw (centred)", x), ("zscore", x / x.std(axis=0))):
         best = None
         for lr in grid:
@@ -334,7 +381,7 @@ def contour_case(quick: bool) -> dict:
         # steps for a rate to get within 1% of the optimum's loss gap from the start
         gap0 = math.log(2.0) - loss_star
 
-        def reach_steps(rate, limit):
+        def reach_steps(rate, limit, xs=xs, loss_star=loss_star, gap0=gap0):
             w = np.zeros(2)
             with np.errstate(over="ignore", invalid="ignore"):
                 for s in range(0, limit + 1):
@@ -353,15 +400,24 @@ def contour_case(quick: bool) -> dict:
             r = reach_steps(rate, REACH_LIMIT if fast_steps is None else fast_steps - 1)
             if r is not None:
                 fast_steps, fast_lr = r, rate
-        out["panels"][label] = {"lr": lr, "final_loss": final, "optimum": w_star.tolist(),
-                                "optimum_loss": loss_star, "hessian_condition":
-                                float(ev[-1] / ev[0]), "path": path.tolist(),
-                                "steps_to_1pct": reach, "fastest_steps_to_1pct": fast_steps,
-                                "fastest_lr": fast_lr, "x": xs.tolist(), "t": t.tolist()}
+        out["panels"][label] = {
+            "lr": lr,
+            "final_loss": final,
+            "optimum": w_star.tolist(),
+            "optimum_loss": loss_star,
+            "hessian_condition": float(ev[-1] / ev[0]),
+            "path": path.tolist(),
+            "steps_to_1pct": reach,
+            "fastest_steps_to_1pct": fast_steps,
+            "fastest_lr": fast_lr,
+            "x": xs.tolist(),
+            "t": t.tolist(),
+        }
     return out
 
 
 # ------------------------------------------------------------------ the min-max caveat
+
 
 def minmax_caveat() -> dict:
     """Fit MinMaxScaler on the wine rows of classes 0 and 1, then transform class 2.
@@ -378,8 +434,13 @@ def minmax_caveat() -> dict:
     x, y = bunch.data.astype(np.float64), bunch.target
     old, new = x[y != 2], x[y == 2]
     names = [str(f) for f in bunch.feature_names]
-    res = {"fit_rows": int(old.shape[0]), "new_rows": int(new.shape[0]), "features": names,
-           "fit_on": "wine classes 0 and 1", "new_data": "wine class 2"}
+    res = {
+        "fit_rows": int(old.shape[0]),
+        "new_rows": int(new.shape[0]),
+        "features": names,
+        "fit_on": "wine classes 0 and 1",
+        "new_data": "wine class 2",
+    }
     s = MinMaxScaler().fit(old)
     counts = out_of_range_counts(s.data_min_, s.data_max_, new)
     with warnings.catch_warnings(record=True) as caught:
@@ -390,8 +451,11 @@ def minmax_caveat() -> dict:
     # experiment's numbers never depend on it (the attribute may move off the estimator).
     api = getattr(s, "n_out_of_range_", None)
     res["api_counts"] = None if api is None else [int(v) for v in np.asarray(api)]
-    res["api_counts_agree"] = None if api is None else (
-        res["api_counts"] == [b + a for b, a in zip(counts["below"], counts["above"])])
+    res["api_counts_agree"] = (
+        None
+        if api is None
+        else (res["api_counts"] == [b + a for b, a in zip(counts["below"], counts["above"])])
+    )
     clipped = np.asarray(MinMaxScaler(clip=True).fit(old).transform(new), dtype=np.float64)
     changed = int((clipped != y_new).sum())
     # values that were distinct before clipping and are equal after: information lost
@@ -400,19 +464,27 @@ def minmax_caveat() -> dict:
         collapsed += len(np.unique(new[:, j])) - len(np.unique(clipped[:, j]))
     refit = MinMaxScaler().fit(np.vstack([old, new]))
     shift = np.abs(np.asarray(refit.transform(old)) - np.asarray(s.transform(old)))
-    res.update(out_of_range=counts, n_values=int(new.size),
-               out_of_range_fraction=counts["total"] / new.size,
-               features_out_of_range=int(sum(1 for b, a in zip(counts["below"],
-                                                              counts["above"]) if a + b)),
-               new_min=y_new.min(axis=0).tolist(), new_max=y_new.max(axis=0).tolist(),
-               clip_min=clipped.min(axis=0).tolist(), clip_max=clipped.max(axis=0).tolist(),
-               clip_changed_values=changed, clip_collapsed_distinct_values=int(collapsed),
-               refit_old_max_shift=float(shift.max()),
-               refit_old_shifted_features=int((shift.max(axis=0) > 1e-12).sum()))
+    res.update(
+        out_of_range=counts,
+        n_values=int(new.size),
+        out_of_range_fraction=counts["total"] / new.size,
+        features_out_of_range=int(
+            sum(1 for b, a in zip(counts["below"], counts["above"]) if a + b)
+        ),
+        new_min=y_new.min(axis=0).tolist(),
+        new_max=y_new.max(axis=0).tolist(),
+        clip_min=clipped.min(axis=0).tolist(),
+        clip_max=clipped.max(axis=0).tolist(),
+        clip_changed_values=changed,
+        clip_collapsed_distinct_values=int(collapsed),
+        refit_old_max_shift=float(shift.max()),
+        refit_old_shifted_features=int((shift.max(axis=0) > 1e-12).sum()),
+    )
     return res
 
 
 # ------------------------------------------------------------------ the experiment
+
 
 def scaling(opts, out_dir: Optional[str]) -> dict:
     """Every (dataset, model, variant); contours; the min-max caveat; table, notes, PNGs."""
@@ -420,8 +492,12 @@ def scaling(opts, out_dir: Optional[str]) -> dict:
 
     quick, seed = opts.quick, opts.seed
     tables = {name: load_table(name, seed=0) for name in DATASETS}
-    runs = [run_variant(tables[d], v, m, quick, seed)
-            for d in DATASETS for m in MODELS for v in VARIANTS]
+    runs = [
+        run_variant(tables[d], v, m, quick, seed)
+        for d in DATASETS
+        for m in MODELS
+        for v in VARIANTS
+    ]
     contours = contour_case(quick)
     caveat = minmax_caveat()
     pngs = []
@@ -432,28 +508,77 @@ def scaling(opts, out_dir: Optional[str]) -> dict:
     rows = []
     for r in runs:
         name = r["scaling"] if r["applicable"] else f"{r['scaling']} (n/a)"
-        rows.append([r["dataset"], r["model"], name, r.get("lr"), r["steps_to_target"],
-                     r["final_loss"], None if r["test_acc"] is None else 100 * r["test_acc"],
-                     r.get("cond_cov"), None if r.get("saturated_fraction_init") is None
-                     else 100 * r["saturated_fraction_init"], r.get("grad_norm_init")])
+        rows.append(
+            [
+                r["dataset"],
+                r["model"],
+                name,
+                r.get("lr"),
+                r["steps_to_target"],
+                r["final_loss"],
+                None if r["test_acc"] is None else 100 * r["test_acc"],
+                r.get("cond_cov"),
+                None
+                if r.get("saturated_fraction_init") is None
+                else 100 * r["saturated_fraction_init"],
+                r.get("grad_norm_init"),
+            ]
+        )
     notes = scaling_notes(runs, contours, caveat, quick)
     for d in contours["panels"].values():  # the arrays are for the figure, not the JSON
         d.pop("x")
         d.pop("t")
-    config = {"datasets": DATASETS, "models": MODELS, "variants": VARIANTS,
-              "hidden": HIDDEN, "loss_target": LOSS_TARGET, "steps": n_steps(quick),
-              "lr_grid": lr_grid(quick), "lr_rule": "lowest final training loss after "
-              "'steps' full-batch GD steps; non-finite runs discarded",
-              "test_fraction": TEST_FRACTION, "saturation": SATURATION, "seed": seed,
-              "quick": quick}
-    return {"experiment": "scaling", "config": config,
-            "table": {"columns": ["dataset", "model", "scaling", "lr",
-                                  f"steps to loss<={LOSS_TARGET:g}", "final loss",
-                                  "test acc %", "cond(cov)", "saturated %", "|grad| init"],
-                      "formats": ["{}", "{}", "{}", "{:.0e}", "{}", "{:.4f}", "{:.1f}",
-                                  "{:.1e}", "{:.0f}", "{:.2e}"], "rows": rows},
-            "runs": runs, "contours": contours, "minmax_caveat": caveat, "plots": pngs,
-            "notes": notes}
+    config = {
+        "datasets": DATASETS,
+        "models": MODELS,
+        "variants": VARIANTS,
+        "hidden": HIDDEN,
+        "loss_target": LOSS_TARGET,
+        "steps": n_steps(quick),
+        "lr_grid": lr_grid(quick),
+        "lr_rule": "lowest final training loss after "
+        "'steps' full-batch GD steps; non-finite runs discarded",
+        "test_fraction": TEST_FRACTION,
+        "saturation": SATURATION,
+        "seed": seed,
+        "quick": quick,
+    }
+    return {
+        "experiment": "scaling",
+        "config": config,
+        "table": {
+            "columns": [
+                "dataset",
+                "model",
+                "scaling",
+                "lr",
+                f"steps to loss<={LOSS_TARGET:g}",
+                "final loss",
+                "test acc %",
+                "cond(cov)",
+                "saturated %",
+                "|grad| init",
+            ],
+            "formats": [
+                "{}",
+                "{}",
+                "{}",
+                "{:.0e}",
+                "{}",
+                "{:.4f}",
+                "{:.1f}",
+                "{:.1e}",
+                "{:.0f}",
+                "{:.2e}",
+            ],
+            "rows": rows,
+        },
+        "runs": runs,
+        "contours": contours,
+        "minmax_caveat": caveat,
+        "plots": pngs,
+        "notes": notes,
+    }
 
 
 def _by(runs, **kw):
@@ -464,73 +589,91 @@ def scaling_notes(runs, contours, caveat, quick) -> List[str]:
     notes = []
     for r in runs:
         if not r["applicable"]:
-            notes.append(f"{r['dataset']} {r['model']} {r['scaling']}: not applicable -- "
-                         f"{r['reason']}")
+            notes.append(
+                f"{r['dataset']} {r['model']} {r['scaling']}: not applicable -- {r['reason']}"
+            )
     for d in DATASETS:
         for m in MODELS:
-            raw, z = _by(runs, dataset=d, model=m, scaling="raw")[0], \
-                _by(runs, dataset=d, model=m, scaling="zscore")[0]
+            raw, z = (
+                _by(runs, dataset=d, model=m, scaling="raw")[0],
+                _by(runs, dataset=d, model=m, scaling="zscore")[0],
+            )
+            raw_steps, z_steps = raw["steps_to_target"], z["steps_to_target"]
             notes.append(
                 f"{d} {m}: raw reaches loss <= {LOSS_TARGET:g} "
-                f"{'after %d steps' % raw['steps_to_target'] if raw['steps_to_target'] is not None else 'never'}"
+                f"{'never' if raw_steps is None else f'after {raw_steps} steps'}"
                 f" (final {_f(raw['final_loss'])}), z-score "
-                f"{'after %d' % z['steps_to_target'] if z['steps_to_target'] is not None else 'never'}"
+                f"{'never' if z_steps is None else f'after {z_steps}'}"
                 f" (final {_f(z['final_loss'])}); cond(cov) {_e(raw.get('cond_cov'))} -> "
-                f"{_e(z.get('cond_cov'))}.")
-            edge = [r["scaling"] for r in _by(runs, dataset=d, model=m)
-                    if r.get("lr_at_grid_edge")]
+                f"{_e(z.get('cond_cov'))}."
+            )
+            edge = [r["scaling"] for r in _by(runs, dataset=d, model=m) if r.get("lr_at_grid_edge")]
             if edge:
-                notes.append(f"{d} {m}: the best learning rate sits at the edge of the grid for "
-                             f"{', '.join(edge)}: a rate outside it might do better.")
+                notes.append(
+                    f"{d} {m}: the best learning rate sits at the edge of the grid for "
+                    f"{', '.join(edge)}: a rate outside it might do better."
+                )
     for d in DATASETS:
         raw = _by(runs, dataset=d, model="mlp", scaling="raw")[0]
         z = _by(runs, dataset=d, model="mlp", scaling="zscore")[0]
         if raw.get("saturated_fraction_init") is not None:
-            notes.append(f"{d} mlp at init: {100 * raw['saturated_fraction_init']:.0f}% of "
-                         f"hidden sigmoids saturated on raw inputs vs "
-                         f"{100 * z['saturated_fraction_init']:.0f}% z-scored (mean slope "
-                         f"{raw['mean_sigmoid_slope_init']:.3f} vs "
-                         f"{z['mean_sigmoid_slope_init']:.3f}, peak 0.25). The raw gradient "
-                         f"norm is {raw['grad_norm_init']:.2g} vs {z['grad_norm_init']:.2g}: "
-                         "saturation shrinks the per-unit slope, but the first layer's "
-                         "gradient is multiplied by the inputs themselves, so a large raw "
-                         "feature can still give a large (and badly scaled) gradient.")
+            notes.append(
+                f"{d} mlp at init: {100 * raw['saturated_fraction_init']:.0f}% of "
+                f"hidden sigmoids saturated on raw inputs vs "
+                f"{100 * z['saturated_fraction_init']:.0f}% z-scored (mean slope "
+                f"{raw['mean_sigmoid_slope_init']:.3f} vs "
+                f"{z['mean_sigmoid_slope_init']:.3f}, peak 0.25). The raw gradient "
+                f"norm is {raw['grad_norm_init']:.2g} vs {z['grad_norm_init']:.2g}: "
+                "saturation shrinks the per-unit slope, but the first layer's "
+                "gradient is multiplied by the inputs themselves, so a large raw "
+                "feature can still give a large (and badly scaled) gradient."
+            )
         arc = _by(runs, dataset=d, model="mlp", scaling="arctan")[0]
         if arc["applicable"]:
-            notes.append(f"{d} arctan: atan(x)*2/pi of raw features in the tens to thousands "
-                         f"is within a few percent of 1 -- the features collapse (std ratio "
-                         f"{_e(arc.get('feature_std_ratio'))}, cond(cov) "
-                         f"{_e(arc.get('cond_cov'))}); the map bounds the data but does not "
-                         "make it comparable.")
+            notes.append(
+                f"{d} arctan: atan(x)*2/pi of raw features in the tens to thousands "
+                f"is within a few percent of 1 -- the features collapse (std ratio "
+                f"{_e(arc.get('feature_std_ratio'))}, cond(cov) "
+                f"{_e(arc.get('cond_cov'))}); the map bounds the data but does not "
+                "make it comparable."
+            )
         rec = _by(runs, dataset=d, model="logreg", scaling="reciprocal")[0]
         if rec["applicable"]:
-            notes.append(f"{d} reciprocal: 1/(1+x) squeezes large features towards 0 "
-                         f"(range {rec['feature_min']:.3g}..{rec['feature_max']:.3g}, "
-                         f"cond(cov) {_e(rec.get('cond_cov'))}).")
+            notes.append(
+                f"{d} reciprocal: 1/(1+x) squeezes large features towards 0 "
+                f"(range {rec['feature_min']:.3g}..{rec['feature_max']:.3g}, "
+                f"cond(cov) {_e(rec.get('cond_cov'))})."
+            )
     pr = contours["panels"]
     raw_c, z_c = pr["raw (centred)"], pr["zscore"]
-    notes.append(f"contours ({', '.join(contours['features'])}, centred, no bias): Hessian "
-                 f"condition {raw_c['hessian_condition']:.0f} raw vs "
-                 f"{z_c['hessian_condition']:.1f} z-scored; the rate best after "
-                 f"{contours['steps']} steps zig-zags across the valley and needs "
-                 f"{_steps(raw_c['steps_to_1pct'])} vs {_steps(z_c['steps_to_1pct'])} to "
-                 f"close 99% of the loss gap; the fastest rate of the grid needs "
-                 f"{_steps(raw_c['fastest_steps_to_1pct'])} vs "
-                 f"{_steps(z_c['fastest_steps_to_1pct'])}.")
+    notes.append(
+        f"contours ({', '.join(contours['features'])}, centred, no bias): Hessian "
+        f"condition {raw_c['hessian_condition']:.0f} raw vs "
+        f"{z_c['hessian_condition']:.1f} z-scored; the rate best after "
+        f"{contours['steps']} steps zig-zags across the valley and needs "
+        f"{_steps(raw_c['steps_to_1pct'])} vs {_steps(z_c['steps_to_1pct'])} to "
+        f"close 99% of the loss gap; the fastest rate of the grid needs "
+        f"{_steps(raw_c['fastest_steps_to_1pct'])} vs "
+        f"{_steps(z_c['fastest_steps_to_1pct'])}."
+    )
     c = caveat
-    notes.append(f"min-max caveat: fitted on {c['fit_on']} ({c['fit_rows']} rows), "
-                 f"{c['new_data']} ({c['new_rows']} rows) has {c['out_of_range']['total']} of "
-                 f"{c['n_values']} values ({100 * c['out_of_range_fraction']:.0f}%) outside the "
-                 f"fitted range in {c['features_out_of_range']} of {len(c['features'])} "
-                 f"features (transformed values from {min(c['new_min']):.2f} to "
-                 f"{max(c['new_max']):.2f}). clip=True keeps [0, 1] but changes "
-                 f"{c['clip_changed_values']} values and merges "
-                 f"{c['clip_collapsed_distinct_values']} distinct ones; refitting on old + new "
-                 f"moves the old rows' scaled values by up to {c['refit_old_max_shift']:.2f}, "
-                 "so a model trained on the old scaling sees different inputs.")
+    notes.append(
+        f"min-max caveat: fitted on {c['fit_on']} ({c['fit_rows']} rows), "
+        f"{c['new_data']} ({c['new_rows']} rows) has {c['out_of_range']['total']} of "
+        f"{c['n_values']} values ({100 * c['out_of_range_fraction']:.0f}%) outside the "
+        f"fitted range in {c['features_out_of_range']} of {len(c['features'])} "
+        f"features (transformed values from {min(c['new_min']):.2f} to "
+        f"{max(c['new_max']):.2f}). clip=True keeps [0, 1] but changes "
+        f"{c['clip_changed_values']} values and merges "
+        f"{c['clip_collapsed_distinct_values']} distinct ones; refitting on old + new "
+        f"moves the old rows' scaled values by up to {c['refit_old_max_shift']:.2f}, "
+        "so a model trained on the old scaling sees different inputs."
+    )
     if quick:
-        notes.append(f"--quick: {n_steps(True)} GD steps and a 1-decade learning-rate grid; "
-                     "the full run uses 1000 steps and half decades.")
+        notes.append(
+            f"--quick: {n_steps(True)} GD steps and a 1-decade learning-rate grid; "
+            "the full run uses 1000 steps and half decades."
+        )
     return notes
 
 
@@ -553,5 +696,9 @@ def describe_data() -> dict:
         t = load_table(name)
         n_train += len(t["y_train"])
         n_test += len(t["y_test"])
-    return {"name": "wine + breast_cancer (scikit-learn)", "train": n_train, "test": n_test,
-            "datasets": DATASETS}
+    return {
+        "name": "wine + breast_cancer (scikit-learn)",
+        "train": n_train,
+        "test": n_test,
+        "datasets": DATASETS,
+    }

@@ -69,16 +69,19 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda: torch reports no CUDA device here "
-                             f"(torch {torch.__version__}); use --device cpu")
+            raise ValueError(
+                "--device cuda: torch reports no CUDA device here "
+                f"(torch {torch.__version__}); use --device cpu"
+            )
         rank, _ = world()
         local = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
         return torch.device("cuda", local)
     raise ValueError(f"--device must be 'cpu' or 'cuda', got {name!r}")
 
 
-def steps_to_threshold(step_loss: List[float], threshold: float,
-                       window: int = THRESHOLD_WINDOW) -> Optional[int]:
+def steps_to_threshold(
+    step_loss: List[float], threshold: float, window: int = THRESHOLD_WINDOW
+) -> Optional[int]:
     """First step (1-based) at which the mean loss of the last ``window`` steps is < threshold."""
     total = 0.0
     for i, loss in enumerate(step_loss):
@@ -90,15 +93,16 @@ def steps_to_threshold(step_loss: List[float], threshold: float,
     return None
 
 
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device,
-             chunk: int = 1024) -> tuple:
+def evaluate(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device, chunk: int = 1024
+) -> tuple:
     """(mean cross-entropy, accuracy) of ``model`` in eval mode over (x, y)."""
     was_training = model.training
     model.eval()
     loss, correct = 0.0, 0
     with torch.no_grad():
         for i in range(0, x.shape[0], chunk):
-            xb, yb = x[i:i + chunk].to(device), y[i:i + chunk].to(device)
+            xb, yb = x[i : i + chunk].to(device), y[i : i + chunk].to(device)
             logits = model(xb)
             loss += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
@@ -111,13 +115,20 @@ def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False,
-                dynamic_ncols=True)
+
+    return tqdm(
+        total=total, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True
+    )
 
 
-def train(dataset: Dataset, cfg: TrainConfig, *, progress: bool = True,
-          on_step: Optional[Callable[[torch.nn.Module, int], None]] = None,
-          label: Optional[str] = None) -> dict:
+def train(
+    dataset: Dataset,
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    on_step: Optional[Callable[[torch.nn.Module, int], None]] = None,
+    label: Optional[str] = None,
+) -> dict:
     """Train one model; return its run record (config, curves, summary numbers).
 
     Args:
@@ -141,35 +152,54 @@ def train(dataset: Dataset, cfg: TrainConfig, *, progress: bool = True,
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.batch_size % world_size:
-        raise ValueError(f"--batch-size is the global batch and must divide by the number of "
-                         f"processes ({world_size}), got {cfg.batch_size}")
+        raise ValueError(
+            f"--batch-size is the global batch and must divide by the number of "
+            f"processes ({world_size}), got {cfg.batch_size}"
+        )
     norm = cfg.norm
     if world_size > 1 and norm == "batch":
         norm = "sync-batch"  # the global batch's statistics, as the single process computes
 
     x_train, y_train = dataset.x_train, dataset.y_train
     if cfg.max_train is not None:
-        x_train, y_train = x_train[:cfg.max_train], y_train[:cfg.max_train]
+        x_train, y_train = x_train[: cfg.max_train], y_train[: cfg.max_train]
     per_rank = cfg.batch_size // world_size
-    sampler = DistributedSampler(TensorDataset(x_train, y_train), num_replicas=world_size,
-                                 rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=per_rank, sampler=sampler,
-                        drop_last=True)
+    sampler = DistributedSampler(
+        TensorDataset(x_train, y_train),
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=True,
+    )
+    loader = DataLoader(
+        TensorDataset(x_train, y_train), batch_size=per_rank, sampler=sampler, drop_last=True
+    )
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {len(x_train)} training "
-                         "examples; choose a smaller batch")
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} exceeds the {len(x_train)} training "
+            "examples; choose a smaller batch"
+        )
 
-    model = build_model(norm, seed=cfg.seed, in_channels=dataset.in_channels,
-                        num_classes=dataset.num_classes, image_size=dataset.image_size,
-                        depth=cfg.depth, norm_kwargs=cfg.norm_kwargs,
-                        dropout=cfg.dropout).to(device)
+    model = build_model(
+        norm,
+        seed=cfg.seed,
+        in_channels=dataset.in_channels,
+        num_classes=dataset.num_classes,
+        image_size=dataset.image_size,
+        depth=cfg.depth,
+        norm_kwargs=cfg.norm_kwargs,
+        dropout=cfg.dropout,
+    ).to(device)
     net = model
     if world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    opt = torch.optim.SGD(
+        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     torch.manual_seed(cfg.seed + rank)  # dropout masks: reproducible per process
 
     step_loss: List[float] = []

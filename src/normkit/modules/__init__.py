@@ -1,14 +1,34 @@
 """nn.Modules: parameters and buffers; ``forward`` is one call into ``functional``."""
 
 from .lrn import LocalResponseNorm
-from .norms import (BatchNorm1d, BatchNorm2d, BatchNorm3d, ChannelRMSNorm, GroupNorm,
-                    InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm, RMSNorm,
-                    SyncBatchNorm)
+from .norms import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    ChannelRMSNorm,
+    GroupNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    LayerNorm,
+    RMSNorm,
+    SyncBatchNorm,
+)
 
 __all__ = ["LocalResponseNorm"]
-__all__ += ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm",
-            "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
-            "ChannelRMSNorm"]
+__all__ += [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "SyncBatchNorm",
+    "LayerNorm",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "RMSNorm",
+    "ChannelRMSNorm",
+]
 
 from .frn import FilterResponseNorm2d  # noqa: E402
 from .ws import WSConv2d  # noqa: E402

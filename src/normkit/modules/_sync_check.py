@@ -42,8 +42,9 @@ def check_ranks_agree(input: torch.Tensor, process_group, world_size: int) -> No
     """
     import torch.distributed as dist
 
-    mine = torch.tensor([input.shape[1], _code(input.dtype), input.dim()], dtype=torch.int64,
-                        device=input.device)
+    mine = torch.tensor(
+        [input.shape[1], _code(input.dtype), input.dim()], dtype=torch.int64, device=input.device
+    )
     rows = [torch.empty_like(mine) for _ in range(world_size)]
     dist.all_gather(rows, mine, group=process_group)
     table = [tuple(int(v) for v in r.tolist()) for r in rows]
@@ -56,4 +57,5 @@ def check_ranks_agree(input: torch.Tensor, process_group, world_size: int) -> No
         f"SyncBatchNorm: every rank of the process group must feed the same number of "
         f"channels and the same dtype, got {lines} (this is rank {me}; rank(s) {odd} differ "
         f"from it). Build the same model on every rank (same num_features) and cast inputs "
-        f"to one dtype on all ranks before the layer")
+        f"to one dtype on all ranks before the layer"
+    )

@@ -48,16 +48,30 @@ class LayerNorm2d(nn.LayerNorm):
 
     backend = "auto"
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, elementwise_affine: bool = True,
-                 bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float = 1e-6,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(num_channels, eps, elementwise_affine, bias, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            raise ValueError(f"LayerNorm2d: expected a 4-D (N, C, H, W) input, got shape "
-                             f"{tuple(x.shape)}")
-        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight,
-                         self.bias, self.eps, backend=self.backend)
+            raise ValueError(
+                f"LayerNorm2d: expected a 4-D (N, C, H, W) input, got shape {tuple(x.shape)}"
+            )
+        y = F.layer_norm(
+            x.permute(0, 2, 3, 1),
+            self.normalized_shape,
+            self.weight,
+            self.bias,
+            self.eps,
+            backend=self.backend,
+        )
         return y.permute(0, 3, 1, 2)
 
 
@@ -88,12 +102,20 @@ class BatchNormAct2d(_BatchNorm, nn.BatchNorm2d):
         tensor(True)
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, *,
-                 act: Optional[nn.Module] = None, drop: Optional[nn.Module] = None,
-                 device=None, dtype=None) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype)
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        act: Optional[nn.Module] = None,
+        drop: Optional[nn.Module] = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.drop = drop if drop is not None else nn.Identity()
         self.act = act if act is not None else nn.Identity()
 
@@ -137,15 +159,26 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features, **factory))
         self.register_buffer("running_var", torch.ones(num_features, **factory))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs) -> None:
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
         state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            False, 0.0, self.eps, backend=self.backend)
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            False,
+            0.0,
+            self.eps,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
@@ -192,8 +225,9 @@ class HFRMSNorm(nn.Module):
 
     backend = "auto"
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6, mode: str = "llama", device=None,
-                 dtype=None) -> None:
+    def __init__(
+        self, hidden_size: int, eps: float = 1e-6, mode: str = "llama", device=None, dtype=None
+    ) -> None:
         super().__init__()
         if mode not in _MODES:
             raise ValueError(f"HFRMSNorm: mode must be one of {_MODES}, got {mode!r}")
@@ -215,8 +249,7 @@ class HFRMSNorm(nn.Module):
         shape = (self.hidden_size,)
         x32 = x.to(torch.float32)
         if self.mode == "gemma":
-            y = F.rms_norm(x32, shape, 1.0 + self.weight.float(), self.eps,
-                           backend=self.backend)
+            y = F.rms_norm(x32, shape, 1.0 + self.weight.float(), self.eps, backend=self.backend)
             return y.to(x.dtype)
         y = F.rms_norm(x32, shape, None, self.eps, backend=self.backend)
         if self.mode == "llama":

@@ -42,16 +42,24 @@ class FilterResponseNorm2d(nn.Module):
         torch.Size([2, 8, 5, 5])
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-6, learnable_eps: bool = False,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-6,
+        learnable_eps: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) \
-                or num_features < 1:
-            raise ValueError(f"FilterResponseNorm2d: num_features must be a positive int, got "
-                             f"{num_features!r}")
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(
+                f"FilterResponseNorm2d: num_features must be a positive int, got {num_features!r}"
+            )
         if not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"FilterResponseNorm2d: eps must be a positive float, got {eps!r}; "
-                             "an all-zero plane would divide by 0")
+            raise ValueError(
+                f"FilterResponseNorm2d: eps must be a positive float, got {eps!r}; "
+                "an all-zero plane would divide by 0"
+            )
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = float(eps)
@@ -76,14 +84,17 @@ class FilterResponseNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            raise ValueError(f"FilterResponseNorm2d: expected a 4-D input (N, C, H, W), got "
-                             f"shape {tuple(x.shape)}")
+            raise ValueError(
+                f"FilterResponseNorm2d: expected a 4-D input (N, C, H, W), got "
+                f"shape {tuple(x.shape)}"
+            )
         if x.shape[1] != self.num_features:
-            raise ValueError(f"FilterResponseNorm2d: expected {self.num_features} channels, got "
-                             f"input shape {tuple(x.shape)}")
+            raise ValueError(
+                f"FilterResponseNorm2d: expected {self.num_features} channels, got "
+                f"input shape {tuple(x.shape)}"
+            )
         eps = self.eps if self.eps_param is None else self.eps + self.eps_param.abs()
-        return filter_response_norm(x, self.weight, self.bias, self.tau, eps,
-                                    backend=self.backend)
+        return filter_response_norm(x, self.weight, self.bias, self.tau, eps, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, learnable_eps={self.learnable_eps}"

@@ -5,7 +5,7 @@ Math, backward and when to use each: docs/fused-norms.md.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -46,8 +46,16 @@ class AddRMSNorm(nn.Module):
         >>> y, h = norm(torch.randn(2, 8), torch.randn(2, 8))
     """
 
-    def __init__(self, dim: int, eps: Optional[float] = None, offset: float = 0.0, *,
-                 residual_in_fp32: bool = False, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        eps: Optional[float] = None,
+        offset: float = 0.0,
+        *,
+        residual_in_fp32: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         self.dim = _dim("AddRMSNorm", dim)
         self.eps = eps
@@ -61,10 +69,19 @@ class AddRMSNorm(nn.Module):
         """weight <- 1 - offset (initial scale 1)."""
         init.constant_(self.weight, 1.0 - self.offset)
 
-    def forward(self, x: torch.Tensor,
-                residual: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        return add_rms_norm(x, residual, self.dim, self.weight, self.eps, offset=self.offset,
-                            residual_in_fp32=self.residual_in_fp32, backend=self.backend)
+    def forward(
+        self, x: torch.Tensor, residual: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        return add_rms_norm(
+            x,
+            residual,
+            self.dim,
+            self.weight,
+            self.eps,
+            offset=self.offset,
+            residual_in_fp32=self.residual_in_fp32,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}, offset={self.offset}"
@@ -89,8 +106,15 @@ class AddLayerNorm(nn.Module):
         >>> y, h = AddLayerNorm(8)(torch.randn(2, 8), torch.randn(2, 8))
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5, *, residual_in_fp32: bool = False,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        eps: float = 1e-5,
+        *,
+        residual_in_fp32: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         self.dim = _dim("AddLayerNorm", dim)
         self.eps = eps
@@ -105,10 +129,19 @@ class AddLayerNorm(nn.Module):
         init.ones_(self.weight)
         init.zeros_(self.bias)
 
-    def forward(self, x: torch.Tensor,
-                residual: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        return add_layer_norm(x, residual, self.dim, self.weight, self.bias, self.eps,
-                              residual_in_fp32=self.residual_in_fp32, backend=self.backend)
+    def forward(
+        self, x: torch.Tensor, residual: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        return add_layer_norm(
+            x,
+            residual,
+            self.dim,
+            self.weight,
+            self.bias,
+            self.eps,
+            residual_in_fp32=self.residual_in_fp32,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
@@ -144,8 +177,16 @@ class AdaLayerNorm(nn.Module):
         >>> y, gate = ada(torch.randn(2, 5, 8), torch.randn(2, 4))
     """
 
-    def __init__(self, dim: int, cond_dim: int, zero_init: bool = True, eps: float = 1e-6, *,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        cond_dim: int,
+        zero_init: bool = True,
+        eps: float = 1e-6,
+        *,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         self.dim = _dim("AdaLayerNorm", dim)
         _dim("AdaLayerNorm", cond_dim)
@@ -165,8 +206,10 @@ class AdaLayerNorm(nn.Module):
     def modulation(self, c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(shift, scale, gate), each (N, D), from the conditioning vector c (N, cond_dim)."""
         if c.dim() != 2 or c.shape[1] != self.linear.in_features:
-            raise ValueError(f"AdaLayerNorm: c must be (N, cond_dim={self.linear.in_features}),"
-                             f" got shape {tuple(c.shape)}")
+            raise ValueError(
+                f"AdaLayerNorm: c must be (N, cond_dim={self.linear.in_features}),"
+                f" got shape {tuple(c.shape)}"
+            )
         shift, scale, gate = self.linear(nn.functional.silu(c)).chunk(3, dim=1)
         # the gate gets its own (N, D) storage: as a chunk it would share memory with
         # scale, which the norm saves for backward, and in-place updates of the gate

@@ -58,11 +58,21 @@ class LocalResponseNorm(nn.Module):
 
     __constants__ = ["size", "alpha", "beta", "k"]
 
-    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
-                 region: str = "across", convention: str = "torch", channel_dim: int = 1):
+    def __init__(
+        self,
+        size: int,
+        alpha: float = 1e-4,
+        beta: float = 0.75,
+        k: float = 1.0,
+        *,
+        region: str = "across",
+        convention: str = "torch",
+        channel_dim: int = 1,
+    ):
         super().__init__()
-        self.spec: CanonicalLRN = canonicalize(size, alpha, beta, k, region=region,
-                                               convention=convention)
+        self.spec: CanonicalLRN = canonicalize(
+            size, alpha, beta, k, region=region, convention=convention
+        )
         self.size = size
         self.alpha = float(alpha)
         self.beta = float(beta)
@@ -73,8 +83,7 @@ class LocalResponseNorm(nn.Module):
         self.backend = "auto"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.lrn_canonical(input, self.spec, channel_dim=self.channel_dim,
-                               backend=self.backend)
+        return F.lrn_canonical(input, self.spec, channel_dim=self.channel_dim, backend=self.backend)
 
     def extra_repr(self) -> str:
         text = f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
@@ -89,41 +98,71 @@ class LocalResponseNorm(nn.Module):
     # -- constructors with each framework's own names and defaults --------------------
 
     @classmethod
-    def from_caffe(cls, local_size: int = 5, alpha: float = 1.0, beta: float = 0.75,
-                   k: float = 1.0, norm_region: str = "ACROSS_CHANNELS", *,
-                   engine: str = "caffe") -> "LocalResponseNorm":
+    def from_caffe(
+        cls,
+        local_size: int = 5,
+        alpha: float = 1.0,
+        beta: float = 0.75,
+        k: float = 1.0,
+        norm_region: str = "ACROSS_CHANNELS",
+        *,
+        engine: str = "caffe",
+    ) -> "LocalResponseNorm":
         """Caffe's ``LRN`` layer (``lrn_param``), NCHW.
 
         ``engine="caffe"`` (default) reproduces BVLC Caffe, whose WITHIN_CHANNEL
         ignores ``k``; ``engine="cudnn"`` honours it.
         """
-        regions = {"ACROSS_CHANNELS": "across", "WITHIN_CHANNEL": "within", 0: "across",
-                   1: "within"}
+        regions = {
+            "ACROSS_CHANNELS": "across",
+            "WITHIN_CHANNEL": "within",
+            0: "across",
+            1: "within",
+        }
         key = norm_region.upper() if isinstance(norm_region, str) else norm_region
         if key not in regions:
-            raise ValueError("Caffe norm_region must be 'ACROSS_CHANNELS' or 'WITHIN_CHANNEL', "
-                             f"got {norm_region!r}")
+            raise ValueError(
+                "Caffe norm_region must be 'ACROSS_CHANNELS' or 'WITHIN_CHANNEL', "
+                f"got {norm_region!r}"
+            )
         engines = {"caffe": "caffe", "default": "caffe", "cudnn": "caffe-cudnn"}
         if engine.lower() not in engines:
             raise ValueError(f"Caffe engine must be 'caffe' or 'cudnn', got {engine!r}")
-        return cls(local_size, alpha, beta, k, region=regions[key],
-                   convention=engines[engine.lower()])
+        return cls(
+            local_size, alpha, beta, k, region=regions[key], convention=engines[engine.lower()]
+        )
 
     @classmethod
-    def from_tensorflow(cls, depth_radius: int = 5, bias: float = 1.0, alpha: float = 1.0,
-                        beta: float = 0.5, *, channel_dim: int = -1) -> "LocalResponseNorm":
+    def from_tensorflow(
+        cls,
+        depth_radius: int = 5,
+        bias: float = 1.0,
+        alpha: float = 1.0,
+        beta: float = 0.5,
+        *,
+        channel_dim: int = -1,
+    ) -> "LocalResponseNorm":
         """``tf.nn.local_response_normalization`` (raw alpha, radius), NHWC by default."""
         if isinstance(depth_radius, bool) or not isinstance(depth_radius, int):
             raise TypeError(f"depth_radius must be an int, got {type(depth_radius).__name__}")
         if depth_radius < 0:
-            raise ValueError(f"depth_radius must be >= 0, got {depth_radius}; the window is "
-                             "2 * depth_radius + 1 channels")
-        return cls(2 * depth_radius + 1, alpha, beta, bias, convention="tensorflow",
-                   channel_dim=channel_dim)
+            raise ValueError(
+                f"depth_radius must be >= 0, got {depth_radius}; the window is "
+                "2 * depth_radius + 1 channels"
+            )
+        return cls(
+            2 * depth_radius + 1,
+            alpha,
+            beta,
+            bias,
+            convention="tensorflow",
+            channel_dim=channel_dim,
+        )
 
     @classmethod
-    def from_onnx(cls, size: int, alpha: float = 1e-4, beta: float = 0.75,
-                  bias: float = 1.0) -> "LocalResponseNorm":
+    def from_onnx(
+        cls, size: int, alpha: float = 1e-4, beta: float = 0.75, bias: float = 1.0
+    ) -> "LocalResponseNorm":
         """ONNX ``LRN`` (also cuDNN, oneDNN): alpha/size, even sizes look ahead."""
         return cls(size, alpha, beta, bias, convention="onnx")
 
@@ -137,8 +176,9 @@ class LocalResponseNorm(nn.Module):
         if self.spec.region == "within" and self.spec.k != 1.0:
             engine = "caffe-cudnn"
         params = dict(from_canonical(self.spec, engine))
-        params["norm_region"] = ("ACROSS_CHANNELS" if self.spec.region == "across"
-                                 else "WITHIN_CHANNEL")
+        params["norm_region"] = (
+            "ACROSS_CHANNELS" if self.spec.region == "across" else "WITHIN_CHANNEL"
+        )
         if engine == "caffe-cudnn":
             params["engine"] = "CUDNN"
         return params

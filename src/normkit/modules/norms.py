@@ -7,7 +7,8 @@ torch's. Constructor (names, order, defaults, ``device``/``dtype``, the
 keyword-only ``bias``), parameters, buffers, state_dict keys, ``_version``,
 ``reset_parameters``/``reset_running_stats``, ``load_state_dict`` of old
 checkpoints and ``repr`` are torch's own, so a state_dict moves between
-``torch.nn.BatchNorm2d`` and ``normkit.BatchNorm2d`` either way. Each module's ``forward`` is one call into :mod:`normkit.functional`;
+``torch.nn.BatchNorm2d`` and ``normkit.BatchNorm2d`` either way. Each module's ``forward`` is
+one call into :mod:`normkit.functional`;
 the ``backend`` attribute (``"auto"``) picks the kernels.
 """
 
@@ -24,25 +25,38 @@ from torch.nn.parameter import Parameter
 from .. import functional as F
 from ._sync_check import check_ranks_agree
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm",
-           "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
-           "ChannelRMSNorm"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "SyncBatchNorm",
+    "LayerNorm",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "RMSNorm",
+    "ChannelRMSNorm",
+]
 
 _shape_t = Union[int, Sequence[int], torch.Size]
 
 
-def _register_affine(module: nn.Module, shape, enabled: bool, bias: Optional[bool],
-                     factory: dict) -> None:
+def _register_affine(
+    module: nn.Module, shape, enabled: bool, bias: Optional[bool], factory: dict
+) -> None:
     """Register ``weight`` and ``bias`` of ``shape`` exactly as torch lays them out.
 
     Disabled parameters are registered as ``None`` (so state_dict keys match torch);
     ``bias=None`` means the layer has no bias slot at all (RMSNorm).
     """
     module.register_parameter(
-        "weight", Parameter(torch.empty(shape, **factory)) if enabled else None)
+        "weight", Parameter(torch.empty(shape, **factory)) if enabled else None
+    )
     if bias is not None:
         module.register_parameter(
-            "bias", Parameter(torch.empty(shape, **factory)) if enabled and bias else None)
+            "bias", Parameter(torch.empty(shape, **factory)) if enabled and bias else None
+        )
 
 
 def _reset_affine(module: nn.Module) -> None:
@@ -65,8 +79,9 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             # momentum=None: cumulative moving average over every batch seen
-            factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                      else self.momentum)
+            factor = (
+                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            )
         # eval without running stats (track_running_stats=False) uses the batch's
         use_batch = self.training or (self.running_mean is None and self.running_var is None)
         return factor, use_batch
@@ -77,22 +92,34 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _check_channels(self, input: torch.Tensor) -> None:
         if input.size(1) != self.num_features:
-            raise ValueError(f"{type(self).__name__}: expected {self.num_features} channels "
-                             f"(num_features) on dim 1, got input of shape "
-                             f"{tuple(input.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}: expected {self.num_features} channels "
+                f"(num_features) on dim 1, got input of shape "
+                f"{tuple(input.shape)}"
+            )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
         self._check_channels(input)
         factor, use_batch = self._factor_and_mode()
         running_mean, running_var = self._buffers_for_call()
-        return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
-                            use_batch, factor, self.eps, backend=self.backend)
+        return F.batch_norm(
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            use_batch,
+            factor,
+            self.eps,
+            backend=self.backend,
+        )
 
 
 def _rank_error(name: str, allowed: str, input) -> ValueError:
-    return ValueError(f"{name}: expected {allowed} input (got {input.dim()}D input of shape "
-                      f"{tuple(input.shape)})")
+    return ValueError(
+        f"{name}: expected {allowed} input (got {input.dim()}D input of shape {tuple(input.shape)})"
+    )
 
 
 class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
@@ -203,11 +230,22 @@ class SyncBatchNorm(_BatchNorm):
         >>> model = SyncBatchNorm.convert_sync_batchnorm(model)  # doctest: +SKIP
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, process_group=None,
-                 device=None, dtype=None, *, bias: bool = True) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype, bias=bias)
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group=None,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        )
         self.process_group = process_group
 
     def _check_input_dim(self, input):
@@ -217,8 +255,10 @@ class SyncBatchNorm(_BatchNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
         if input.size(1) == 0:
-            raise ValueError("SyncBatchNorm: the number of input channels must be non-zero, "
-                             f"got shape {tuple(input.shape)}")
+            raise ValueError(
+                "SyncBatchNorm: the number of input channels must be non-zero, "
+                f"got shape {tuple(input.shape)}"
+            )
         self._check_channels(input)
         world = F._sync_world(self.process_group) if self.training else 1
         compiling = torch.compiler.is_compiling()
@@ -229,17 +269,43 @@ class SyncBatchNorm(_BatchNorm):
         factor, use_batch = self._factor_and_mode()
         running_mean, running_var = self._buffers_for_call()
         if not self.training:  # eval never communicates, even on batch statistics
-            return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
-                                use_batch, factor, self.eps, backend=self.backend)
+            return F.batch_norm(
+                input,
+                running_mean,
+                running_var,
+                self.weight,
+                self.bias,
+                use_batch,
+                factor,
+                self.eps,
+                backend=self.backend,
+            )
         if world > 1 and compiling:
             # traced: this call graph-breaks (fullgraph=False) and then runs eagerly,
             # agreement check included; fullgraph=True fails naming _EAGER_ONLY
-            return _checked_sync_batch_norm(input, running_mean, running_var, self.weight,
-                                            self.bias, factor, self.eps, self.process_group,
-                                            self.backend)
-        return F.sync_batch_norm(input, running_mean, running_var, self.weight, self.bias,
-                                 use_batch, factor, self.eps, self.process_group,
-                                 backend=self.backend)
+            return _checked_sync_batch_norm(
+                input,
+                running_mean,
+                running_var,
+                self.weight,
+                self.bias,
+                factor,
+                self.eps,
+                self.process_group,
+                self.backend,
+            )
+        return F.sync_batch_norm(
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            use_batch,
+            factor,
+            self.eps,
+            self.process_group,
+            backend=self.backend,
+        )
 
     @classmethod
     def convert_sync_batchnorm(cls, module: nn.Module, process_group=None) -> nn.Module:
@@ -250,9 +316,15 @@ class SyncBatchNorm(_BatchNorm):
         """
         out = module
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            out = cls(module.num_features, module.eps, module.momentum, module.affine,
-                      module.track_running_stats, process_group,
-                      bias=module.bias is not None)
+            out = cls(
+                module.num_features,
+                module.eps,
+                module.momentum,
+                module.affine,
+                module.track_running_stats,
+                process_group,
+                bias=module.bias is not None,
+            )
             if module.affine:
                 with torch.no_grad():
                     out.weight = module.weight
@@ -269,21 +341,34 @@ class SyncBatchNorm(_BatchNorm):
         return out
 
 
-_EAGER_ONLY = ("SyncBatchNorm over several processes is eager-only: torch.compile cannot "
-               "trace its collectives; compile with fullgraph=False (the sync step then runs "
-               "eagerly), or convert to BatchNorm for a single process")
+_EAGER_ONLY = (
+    "SyncBatchNorm over several processes is eager-only: torch.compile cannot "
+    "trace its collectives; compile with fullgraph=False (the sync step then runs "
+    "eagerly), or convert to BatchNorm for a single process"
+)
 
 
 @torch.compiler.disable(reason=_EAGER_ONLY)
-def _checked_sync_batch_norm(input, running_mean, running_var, weight, bias, factor, eps,
-                             process_group, backend):
+def _checked_sync_batch_norm(
+    input, running_mean, running_var, weight, bias, factor, eps, process_group, backend
+):
     """``F.sync_batch_norm`` preceded by the rank-agreement check, for compiled models:
     never traced, so under fullgraph=False the graph breaks here and both run eagerly."""
     world = F._sync_world(process_group)
     if world > 1:
         check_ranks_agree(input, process_group, world)
-    return F.sync_batch_norm(input, running_mean, running_var, weight, bias, True, factor, eps,
-                             process_group, backend=backend)
+    return F.sync_batch_norm(
+        input,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        True,
+        factor,
+        eps,
+        process_group,
+        backend=backend,
+    )
 
 
 class _InstanceNorm(nn.modules.instancenorm._InstanceNorm):
@@ -302,22 +387,34 @@ class _InstanceNorm(nn.modules.instancenorm._InstanceNorm):
             raise _rank_error(type(self).__name__, self._allowed, input)
 
     def _instance_norm(self, input):
-        return F.instance_norm(input, self.running_mean, self.running_var, self.weight,
-                               self.bias, self.training or not self.track_running_stats,
-                               self.momentum if self.momentum is not None else 0.0, self.eps,
-                               backend=self.backend)
+        return F.instance_norm(
+            input,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training or not self.track_running_stats,
+            self.momentum if self.momentum is not None else 0.0,
+            self.eps,
+            backend=self.backend,
+        )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
         feature_dim = input.dim() - self._no_batch_dim
         if input.size(feature_dim) != self.num_features:
             if self.affine:
-                raise ValueError(f"{type(self).__name__}: expected input's size at "
-                                 f"dim={feature_dim} to match num_features "
-                                 f"({self.num_features}), but got: {input.size(feature_dim)}.")
-            warnings.warn(f"input's size at dim={feature_dim} does not match num_features. "
-                          "You can silence this warning by not passing in num_features, "
-                          "which is not used because affine=False", stacklevel=2)
+                raise ValueError(
+                    f"{type(self).__name__}: expected input's size at "
+                    f"dim={feature_dim} to match num_features "
+                    f"({self.num_features}), but got: {input.size(feature_dim)}."
+                )
+            warnings.warn(
+                f"input's size at dim={feature_dim} does not match num_features. "
+                "You can silence this warning by not passing in num_features, "
+                "which is not used because affine=False",
+                stacklevel=2,
+            )
         if input.dim() == self._no_batch_dim:  # unbatched: add and drop a batch dim
             return self._instance_norm(input.unsqueeze(0)).squeeze(0)
         return self._instance_norm(input)
@@ -351,22 +448,31 @@ _INSTANCE_DOC = r"""Instance normalization over a {rank} input: per sample and c
 
 
 class InstanceNorm1d(_InstanceNorm, nn.InstanceNorm1d):
-    __doc__ = _INSTANCE_DOC.format(rank="2-D or 3-D", shapes="(N, C, L) or (C, L)",
-                                   name="InstanceNorm1d", example="2, 3, 7")
+    __doc__ = _INSTANCE_DOC.format(
+        rank="2-D or 3-D", shapes="(N, C, L) or (C, L)", name="InstanceNorm1d", example="2, 3, 7"
+    )
     _no_batch_dim = 2
     _allowed = "2D or 3D"
 
 
 class InstanceNorm2d(_InstanceNorm, nn.InstanceNorm2d):
-    __doc__ = _INSTANCE_DOC.format(rank="3-D or 4-D", shapes="(N, C, H, W) or (C, H, W)",
-                                   name="InstanceNorm2d", example="2, 3, 5, 5")
+    __doc__ = _INSTANCE_DOC.format(
+        rank="3-D or 4-D",
+        shapes="(N, C, H, W) or (C, H, W)",
+        name="InstanceNorm2d",
+        example="2, 3, 5, 5",
+    )
     _no_batch_dim = 3
     _allowed = "3D or 4D"
 
 
 class InstanceNorm3d(_InstanceNorm, nn.InstanceNorm3d):
-    __doc__ = _INSTANCE_DOC.format(rank="4-D or 5-D", shapes="(N, C, D, H, W) or (C, D, H, W)",
-                                   name="InstanceNorm3d", example="2, 3, 2, 4, 4")
+    __doc__ = _INSTANCE_DOC.format(
+        rank="4-D or 5-D",
+        shapes="(N, C, D, H, W) or (C, D, H, W)",
+        name="InstanceNorm3d",
+        example="2, 3, 2, 4, 4",
+    )
     _no_batch_dim = 4
     _allowed = "4D or 5D"
 
@@ -396,8 +502,9 @@ class LayerNorm(nn.LayerNorm):
     backend = "auto"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
-                            backend=self.backend)
+        return F.layer_norm(
+            input, self.normalized_shape, self.weight, self.bias, self.eps, backend=self.backend
+        )
 
 
 class GroupNorm(nn.GroupNorm):
@@ -427,21 +534,35 @@ class GroupNorm(nn.GroupNorm):
 
     backend = "auto"
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
-                 affine: bool = True, device=None, dtype=None, *, bias: bool = True) -> None:
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
         # checked before torch's constructor so the message names the fix
         if num_groups <= 0 or num_channels % num_groups != 0:
-            raise ValueError(f"GroupNorm: num_channels ({num_channels}) must be divisible by "
-                             f"num_groups ({num_groups}); choose num_groups among the "
-                             f"divisors of {num_channels}")
+            raise ValueError(
+                f"GroupNorm: num_channels ({num_channels}) must be divisible by "
+                f"num_groups ({num_groups}); choose num_groups among the "
+                f"divisors of {num_channels}"
+            )
         super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() >= 2 and input.size(1) != self.num_channels:
-            raise ValueError(f"GroupNorm: expected {self.num_channels} channels on dim 1, got "
-                             f"input of shape {tuple(input.shape)}")
-        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
-                            backend=self.backend)
+            raise ValueError(
+                f"GroupNorm: expected {self.num_channels} channels on dim 1, got "
+                f"input of shape {tuple(input.shape)}"
+            )
+        return F.group_norm(
+            input, self.num_groups, self.weight, self.bias, self.eps, backend=self.backend
+        )
 
 
 class RMSNorm(nn.RMSNorm):
@@ -468,8 +589,7 @@ class RMSNorm(nn.RMSNorm):
     backend = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps,
-                          backend=self.backend)
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps, backend=self.backend)
 
 
 class ChannelRMSNorm(nn.Module):
@@ -497,8 +617,14 @@ class ChannelRMSNorm(nn.Module):
         torch.Size([2, 8, 4, 4])
     """
 
-    def __init__(self, num_channels: int, eps: Optional[float] = None, affine: bool = True,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        eps: Optional[float] = None,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.eps = eps
@@ -513,8 +639,10 @@ class ChannelRMSNorm(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() < 2 or input.size(1) != self.num_channels:
-            raise ValueError(f"ChannelRMSNorm: expected an (N, {self.num_channels}, *) input, "
-                             f"got shape {tuple(input.shape)}")
+            raise ValueError(
+                f"ChannelRMSNorm: expected an (N, {self.num_channels}, *) input, "
+                f"got shape {tuple(input.shape)}"
+            )
         return F.channel_rms_norm(input, self.weight, self.eps, backend=self.backend)
 
     def extra_repr(self) -> str:

@@ -50,14 +50,39 @@ class WSConv2d(nn.Conv2d):
         torch.Size([2, 8, 16, 16])
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
-                 dtype=None, eps: float = 1e-6) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device, dtype)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
+        )
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
-            raise ValueError(f"WSConv2d: eps must be a positive float, got {eps!r}; a filter "
-                             "with all-equal values has variance 0")
+            raise ValueError(
+                f"WSConv2d: eps must be a positive float, got {eps!r}; a filter "
+                "with all-equal values has variance 0"
+            )
         self.eps = float(eps)
 
     def standardized_weight(self) -> torch.Tensor:

@@ -27,8 +27,20 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["Arg", "Out", "OpSchema", "OPS", "BACKENDS", "implements", "implementations",
-           "check_backend", "custom_op_schema", "markdown_table", "ops_of", "declare"]
+__all__ = [
+    "Arg",
+    "Out",
+    "OpSchema",
+    "OPS",
+    "BACKENDS",
+    "implements",
+    "implementations",
+    "check_backend",
+    "custom_op_schema",
+    "markdown_table",
+    "ops_of",
+    "declare",
+]
 
 BACKENDS = ("torch", "cpu", "triton")
 
@@ -103,12 +115,14 @@ class OpSchema:
         self._arg_index.update({a.name: i for i, a in enumerate(self.args)})
         for out in self.outputs:
             if out.kind == "like" and out.like not in self._arg_index:
-                raise ValueError(f"{self.name}: output {out.name!r} is like unknown arg "
-                                 f"{out.like!r}")
+                raise ValueError(
+                    f"{self.name}: output {out.name!r} is like unknown arg {out.like!r}"
+                )
         unknown = set(self.backends) - set(BACKENDS)
         if unknown:
-            raise ValueError(f"{self.name}: unknown backends {sorted(unknown)}; "
-                             f"choose from {BACKENDS}")
+            raise ValueError(
+                f"{self.name}: unknown backends {sorted(unknown)}; choose from {BACKENDS}"
+            )
 
     def bind(self, args: Sequence) -> Dict[str, object]:
         """``{arg name: value}`` for a positional call (without the backend)."""
@@ -170,122 +184,236 @@ def _scale_dtype(a) -> torch.dtype:
 
 
 _T, _OT = "Tensor", "Tensor?"
-_LRN_PARAMS = (Arg("back", "int"), Arg("ahead", "int"), Arg("alpha", "float"),
-               Arg("beta", "float"), Arg("k", "float"), Arg("within", "bool"))
+_LRN_PARAMS = (
+    Arg("back", "int"),
+    Arg("ahead", "int"),
+    Arg("alpha", "float"),
+    Arg("beta", "float"),
+    Arg("k", "float"),
+    Arg("within", "bool"),
+)
 
 
 def _schemas() -> Tuple[OpSchema, ...]:
     y, dx = Out("y", "like"), Out("dx", "like")
     return (
-        OpSchema("lrn_fwd", (Arg("x", _T),) + _LRN_PARAMS, (y,),
-                 "LRN forward in canonical form",
-                 "x: (N, C, *) channels on dim 1; within: (N, C, H, W)", saved="x"),
-        OpSchema("lrn_bwd", (Arg("x", _T), Arg("dy", _T)) + _LRN_PARAMS, (dx,),
-                 "LRN backward", "recompute the scale from x"),
-        OpSchema("layer_norm_fwd",
-                 (Arg("x", _T), Arg("weight", _OT), Arg("bias", _OT), Arg("eps", "float")),
-                 (y, Out("mean", "stats", _rows, "(M,)"), Out("rstd", "stats", _rows, "(M,)")),
-                 "LayerNorm of rows", "x: (M, D); weight, bias: (D,); mean, rstd: (M,) f32 stats",
-                 saved="x, mean, rstd, weight"),
-        OpSchema("layer_norm_bwd",
-                 (Arg("dy", _T), Arg("x", _T), Arg("mean", _T), Arg("rstd", _T),
-                  Arg("weight", _OT)),
-                 (dx, Out("dweight", "weight_grad"), Out("dbias", "param_grad", _cols, "(D,)")),
-                 "LayerNorm backward",
-                 "dweight empty (0,) when weight is None; dbias (column sums of dy) always"),
-        OpSchema("rms_norm_fwd", (Arg("x", _T), Arg("weight", _OT), Arg("eps", "float")),
-                 (y, Out("rstd", "stats", _rows, "(M,)")),
-                 "RMSNorm of rows", "x: (M, D); rstd: (M,)", saved="x, rstd, weight"),
-        OpSchema("rms_norm_bwd",
-                 (Arg("dy", _T), Arg("x", _T), Arg("rstd", _T), Arg("weight", _OT)),
-                 (dx, Out("dweight", "weight_grad")), "RMSNorm backward", ""),
-        OpSchema("group_norm_fwd",
-                 (Arg("x", _T), Arg("weight", _OT), Arg("bias", _OT), Arg("num_groups", "int"),
-                  Arg("eps", "float")),
-                 (y, Out("mean", "stats", _groups, "(N, G)"),
-                  Out("rstd", "stats", _groups, "(N, G)")),
-                 "GroupNorm (InstanceNorm: G = C)",
-                 "x: (N, C, L); weight, bias: (C,); mean, rstd: (N, G)",
-                 saved="x, mean, rstd, weight"),
-        OpSchema("group_norm_bwd",
-                 (Arg("dy", _T), Arg("x", _T), Arg("mean", _T), Arg("rstd", _T),
-                  Arg("weight", _OT), Arg("num_groups", "int")),
-                 (dx, Out("dweight", "weight_grad"), Out("dbias", "param_grad", _cols, "(C,)")),
-                 "GroupNorm backward", "as layer_norm_bwd; dweight, dbias (C,)"),
-        OpSchema("batch_norm_stats", (Arg("x", _T),),
-                 (Out("mean", "stats", _cols, "(C,)"), Out("var", "stats", _cols, "(C,)")),
-                 "per-channel batch statistics",
-                 "x: (N, C, L); mean, var (biased): (C,) f32 stats"),
-        OpSchema("batch_norm_apply",
-                 (Arg("x", _T), Arg("mean", _T), Arg("rstd", _T), Arg("weight", _OT),
-                  Arg("bias", _OT)),
-                 (y,), "per-channel affine normalization",
-                 "also the eval path with running stats", saved="x, mean, rstd, weight"),
-        OpSchema("batch_norm_bwd_reduce",
-                 (Arg("dy", _T), Arg("x", _T), Arg("mean", _T), Arg("rstd", _T)),
-                 (Out("sum_dy", "stats", _cols, "(C,)"),
-                  Out("sum_dy_xhat", "stats", _cols, "(C,)")),
-                 "BatchNorm backward sums", "(C,) f32 each; SyncBatchNorm all-reduces these"),
-        OpSchema("batch_norm_bwd_apply",
-                 (Arg("dy", _T), Arg("x", _T), Arg("mean", _T), Arg("rstd", _T),
-                  Arg("weight", _OT), Arg("sum_dy", _T), Arg("sum_dy_xhat", _T),
-                  Arg("count", "int")),
-                 (dx,), "BatchNorm input gradient", "dweight = sum_dy_xhat, dbias = sum_dy"),
-        OpSchema("frn_fwd",
-                 (Arg("x", _T), Arg("weight", _T), Arg("bias", _T), Arg("tau", _T),
-                  Arg("eps", _T)),
-                 (y, Out("rstd", "stats", _planes, "(N, C)")),
-                 "Filter Response Normalization + TLU",
-                 "x: (N, C, L); weight, bias, tau, eps: (C,) (absent ones filled with 1, 0, "
-                 "-inf and the float eps); rstd: (N, C) f32 stats",
-                 saved="x, rstd, weight, bias, tau"),
-        OpSchema("frn_bwd",
-                 (Arg("dy", _T), Arg("x", _T), Arg("rstd", _T), Arg("weight", _T),
-                  Arg("bias", _T), Arg("tau", _T)),
-                 (dx,) + tuple(Out(n, "stats", _cols, "(C,)")
-                               for n in ("dweight", "dbias", "dtau", "deps")),
-                 "FRN + TLU backward", "dweight, dbias, dtau, deps: (C,) f32 stats"),
-        OpSchema("add_rms_norm_fwd",
-                 (Arg("x", _T), Arg("residual", _OT), Arg("weight", _OT), Arg("eps", "float"),
-                  Arg("residual_in_fp32", "bool")),
-                 (y, Out("h", "like", dtype=h_dtype),
-                  Out("rstd", "stats", _rows, "(M,)", dtype=_h_stats_dtype)),
-                 "residual add + RMSNorm",
-                 "x, residual: (M, D); h = x + residual (float32 with residual_in_fp32); "
-                 "rstd: (M,)", saved="h, rstd, weight"),
-        OpSchema("add_rms_norm_bwd",
-                 (Arg("dy", _T), Arg("dh", _OT), Arg("h", _T), Arg("rstd", _T),
-                  Arg("weight", _OT)),
-                 (Out("dsum", "like", like="h"), Out("dweight", "weight_grad", like="h")),
-                 "residual add + RMSNorm backward",
-                 "dsum = dx = dresidual (M, D) in h's dtype; dh may be None"),
-        OpSchema("add_layer_norm_fwd",
-                 (Arg("x", _T), Arg("residual", _OT), Arg("weight", _OT), Arg("bias", _OT),
-                  Arg("eps", "float"), Arg("residual_in_fp32", "bool")),
-                 (y, Out("h", "like", dtype=h_dtype),
-                  Out("mean", "stats", _rows, "(M,)", dtype=_h_stats_dtype),
-                  Out("rstd", "stats", _rows, "(M,)", dtype=_h_stats_dtype)),
-                 "residual add + LayerNorm", "as add_rms_norm_fwd; mean, rstd: (M,)",
-                 saved="h, mean, rstd, weight"),
-        OpSchema("add_layer_norm_bwd",
-                 (Arg("dy", _T), Arg("dh", _OT), Arg("h", _T), Arg("mean", _T), Arg("rstd", _T),
-                  Arg("weight", _OT)),
-                 (Out("dsum", "like", like="h"), Out("dweight", "weight_grad", like="h"),
-                  Out("dbias", "param_grad", _h_cols, "(D,)", like="h")),
-                 "residual add + LayerNorm backward", "as add_rms_norm_bwd; dbias (D,)"),
-        OpSchema("modulated_layer_norm_fwd",
-                 (Arg("x", _T), Arg("shift", _T), Arg("scale", _T), Arg("eps", "float")),
-                 (y, Out("mean", "stats", _tokens, "(N, T)"),
-                  Out("rstd", "stats", _tokens, "(N, T)")),
-                 "LN(x) (1 + scale) + shift (DiT adaLN)",
-                 "x: (N, T, D); shift, scale: (N, D); mean, rstd: (N, T)",
-                 saved="x, mean, rstd, scale"),
-        OpSchema("modulated_layer_norm_bwd",
-                 (Arg("dy", _T), Arg("x", _T), Arg("mean", _T), Arg("rstd", _T),
-                  Arg("scale", _T)),
-                 (dx, Out("dshift", "param_grad", _scale_shape, "(N, D)", dtype=_scale_dtype),
-                  Out("dscale", "param_grad", _scale_shape, "(N, D)", dtype=_scale_dtype)),
-                 "modulated LayerNorm backward", "dshift, dscale: (N, D) in scale's dtype"),
+        OpSchema(
+            "lrn_fwd",
+            (Arg("x", _T),) + _LRN_PARAMS,
+            (y,),
+            "LRN forward in canonical form",
+            "x: (N, C, *) channels on dim 1; within: (N, C, H, W)",
+            saved="x",
+        ),
+        OpSchema(
+            "lrn_bwd",
+            (Arg("x", _T), Arg("dy", _T)) + _LRN_PARAMS,
+            (dx,),
+            "LRN backward",
+            "recompute the scale from x",
+        ),
+        OpSchema(
+            "layer_norm_fwd",
+            (Arg("x", _T), Arg("weight", _OT), Arg("bias", _OT), Arg("eps", "float")),
+            (y, Out("mean", "stats", _rows, "(M,)"), Out("rstd", "stats", _rows, "(M,)")),
+            "LayerNorm of rows",
+            "x: (M, D); weight, bias: (D,); mean, rstd: (M,) f32 stats",
+            saved="x, mean, rstd, weight",
+        ),
+        OpSchema(
+            "layer_norm_bwd",
+            (Arg("dy", _T), Arg("x", _T), Arg("mean", _T), Arg("rstd", _T), Arg("weight", _OT)),
+            (dx, Out("dweight", "weight_grad"), Out("dbias", "param_grad", _cols, "(D,)")),
+            "LayerNorm backward",
+            "dweight empty (0,) when weight is None; dbias (column sums of dy) always",
+        ),
+        OpSchema(
+            "rms_norm_fwd",
+            (Arg("x", _T), Arg("weight", _OT), Arg("eps", "float")),
+            (y, Out("rstd", "stats", _rows, "(M,)")),
+            "RMSNorm of rows",
+            "x: (M, D); rstd: (M,)",
+            saved="x, rstd, weight",
+        ),
+        OpSchema(
+            "rms_norm_bwd",
+            (Arg("dy", _T), Arg("x", _T), Arg("rstd", _T), Arg("weight", _OT)),
+            (dx, Out("dweight", "weight_grad")),
+            "RMSNorm backward",
+            "",
+        ),
+        OpSchema(
+            "group_norm_fwd",
+            (
+                Arg("x", _T),
+                Arg("weight", _OT),
+                Arg("bias", _OT),
+                Arg("num_groups", "int"),
+                Arg("eps", "float"),
+            ),
+            (y, Out("mean", "stats", _groups, "(N, G)"), Out("rstd", "stats", _groups, "(N, G)")),
+            "GroupNorm (InstanceNorm: G = C)",
+            "x: (N, C, L); weight, bias: (C,); mean, rstd: (N, G)",
+            saved="x, mean, rstd, weight",
+        ),
+        OpSchema(
+            "group_norm_bwd",
+            (
+                Arg("dy", _T),
+                Arg("x", _T),
+                Arg("mean", _T),
+                Arg("rstd", _T),
+                Arg("weight", _OT),
+                Arg("num_groups", "int"),
+            ),
+            (dx, Out("dweight", "weight_grad"), Out("dbias", "param_grad", _cols, "(C,)")),
+            "GroupNorm backward",
+            "as layer_norm_bwd; dweight, dbias (C,)",
+        ),
+        OpSchema(
+            "batch_norm_stats",
+            (Arg("x", _T),),
+            (Out("mean", "stats", _cols, "(C,)"), Out("var", "stats", _cols, "(C,)")),
+            "per-channel batch statistics",
+            "x: (N, C, L); mean, var (biased): (C,) f32 stats",
+        ),
+        OpSchema(
+            "batch_norm_apply",
+            (Arg("x", _T), Arg("mean", _T), Arg("rstd", _T), Arg("weight", _OT), Arg("bias", _OT)),
+            (y,),
+            "per-channel affine normalization",
+            "also the eval path with running stats",
+            saved="x, mean, rstd, weight",
+        ),
+        OpSchema(
+            "batch_norm_bwd_reduce",
+            (Arg("dy", _T), Arg("x", _T), Arg("mean", _T), Arg("rstd", _T)),
+            (Out("sum_dy", "stats", _cols, "(C,)"), Out("sum_dy_xhat", "stats", _cols, "(C,)")),
+            "BatchNorm backward sums",
+            "(C,) f32 each; SyncBatchNorm all-reduces these",
+        ),
+        OpSchema(
+            "batch_norm_bwd_apply",
+            (
+                Arg("dy", _T),
+                Arg("x", _T),
+                Arg("mean", _T),
+                Arg("rstd", _T),
+                Arg("weight", _OT),
+                Arg("sum_dy", _T),
+                Arg("sum_dy_xhat", _T),
+                Arg("count", "int"),
+            ),
+            (dx,),
+            "BatchNorm input gradient",
+            "dweight = sum_dy_xhat, dbias = sum_dy",
+        ),
+        OpSchema(
+            "frn_fwd",
+            (Arg("x", _T), Arg("weight", _T), Arg("bias", _T), Arg("tau", _T), Arg("eps", _T)),
+            (y, Out("rstd", "stats", _planes, "(N, C)")),
+            "Filter Response Normalization + TLU",
+            "x: (N, C, L); weight, bias, tau, eps: (C,) (absent ones filled with 1, 0, "
+            "-inf and the float eps); rstd: (N, C) f32 stats",
+            saved="x, rstd, weight, bias, tau",
+        ),
+        OpSchema(
+            "frn_bwd",
+            (
+                Arg("dy", _T),
+                Arg("x", _T),
+                Arg("rstd", _T),
+                Arg("weight", _T),
+                Arg("bias", _T),
+                Arg("tau", _T),
+            ),
+            (dx,)
+            + tuple(Out(n, "stats", _cols, "(C,)") for n in ("dweight", "dbias", "dtau", "deps")),
+            "FRN + TLU backward",
+            "dweight, dbias, dtau, deps: (C,) f32 stats",
+        ),
+        OpSchema(
+            "add_rms_norm_fwd",
+            (
+                Arg("x", _T),
+                Arg("residual", _OT),
+                Arg("weight", _OT),
+                Arg("eps", "float"),
+                Arg("residual_in_fp32", "bool"),
+            ),
+            (
+                y,
+                Out("h", "like", dtype=h_dtype),
+                Out("rstd", "stats", _rows, "(M,)", dtype=_h_stats_dtype),
+            ),
+            "residual add + RMSNorm",
+            "x, residual: (M, D); h = x + residual (float32 with residual_in_fp32); rstd: (M,)",
+            saved="h, rstd, weight",
+        ),
+        OpSchema(
+            "add_rms_norm_bwd",
+            (Arg("dy", _T), Arg("dh", _OT), Arg("h", _T), Arg("rstd", _T), Arg("weight", _OT)),
+            (Out("dsum", "like", like="h"), Out("dweight", "weight_grad", like="h")),
+            "residual add + RMSNorm backward",
+            "dsum = dx = dresidual (M, D) in h's dtype; dh may be None",
+        ),
+        OpSchema(
+            "add_layer_norm_fwd",
+            (
+                Arg("x", _T),
+                Arg("residual", _OT),
+                Arg("weight", _OT),
+                Arg("bias", _OT),
+                Arg("eps", "float"),
+                Arg("residual_in_fp32", "bool"),
+            ),
+            (
+                y,
+                Out("h", "like", dtype=h_dtype),
+                Out("mean", "stats", _rows, "(M,)", dtype=_h_stats_dtype),
+                Out("rstd", "stats", _rows, "(M,)", dtype=_h_stats_dtype),
+            ),
+            "residual add + LayerNorm",
+            "as add_rms_norm_fwd; mean, rstd: (M,)",
+            saved="h, mean, rstd, weight",
+        ),
+        OpSchema(
+            "add_layer_norm_bwd",
+            (
+                Arg("dy", _T),
+                Arg("dh", _OT),
+                Arg("h", _T),
+                Arg("mean", _T),
+                Arg("rstd", _T),
+                Arg("weight", _OT),
+            ),
+            (
+                Out("dsum", "like", like="h"),
+                Out("dweight", "weight_grad", like="h"),
+                Out("dbias", "param_grad", _h_cols, "(D,)", like="h"),
+            ),
+            "residual add + LayerNorm backward",
+            "as add_rms_norm_bwd; dbias (D,)",
+        ),
+        OpSchema(
+            "modulated_layer_norm_fwd",
+            (Arg("x", _T), Arg("shift", _T), Arg("scale", _T), Arg("eps", "float")),
+            (y, Out("mean", "stats", _tokens, "(N, T)"), Out("rstd", "stats", _tokens, "(N, T)")),
+            "LN(x) (1 + scale) + shift (DiT adaLN)",
+            "x: (N, T, D); shift, scale: (N, D); mean, rstd: (N, T)",
+            saved="x, mean, rstd, scale",
+        ),
+        OpSchema(
+            "modulated_layer_norm_bwd",
+            (Arg("dy", _T), Arg("x", _T), Arg("mean", _T), Arg("rstd", _T), Arg("scale", _T)),
+            (
+                dx,
+                Out("dshift", "param_grad", _scale_shape, "(N, D)", dtype=_scale_dtype),
+                Out("dscale", "param_grad", _scale_shape, "(N, D)", dtype=_scale_dtype),
+            ),
+            "modulated LayerNorm backward",
+            "dshift, dscale: (N, D) in scale's dtype",
+        ),
     )
 
 
@@ -299,7 +427,9 @@ def ops_of(family: str) -> Tuple[str, ...]:
     """The ops serving one layer family, in declaration order (e.g. ``("frn_fwd", "frn_bwd")``)."""
     names = tuple(name for name, s in OPS.items() if s.family == family)
     if not names:
-        raise KeyError(f"no op of family {family!r}; known: {sorted({s.family for s in OPS.values()})}")
+        raise KeyError(
+            f"no op of family {family!r}; known: {sorted({s.family for s in OPS.values()})}"
+        )
     return names
 
 
@@ -327,11 +457,15 @@ def implements(op: str, backend: str, why_not: Optional[Callable] = None):
     when the kernel can run on ``x``, else the reason it cannot.
     """
     if op not in OPS:
-        raise KeyError(f"op {op!r} is not declared in normkit.ops.schema; declare it first "
-                       f"(known: {sorted(OPS)})")
+        raise KeyError(
+            f"op {op!r} is not declared in normkit.ops.schema; declare it first "
+            f"(known: {sorted(OPS)})"
+        )
     if backend not in OPS[op].backends:
-        raise ValueError(f"op {op!r} does not list backend {backend!r} "
-                         f"(declared: {OPS[op].backends}); add it to the schema entry")
+        raise ValueError(
+            f"op {op!r} does not list backend {backend!r} "
+            f"(declared: {OPS[op].backends}); add it to the schema entry"
+        )
 
     def register(fn: Callable) -> Callable:
         _IMPLS[backend][op] = fn
@@ -353,8 +487,10 @@ def check_backend(backend: str) -> Dict[str, Callable]:
     declared = {name for name, s in OPS.items() if backend in s.backends}
     missing, extra = declared - set(impls), set(impls) - declared
     if missing or extra:
-        raise RuntimeError(f"backend {backend!r} does not match normkit.ops.schema: "
-                           f"missing {sorted(missing)}, extra {sorted(extra)}")
+        raise RuntimeError(
+            f"backend {backend!r} does not match normkit.ops.schema: "
+            f"missing {sorted(missing)}, extra {sorted(extra)}"
+        )
     return dict(impls)
 
 

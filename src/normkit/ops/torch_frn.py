@@ -14,6 +14,7 @@ The math and its derivation are in :mod:`normkit.reference.frn`.
 from __future__ import annotations
 
 import torch
+
 from .schema import implements
 
 __all__ = ["frn_fwd", "frn_bwd", "compute_dtype"]

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import torch
 
-from .torch_ops import _centred_moments, compute_dtype
 from . import schema as _schema
 from .schema import implements
+from .torch_ops import _centred_moments, compute_dtype
 
-__all__ = ["add_rms_norm_fwd", "add_rms_norm_bwd", "add_layer_norm_fwd",
-           "add_layer_norm_bwd", "modulated_layer_norm_fwd", "modulated_layer_norm_bwd"]
+__all__ = [
+    "add_rms_norm_fwd",
+    "add_rms_norm_bwd",
+    "add_layer_norm_fwd",
+    "add_layer_norm_bwd",
+    "modulated_layer_norm_fwd",
+    "modulated_layer_norm_bwd",
+]
 
 
 def _sum(x, residual, cdt):
@@ -104,8 +110,9 @@ def modulated_layer_norm_fwd(x, shift, scale, eps: float):
     cdt = compute_dtype(x.dtype)
     centred, mean, var = _centred_moments(x.to(cdt), (-1,))
     rstd = var.add_(eps).rsqrt_()
-    y = torch.addcmul(shift.to(cdt).unsqueeze(1), centred.mul_(rstd),
-                      scale.to(cdt).unsqueeze(1) + 1.0)
+    y = torch.addcmul(
+        shift.to(cdt).unsqueeze(1), centred.mul_(rstd), scale.to(cdt).unsqueeze(1) + 1.0
+    )
     return y.to(x.dtype), mean.squeeze(-1), rstd.squeeze(-1)
 
 

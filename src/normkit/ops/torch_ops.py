@@ -10,6 +10,7 @@ cast back.
 from __future__ import annotations
 
 import torch
+
 from .schema import implements
 
 
@@ -49,8 +50,9 @@ def _scale(x32: torch.Tensor, back: int, ahead: int, alpha: float, k: float, wit
 
 
 @implements("lrn_fwd", "torch")
-def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float,
-            within: bool) -> torch.Tensor:
+def lrn_fwd(
+    x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float, within: bool
+) -> torch.Tensor:
     """y = x * (k + alpha * S)^-beta."""
     x32 = x.to(compute_dtype(x.dtype))  # no copy for float32/float64
     scale = _scale(x32, back, ahead, alpha, k, within)  # like x, compute dtype
@@ -59,8 +61,16 @@ def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k
 
 
 @implements("lrn_bwd", "torch")
-def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: float,
-            beta: float, k: float, within: bool) -> torch.Tensor:
+def lrn_bwd(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    back: int,
+    ahead: int,
+    alpha: float,
+    beta: float,
+    k: float,
+    within: bool,
+) -> torch.Tensor:
     """dx = dy s^-beta - 2 alpha beta x * W^T(dy x s^(-beta-1)); s recomputed from x."""
     cdt = compute_dtype(x.dtype)
     x32 = x.to(cdt)
@@ -111,8 +121,7 @@ def moments(x: torch.Tensor, dims) -> tuple:
 def _affine_(t: torch.Tensor, weight, bias, shape) -> torch.Tensor:
     """t * weight + bias in place (t is a fresh compute-dtype tensor)."""
     if weight is not None and bias is not None:  # one pass instead of two
-        return torch.addcmul(bias.to(t.dtype).view(shape), t, weight.to(t.dtype).view(shape),
-                             out=t)
+        return torch.addcmul(bias.to(t.dtype).view(shape), t, weight.to(t.dtype).view(shape), out=t)
     if weight is not None:
         t.mul_(weight.to(t.dtype).view(shape))
     if bias is not None:
@@ -201,8 +210,9 @@ def group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight, num_gr
     xg = x.reshape(n, num_groups, -1).to(cdt)
     x_hat = (xg - mean.view(n, num_groups, 1)).mul_(rstd3)  # (N, G, C/G * L), fresh
     dy32 = dy.to(cdt)
-    dweight = None if weight is None else (dy32 * x_hat.view(n, c, length)).sum((0, 2)).to(
-        weight.dtype)
+    dweight = (
+        None if weight is None else (dy32 * x_hat.view(n, c, length)).sum((0, 2)).to(weight.dtype)
+    )
     dbias = dy32.sum((0, 2)).to(_grad_dtype(x, weight))
     g = dy32 if weight is None else dy32 * weight.to(cdt).view(1, -1, 1)
     gg = g.reshape(n, num_groups, -1)
@@ -247,8 +257,9 @@ def batch_norm_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, mean, rstd):
 
 
 @implements("batch_norm_bwd_apply", "torch")
-def batch_norm_bwd_apply(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight, sum_dy,
-                         sum_dy_xhat, count) -> torch.Tensor:
+def batch_norm_bwd_apply(
+    dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight, sum_dy, sum_dy_xhat, count
+) -> torch.Tensor:
     """dx = weight rstd (dy - sum_dy / count - x_hat sum_dy_xhat / count).
 
     ``count`` is the number of values per channel over every process; with

@@ -46,8 +46,14 @@ from __future__ import annotations
 from ._base import NotFittedError, OutOfRangeCounts, OutOfRangeWarning
 from ._base import _BaseScaler as _BaseScaler  # the base class, for subclassing tests
 from ._persist import load
-from ._scalers import (SCALERS, ArctanScaler, Log10Scaler, MinMaxScaler, ReciprocalScaler,
-                       StandardScaler)
+from ._scalers import (
+    SCALERS,
+    ArctanScaler,
+    Log10Scaler,
+    MinMaxScaler,
+    ReciprocalScaler,
+    StandardScaler,
+)
 
 __all__ = [
     "MinMaxScaler",
@@ -67,8 +73,13 @@ __all__ = [
     "ArctanTransform",
 ]
 
-_MODULE_TWINS = ("MinMaxScale", "Standardize", "ReciprocalTransform", "Log10Transform",
-                 "ArctanTransform")
+_MODULE_TWINS = (
+    "MinMaxScale",
+    "Standardize",
+    "ReciprocalTransform",
+    "Log10Transform",
+    "ArctanTransform",
+)
 
 
 def __getattr__(name):

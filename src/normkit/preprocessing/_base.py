@@ -67,16 +67,21 @@ class _BaseScaler:
         valid = self._param_names()
         for key, value in params.items():
             if key not in valid:
-                raise ValueError(f"{type(self).__name__}.set_params: unknown parameter {key!r}; "
-                                 f"valid parameters are {valid}")
+                raise ValueError(
+                    f"{type(self).__name__}.set_params: unknown parameter {key!r}; "
+                    f"valid parameters are {valid}"
+                )
             setattr(self, key, value)
         return self
 
     def __repr__(self) -> str:
         sig = inspect.signature(type(self).__init__)
-        args = [f"{k}={v!r}" for k, v in self.get_params().items()
-                if sig.parameters[k].default is inspect.Parameter.empty
-                or v != sig.parameters[k].default]
+        args = [
+            f"{k}={v!r}"
+            for k, v in self.get_params().items()
+            if sig.parameters[k].default is inspect.Parameter.empty
+            or v != sig.parameters[k].default
+        ]
         return f"{type(self).__name__}({', '.join(args)})"
 
     def __sklearn_is_fitted__(self) -> bool:
@@ -85,9 +90,14 @@ class _BaseScaler:
     def __sklearn_tags__(self):
         # only scikit-learn calls this, so importing it here adds no dependency
         from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
-        tags = Tags(estimator_type=None, target_tags=TargetTags(required=False),
-                    transformer_tags=TransformerTags(), regressor_tags=None,
-                    classifier_tags=None)
+
+        tags = Tags(
+            estimator_type=None,
+            target_tags=TargetTags(required=False),
+            transformer_tags=TransformerTags(),
+            regressor_tags=None,
+            classifier_tags=None,
+        )
         tags.input_tags = InputTags(allow_nan=True)
         return tags
 
@@ -134,16 +144,20 @@ class _BaseScaler:
         batch = _as_batch(name, "partial_fit", X)
         shape = tuple(batch.x.shape)
         if batch.n_rows == 0:
-            raise ValueError(f"{name}.partial_fit: found array with 0 sample(s) (shape={shape}) "
-                             "while a minimum of 1 is required to compute statistics")
+            raise ValueError(
+                f"{name}.partial_fit: found array with 0 sample(s) (shape={shape}) "
+                "while a minimum of 1 is required to compute statistics"
+            )
         first = not hasattr(self, "n_features_in_")
         names = _feature_names(X)
         if not first:
             self._check_feature_names(names, "partial_fit")
             self._check_n_features(batch, "partial_fit")
         elif batch.x.shape[1] == 0:
-            raise ValueError(f"{name}.partial_fit: found array with 0 feature(s) "
-                             f"(shape={shape}) while a minimum of 1 is required.")
+            raise ValueError(
+                f"{name}.partial_fit: found array with 0 feature(s) "
+                f"(shape={shape}) while a minimum of 1 is required."
+            )
         # every check before the first change: a rejected chunk leaves the scaler as it was
         self._check_domain(batch, "partial_fit")
         if first:
@@ -184,7 +198,8 @@ class _BaseScaler:
             raise NotFittedError(
                 f"{type(self).__name__}.{what}: this scaler is not fitted yet; call fit(X) "
                 "(or partial_fit on chunks, or load a saved scaler) before "
-                f"{what}")
+                f"{what}"
+            )
 
     def _check_n_features(self, batch: _Batch, what: str) -> None:
         got = batch.x.shape[1]
@@ -193,7 +208,8 @@ class _BaseScaler:
             raise ValueError(
                 f"{name}.{what}: X has {got} features, but {name} is expecting "
                 f"{self.n_features_in_} features as input (the number fit saw); pass data "
-                "with the same columns as fit, or refit")
+                "with the same columns as fit, or refit"
+            )
 
     def _check_domain(self, batch: _Batch, what: str) -> None:
         """Raise when the forward map is undefined somewhere in ``batch``."""
@@ -215,7 +231,8 @@ class _BaseScaler:
                 f"{type(self).__name__}.{what}: finite inputs would become inf or NaN in "
                 f"{batch.out_dtype} ({_column_report(batch, bad_out, batch.x)}); either the "
                 "result overflows the output dtype (pass float64 or float32 data) or fit saw "
-                "no value in that column (its statistics are NaN: fit on data that has some)")
+                "no value in that column (its statistics are NaN: fit on data that has some)"
+            )
         return y
 
     def _count_out_of_range(self, batch: _Batch) -> Tuple[np.ndarray, np.ndarray]:
@@ -232,12 +249,18 @@ class _BaseScaler:
         if fitted is None and names is None:
             return
         if fitted is not None and names is None:
-            warnings.warn(f"X does not have valid feature names, but {cls} was fitted with "
-                          "feature names", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"X does not have valid feature names, but {cls} was fitted with feature names",
+                UserWarning,
+                stacklevel=3,
+            )
             return
         if fitted is None:
-            warnings.warn(f"X has feature names, but {cls} was fitted without feature names",
-                          UserWarning, stacklevel=3)
+            warnings.warn(
+                f"X has feature names, but {cls} was fitted without feature names",
+                UserWarning,
+                stacklevel=3,
+            )
             return
         if len(fitted) != len(names) or np.any(fitted != names):
             # the same text as scikit-learn's, so code matching its message works for both
@@ -255,8 +278,10 @@ class _BaseScaler:
                 msg += "Feature names seen at fit time, yet now missing:\n" + listed(missing)
             if not unseen and not missing:
                 msg += "Feature names must be in the same order as they were in fit.\n"
-            raise ValueError(msg + f"({cls}.{what}: select the columns in fit's order, "
-                             "X[scaler.feature_names_in_])")
+            raise ValueError(
+                msg + f"({cls}.{what}: select the columns in fit's order, "
+                "X[scaler.feature_names_in_])"
+            )
 
     def out_of_range(self, X) -> OutOfRangeCounts:
         """Count, per feature, the values of ``X`` outside ``[data_min_, data_max_]``.
@@ -317,15 +342,17 @@ class _BaseScaler:
         out = below + above
         if out.any():
             cols = np.flatnonzero(out)
-            detail = "; ".join(f"column {c}: {below[c]} below, {above[c]} above"
-                               for c in cols[:5])
+            detail = "; ".join(f"column {c}: {below[c]} below, {above[c]} above" for c in cols[:5])
             if len(cols) > 5:
                 detail += f"; and {len(cols) - 5} more column(s)"
             warnings.warn(
                 f"{name}.transform: {int(out.sum())} value(s) fall outside "
                 f"the fitted range [data_min_, data_max_] ({detail}); their outputs leave "
                 "feature_range. New data moved min/max: refit (partial_fit) on it, or pass "
-                "clip=True to clip", OutOfRangeWarning, stacklevel=3)
+                "clip=True to clip",
+                OutOfRangeWarning,
+                stacklevel=3,
+            )
 
     # -- scikit-learn's set_output API ---------------------------------------------
 
@@ -347,11 +374,15 @@ class _BaseScaler:
             return np.asarray([f"x{i}" for i in range(self.n_features_in_)], dtype=object)
         names = np.asarray(input_features, dtype=object)
         if fitted is not None and (len(names) != len(fitted) or np.any(names != fitted)):
-            raise ValueError(f"input_features is not equal to feature_names_in_: got "
-                             f"{list(names)[:5]}, fitted {list(fitted)[:5]}")
+            raise ValueError(
+                f"input_features is not equal to feature_names_in_: got "
+                f"{list(names)[:5]}, fitted {list(fitted)[:5]}"
+            )
         if len(names) != self.n_features_in_:
-            raise ValueError(f"input_features should have length equal to number of features "
-                             f"({self.n_features_in_}), got {len(names)}")
+            raise ValueError(
+                f"input_features should have length equal to number of features "
+                f"({self.n_features_in_}), got {len(names)}"
+            )
         return names
 
     def set_output(self, *, transform=None):
@@ -371,8 +402,10 @@ class _BaseScaler:
         if transform is None:
             return self
         if transform not in _OUTPUTS:
-            raise ValueError(f"{type(self).__name__}.set_output: transform must be one of "
-                             f"{list(_OUTPUTS)} or None, got {transform!r}")
+            raise ValueError(
+                f"{type(self).__name__}.set_output: transform must be one of "
+                f"{list(_OUTPUTS)} or None, got {transform!r}"
+            )
         # the attribute name scikit-learn's clone() copies
         self._sklearn_output_config = {"transform": transform}
         return self
@@ -429,8 +462,11 @@ class _BaseScaler:
     # -- merging -------------------------------------------------------------------
 
     def _get_state(self) -> Dict[str, Any]:
-        return {"n_rows": int(self._st_rows), "data_min": self._st_min.copy(),
-                "data_max": self._st_max.copy()}
+        return {
+            "n_rows": int(self._st_rows),
+            "data_min": self._st_min.copy(),
+            "data_max": self._st_max.copy(),
+        }
 
     def _set_state(self, n_features: int, state: Dict[str, Any]) -> None:
         self._reset()
@@ -467,30 +503,34 @@ class _BaseScaler:
         """
         name = type(self).__name__
         if type(other) is not type(self):
-            raise TypeError(f"{name}.merge: can only merge another {name}, got "
-                            f"{type(other).__name__}")
+            raise TypeError(
+                f"{name}.merge: can only merge another {name}, got {type(other).__name__}"
+            )
         mine, theirs = self._json_params(), other._json_params()  # (0, 1) == [0, 1]
         diff = [k for k in mine if mine[k] != theirs[k]]
         if diff:
             pairs = ", ".join(f"{k}: {mine[k]!r} vs {theirs[k]!r}" for k in diff)
-            raise ValueError(f"{name}.merge: parameters differ ({pairs}); merge scalers built "
-                             "with the same parameters")
+            raise ValueError(
+                f"{name}.merge: parameters differ ({pairs}); merge scalers built "
+                "with the same parameters"
+            )
         if not hasattr(other, "n_features_in_"):
             return self
         if not hasattr(self, "n_features_in_"):
             self._set_state(other.n_features_in_, other._get_state())
             return self
         if other.n_features_in_ != self.n_features_in_:
-            raise ValueError(f"{name}.merge: the scalers saw different numbers of features "
-                             f"({self.n_features_in_} vs {other.n_features_in_}); shards must "
-                             "have the same columns")
+            raise ValueError(
+                f"{name}.merge: the scalers saw different numbers of features "
+                f"({self.n_features_in_} vs {other.n_features_in_}); shards must "
+                "have the same columns"
+            )
         self._st_rows += other._st_rows
         self._st_min = np.fmin(self._st_min, other._st_min)
         self._st_max = np.fmax(self._st_max, other._st_max)
         self._merge_extra(other)
         self._publish()
         return self
-
 
     def sync(self, process_group=None):
         """Combine the statistics of every rank of a ``torch.distributed`` group (in place).
@@ -539,8 +579,10 @@ class _BaseScaler:
 
         scaler = load(path)
         if cls is not _BaseScaler and type(scaler) is not cls:
-            raise ValueError(f"{cls.__name__}.load: {path} holds a {type(scaler).__name__}, "
-                             f"not a {cls.__name__}; use normkit.preprocessing.load(path)")
+            raise ValueError(
+                f"{cls.__name__}.load: {path} holds a {type(scaler).__name__}, "
+                f"not a {cls.__name__}; use normkit.preprocessing.load(path)"
+            )
         return scaler
 
     # -- export ---------------------------------------------------------------------

@@ -39,8 +39,10 @@ def partial_fit(scaler, X):
         blocks = X.to_delayed()
     else:
         if X.ndim != 2:
-            raise ValueError(f"{type(scaler).__name__}.partial_fit: expected a 2-D dask array "
-                             f"(n_samples, n_features), got {X.ndim}-D; reshape it")
+            raise ValueError(
+                f"{type(scaler).__name__}.partial_fit: expected a 2-D dask array "
+                f"(n_samples, n_features), got {X.ndim}-D; reshape it"
+            )
         blocks = X.rechunk({1: -1}).to_delayed().ravel()
     fit_block = dask.delayed(_fit_block, pure=True)
     params = scaler.get_params()
@@ -81,16 +83,21 @@ def apply(scaler, X, method: str):
         if method == "transform":
             scaler._check_feature_names(_feature_names(X), method)
         if len(X.columns) != scaler.n_features_in_:
-            raise ValueError(f"{name}.{method}: X has {len(X.columns)} features, but {name} "
-                             f"is expecting {scaler.n_features_in_} features as input")
-        dtypes = [np.dtype(d) if not hasattr(d, "numpy_dtype") else np.dtype(d.numpy_dtype)
-                  for d in X.dtypes]
+            raise ValueError(
+                f"{name}.{method}: X has {len(X.columns)} features, but {name} "
+                f"is expecting {scaler.n_features_in_} features as input"
+            )
+        dtypes = [
+            np.dtype(d) if not hasattr(d, "numpy_dtype") else np.dtype(d.numpy_dtype)
+            for d in X.dtypes
+        ]
         out = np.float32 if all(d == np.float32 for d in dtypes) else np.float64
         meta = pd.DataFrame({c: pd.Series([], dtype=out) for c in X.columns})
         return X.map_partitions(_frame_block, scaler, method, meta=meta)
     if X.ndim != 2 or X.shape[1] != scaler.n_features_in_:
-        raise ValueError(f"{name}.{method}: expected a 2-D dask array with "
-                         f"{scaler.n_features_in_} columns, got shape {X.shape}")
+        raise ValueError(
+            f"{name}.{method}: expected a 2-D dask array with "
+            f"{scaler.n_features_in_} columns, got shape {X.shape}"
+        )
     X = X.rechunk({1: -1})
-    return X.map_blocks(lambda b: getattr(scaler, method)(b),
-                        dtype=output_dtype(X.dtype))
+    return X.map_blocks(lambda b: getattr(scaler, method)(b), dtype=output_dtype(X.dtype))

@@ -76,8 +76,10 @@ def _pandas_to_numpy(X):
     for col, d in zip(getattr(X, "columns", [getattr(X, "name", 0)]), dtypes):
         kind = getattr(d, "kind", "O")
         if kind not in "fiub":
-            raise TypeError(f"column {col!r} has dtype {d}, which is not numeric; select the "
-                            "numeric columns (e.g. X.select_dtypes('number'))")
+            raise TypeError(
+                f"column {col!r} has dtype {d}, which is not numeric; select the "
+                "numeric columns (e.g. X.select_dtypes('number'))"
+            )
     target = np.float32 if all(str(d) == "Float32" for d in dtypes) else np.float64
     return X.to_numpy(dtype=target, na_value=np.nan)
 
@@ -85,15 +87,18 @@ def _pandas_to_numpy(X):
 def _numeric_kind_error(name: str, what: str, dtype) -> TypeError:
     return TypeError(
         f"{name}.{what}: input must be numeric (float, int or bool), got dtype {dtype}; "
-        "convert it first, e.g. np.asarray(X, dtype=np.float64)")
+        "convert it first, e.g. np.asarray(X, dtype=np.float64)"
+    )
 
 
 def _as_batch(name: str, what: str, X) -> _Batch:
     """Validate ``X`` as a 2-D numeric array/tensor without infinities."""
     if is_tensor(X):
         if X.is_complex():
-            raise ValueError(f"{name}.{what}: Complex data not supported (got dtype "
-                             f"{X.dtype}); pass the real part or the magnitude")
+            raise ValueError(
+                f"{name}.{what}: Complex data not supported (got dtype "
+                f"{X.dtype}); pass the real part or the magnitude"
+            )
         out_dtype = output_dtype(X.dtype)
         # row-major working copy: the summation order (hence the last bits of the
         # statistics) must not depend on the input's memory layout
@@ -104,26 +109,34 @@ def _as_batch(name: str, what: str, X) -> _Batch:
             x = x.numpy()
     else:
         if hasattr(X, "tocsr") and hasattr(X, "nnz"):  # scipy.sparse, without importing scipy
-            raise TypeError(f"{name}.{what}: sparse input is not supported (got "
-                            f"{type(X).__name__}); pass X.toarray() if it fits in memory, or "
-                            "stream dense chunks through partial_fit")
+            raise TypeError(
+                f"{name}.{what}: sparse input is not supported (got "
+                f"{type(X).__name__}); pass X.toarray() if it fits in memory, or "
+                "stream dense chunks through partial_fit"
+            )
         try:
             arr = _pandas_to_numpy(X)
             if arr is None:
                 arr = np.asarray(X)
         except (ValueError, TypeError) as exc:  # ragged lists and the like
-            raise TypeError(f"{name}.{what}: could not read the input as a numeric array "
-                            f"({exc}); pass a 2-D NumPy array or torch tensor") from None
+            raise TypeError(
+                f"{name}.{what}: could not read the input as a numeric array "
+                f"({exc}); pass a 2-D NumPy array or torch tensor"
+            ) from None
         if arr.dtype.kind == "O":
             # numbers stored as Python objects (e.g. read from a mixed source) are fine
             try:
                 arr = arr.astype(np.float64)
             except (ValueError, TypeError) as exc:
-                raise TypeError(f"{name}.{what}: input must be numeric, got an object array "
-                                f"that does not convert to float ({exc})") from None
+                raise TypeError(
+                    f"{name}.{what}: input must be numeric, got an object array "
+                    f"that does not convert to float ({exc})"
+                ) from None
         if arr.dtype.kind == "c":
-            raise ValueError(f"{name}.{what}: Complex data not supported (got dtype "
-                             f"{arr.dtype}); pass the real part or the magnitude")
+            raise ValueError(
+                f"{name}.{what}: Complex data not supported (got dtype "
+                f"{arr.dtype}); pass the real part or the magnitude"
+            )
         if arr.dtype.kind not in "fiub":
             raise _numeric_kind_error(name, what, arr.dtype)
         out_dtype = output_dtype(arr.dtype)
@@ -133,22 +146,24 @@ def _as_batch(name: str, what: str, X) -> _Batch:
         raise ValueError(
             f"{name}.{what}: expected a 2-D input (n_samples, n_features), got shape "
             f"{tuple(x.shape)}. Reshape your data, e.g. X.reshape(-1, 1) for a single "
-            "feature or X.reshape(len(X), -1) to flatten samples")
+            "feature or X.reshape(len(X), -1) to flatten samples"
+        )
     batch = _Batch(x, is_torch, to_torch, out_dtype, device)
     inf = torch.isinf(x) if is_torch else np.isinf(x)
     if bool(inf.any()):
-        raise ValueError(f"{name}.{what}: input contains infinite values "
-                         f"({_column_report(batch, inf, x)}); normkit scalers accept NaN "
-                         "(ignored by fit, kept by transform) but reject +-inf: replace them "
-                         "with NaN or drop those rows")
+        raise ValueError(
+            f"{name}.{what}: input contains infinite values "
+            f"({_column_report(batch, inf, x)}); normkit scalers accept NaN "
+            "(ignored by fit, kept by transform) but reject +-inf: replace them "
+            "with NaN or drop those rows"
+        )
     return batch
 
 
 def _column_report(batch: _Batch, mask, x=None, limit: int = 5) -> str:
     """'column 2: 3 values (first at row 7, value -1.5); ...' for the columns hit by mask."""
     counts = batch.as_numpy(mask.sum(0)).astype(np.int64)
-    first = batch.as_numpy(mask.to(torch.int8).argmax(0) if batch.is_torch
-                           else mask.argmax(0))
+    first = batch.as_numpy(mask.to(torch.int8).argmax(0) if batch.is_torch else mask.argmax(0))
     cols = np.flatnonzero(counts)
     parts = []
     for c in cols[:limit]:
@@ -173,5 +188,6 @@ def _feature_names(X) -> Optional[np.ndarray]:
             "Feature names are only supported if all input features have string names, but "
             f"your input has {sorted({type(c).__name__ for c in cols})} as feature name / "
             "column name types. Convert them all to strings, e.g. X.columns = "
-            "X.columns.astype(str)")
+            "X.columns.astype(str)"
+        )
     return None

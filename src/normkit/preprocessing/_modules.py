@@ -13,6 +13,7 @@ from torch import nn
 
 from ._dtypes import compute_dtype, output_dtype
 
+
 class _ScalerModule(nn.Module):
     """Elementwise over the last dimension (the features); no data-dependent checks,
     so the module traces and exports (validate data with the scaler, not the module)."""

@@ -51,7 +51,7 @@ def _chunk_moments(batch: _Batch):
             t = new_sum / count
         temp = x - t
         correction = ssum(temp, 0)
-        m2 = ssum(temp * temp, 0) - correction ** 2 / count
+        m2 = ssum(temp * temp, 0) - correction**2 / count
         return batch.as_numpy(count), batch.as_numpy(new_sum), batch.as_numpy(m2)
     ssum = np.nansum if has_nan else np.sum
     new_sum = ssum(x, axis=0)
@@ -61,7 +61,7 @@ def _chunk_moments(batch: _Batch):
         temp = x - t
         correction = ssum(temp, axis=0)
         temp **= 2
-        m2 = ssum(temp, axis=0) - correction ** 2 / count
+        m2 = ssum(temp, axis=0) - correction**2 / count
     return count, new_sum, m2
 
 
@@ -104,4 +104,3 @@ def _is_constant(var, mean, n_samples):
     """Variance indistinguishable from 0 given the two-pass algorithm's error bound."""
     upper = n_samples * _EPS64 * var + (n_samples * mean * _EPS64) ** 2
     return var <= upper
-

@@ -54,15 +54,18 @@ def _show(v) -> str:
 
 
 def _bad(path, field: str, problem: str) -> ValueError:
-    return ValueError(f"scaler file {path}: field {field!r} {problem}; the file was edited or "
-                      "corrupted: refit and save it again")
+    return ValueError(
+        f"scaler file {path}: field {field!r} {problem}; the file was edited or "
+        "corrupted: refit and save it again"
+    )
 
 
 def _from_f64list(values, n: int, key: str, path) -> np.ndarray:
     field = f"state.{key}"
     if not isinstance(values, list) or len(values) != n:
-        got = (f"a list of length {len(values)}" if isinstance(values, list)
-               else type(values).__name__)
+        got = (
+            f"a list of length {len(values)}" if isinstance(values, list) else type(values).__name__
+        )
         raise _bad(path, field, f"must be a list of n_features_in = {n} numbers, got {got}")
     out = np.empty(n, dtype=np.float64)
     for i, v in enumerate(values):
@@ -75,8 +78,11 @@ def _from_f64list(values, n: int, key: str, path) -> np.ndarray:
         elif isinstance(v, int) and not isinstance(v, bool) and abs(v) <= _MAX_INT:
             out[i] = v
         else:
-            raise _bad(path, f"{field}[{i}]", f"is {_show(v)}: expected a finite number, null "
-                       "(NaN), \"inf\" or \"-inf\"")
+            raise _bad(
+                path,
+                f"{field}[{i}]",
+                f'is {_show(v)}: expected a finite number, null (NaN), "inf" or "-inf"',
+            )
     return out
 
 
@@ -105,8 +111,9 @@ def _nesting_depth(text: str) -> int:
 
 
 def _reject_constant(name: str):
-    raise ValueError(f"the JSON constant {name} (save writes NaN as null and +-inf as "
-                     "\"inf\"/\"-inf\")")
+    raise ValueError(
+        f'the JSON constant {name} (save writes NaN as null and +-inf as "inf"/"-inf")'
+    )
 
 
 class _Unreadable:
@@ -142,8 +149,7 @@ def write_text_atomic(path, text: str) -> None:
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -174,19 +180,22 @@ def save(scaler, path, meta: Optional[Dict[str, Any]] = None) -> None:
         "class": type(scaler).__name__,
         "params": scaler._json_params(),
         "n_features_in": int(scaler.n_features_in_),
-        "state": {"n_rows": state["n_rows"],
-                  **{k: _f64list(state[k]) for k in scaler._STATE_KEYS}},
+        "state": {"n_rows": state["n_rows"], **{k: _f64list(state[k]) for k in scaler._STATE_KEYS}},
         "meta": meta if meta is not None else {},
     }
     try:
         doc = dict(body, sha256=_digest(body))
         text = json.dumps(doc, indent=1, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{type(scaler).__name__}.save: meta must be JSON data (dicts, lists, "
-                         f"strings, finite numbers), got an error: {exc}") from None
+        raise ValueError(
+            f"{type(scaler).__name__}.save: meta must be JSON data (dicts, lists, "
+            f"strings, finite numbers), got an error: {exc}"
+        ) from None
     if _nesting_depth(text) > MAX_DEPTH:
-        raise ValueError(f"{type(scaler).__name__}.save: meta is nested deeper than load "
-                         f"accepts ({MAX_DEPTH} levels in all); flatten it")
+        raise ValueError(
+            f"{type(scaler).__name__}.save: meta is nested deeper than load "
+            f"accepts ({MAX_DEPTH} levels in all); flatten it"
+        )
     write_text_atomic(path, text + "\n")
 
 
@@ -204,36 +213,50 @@ def load(path):
     try:
         size = os.path.getsize(path)
         if size > MAX_BYTES:
-            raise ValueError(f"scaler file {path} is {size} bytes, more than the {MAX_BYTES} "
-                             "a saved scaler can need; it is not a file written by save()")
+            raise ValueError(
+                f"scaler file {path} is {size} bytes, more than the {MAX_BYTES} "
+                "a saved scaler can need; it is not a file written by save()"
+            )
         with open(path, "r", encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError as exc:
-        raise ValueError(f"scaler file {path} is not UTF-8 text ({exc}); it is not a file "
-                         "written by save()") from None
+        raise ValueError(
+            f"scaler file {path} is not UTF-8 text ({exc}); it is not a file written by save()"
+        ) from None
     depth = _nesting_depth(text)
     if depth > MAX_DEPTH:
-        raise ValueError(f"scaler file {path}: JSON nested more than {MAX_DEPTH} levels deep; "
-                         "it is not a file written by save()")
+        raise ValueError(
+            f"scaler file {path}: JSON nested more than {MAX_DEPTH} levels deep; "
+            "it is not a file written by save()"
+        )
     try:
-        doc = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float,
-                         parse_int=_parse_int)
+        doc = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int
+        )
     except json.JSONDecodeError as exc:
-        raise ValueError(f"scaler file {path} is not valid JSON ({exc}); it is truncated or "
-                         "corrupted: write it again with save()") from None
+        raise ValueError(
+            f"scaler file {path} is not valid JSON ({exc}); it is truncated or "
+            "corrupted: write it again with save()"
+        ) from None
     except (ValueError, RecursionError) as exc:
-        raise ValueError(f"scaler file {path}: unreadable value: {exc}; the file was edited "
-                         "or corrupted") from None
+        raise ValueError(
+            f"scaler file {path}: unreadable value: {exc}; the file was edited or corrupted"
+        ) from None
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-        raise ValueError(f"scaler file {path}: not a normkit scaler file (missing "
-                         f"\"format\": \"{_FORMAT}\")")
+        raise ValueError(
+            f'scaler file {path}: not a normkit scaler file (missing "format": "{_FORMAT}")'
+        )
     if doc.get("version") != _FORMAT_VERSION:
-        raise ValueError(f"scaler file {path}: format version {str(doc.get('version'))[:20]!r} "
-                         f"is not supported (this normkit reads version {_FORMAT_VERSION})")
+        raise ValueError(
+            f"scaler file {path}: format version {str(doc.get('version'))[:20]!r} "
+            f"is not supported (this normkit reads version {_FORMAT_VERSION})"
+        )
     expected = doc.pop("sha256", None)
     if not isinstance(expected, str):
-        raise ValueError(f"scaler file {path}: no \"sha256\" checksum; the file is truncated "
-                         "or was not written by save()")
+        raise ValueError(
+            f'scaler file {path}: no "sha256" checksum; the file is truncated '
+            "or was not written by save()"
+        )
     try:
         actual = _digest(doc)
     except (ValueError, TypeError, RecursionError):
@@ -242,9 +265,11 @@ def load(path):
         # a value JSON-with-float64 cannot represent: the field checks below name it
         _validate(doc, path)
     if actual != expected:
-        raise ValueError(f"scaler file {path}: checksum mismatch (stored {expected[:12]}..., "
-                         f"content hashes to {str(actual)[:12]}...); the file was modified or "
-                         "corrupted after save(); refit and save again")
+        raise ValueError(
+            f"scaler file {path}: checksum mismatch (stored {expected[:12]}..., "
+            f"content hashes to {str(actual)[:12]}...); the file was modified or "
+            "corrupted after save(); refit and save again"
+        )
     return _validate(doc, path)
 
 
@@ -263,8 +288,7 @@ def _validate(doc: Dict[str, Any], path):
     valid = cls._param_names()
     for key in params:
         if key not in valid:
-            raise _bad(path, f"params.{key[:40]}", f"is not a parameter of {name} "
-                       f"(valid: {valid})")
+            raise _bad(path, f"params.{key[:40]}", f"is not a parameter of {name} (valid: {valid})")
     params = dict(params)
     if isinstance(params.get("feature_range"), list):
         params["feature_range"] = tuple(params["feature_range"])
@@ -281,8 +305,7 @@ def _validate(doc: Dict[str, Any], path):
         raise _bad(path, "state", f"must be an object, got {type(raw).__name__}")
     rows = raw.get("n_rows")
     if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= _MAX_INT:
-        raise _bad(path, "state.n_rows", f"must be an integer in 1..2**53, got "
-                   f"{_show(rows)}")
+        raise _bad(path, "state.n_rows", f"must be an integer in 1..2**53, got {_show(rows)}")
     state = {"n_rows": rows}
     for key in cls._STATE_KEYS:
         state[key] = _from_f64list(raw.get(key), n, key, path)
@@ -314,6 +337,7 @@ def _check_state_consistent(state: Dict[str, Any], path) -> None:
         if np.any(var < 0):
             problems.append("negative var")
     if problems:
-        raise ValueError(f"scaler file {path}: inconsistent statistics: {'; '.join(problems)}; "
-                         "the file was edited or corrupted: refit and save again")
-
+        raise ValueError(
+            f"scaler file {path}: inconsistent statistics: {'; '.join(problems)}; "
+            "the file was edited or corrupted: refit and save again"
+        )

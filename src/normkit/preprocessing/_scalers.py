@@ -55,15 +55,23 @@ class MinMaxScaler(_BaseScaler):
 
     def _check_params(self) -> None:
         fr = self.feature_range
-        ok = (isinstance(fr, (tuple, list)) and len(fr) == 2 and
-              all(isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
-                  for v in fr))
+        ok = (
+            isinstance(fr, (tuple, list))
+            and len(fr) == 2
+            and all(
+                isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+                for v in fr
+            )
+        )
         if not ok or not all(math.isfinite(float(v)) for v in fr):
-            raise ValueError(f"MinMaxScaler: feature_range must be two finite numbers (a, b), "
-                             f"got {fr!r}")
+            raise ValueError(
+                f"MinMaxScaler: feature_range must be two finite numbers (a, b), got {fr!r}"
+            )
         if not float(fr[0]) < float(fr[1]):
-            raise ValueError(f"MinMaxScaler: feature_range minimum must be smaller than its "
-                             f"maximum, got {tuple(fr)!r}; e.g. feature_range=(0, 1)")
+            raise ValueError(
+                f"MinMaxScaler: feature_range minimum must be smaller than its "
+                f"maximum, got {tuple(fr)!r}; e.g. feature_range=(0, 1)"
+            )
         if not isinstance(self.clip, (bool, np.bool_)):
             raise TypeError(f"MinMaxScaler: clip must be True or False, got {self.clip!r}")
 
@@ -85,14 +93,15 @@ class MinMaxScaler(_BaseScaler):
     def _inverse(self, batch: _Batch):
         return (batch.x - batch.param(self.min_)) / batch.param(self.scale_)
 
-    def to_module(self) :
+    def to_module(self):
         """A :class:`MinMaxScale` module with ``scale_`` and ``min_`` as buffers."""
         self._check_fitted("to_module")
         clip = tuple(float(v) for v in self.feature_range) if self.clip else None
         from ._modules import MinMaxScale
 
-        return MinMaxScale(torch.from_numpy(self.scale_.copy()),
-                           torch.from_numpy(self.min_.copy()), clip=clip)
+        return MinMaxScale(
+            torch.from_numpy(self.scale_.copy()), torch.from_numpy(self.min_.copy()), clip=clip
+        )
 
 
 class StandardScaler(_BaseScaler):
@@ -137,9 +146,11 @@ class StandardScaler(_BaseScaler):
     #: ``with_mean`` / ``ddof`` as other engines define standardization (their docs):
     #: scikit-learn ``StandardScaler`` (population std), Spark MLlib ``StandardScaler``
     #: (``withMean=False`` by default, unbiased sample std), polars ``Expr.std`` (``ddof=1``)
-    CONVENTIONS = {"sklearn": {"with_mean": True, "ddof": 0},
-                   "spark": {"with_mean": False, "ddof": 1},
-                   "polars": {"with_mean": True, "ddof": 1}}
+    CONVENTIONS = {
+        "sklearn": {"with_mean": True, "ddof": 0},
+        "spark": {"with_mean": False, "ddof": 1},
+        "polars": {"with_mean": True, "ddof": 1},
+    }
 
     def __init__(self, with_mean=True, with_std=True, ddof=0):
         self.with_mean = with_mean
@@ -156,18 +167,23 @@ class StandardScaler(_BaseScaler):
             StandardScaler(with_mean=False, ddof=1)
         """
         if name not in cls.CONVENTIONS:
-            raise ValueError(f"StandardScaler.from_convention: unknown convention {name!r}; "
-                             f"known: {sorted(cls.CONVENTIONS)}")
+            raise ValueError(
+                f"StandardScaler.from_convention: unknown convention {name!r}; "
+                f"known: {sorted(cls.CONVENTIONS)}"
+            )
         return cls(**{**cls.CONVENTIONS[name], **overrides})
 
     def _check_params(self) -> None:
         for k in ("with_mean", "with_std"):
             if not isinstance(getattr(self, k), (bool, np.bool_)):
-                raise TypeError(f"StandardScaler: {k} must be True or False, got "
-                                f"{getattr(self, k)!r}")
+                raise TypeError(
+                    f"StandardScaler: {k} must be True or False, got {getattr(self, k)!r}"
+                )
         if self.ddof not in (0, 1) or isinstance(self.ddof, bool):
-            raise ValueError(f"StandardScaler: ddof must be 0 (population std, scikit-learn) "
-                             f"or 1 (sample std, Spark/polars), got {self.ddof!r}")
+            raise ValueError(
+                f"StandardScaler: ddof must be 0 (population std, scikit-learn) "
+                f"or 1 (sample std, Spark/polars), got {self.ddof!r}"
+            )
 
     def _init_state(self, n_features: int) -> None:
         super()._init_state(n_features)
@@ -178,17 +194,24 @@ class StandardScaler(_BaseScaler):
     def _update_moments(self, batch: _Batch) -> None:
         count_b, sum_b, m2_b = _chunk_moments(batch)
         self._st_count, self._st_mean, self._st_var = _merge_moments(
-            self._st_count, self._st_mean, self._st_var, count_b, sum_b, m2_b)
+            self._st_count, self._st_mean, self._st_var, count_b, sum_b, m2_b
+        )
 
     def _merge_extra(self, other: "StandardScaler") -> None:
         self._st_count, self._st_mean, self._st_var = _merge_moments(
-            self._st_count, self._st_mean, self._st_var, other._st_count,
-            other._st_mean * other._st_count, other._st_var * other._st_count)
+            self._st_count,
+            self._st_mean,
+            self._st_var,
+            other._st_count,
+            other._st_mean * other._st_count,
+            other._st_var * other._st_count,
+        )
 
     def _get_state(self) -> Dict[str, Any]:
         state = super()._get_state()
-        state.update(count=self._st_count.copy(), mean=self._st_mean.copy(),
-                     var=self._st_var.copy())
+        state.update(
+            count=self._st_count.copy(), mean=self._st_mean.copy(), var=self._st_var.copy()
+        )
         return state
 
     def _set_extra_state(self, state: Dict[str, Any]) -> None:
@@ -245,7 +268,7 @@ class StandardScaler(_BaseScaler):
             y = y.clone() if batch.is_torch else y.copy()
         return y
 
-    def to_module(self) :
+    def to_module(self):
         """A :class:`Standardize` module with ``mean`` and ``scale`` buffers."""
         self._check_fitted("to_module")
         n = self.n_features_in_
@@ -264,8 +287,10 @@ class _FixedScaler(_BaseScaler):
 
     def _domain_error(self, batch: _Batch, mask, what: str, rule: str, fix: str):
         if bool(mask.any()):
-            raise ValueError(f"{type(self).__name__}.{what}: {rule} "
-                             f"({_column_report(batch, mask, batch.x)}); {fix}")
+            raise ValueError(
+                f"{type(self).__name__}.{what}: {rule} "
+                f"({_column_report(batch, mask, batch.x)}); {fix}"
+            )
 
 
 class ReciprocalScaler(_FixedScaler):
@@ -287,13 +312,22 @@ class ReciprocalScaler(_FixedScaler):
     """
 
     def _check_domain(self, batch: _Batch, what: str) -> None:
-        self._domain_error(batch, batch.x == -1, what, "1/(1+x) has a pole at x = -1",
-                           "remove or shift those values (1/(1+x) would be infinite)")
+        self._domain_error(
+            batch,
+            batch.x == -1,
+            what,
+            "1/(1+x) has a pole at x = -1",
+            "remove or shift those values (1/(1+x) would be infinite)",
+        )
 
     def _check_inverse_domain(self, batch: _Batch) -> None:
-        self._domain_error(batch, batch.x == 0, "inverse_transform",
-                           "y = 0 is not an output of 1/(1+x)",
-                           "inverse_transform takes values produced by transform")
+        self._domain_error(
+            batch,
+            batch.x == 0,
+            "inverse_transform",
+            "y = 0 is not an output of 1/(1+x)",
+            "inverse_transform takes values produced by transform",
+        )
 
     def _forward(self, batch: _Batch):
         return 1.0 / (1.0 + batch.x)
@@ -301,7 +335,7 @@ class ReciprocalScaler(_FixedScaler):
     def _inverse(self, batch: _Batch):
         return 1.0 / batch.x - 1.0
 
-    def to_module(self) :
+    def to_module(self):
         """A :class:`ReciprocalTransform` module."""
         self._check_fitted("to_module")
         from ._modules import ReciprocalTransform
@@ -333,11 +367,19 @@ class Log10Scaler(_FixedScaler):
 
     def _check_domain(self, batch: _Batch, what: str) -> None:
         # "Negative values in data" is the phrase scikit-learn's positive-only checks look for
-        rule = ("Negative values in data: log10 needs x > 0" if bool((batch.x < 0).any())
-                else "log10 needs x > 0, found x = 0")
-        self._domain_error(batch, batch.x <= 0, what, rule,
-                           "shift the data (e.g. log10(x + c) with c > -min(x)) or use "
-                           "ArctanScaler / ReciprocalScaler, which accept any sign")
+        rule = (
+            "Negative values in data: log10 needs x > 0"
+            if bool((batch.x < 0).any())
+            else "log10 needs x > 0, found x = 0"
+        )
+        self._domain_error(
+            batch,
+            batch.x <= 0,
+            what,
+            rule,
+            "shift the data (e.g. log10(x + c) with c > -min(x)) or use "
+            "ArctanScaler / ReciprocalScaler, which accept any sign",
+        )
 
     def _forward(self, batch: _Batch):
         return torch.log10(batch.x) if batch.is_torch else np.log10(batch.x)
@@ -346,7 +388,7 @@ class Log10Scaler(_FixedScaler):
         x = batch.x
         return torch.pow(10.0, x) if batch.is_torch else np.power(10.0, x)
 
-    def to_module(self) :
+    def to_module(self):
         """A :class:`Log10Transform` module."""
         self._check_fitted("to_module")
         from ._modules import Log10Transform
@@ -375,9 +417,13 @@ class ArctanScaler(_FixedScaler):
     def _check_inverse_domain(self, batch: _Batch) -> None:
         x = batch.x
         mask = (x.abs() if batch.is_torch else np.abs(x)) >= 1
-        self._domain_error(batch, mask, "inverse_transform",
-                           "atan(x)*2/pi lies in (-1, 1), found |y| >= 1",
-                           "inverse_transform takes values produced by transform")
+        self._domain_error(
+            batch,
+            mask,
+            "inverse_transform",
+            "atan(x)*2/pi lies in (-1, 1), found |y| >= 1",
+            "inverse_transform takes values produced by transform",
+        )
 
     def _forward(self, batch: _Batch):
         x = batch.x
@@ -387,7 +433,7 @@ class ArctanScaler(_FixedScaler):
         x = batch.x * (math.pi / 2.0)
         return torch.tan(x) if batch.is_torch else np.tan(x)
 
-    def to_module(self) :
+    def to_module(self):
         """An :class:`ArctanTransform` module."""
         self._check_fitted("to_module")
         from ._modules import ArctanTransform
@@ -395,7 +441,8 @@ class ArctanScaler(_FixedScaler):
         return ArctanTransform(self.n_features_in_)
 
 
-SCALERS = {cls.__name__: cls for cls in
-           (MinMaxScaler, StandardScaler, ReciprocalScaler, Log10Scaler, ArctanScaler)}
+SCALERS = {
+    cls.__name__: cls
+    for cls in (MinMaxScaler, StandardScaler, ReciprocalScaler, Log10Scaler, ArctanScaler)
+}
 _persist.SCALERS.update(SCALERS)  # what load() may build
-

@@ -23,7 +23,7 @@ def state_vector(scaler) -> np.ndarray:
 def state_from_vector(scaler, vec: np.ndarray, n_features: int) -> Dict[str, Any]:
     state = {"n_rows": int(vec[0])}
     for i, k in enumerate(scaler._STATE_KEYS):
-        state[k] = vec[1 + i * n_features: 1 + (i + 1) * n_features].copy()
+        state[k] = vec[1 + i * n_features : 1 + (i + 1) * n_features].copy()
     return state
 
 
@@ -46,13 +46,18 @@ def sync(scaler, process_group=None):
 
     name = type(scaler).__name__
     if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError(f"{name}.sync: torch.distributed is not initialized; call "
-                           "torch.distributed.init_process_group first (or use merge() "
-                           "to combine scalers in one process)")
+        raise RuntimeError(
+            f"{name}.sync: torch.distributed is not initialized; call "
+            "torch.distributed.init_process_group first (or use merge() "
+            "to combine scalers in one process)"
+        )
     world = dist.get_world_size(process_group)
     backend = dist.get_backend(process_group)
-    device = (torch.device("cuda", torch.cuda.current_device())
-              if str(backend) == "nccl" else torch.device("cpu"))
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if str(backend) == "nccl"
+        else torch.device("cpu")
+    )
     n_feat = float(scaler.n_features_in_) if hasattr(scaler, "n_features_in_") else -1.0
     header = torch.tensor([n_feat], dtype=torch.float64, device=device)
     headers = [torch.empty_like(header) for _ in range(world)]
@@ -60,9 +65,11 @@ def sync(scaler, process_group=None):
     feats = [int(h.item()) for h in headers]
     fitted = sorted({f for f in feats if f >= 0})
     if len(fitted) > 1:
-        raise ValueError(f"{name}.sync: ranks were fitted with different numbers of "
-                         f"features {feats} (-1 = not fitted); every rank must see the "
-                         "same columns")
+        raise ValueError(
+            f"{name}.sync: ranks were fitted with different numbers of "
+            f"features {feats} (-1 = not fitted); every rank must see the "
+            "same columns"
+        )
     if not fitted:
         return scaler
     n_features = fitted[0]

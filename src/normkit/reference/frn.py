@@ -46,8 +46,9 @@ def _per_channel(v, c: int, name: str) -> np.ndarray:
     if v.ndim == 0:
         v = np.full(c, float(v))
     if v.shape != (c,):
-        raise ValueError(f"frn reference: {name} must be a scalar or have shape ({c},), got "
-                         f"{v.shape}")
+        raise ValueError(
+            f"frn reference: {name} must be a scalar or have shape ({c},), got {v.shape}"
+        )
     return v
 
 

@@ -32,9 +32,14 @@ import numpy as np
 
 from .norms import normalize_backward, normalize_forward
 
-__all__ = ["add_rms_norm_forward", "add_rms_norm_backward", "add_layer_norm_forward",
-           "add_layer_norm_backward", "modulated_layer_norm_forward",
-           "modulated_layer_norm_backward"]
+__all__ = [
+    "add_rms_norm_forward",
+    "add_rms_norm_backward",
+    "add_layer_norm_forward",
+    "add_layer_norm_backward",
+    "modulated_layer_norm_forward",
+    "modulated_layer_norm_backward",
+]
 
 
 def _f64(a):
@@ -74,8 +79,7 @@ def add_rms_norm_forward(x, residual, weight=None, eps: float = 1e-6, offset: fl
     return y, h
 
 
-def add_rms_norm_backward(x, residual, dy, dh, weight=None, eps: float = 1e-6,
-                          offset: float = 0.0):
+def add_rms_norm_backward(x, residual, dy, dh, weight=None, eps: float = 1e-6, offset: float = 0.0):
     """``(dx, dresidual, dweight)``; ``dh`` may be None (no gradient reaches h)."""
     h = _add(x, residual)
     dy = _f64(dy)

@@ -41,13 +41,21 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = [
-    "moments", "normalize_forward", "normalize_backward",
-    "batch_norm_forward", "batch_norm_backward", "batch_norm_eval_forward",
+    "moments",
+    "normalize_forward",
+    "normalize_backward",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "batch_norm_eval_forward",
     "running_stats_update",
-    "layer_norm_forward", "layer_norm_backward",
-    "group_norm_forward", "group_norm_backward",
-    "instance_norm_forward", "instance_norm_backward",
-    "rms_norm_forward", "rms_norm_backward",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "group_norm_forward",
+    "group_norm_backward",
+    "instance_norm_forward",
+    "instance_norm_backward",
+    "rms_norm_forward",
+    "rms_norm_backward",
 ]
 
 
@@ -73,8 +81,9 @@ def normalize_forward(x, axes, eps: float):
 def normalize_backward(x_hat, g, rstd, axes) -> np.ndarray:
     """dx = rstd * (g - <g> - x_hat <g x_hat>), means over ``axes`` (g = dy * weight)."""
     axes = tuple(axes)
-    return rstd * (g - g.mean(axis=axes, keepdims=True)
-                   - x_hat * (g * x_hat).mean(axis=axes, keepdims=True))
+    return rstd * (
+        g - g.mean(axis=axes, keepdims=True) - x_hat * (g * x_hat).mean(axis=axes, keepdims=True)
+    )
 
 
 def _channel_view(v, ndim: int) -> np.ndarray:
@@ -98,6 +107,7 @@ def _param_grads(dy, x_hat, weight, bias, sum_axes, shape):
 
 
 # --- batch norm ------------------------------------------------------------------------
+
 
 def _bn_axes(ndim: int) -> Tuple[int, ...]:
     return (0,) + tuple(range(2, ndim))
@@ -142,8 +152,9 @@ def batch_norm_backward(x, dy, weight=None, bias=None, eps: float = 1e-5):
     return dx, dweight, dbias
 
 
-def batch_norm_eval_forward(x, running_mean, running_var, weight=None, bias=None,
-                            eps: float = 1e-5):
+def batch_norm_eval_forward(
+    x, running_mean, running_var, weight=None, bias=None, eps: float = 1e-5
+):
     """Evaluation-mode batch norm: y = weight (x - running_mean) / sqrt(running_var + eps) + bias.
 
     Its backward is ``dx = dy * weight / sqrt(running_var + eps)``.
@@ -154,8 +165,15 @@ def batch_norm_eval_forward(x, running_mean, running_var, weight=None, bias=None
     return _affine(x_hat, _f64(weight), _f64(bias), view)
 
 
-def running_stats_update(running_mean, running_var, mean, var, count: int,
-                         momentum: Optional[float], num_batches_tracked: int):
+def running_stats_update(
+    running_mean,
+    running_var,
+    mean,
+    var,
+    count: int,
+    momentum: Optional[float],
+    num_batches_tracked: int,
+):
     r"""torch's running-statistics rule, returning the new (running_mean, running_var).
 
     .. math::
@@ -168,11 +186,14 @@ def running_stats_update(running_mean, running_var, mean, var, count: int,
     """
     m = 1.0 / num_batches_tracked if momentum is None else momentum
     unbiased = _f64(var) * count / (count - 1)
-    return ((1 - m) * _f64(running_mean) + m * _f64(mean),
-            (1 - m) * _f64(running_var) + m * unbiased)
+    return (
+        (1 - m) * _f64(running_mean) + m * _f64(mean),
+        (1 - m) * _f64(running_var) + m * unbiased,
+    )
 
 
 # --- layer norm ------------------------------------------------------------------------
+
 
 def _trailing_axes(ndim: int, normalized_shape: Sequence[int]) -> Tuple[int, ...]:
     k = len(tuple(normalized_shape))
@@ -202,7 +223,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps: float =
     x = _f64(x)
     axes = _trailing_axes(x.ndim, normalized_shape)
     x_hat, mean, rstd = normalize_forward(x, axes, eps)
-    lead = x.shape[:x.ndim - len(axes)]
+    lead = x.shape[: x.ndim - len(axes)]
     y = _affine(x_hat, _f64(weight), _f64(bias), lambda v: v)
     return y, mean.reshape(lead), rstd.reshape(lead)
 
@@ -221,11 +242,13 @@ def layer_norm_backward(x, dy, normalized_shape, weight=None, bias=None, eps: fl
 
 # --- group norm / instance norm --------------------------------------------------------
 
+
 def _grouped(x, num_groups: int):
     n, c = x.shape[:2]
     if c % num_groups:
-        raise ValueError(f"GroupNorm: num_channels ({c}) must be divisible by num_groups "
-                         f"({num_groups})")
+        raise ValueError(
+            f"GroupNorm: num_channels ({c}) must be divisible by num_groups ({num_groups})"
+        )
     return x.reshape(n, num_groups, -1)  # (N, G, C/G * spatial)
 
 
@@ -266,8 +289,7 @@ def group_norm_backward(x, dy, num_groups: int, weight=None, bias=None, eps: flo
     x_hat, _, rstd = normalize_forward(xg, (2,), eps)  # (N, G, L)
     g = dy if weight is None else dy * _channel_view(weight, x.ndim)
     dx = normalize_backward(x_hat, _grouped(g, num_groups), rstd, (2,)).reshape(x.shape)
-    dweight, dbias = _param_grads(dy, x_hat.reshape(x.shape), weight, bias,
-                                  _bn_axes(x.ndim), (-1,))
+    dweight, dbias = _param_grads(dy, x_hat.reshape(x.shape), weight, bias, _bn_axes(x.ndim), (-1,))
     return dx, dweight, dbias
 
 
@@ -284,6 +306,7 @@ def instance_norm_backward(x, dy, weight=None, bias=None, eps: float = 1e-5):
 
 
 # --- RMS norm --------------------------------------------------------------------------
+
 
 def rms_norm_forward(x, normalized_shape, weight=None, eps: float = 1e-6):
     r"""RMS norm over the trailing ``normalized_shape`` axes: layer norm without centring.
@@ -312,7 +335,7 @@ def rms_norm_forward(x, normalized_shape, weight=None, eps: float = 1e-6):
     y = x * rstd
     if weight is not None:
         y = y * _f64(weight)
-    lead = x.shape[:x.ndim - len(axes)]
+    lead = x.shape[: x.ndim - len(axes)]
     return y, rstd.reshape(lead)
 
 

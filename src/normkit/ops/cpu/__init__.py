@@ -36,5 +36,6 @@ def why_not(x: torch.Tensor) -> Optional[str]:
 def __getattr__(name):
     if name == "OPS":  # {op: fn} of this backend, as registered through the op schema
         from ..schema import implementations
+
         return implementations("cpu")
     raise AttributeError(name)

@@ -45,8 +45,10 @@ def num_threads() -> int:
         try:
             value = int(env)
         except ValueError:
-            raise ValueError(f"${ENV_THREADS} must be a positive integer, got {env!r}; "
-                             f"unset it or e.g. export {ENV_THREADS}=2") from None
+            raise ValueError(
+                f"${ENV_THREADS} must be a positive integer, got {env!r}; "
+                f"unset it or e.g. export {ENV_THREADS}=2"
+            ) from None
         if value < 1:
             raise ValueError(f"${ENV_THREADS} must be >= 1, got {value}")
         return value
@@ -59,8 +61,10 @@ class _Pool:
     def __init__(self, size: int):
         self.size = size
         self.tasks: "queue.SimpleQueue" = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._work, name=f"normkit-cpu-{i}",
-                                         daemon=True) for i in range(size)]
+        self.threads = [
+            threading.Thread(target=self._work, name=f"normkit-cpu-{i}", daemon=True)
+            for i in range(size)
+        ]
         for t in self.threads:
             t.start()
 

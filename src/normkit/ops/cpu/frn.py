@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from numba import njit
 
+from ..schema import implements
 from . import _alloc
 from ._pool import parallel_for
-from ..schema import implements
 
 __all__ = ["frn_fwd", "frn_bwd"]
 
@@ -120,10 +120,21 @@ def frn_fwd(x, weight, bias, tau, eps):
     y = _alloc.empty_like(x3)
     rstd = torch.empty(n * c, dtype=cdt)
     if x3.numel():
-        parallel_for(_frn_fwd_kernel, n * c,
-                     (x3.view(n * c, length).numpy(), _vec64(weight, c), _vec64(bias, c),
-                      _vec64(tau, c), _vec64(eps, c), y.view(n * c, length).numpy(),
-                      rstd.numpy(), c), min_items=4)
+        parallel_for(
+            _frn_fwd_kernel,
+            n * c,
+            (
+                x3.view(n * c, length).numpy(),
+                _vec64(weight, c),
+                _vec64(bias, c),
+                _vec64(tau, c),
+                _vec64(eps, c),
+                y.view(n * c, length).numpy(),
+                rstd.numpy(),
+                c,
+            ),
+            min_items=4,
+        )
     return (y if y.dtype == x.dtype else y.to(x.dtype)), rstd.reshape(n, c)
 
 
@@ -139,10 +150,25 @@ def frn_bwd(dy, x, rstd, weight, bias, tau):
     parts = torch.zeros(4, n * c, dtype=torch.float64)
     if x2.numel():
         pn = parts.numpy()
-        parallel_for(_frn_bwd_kernel, n * c,
-                     (dy2.numpy(), x2.numpy(), r.numpy(), _vec64(weight, c), _vec64(bias, c),
-                      _vec64(tau, c), dx.view(n * c, length).numpy(), pn[0], pn[1], pn[2],
-                      pn[3], c), min_items=4)
+        parallel_for(
+            _frn_bwd_kernel,
+            n * c,
+            (
+                dy2.numpy(),
+                x2.numpy(),
+                r.numpy(),
+                _vec64(weight, c),
+                _vec64(bias, c),
+                _vec64(tau, c),
+                dx.view(n * c, length).numpy(),
+                pn[0],
+                pn[1],
+                pn[2],
+                pn[3],
+                c,
+            ),
+            min_items=4,
+        )
     sums = parts.view(4, n, c).sum(1)
     # four separate tensors: a custom op's outputs may not alias one another
     dweight, dbias, dtau, deps = (sums[i].to(cdt, copy=True) for i in range(4))

@@ -22,14 +22,20 @@ import numpy as np
 import torch
 from numba import njit
 
-from . import _alloc
-from ._pool import parallel_for
-from .norms import FM, _ROWS_PER_CHUNK, _cdt, _in, _np, _out, _row_moments, _vec
 from .. import schema as _schema
 from ..schema import implements
+from . import _alloc
+from ._pool import parallel_for
+from .norms import _ROWS_PER_CHUNK, FM, _cdt, _in, _np, _out, _row_moments, _vec
 
-__all__ = ["add_rms_norm_fwd", "add_rms_norm_bwd", "add_layer_norm_fwd", "add_layer_norm_bwd",
-           "modulated_layer_norm_fwd", "modulated_layer_norm_bwd"]
+__all__ = [
+    "add_rms_norm_fwd",
+    "add_rms_norm_bwd",
+    "add_layer_norm_fwd",
+    "add_layer_norm_bwd",
+    "modulated_layer_norm_fwd",
+    "modulated_layer_norm_bwd",
+]
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
@@ -81,8 +87,9 @@ def _add_norm_fwd_kernel(x, r, w, b, y, h, mean, rstd, eps, rms, start, stop):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
-def _add_norm_bwd_kernel(dy, dh, h, mean, rstd, w, dsum, dw_part, db_part, rms, rows_per_chunk,
-                         start, stop):
+def _add_norm_bwd_kernel(
+    dy, dh, h, mean, rstd, w, dsum, dw_part, db_part, rms, rows_per_chunk, start, stop
+):
     # dy, h, dsum: (M, D); dh: (M, D) or (0, D); mean, rstd: (M,); w: (D,) or (0,);
     # dw_part, db_part: (chunks, D), each a sum of at most rows_per_chunk rows
     M, D = h.shape
@@ -165,8 +172,20 @@ def _mod_ln_fwd_kernel(x, shift, scale, y, mean, rstd, eps, start, stop):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
-def _mod_ln_bwd_kernel(dy, x, mean, rstd, scale, dx, dshift_part, dscale_part, chunks_per_n,
-                       rows_per_chunk, start, stop):
+def _mod_ln_bwd_kernel(
+    dy,
+    x,
+    mean,
+    rstd,
+    scale,
+    dx,
+    dshift_part,
+    dscale_part,
+    chunks_per_n,
+    rows_per_chunk,
+    start,
+    stop,
+):
     # dy, x, dx: (N * T, D); scale: (N, D); work item = (sample n, chunk of its T rows);
     # dshift_part, dscale_part: (N * chunks_per_n, D)
     M, D = x.shape
@@ -215,6 +234,7 @@ def _mod_ln_bwd_kernel(dy, x, mean, rstd, scale, dx, dshift_part, dscale_part, c
 
 # --- launchers ---------------------------------------------------------------------------
 
+
 def _rows(t: torch.Tensor, cdt, d: int) -> torch.Tensor:
     return _in(t, cdt).reshape(-1, d)
 
@@ -231,10 +251,23 @@ def _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, rms):
     mean = torch.empty(m, dtype=cdt)
     rstd = torch.empty(m, dtype=cdt)
     if x2.numel():
-        parallel_for(_add_norm_fwd_kernel, m,
-                     (_np(x2), _np(r2), _vec(weight, d, "weight", cdt),
-                      _vec(bias, d, "bias", cdt), _np(y.view(-1, d)), _np(h.view(-1, d)),
-                      _np(mean), _np(rstd), float(eps), rms), min_items=8)
+        parallel_for(
+            _add_norm_fwd_kernel,
+            m,
+            (
+                _np(x2),
+                _np(r2),
+                _vec(weight, d, "weight", cdt),
+                _vec(bias, d, "bias", cdt),
+                _np(y.view(-1, d)),
+                _np(h.view(-1, d)),
+                _np(mean),
+                _np(rstd),
+                float(eps),
+                rms,
+            ),
+            min_items=8,
+        )
     lead = x.shape[:-1]
     out = (_out(y, x.dtype), _out(h, hdt))
     return out + ((rstd.view(lead),) if rms else (mean.view(lead), rstd.view(lead)))
@@ -267,13 +300,29 @@ def _add_norm_bwd(dy, dh, h, mean, rstd, weight, rms):
     dw_part = np.zeros((chunks, d), npdt)
     db_part = np.zeros((chunks, d), npdt)
     if h2.numel():
-        parallel_for(_add_norm_bwd_kernel, chunks,
-                     (_np(dy2), _np(dh2), _np(h2), mean_np, rstd_np,
-                      _vec(weight, d, "weight", cdt), _np(dsum.view(-1, d)), dw_part, db_part,
-                      rms, _ROWS_PER_CHUNK))
+        parallel_for(
+            _add_norm_bwd_kernel,
+            chunks,
+            (
+                _np(dy2),
+                _np(dh2),
+                _np(h2),
+                mean_np,
+                rstd_np,
+                _vec(weight, d, "weight", cdt),
+                _np(dsum.view(-1, d)),
+                dw_part,
+                db_part,
+                rms,
+                _ROWS_PER_CHUNK,
+            ),
+        )
     wdt = weight.dtype if weight is not None else h.dtype
-    dweight = (torch.from_numpy(dw_part.astype(np.float64).sum(axis=0)).to(wdt)
-               if weight is not None else None)
+    dweight = (
+        torch.from_numpy(dw_part.astype(np.float64).sum(axis=0)).to(wdt)
+        if weight is not None
+        else None
+    )
     dbias = torch.from_numpy(db_part.astype(np.float64).sum(axis=0)).to(wdt)
     return _out(dsum, h.dtype), dweight, dbias
 
@@ -301,9 +350,20 @@ def modulated_layer_norm_fwd(x, shift, scale, eps):
     mean = torch.empty(n, t, dtype=cdt)
     rstd = torch.empty(n, t, dtype=cdt)
     if x2.numel():
-        parallel_for(_mod_ln_fwd_kernel, n * t,
-                     (_np(x2), _np(_in(shift, cdt)), _np(_in(scale, cdt)), _np(y.view(-1, d)),
-                      _np(mean).reshape(-1), _np(rstd).reshape(-1), float(eps)), min_items=8)
+        parallel_for(
+            _mod_ln_fwd_kernel,
+            n * t,
+            (
+                _np(x2),
+                _np(_in(shift, cdt)),
+                _np(_in(scale, cdt)),
+                _np(y.view(-1, d)),
+                _np(mean).reshape(-1),
+                _np(rstd).reshape(-1),
+                float(eps),
+            ),
+            min_items=8,
+        )
     return _out(y, x.dtype), mean, rstd
 
 
@@ -320,10 +380,22 @@ def modulated_layer_norm_bwd(dy, x, mean, rstd, scale):
     dshift_part = np.zeros((n * cpn, d), npdt)
     dscale_part = np.zeros((n * cpn, d), npdt)
     if x2.numel():
-        parallel_for(_mod_ln_bwd_kernel, n * cpn,
-                     (_np(dy2), _np(x2), _np(_in(mean, cdt)).reshape(-1),
-                      _np(_in(rstd, cdt)).reshape(-1), _np(_in(scale, cdt)),
-                      _np(dx.view(-1, d)), dshift_part, dscale_part, cpn, _ROWS_PER_CHUNK))
+        parallel_for(
+            _mod_ln_bwd_kernel,
+            n * cpn,
+            (
+                _np(dy2),
+                _np(x2),
+                _np(_in(mean, cdt)).reshape(-1),
+                _np(_in(rstd, cdt)).reshape(-1),
+                _np(_in(scale, cdt)),
+                _np(dx.view(-1, d)),
+                dshift_part,
+                dscale_part,
+                cpn,
+                _ROWS_PER_CHUNK,
+            ),
+        )
     dshift = torch.from_numpy(dshift_part.astype(np.float64).reshape(n, cpn, d).sum(axis=1))
     dscale = torch.from_numpy(dscale_part.astype(np.float64).reshape(n, cpn, d).sum(axis=1))
     return _out(dx, x.dtype), dshift.to(scale.dtype), dscale.to(scale.dtype)

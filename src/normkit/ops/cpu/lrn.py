@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from numba import njit
 
+from ..schema import implements
 from . import _alloc
 from ._pool import parallel_for
-from ..schema import implements
 
 __all__ = ["lrn_fwd", "lrn_bwd", "beta_mode"]
 
@@ -65,6 +65,7 @@ def _neg_pow_row(s, p, w, mode, neg_beta, one):
 # --- across channels, (N, C, L) layout ----------------------------------------------------
 # Loops run over 1-D row slices: numba's 3-D indexing keeps a stride multiply and a
 # wraparound test per element that stops LLVM from vectorising (measured 8x slower).
+
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _window_rows(buf, first, width, s, w):
@@ -145,7 +146,7 @@ def _scale_pow_t(s, xr, dyr, pr, tr, w, alpha, k, mode, neg_beta, one):
     else:
         for i in range(w):
             v = k + alpha * s[i]
-            q = v ** neg_beta
+            q = v**neg_beta
             pr[i] = q
             tr[i] = dyr[i] * xr[i] * q / v
 
@@ -163,19 +164,21 @@ def _lrn_ncl_fwd_kernel(x, y, back, ahead, alpha, k, mode, neg_beta, one, block,
         l0 = (item % nblocks) * block
         w = min(L, l0 + block) - l0
         for c in range(C):
-            xr = x[n, c, l0:l0 + w]
+            xr = x[n, c, l0 : l0 + w]
             sr = sq[back + c]
             for i in range(w):
                 sr[i] = xr[i] * xr[i]
         for c in range(C):
             _window_rows(sq, c, width, s, w)
-            _scale_apply(s, x[n, c, l0:l0 + w], y[n, c, l0:l0 + w], w, alpha, k, mode,
-                         neg_beta, one)
+            _scale_apply(
+                s, x[n, c, l0 : l0 + w], y[n, c, l0 : l0 + w], w, alpha, k, mode, neg_beta, one
+            )
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _lrn_ncl_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, coef, block,
-                        start, stop):
+def _lrn_ncl_bwd_kernel(
+    x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, coef, block, start, stop
+):
     # x, dy, dx: (N, C, L) contiguous; coef = 2 alpha beta
     N, C, L = x.shape
     width = back + ahead + 1
@@ -189,25 +192,37 @@ def _lrn_ncl_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, c
         l0 = (item % nblocks) * block
         w = min(L, l0 + block) - l0
         for c in range(C):
-            xr = x[n, c, l0:l0 + w]
+            xr = x[n, c, l0 : l0 + w]
             sr = sq[back + c]
             for i in range(w):
                 sr[i] = xr[i] * xr[i]
         for c in range(C):
             _window_rows(sq, c, width, s, w)
-            _scale_pow_t(s, x[n, c, l0:l0 + w], dy[n, c, l0:l0 + w], p[c], t[ahead + c], w,
-                         alpha, k, mode, neg_beta, one)
+            _scale_pow_t(
+                s,
+                x[n, c, l0 : l0 + w],
+                dy[n, c, l0 : l0 + w],
+                p[c],
+                t[ahead + c],
+                w,
+                alpha,
+                k,
+                mode,
+                neg_beta,
+                one,
+            )
         for j in range(C):  # adjoint window: c in [j - ahead, j + back]
             _window_rows(t, j, width, s, w)
             pr = p[j]
-            xr = x[n, j, l0:l0 + w]
-            dyr = dy[n, j, l0:l0 + w]
-            dxr = dx[n, j, l0:l0 + w]
+            xr = x[n, j, l0 : l0 + w]
+            dyr = dy[n, j, l0 : l0 + w]
+            dxr = dx[n, j, l0 : l0 + w]
             for i in range(w):
                 dxr[i] = dyr[i] * pr[i] - coef * xr[i] * s[i]
 
 
 # --- across channels, (N, L, C) layout (channels-last memory) ----------------------------
+
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _window_shifts(buf, width, s, n):
@@ -265,8 +280,9 @@ def _lrn_nlc_fwd_kernel(x, y, back, ahead, alpha, k, mode, neg_beta, one, rows, 
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _lrn_nlc_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, coef, rows,
-                        start, stop):
+def _lrn_nlc_bwd_kernel(
+    x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, coef, rows, start, stop
+):
     # x, dy, dx: (R, C) contiguous rows; flat padded buffers as in the forward
     R, C = x.shape
     width = back + ahead + 1
@@ -306,6 +322,7 @@ def _lrn_nlc_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, c
 
 # --- within a channel: (N*C, H, W) planes -------------------------------------------------
 
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _box_sum(v, out, rows, width):
     """out = direct width x width box sum of zero-padded v, along H first, then W.
@@ -326,7 +343,7 @@ def _plane_scale(xq, sq, s, rows, back, width, alpha, k):
     H, W = xq.shape
     for h in range(H):
         xr = xq[h]
-        sr = sq[back + h, back:back + W]
+        sr = sq[back + h, back : back + W]
         for i in range(W):
             sr[i] = xr[i] * xr[i]
     _box_sum(sq, s, rows, width)
@@ -357,8 +374,9 @@ def _lrn_within_fwd_kernel(x, y, back, ahead, alpha, k, mode, neg_beta, one, sta
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _lrn_within_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, coef,
-                           start, stop):
+def _lrn_within_bwd_kernel(
+    x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, coef, start, stop
+):
     # x, dy, dx: (P, H, W) contiguous planes
     P, H, W = x.shape
     width = back + ahead + 1
@@ -376,7 +394,7 @@ def _lrn_within_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one
             _neg_pow_row(sh, ph, W, mode, neg_beta, one)
             xr = x[q, h]
             dyr = dy[q, h]
-            tr = t[ahead + h, ahead:ahead + W]
+            tr = t[ahead + h, ahead : ahead + W]
             for i in range(W):
                 tr[i] = dyr[i] * xr[i] * ph[i] / sh[i]
         _box_sum(t, acc, rows, width)  # adjoint box: t is padded the mirrored way
@@ -391,6 +409,7 @@ def _lrn_within_bwd_kernel(x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one
 
 
 # --- launchers ---------------------------------------------------------------------------
+
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -425,8 +444,9 @@ def _nlc_rows(c: int, width: int) -> int:
 
 
 @implements("lrn_fwd", "cpu")
-def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float,
-            within: bool) -> torch.Tensor:
+def lrn_fwd(
+    x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float, within: bool
+) -> torch.Tensor:
     """LRN forward with fused numba kernels: ``y = x * (k + alpha * S)^-beta``.
 
     ``S`` is the direct sum of ``x^2`` over channels ``[c - back, c + ahead]`` (or the
@@ -457,31 +477,57 @@ def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k
         xc = xc.contiguous()
         n, c, h, w = xc.shape
         y = _alloc.empty_like(xc)
-        parallel_for(_lrn_within_fwd_kernel, n * c,
-                     (_np(xc).reshape(n * c, h, w), _np(y).reshape(n * c, h, w), back, ahead,
-                      a, kk, mode, nb, one))
+        parallel_for(
+            _lrn_within_fwd_kernel,
+            n * c,
+            (
+                _np(xc).reshape(n * c, h, w),
+                _np(y).reshape(n * c, h, w),
+                back,
+                ahead,
+                a,
+                kk,
+                mode,
+                nb,
+                one,
+            ),
+        )
     else:
         layout, x3 = _across_layout(xc)
         y3 = _alloc.empty_like(x3)
         if layout == "nlc":
             rows = _nlc_rows(x3.shape[1], back + ahead + 1)
-            parallel_for(_lrn_nlc_fwd_kernel, -(-x3.shape[0] // rows),
-                         (_np(x3), _np(y3), back, ahead, a, kk, mode, nb, one, rows))
+            parallel_for(
+                _lrn_nlc_fwd_kernel,
+                -(-x3.shape[0] // rows),
+                (_np(x3), _np(y3), back, ahead, a, kk, mode, nb, one, rows),
+            )
             shape = list(xc.movedim(1, -1).shape)
             y = y3.reshape(shape).movedim(-1, 1)
         else:
             n, c, length = x3.shape
             block = _ncl_block(c, back + ahead + 1, length)
             nblocks = -(-length // block)
-            parallel_for(_lrn_ncl_fwd_kernel, n * nblocks,
-                         (_np(x3), _np(y3), back, ahead, a, kk, mode, nb, one, block))
+            parallel_for(
+                _lrn_ncl_fwd_kernel,
+                n * nblocks,
+                (_np(x3), _np(y3), back, ahead, a, kk, mode, nb, one, block),
+            )
             y = y3.reshape(xc.shape)
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 @implements("lrn_bwd", "cpu")
-def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: float,
-            beta: float, k: float, within: bool) -> torch.Tensor:
+def lrn_bwd(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    back: int,
+    ahead: int,
+    alpha: float,
+    beta: float,
+    k: float,
+    within: bool,
+) -> torch.Tensor:
     """LRN backward: dx given dy, recomputing the scale from x (nothing else is saved).
 
     ``dx_j = dy_j s_j^-beta - 2 alpha beta x_j sum_{c = j-ahead}^{j+back} dy_c x_c s_c^(-beta-1)``
@@ -509,9 +555,23 @@ def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: flo
         xc, dyc = xc.contiguous(), dyc.contiguous()
         n, c, h, w = xc.shape
         dx = _alloc.empty_like(xc)
-        parallel_for(_lrn_within_bwd_kernel, n * c,
-                     (_np(xc).reshape(n * c, h, w), _np(dyc).reshape(n * c, h, w),
-                      _np(dx).reshape(n * c, h, w), back, ahead, a, kk, mode, nb, one, coef))
+        parallel_for(
+            _lrn_within_bwd_kernel,
+            n * c,
+            (
+                _np(xc).reshape(n * c, h, w),
+                _np(dyc).reshape(n * c, h, w),
+                _np(dx).reshape(n * c, h, w),
+                back,
+                ahead,
+                a,
+                kk,
+                mode,
+                nb,
+                one,
+                coef,
+            ),
+        )
     else:
         layout, x3 = _across_layout(xc)
         if layout == "nlc":
@@ -519,9 +579,11 @@ def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: flo
             dy3 = dy3.contiguous()
             dx3 = _alloc.empty_like(x3)
             rows = _nlc_rows(x3.shape[1], back + ahead + 1)
-            parallel_for(_lrn_nlc_bwd_kernel, -(-x3.shape[0] // rows),
-                         (_np(x3), _np(dy3), _np(dx3), back, ahead, a, kk, mode, nb, one,
-                          coef, rows))
+            parallel_for(
+                _lrn_nlc_bwd_kernel,
+                -(-x3.shape[0] // rows),
+                (_np(x3), _np(dy3), _np(dx3), back, ahead, a, kk, mode, nb, one, coef, rows),
+            )
             dx = dx3.reshape(list(xc.movedim(1, -1).shape)).movedim(-1, 1)
         else:
             n, c, length = x3.shape
@@ -529,8 +591,10 @@ def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: flo
             dx3 = _alloc.empty_like(x3)
             block = _ncl_block(c, back + ahead + 1, length)
             nblocks = -(-length // block)
-            parallel_for(_lrn_ncl_bwd_kernel, n * nblocks,
-                         (_np(x3), _np(dy3), _np(dx3), back, ahead, a, kk, mode, nb, one,
-                          coef, block))
+            parallel_for(
+                _lrn_ncl_bwd_kernel,
+                n * nblocks,
+                (_np(x3), _np(dy3), _np(dx3), back, ahead, a, kk, mode, nb, one, coef, block),
+            )
             dx = dx3.reshape(xc.shape)
     return dx if dx.dtype == x.dtype else dx.to(x.dtype)

@@ -32,13 +32,22 @@ import numpy as np
 import torch
 from numba import njit
 
+from ..schema import implements
 from . import _alloc
 from ._pool import parallel_for
-from ..schema import implements
 
-__all__ = ["layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
-           "group_norm_fwd", "group_norm_bwd", "batch_norm_stats", "batch_norm_apply",
-           "batch_norm_bwd_reduce", "batch_norm_bwd_apply"]
+__all__ = [
+    "layer_norm_fwd",
+    "layer_norm_bwd",
+    "rms_norm_fwd",
+    "rms_norm_bwd",
+    "group_norm_fwd",
+    "group_norm_bwd",
+    "batch_norm_stats",
+    "batch_norm_apply",
+    "batch_norm_bwd_reduce",
+    "batch_norm_bwd_apply",
+]
 
 FM = {"reassoc", "contract"}
 _ROWS_PER_CHUNK = 32  # rows per partial buffer in LayerNorm/RMSNorm backward
@@ -47,6 +56,7 @@ _ROWS_PER_CHUNK = 32  # rows per partial buffer in LayerNorm/RMSNorm backward
 # --- LayerNorm / RMSNorm: rows of (M, D) ------------------------------------------------
 # Loops run over 1-D row slices (xr = x[r]): numba's 2-D/3-D element indexing keeps a
 # stride multiply and a wraparound test per element that blocks vectorisation.
+
 
 # inline="always": inlined in numba IR, so the callers' loops vectorize as if written there
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
@@ -113,8 +123,9 @@ def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
-def _layer_norm_bwd_kernel(dy, x, mean, rstd, w, dx, dw_part, db_part, rms, rows_per_chunk,
-                           start, stop):
+def _layer_norm_bwd_kernel(
+    dy, x, mean, rstd, w, dx, dw_part, db_part, rms, rows_per_chunk, start, stop
+):
     # dy, x, dx: (M, D); mean, rstd: (M,); w: (D,) in x's dtype or (0,);
     # dw_part, db_part: (chunks, D) in x's dtype: sums of at most rows_per_chunk rows,
     # reduced across chunks in float64 by the launcher
@@ -171,6 +182,7 @@ def _layer_norm_bwd_kernel(dy, x, mean, rstd, w, dx, dw_part, db_part, rms, rows
 
 
 # --- GroupNorm: (N, C, L), groups of C // G channels ------------------------------------
+
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _group_norm_fwd_kernel(x, w, b, y, mean, rstd, groups, eps, start, stop):
@@ -273,6 +285,7 @@ def _group_norm_bwd_kernel(dy, x, mean, rstd, w, dx, dw_part, db_part, groups, s
 # Rows (n, c) are reduced in x's dtype (shifted, so a mean of 1e4 costs nothing) and the
 # row results combined in float64.
 
+
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _batch_norm_stats_kernel(x, mean, var, start, stop):
     # x: (N, C, L); mean, var: (C,); work item = one channel; rows combined by Chan
@@ -347,8 +360,7 @@ def _batch_norm_bwd_reduce_kernel(dy, x, mean, rstd, sum_dy, sum_dy_xhat, start,
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
-def _batch_norm_bwd_apply_kernel(dy, x, mean, rstd, w, sum_dy, sum_dy_xhat, count, dx,
-                                 start, stop):
+def _batch_norm_bwd_apply_kernel(dy, x, mean, rstd, w, sum_dy, sum_dy_xhat, count, dx, start, stop):
     # dy, x, dx: (N, C, L); per-channel vectors (C,); work item = row (n, c)
     N, C, L = x.shape
     has_w = w.shape[0] > 0
@@ -378,6 +390,7 @@ def _batch_norm_bwd_apply_kernel(dy, x, mean, rstd, w, sum_dy, sum_dy_xhat, coun
 
 # --- launchers ---------------------------------------------------------------------------
 
+
 def _cdt(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -396,8 +409,10 @@ def _vec(t, n: int, name: str, dtype: torch.dtype = torch.float64) -> np.ndarray
     if t is None:
         return np.empty(0, np.float64 if dtype == torch.float64 else np.float32)
     if t.numel() != n:
-        raise ValueError(f"{name} must have {n} elements (one per feature), got shape "
-                         f"{tuple(t.shape)}; pass a ({n},) tensor or None")
+        raise ValueError(
+            f"{name} must have {n} elements (one per feature), got shape "
+            f"{tuple(t.shape)}; pass a ({n},) tensor or None"
+        )
     return t.detach().to("cpu", dtype).contiguous().reshape(n).numpy()
 
 
@@ -422,9 +437,21 @@ def layer_norm_fwd(x, weight, bias, eps):
     mean = torch.empty(x2.shape[0], dtype=cdt)
     rstd = torch.empty(x2.shape[0], dtype=cdt)
     if x2.numel():
-        parallel_for(_layer_norm_fwd_kernel, x2.shape[0],
-                     (_np(x2), _vec(weight, d, "weight", cdt), _vec(bias, d, "bias", cdt),
-                      _np(y), _np(mean), _np(rstd), float(eps), False), min_items=8)
+        parallel_for(
+            _layer_norm_fwd_kernel,
+            x2.shape[0],
+            (
+                _np(x2),
+                _vec(weight, d, "weight", cdt),
+                _vec(bias, d, "bias", cdt),
+                _np(y),
+                _np(mean),
+                _np(rstd),
+                float(eps),
+                False,
+            ),
+            min_items=8,
+        )
     lead = x.shape[:-1]
     return _out(y.reshape(x.shape), x.dtype), mean.reshape(lead), rstd.reshape(lead)
 
@@ -443,13 +470,29 @@ def _rowwise_bwd(dy, x, mean, rstd, weight, rms):
     dw_part = np.zeros((chunks, d), npdt)
     db_part = np.zeros((chunks, d), npdt)
     if x2.numel():
-        parallel_for(_layer_norm_bwd_kernel, chunks,
-                     (_np(dy2), _np(x2), mean_np, rstd_np, _vec(weight, d, "weight", cdt),
-                      _np(dx), dw_part, db_part, rms, _ROWS_PER_CHUNK))
+        parallel_for(
+            _layer_norm_bwd_kernel,
+            chunks,
+            (
+                _np(dy2),
+                _np(x2),
+                mean_np,
+                rstd_np,
+                _vec(weight, d, "weight", cdt),
+                _np(dx),
+                dw_part,
+                db_part,
+                rms,
+                _ROWS_PER_CHUNK,
+            ),
+        )
     wdt = weight.dtype if weight is not None else x.dtype
     # one fixed-order reduction of the per-chunk partials, in float64
-    dweight = (torch.from_numpy(dw_part.astype(np.float64).sum(axis=0)).to(wdt)
-               if weight is not None else None)
+    dweight = (
+        torch.from_numpy(dw_part.astype(np.float64).sum(axis=0)).to(wdt)
+        if weight is not None
+        else None
+    )
     dbias = torch.from_numpy(db_part.astype(np.float64).sum(axis=0)).to(wdt)
     return _out(dx.reshape(x.shape), x.dtype), dweight, dbias
 
@@ -471,9 +514,21 @@ def rms_norm_fwd(x, weight, eps):
     mean = torch.empty(x2.shape[0], dtype=cdt)  # stays 0: RMSNorm does not centre
     rstd = torch.empty(x2.shape[0], dtype=cdt)
     if x2.numel():
-        parallel_for(_layer_norm_fwd_kernel, x2.shape[0],
-                     (_np(x2), _vec(weight, d, "weight", cdt), _vec(None, d, "bias", cdt),
-                      _np(y), _np(mean), _np(rstd), float(eps), True), min_items=8)
+        parallel_for(
+            _layer_norm_fwd_kernel,
+            x2.shape[0],
+            (
+                _np(x2),
+                _vec(weight, d, "weight", cdt),
+                _vec(None, d, "bias", cdt),
+                _np(y),
+                _np(mean),
+                _np(rstd),
+                float(eps),
+                True,
+            ),
+            min_items=8,
+        )
     return _out(y.reshape(x.shape), x.dtype), rstd.reshape(x.shape[:-1])
 
 
@@ -486,8 +541,10 @@ def rms_norm_bwd(dy, x, rstd, weight):
 
 def _check_groups(c: int, groups: int) -> None:
     if groups < 1 or c % groups:
-        raise ValueError(f"GroupNorm: num_channels ({c}) must be divisible by num_groups "
-                         f"({groups}); choose num_groups dividing {c}")
+        raise ValueError(
+            f"GroupNorm: num_channels ({c}) must be divisible by num_groups "
+            f"({groups}); choose num_groups dividing {c}"
+        )
 
 
 @implements("group_norm_fwd", "cpu")
@@ -501,9 +558,20 @@ def group_norm_fwd(x, weight, bias, num_groups, eps):
     mean = torch.empty(n, num_groups, dtype=cdt)
     rstd = torch.empty(n, num_groups, dtype=cdt)
     if x3.numel():
-        parallel_for(_group_norm_fwd_kernel, n * num_groups,
-                     (_np(x3), _vec(weight, c, "weight"), _vec(bias, c, "bias"), _np(y),
-                      _np(mean).reshape(-1), _np(rstd).reshape(-1), num_groups, float(eps)))
+        parallel_for(
+            _group_norm_fwd_kernel,
+            n * num_groups,
+            (
+                _np(x3),
+                _vec(weight, c, "weight"),
+                _vec(bias, c, "bias"),
+                _np(y),
+                _np(mean).reshape(-1),
+                _np(rstd).reshape(-1),
+                num_groups,
+                float(eps),
+            ),
+        )
     return _out(y.reshape(x.shape), x.dtype), mean, rstd
 
 
@@ -519,10 +587,21 @@ def group_norm_bwd(dy, x, mean, rstd, weight, num_groups):
     dw_part = np.zeros((n, c), np.float64)
     db_part = np.zeros((n, c), np.float64)
     if x3.numel():
-        parallel_for(_group_norm_bwd_kernel, n * num_groups,
-                     (_np(dy3), _np(x3), _np(_in(mean, cdt)).reshape(-1),
-                      _np(_in(rstd, cdt)).reshape(-1), _vec(weight, c, "weight"), _np(dx),
-                      dw_part, db_part, num_groups))
+        parallel_for(
+            _group_norm_bwd_kernel,
+            n * num_groups,
+            (
+                _np(dy3),
+                _np(x3),
+                _np(_in(mean, cdt)).reshape(-1),
+                _np(_in(rstd, cdt)).reshape(-1),
+                _vec(weight, c, "weight"),
+                _np(dx),
+                dw_part,
+                db_part,
+                num_groups,
+            ),
+        )
     wdt = weight.dtype if weight is not None else x.dtype
     dweight = torch.from_numpy(dw_part.sum(axis=0)).to(wdt) if weight is not None else None
     dbias = torch.from_numpy(db_part.sum(axis=0)).to(wdt)
@@ -538,8 +617,10 @@ def batch_norm_stats(x):
     mean = torch.empty(c, dtype=cdt)
     var = torch.empty(c, dtype=cdt)
     if x3.shape[0] * x3.shape[2] == 0:
-        raise ValueError(f"BatchNorm: needs at least one value per channel, got input shape "
-                         f"{tuple(x.shape)}; use a non-empty batch")
+        raise ValueError(
+            f"BatchNorm: needs at least one value per channel, got input shape "
+            f"{tuple(x.shape)}; use a non-empty batch"
+        )
     parallel_for(_batch_norm_stats_kernel, c, (_np(x3), _np(mean), _np(var)))
     return mean, var
 
@@ -552,9 +633,19 @@ def batch_norm_apply(x, mean, rstd, weight, bias):
     n, c, _ = x3.shape
     y = _alloc.empty_like(x3)
     if x3.numel():
-        parallel_for(_batch_norm_apply_kernel, n * c,
-                     (_np(x3), _np(_in(mean, cdt)), _np(_in(rstd, cdt)),
-                      _vec(weight, c, "weight"), _vec(bias, c, "bias"), _np(y)), min_items=4)
+        parallel_for(
+            _batch_norm_apply_kernel,
+            n * c,
+            (
+                _np(x3),
+                _np(_in(mean, cdt)),
+                _np(_in(rstd, cdt)),
+                _vec(weight, c, "weight"),
+                _vec(bias, c, "bias"),
+                _np(y),
+            ),
+            min_items=4,
+        )
     return _out(y.reshape(x.shape), x.dtype)
 
 
@@ -567,9 +658,18 @@ def batch_norm_bwd_reduce(dy, x, mean, rstd):
     c = x3.shape[1]
     sum_dy = torch.empty(c, dtype=cdt)
     sum_dy_xhat = torch.empty(c, dtype=cdt)
-    parallel_for(_batch_norm_bwd_reduce_kernel, c,
-                 (_np(dy3), _np(x3), _np(_in(mean, cdt)), _np(_in(rstd, cdt)), _np(sum_dy),
-                  _np(sum_dy_xhat)))
+    parallel_for(
+        _batch_norm_bwd_reduce_kernel,
+        c,
+        (
+            _np(dy3),
+            _np(x3),
+            _np(_in(mean, cdt)),
+            _np(_in(rstd, cdt)),
+            _np(sum_dy),
+            _np(sum_dy_xhat),
+        ),
+    )
     return sum_dy, sum_dy_xhat
 
 
@@ -583,8 +683,20 @@ def batch_norm_bwd_apply(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count):
     dx = _alloc.empty_like(x3)
     count = float(count.item() if isinstance(count, torch.Tensor) else count)
     if x3.numel():
-        parallel_for(_batch_norm_bwd_apply_kernel, n * c,
-                     (_np(dy3), _np(x3), _np(_in(mean, cdt)), _np(_in(rstd, cdt)),
-                      _vec(weight, c, "weight"), _np(_in(sum_dy, cdt)),
-                      _np(_in(sum_dy_xhat, cdt)), count, _np(dx)), min_items=4)
+        parallel_for(
+            _batch_norm_bwd_apply_kernel,
+            n * c,
+            (
+                _np(dy3),
+                _np(x3),
+                _np(_in(mean, cdt)),
+                _np(_in(rstd, cdt)),
+                _vec(weight, c, "weight"),
+                _np(_in(sum_dy, cdt)),
+                _np(_in(sum_dy_xhat, cdt)),
+                count,
+                _np(dx),
+            ),
+            min_items=4,
+        )
     return _out(dx.reshape(x.shape), x.dtype)

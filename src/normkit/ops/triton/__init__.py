@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import triton  # noqa: F401  -- ImportError here means: no triton backend
 
+from ..schema import implementations as _implementations
 from . import batch_norm, frn, fused, lrn, norms  # noqa: F401  (importing registers the kernels)
 from ._common import INTERPRET, why_not_tensor
-from ..schema import implementations as _implementations
 
 why_not = why_not_tensor  # the gate dispatch applies to every op of this backend
 # {op: fn} of this backend, as registered through the op schema (docs/ops.md's table)

@@ -40,15 +40,21 @@ def why_not_tensor(x: torch.Tensor) -> Optional[str]:
     if not isinstance(x, torch.Tensor):
         return f"expected a torch.Tensor, got {type(x).__name__}"
     if x.device.type != "cuda" and not (INTERPRET and x.device.type == "cpu"):
-        return (f"Triton kernels need a CUDA tensor, got device {x.device.type!r} "
-                "(set TRITON_INTERPRET=1 before importing normkit to run them on CPU tensors "
-                "in Triton's interpreter)")
+        return (
+            f"Triton kernels need a CUDA tensor, got device {x.device.type!r} "
+            "(set TRITON_INTERPRET=1 before importing normkit to run them on CPU tensors "
+            "in Triton's interpreter)"
+        )
     if x.dtype not in SUPPORTED_DTYPES:
-        return (f"dtype {x.dtype} is not supported by the Triton kernels "
-                f"(supported: {', '.join(str(d) for d in SUPPORTED_DTYPES)})")
+        return (
+            f"dtype {x.dtype} is not supported by the Triton kernels "
+            f"(supported: {', '.join(str(d) for d in SUPPORTED_DTYPES)})"
+        )
     if x.numel() > MAX_NUMEL:
-        return (f"tensor has {x.numel()} elements; the Triton kernels index with int32 "
-                f"and accept at most {MAX_NUMEL}")
+        return (
+            f"tensor has {x.numel()} elements; the Triton kernels index with int32 "
+            f"and accept at most {MAX_NUMEL}"
+        )
     return None
 
 
@@ -80,8 +86,10 @@ def warps_for(block: int) -> int:
 def _column_sum_kernel(
     src_ptr,  # (R, K) partial sums, accumulator dtype
     dst_ptr,  # (K,) output dtype
-    R, K,
-    ACC_DTYPE: tl.constexpr, BLOCK_K: tl.constexpr,
+    R,
+    K,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """dst[k] = sum_r src[r, k], rows added in order: the deterministic second stage."""
     pid = tl.program_id(0)
@@ -101,5 +109,6 @@ def column_sum(src: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         return dst
     block = block_for(cols, 1024)
     _column_sum_kernel[(triton.cdiv(cols, block),)](
-        src, dst, rows, cols, ACC_DTYPE=acc_dtype(src.dtype), BLOCK_K=block)
+        src, dst, rows, cols, ACC_DTYPE=acc_dtype(src.dtype), BLOCK_K=block
+    )
     return dst

@@ -15,11 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, block_for, column_sum, num_partials, stats_dtype
 from ..schema import implements
+from ._common import acc_dtype, block_for, column_sum, num_partials, stats_dtype
 
-__all__ = ["batch_norm_stats", "batch_norm_apply", "batch_norm_bwd_reduce",
-           "batch_norm_bwd_apply"]
+__all__ = ["batch_norm_stats", "batch_norm_apply", "batch_norm_bwd_reduce", "batch_norm_bwd_apply"]
 
 BLOCK = 1024
 
@@ -30,8 +29,12 @@ def _batch_norm_stats_kernel(
     count_part_ptr,  # (C, P) elements seen by each program
     mean_part_ptr,  # (C, P) partial means, accumulator dtype
     m2_part_ptr,  # (C, P) partial sums of squared deviations
-    C, L, NL, chunks_per_program,
-    ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+    C,
+    L,
+    NL,
+    chunks_per_program,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Program (c, p) walks chunks [p*cpp, (p+1)*cpp) of channel c's N*L values."""
     c = tl.program_id(0)
@@ -74,8 +77,10 @@ def _batch_norm_stats_combine_kernel(
     m2_part_ptr,  # (C, P)
     mean_ptr,  # (C,) output mean, accumulator dtype
     var_ptr,  # (C,) output biased variance
-    L, P,
-    ACC_DTYPE: tl.constexpr, BLOCK_P: tl.constexpr,
+    L,
+    P,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """mean = sum n_p mean_p / n; M2 = sum M2_p + n_p (mean_p - mean)^2 (exact merge)."""
     c = tl.program_id(0)
@@ -101,8 +106,12 @@ def _batch_norm_apply_kernel(
     w_ptr,  # (C,) weight, or any pointer when not HAS_WEIGHT
     b_ptr,  # (C,) bias, or any pointer when not HAS_BIAS
     y_ptr,  # (N, C, L) output, x's dtype
-    C, L, numel,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    C,
+    L,
+    numel,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """Flat elementwise y = (x - mean_c) * rstd_c * w_c + b_c; per-channel values hit cache."""
@@ -128,8 +137,12 @@ def _batch_norm_bwd_reduce_kernel(
     rstd_ptr,  # (C,) rstd
     sum_dy_part_ptr,  # (P, C) partial sums of dy, one row per program index p
     sum_dyx_part_ptr,  # (P, C) partial sums of dy * x_hat
-    C, L, NL, chunks_per_program,
-    ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+    C,
+    L,
+    NL,
+    chunks_per_program,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Program (c, p) sums dy and dy * x_hat over its chunks of channel c."""
     c = tl.program_id(0)
@@ -162,8 +175,13 @@ def _batch_norm_bwd_apply_kernel(
     sum_dy_ptr,  # (C,) sum of dy over (N, L) (all processes for SyncBatchNorm)
     sum_dyx_ptr,  # (C,) sum of dy * x_hat
     dx_ptr,  # (N, C, L) output, x's dtype
-    C, L, numel, inv_count,
-    HAS_WEIGHT: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+    C,
+    L,
+    numel,
+    inv_count,
+    HAS_WEIGHT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """dx = w rstd (dy - sum_dy / count - x_hat sum_dy_xhat / count), flat elementwise."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -185,8 +203,10 @@ def _batch_norm_bwd_apply_kernel(
 
 def _check_x(name: str, x: torch.Tensor):
     if x.dim() != 3:
-        raise ValueError(f"{name}: x must be 3-D (N, C, L), got shape {tuple(x.shape)}; "
-                         "flatten the spatial dims first (L = 1 for BatchNorm1d on (N, C))")
+        raise ValueError(
+            f"{name}: x must be 3-D (N, C, L), got shape {tuple(x.shape)}; "
+            "flatten the spatial dims first (L = 1 for BatchNorm1d on (N, C))"
+        )
 
 
 def _check_channel_vec(name: str, label: str, t: Optional[torch.Tensor], c: int):
@@ -223,21 +243,30 @@ def batch_norm_stats(x: torch.Tensor):
     if c == 0:
         return mean, var
     if n * length == 0:
-        raise ValueError(f"batch_norm_stats: need at least one value per channel, got x shape "
-                         f"{tuple(x.shape)}; a batch norm over an empty batch has no statistics")
+        raise ValueError(
+            f"batch_norm_stats: need at least one value per channel, got x shape "
+            f"{tuple(x.shape)}; a batch norm over an empty batch has no statistics"
+        )
     progs, cpp = _partition(x)
     parts = [torch.empty(c, progs, dtype=sdt, device=x.device) for _ in range(3)]
     acc = acc_dtype(x.dtype)
-    _batch_norm_stats_kernel[(c, progs)](x, *parts, c, length, n * length, cpp,
-                                         ACC_DTYPE=acc, BLOCK=BLOCK)
-    _batch_norm_stats_combine_kernel[(c,)](x, *parts, mean, var, length, progs,
-                                           ACC_DTYPE=acc, BLOCK_P=block_for(progs, 1 << 16))
+    _batch_norm_stats_kernel[(c, progs)](
+        x, *parts, c, length, n * length, cpp, ACC_DTYPE=acc, BLOCK=BLOCK
+    )
+    _batch_norm_stats_combine_kernel[(c,)](
+        x, *parts, mean, var, length, progs, ACC_DTYPE=acc, BLOCK_P=block_for(progs, 1 << 16)
+    )
     return mean, var
 
 
 @implements("batch_norm_apply", "triton")
-def batch_norm_apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                     weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> torch.Tensor:
+def batch_norm_apply(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+) -> torch.Tensor:
     """y = (x - mean_c) * rstd_c * weight_c + bias_c (training or eval statistics).
 
     Args: x (N, C, L); mean, rstd (C,); weight, bias (C,) or None.
@@ -254,18 +283,27 @@ def batch_norm_apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
     if x.numel() == 0:
         return y
     _batch_norm_apply_kernel[(triton.cdiv(x.numel(), BLOCK),)](
-        x, mean.contiguous(), rstd.contiguous(),
+        x,
+        mean.contiguous(),
+        rstd.contiguous(),
         weight.contiguous() if weight is not None else x,
-        bias.contiguous() if bias is not None else x, y,
-        c, x.shape[2], x.numel(),
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        ACC_DTYPE=acc_dtype(x.dtype), BLOCK=BLOCK)
+        bias.contiguous() if bias is not None else x,
+        y,
+        c,
+        x.shape[2],
+        x.numel(),
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
+        ACC_DTYPE=acc_dtype(x.dtype),
+        BLOCK=BLOCK,
+    )
     return y
 
 
 @implements("batch_norm_bwd_reduce", "triton")
-def batch_norm_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
-                          rstd: torch.Tensor):
+def batch_norm_bwd_reduce(
+    dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor
+):
     """sum_dy[c] = sum dy; sum_dy_xhat[c] = sum dy (x - mean) rstd, over (N, L).
 
     Deterministic: partials per program, then an in-order column sum.
@@ -281,14 +319,26 @@ def batch_norm_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
     n, c, length = x.shape
     sdt = stats_dtype(x.dtype)
     if x.numel() == 0:
-        return torch.zeros(c, dtype=sdt, device=x.device), torch.zeros(c, dtype=sdt,
-                                                                        device=x.device)
+        return torch.zeros(c, dtype=sdt, device=x.device), torch.zeros(
+            c, dtype=sdt, device=x.device
+        )
     progs, cpp = _partition(x)
     part_dy = torch.empty(progs, c, dtype=sdt, device=x.device)
     part_dyx = torch.empty(progs, c, dtype=sdt, device=x.device)
     _batch_norm_bwd_reduce_kernel[(c, progs)](
-        dy, x, mean.contiguous(), rstd.contiguous(), part_dy, part_dyx,
-        c, length, n * length, cpp, ACC_DTYPE=acc_dtype(x.dtype), BLOCK=BLOCK)
+        dy,
+        x,
+        mean.contiguous(),
+        rstd.contiguous(),
+        part_dy,
+        part_dyx,
+        c,
+        length,
+        n * length,
+        cpp,
+        ACC_DTYPE=acc_dtype(x.dtype),
+        BLOCK=BLOCK,
+    )
     return column_sum(part_dy, sdt), column_sum(part_dyx, sdt)
 
 
@@ -307,17 +357,30 @@ def batch_norm_bwd_apply(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count) 
     _check_x("batch_norm_bwd_apply", x)
     count = float(count)
     if count <= 0:
-        raise ValueError(f"batch_norm_bwd_apply: count must be > 0, got {count}; pass the "
-                         "number of values per channel the sums ran over")
+        raise ValueError(
+            f"batch_norm_bwd_apply: count must be > 0, got {count}; pass the "
+            "number of values per channel the sums ran over"
+        )
     x = x.contiguous()
     dy = dy.contiguous()
     dx = torch.empty_like(x)
     if x.numel() == 0:
         return dx
     _batch_norm_bwd_apply_kernel[(triton.cdiv(x.numel(), BLOCK),)](
-        dy, x, mean.contiguous(), rstd.contiguous(),
+        dy,
+        x,
+        mean.contiguous(),
+        rstd.contiguous(),
         weight.contiguous() if weight is not None else x,
-        sum_dy.contiguous(), sum_dy_xhat.contiguous(), dx,
-        x.shape[1], x.shape[2], x.numel(), 1.0 / count,
-        HAS_WEIGHT=weight is not None, ACC_DTYPE=acc_dtype(x.dtype), BLOCK=BLOCK)
+        sum_dy.contiguous(),
+        sum_dy_xhat.contiguous(),
+        dx,
+        x.shape[1],
+        x.shape[2],
+        x.numel(),
+        1.0 / count,
+        HAS_WEIGHT=weight is not None,
+        ACC_DTYPE=acc_dtype(x.dtype),
+        BLOCK=BLOCK,
+    )
     return dx

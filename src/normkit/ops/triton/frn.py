@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, block_for, column_sum, stats_dtype, warps_for
 from ..schema import implements
+from ._common import acc_dtype, block_for, column_sum, stats_dtype, warps_for
 
 __all__ = ["frn_fwd", "frn_bwd"]
 
@@ -28,8 +28,19 @@ MAX_BLOCK = 4096
 
 
 @triton.jit
-def _frn_fwd_kernel(x_ptr, w_ptr, b_ptr, t_ptr, e_ptr, y_ptr, rstd_ptr, C, L,
-                    ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+def _frn_fwd_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    t_ptr,
+    e_ptr,
+    y_ptr,
+    rstd_ptr,
+    C,
+    L,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0)  # = n * C + c
     c = row % C
     base = row * L
@@ -54,9 +65,23 @@ def _frn_fwd_kernel(x_ptr, w_ptr, b_ptr, t_ptr, e_ptr, y_ptr, rstd_ptr, C, L,
 
 
 @triton.jit
-def _frn_bwd_kernel(dy_ptr, x_ptr, rstd_ptr, w_ptr, b_ptr, t_ptr, dx_ptr,
-                    s_dz_ptr, s_dzx_ptr, s_dt_ptr, s_de_ptr, C, L,
-                    ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+def _frn_bwd_kernel(
+    dy_ptr,
+    x_ptr,
+    rstd_ptr,
+    w_ptr,
+    b_ptr,
+    t_ptr,
+    dx_ptr,
+    s_dz_ptr,
+    s_dzx_ptr,
+    s_dt_ptr,
+    s_de_ptr,
+    C,
+    L,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0)
     c = row % C
     base = row * L
@@ -111,9 +136,20 @@ def frn_fwd(x: torch.Tensor, weight, bias, tau, eps):
     if x.numel():
         w, b, t, e = _params(sdt, weight, bias, tau, eps)
         block = block_for(length, MAX_BLOCK)
-        _frn_fwd_kernel[(n * c,)](x, w, b, t, e, y, rstd, c, length,
-                                  ACC_DTYPE=acc_dtype(x.dtype), BLOCK=block,
-                                  num_warps=warps_for(block))
+        _frn_fwd_kernel[(n * c,)](
+            x,
+            w,
+            b,
+            t,
+            e,
+            y,
+            rstd,
+            c,
+            length,
+            ACC_DTYPE=acc_dtype(x.dtype),
+            BLOCK=block,
+            num_warps=warps_for(block),
+        )
     return y, rstd
 
 
@@ -129,8 +165,20 @@ def frn_bwd(dy: torch.Tensor, x: torch.Tensor, rstd, weight, bias, tau):
     if x.numel():
         w, b, t = _params(sdt, weight, bias, tau)
         block = block_for(length, MAX_BLOCK)
-        _frn_bwd_kernel[(n * c,)](dy, x, rstd.to(sdt).contiguous(), w, b, t, dx, *parts, c,
-                                  length, ACC_DTYPE=acc_dtype(x.dtype), BLOCK=block,
-                                  num_warps=warps_for(block))
+        _frn_bwd_kernel[(n * c,)](
+            dy,
+            x,
+            rstd.to(sdt).contiguous(),
+            w,
+            b,
+            t,
+            dx,
+            *parts,
+            c,
+            length,
+            ACC_DTYPE=acc_dtype(x.dtype),
+            BLOCK=block,
+            num_warps=warps_for(block),
+        )
     s_dz, s_dzx, s_dt, s_de = (column_sum(p, sdt) for p in parts)
     return dx, s_dzx, s_dz, s_dt, s_de

@@ -18,13 +18,27 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, block_for, column_sum, num_partials, stats_dtype, warps_for
-from ._common import why_not_tensor
 from .. import schema as _schema
 from ..schema import implements
+from ._common import (
+    acc_dtype,
+    block_for,
+    column_sum,
+    num_partials,
+    stats_dtype,
+    warps_for,
+    why_not_tensor,
+)
 
-__all__ = ["why_not", "add_rms_norm_fwd", "add_rms_norm_bwd", "add_layer_norm_fwd",
-           "add_layer_norm_bwd", "modulated_layer_norm_fwd", "modulated_layer_norm_bwd"]
+__all__ = [
+    "why_not",
+    "add_rms_norm_fwd",
+    "add_rms_norm_bwd",
+    "add_layer_norm_fwd",
+    "add_layer_norm_bwd",
+    "modulated_layer_norm_fwd",
+    "modulated_layer_norm_bwd",
+]
 
 MAX_D = 16384  # a row in registers: 16K float32 over 16 warps is 32 values per thread
 
@@ -33,15 +47,32 @@ def why_not(x: torch.Tensor) -> Optional[str]:
     """None when the fused Triton kernels can run on x (*, D), else why not."""
     reason = why_not_tensor(x)
     if reason is None and x.dim() >= 1 and x.shape[-1] > MAX_D:
-        reason = (f"the fused Triton kernels keep a row in registers and need D <= {MAX_D}, "
-                  f"got D = {x.shape[-1]}")
+        reason = (
+            f"the fused Triton kernels keep a row in registers and need D <= {MAX_D}, "
+            f"got D = {x.shape[-1]}"
+        )
     return reason
 
 
 @triton.jit
-def _add_norm_fwd_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, h_ptr, mean_ptr, rstd_ptr, D, eps,
-                         RMS: tl.constexpr, HAS_R: tl.constexpr, HAS_W: tl.constexpr,
-                         HAS_B: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _add_norm_fwd_kernel(
+    x_ptr,
+    r_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    h_ptr,
+    mean_ptr,
+    rstd_ptr,
+    D,
+    eps,
+    RMS: tl.constexpr,
+    HAS_R: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """One program per row: h = x + r; y = (h - mean) rstd w + b (RMS: mean = 0)."""
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
@@ -70,10 +101,25 @@ def _add_norm_fwd_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, h_ptr, mean_ptr, rst
 
 
 @triton.jit
-def _add_norm_bwd_kernel(dy_ptr, dh_ptr, h_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr, dw_part_ptr,
-                         db_part_ptr, M, D, rows_per_program,
-                         RMS: tl.constexpr, HAS_DH: tl.constexpr, HAS_W: tl.constexpr,
-                         ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _add_norm_bwd_kernel(
+    dy_ptr,
+    dh_ptr,
+    h_ptr,
+    mean_ptr,
+    rstd_ptr,
+    w_ptr,
+    dx_ptr,
+    dw_part_ptr,
+    db_part_ptr,
+    M,
+    D,
+    rows_per_program,
+    RMS: tl.constexpr,
+    HAS_DH: tl.constexpr,
+    HAS_W: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """dx = dh + rstd (g - <g> - h_hat <g h_hat>) (RMS: no <g>); partial dw, db per program."""
     pid = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
@@ -110,8 +156,19 @@ def _add_norm_bwd_kernel(dy_ptr, dh_ptr, h_ptr, mean_ptr, rstd_ptr, w_ptr, dx_pt
 
 
 @triton.jit
-def _mod_ln_fwd_kernel(x_ptr, shift_ptr, scale_ptr, y_ptr, mean_ptr, rstd_ptr, T, D, eps,
-                       ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _mod_ln_fwd_kernel(
+    x_ptr,
+    shift_ptr,
+    scale_ptr,
+    y_ptr,
+    mean_ptr,
+    rstd_ptr,
+    T,
+    D,
+    eps,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """One program per row (n, t): y = x_hat (1 + scale[n]) + shift[n]."""
     row = tl.program_id(0)
     n = row // T
@@ -131,9 +188,21 @@ def _mod_ln_fwd_kernel(x_ptr, shift_ptr, scale_ptr, y_ptr, mean_ptr, rstd_ptr, T
 
 
 @triton.jit
-def _mod_ln_bwd_kernel(dy_ptr, x_ptr, mean_ptr, rstd_ptr, scale_ptr, dx_ptr, dshift_part_ptr,
-                       dscale_part_ptr, T, D, rows_per_program,
-                       ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _mod_ln_bwd_kernel(
+    dy_ptr,
+    x_ptr,
+    mean_ptr,
+    rstd_ptr,
+    scale_ptr,
+    dx_ptr,
+    dshift_part_ptr,
+    dscale_part_ptr,
+    T,
+    D,
+    rows_per_program,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Program (n, c) owns tokens [c * rows_per_program, ...) of sample n and one partial row."""
     n = tl.program_id(0)
     c = tl.program_id(1)
@@ -166,8 +235,10 @@ def _rows(t: torch.Tensor, d: int) -> torch.Tensor:
 
 def _check_d(name: str, d: int) -> None:
     if d == 0 or d > MAX_D:
-        raise ValueError(f"{name}: the Triton kernels need 0 < D <= {MAX_D}, got D = {d}; "
-                         "use backend='torch' or 'cpu'")
+        raise ValueError(
+            f"{name}: the Triton kernels need 0 < D <= {MAX_D}, got D = {d}; "
+            "use backend='torch' or 'cpu'"
+        )
 
 
 def _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, rms):
@@ -185,10 +256,24 @@ def _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, rms):
         r2 = _rows(residual, d) if residual is not None else x2
         block = block_for(d, MAX_D)
         _add_norm_fwd_kernel[(m_rows,)](
-            x2, r2, weight.contiguous() if weight is not None else x2,
-            bias.contiguous() if bias is not None else x2, y, h, mean, rstd, d, float(eps),
-            RMS=rms, HAS_R=residual is not None, HAS_W=weight is not None,
-            HAS_B=bias is not None, ACC=acc_dtype(hdt), BLOCK=block, num_warps=warps_for(block))
+            x2,
+            r2,
+            weight.contiguous() if weight is not None else x2,
+            bias.contiguous() if bias is not None else x2,
+            y,
+            h,
+            mean,
+            rstd,
+            d,
+            float(eps),
+            RMS=rms,
+            HAS_R=residual is not None,
+            HAS_W=weight is not None,
+            HAS_B=bias is not None,
+            ACC=acc_dtype(hdt),
+            BLOCK=block,
+            num_warps=warps_for(block),
+        )
     return (y, h, rstd) if rms else (y, h, mean, rstd)
 
 
@@ -217,12 +302,25 @@ def _add_norm_bwd(dy, dh, h, mean, rstd, weight, rms):
         _check_d("add_norm", d)
         block = block_for(d, MAX_D)
         _add_norm_bwd_kernel[(progs,)](
-            _rows(dy, d), _rows(dh, d) if dh is not None else h2, h2,
-            mean if mean is not None else rstd, rstd,
-            weight.contiguous() if weight is not None else h2, dx, dw_part, db_part,
-            m_rows, d, triton.cdiv(m_rows, progs),
-            RMS=rms, HAS_DH=dh is not None, HAS_W=weight is not None, ACC=acc_dtype(h.dtype),
-            BLOCK=block, num_warps=warps_for(block))
+            _rows(dy, d),
+            _rows(dh, d) if dh is not None else h2,
+            h2,
+            mean if mean is not None else rstd,
+            rstd,
+            weight.contiguous() if weight is not None else h2,
+            dx,
+            dw_part,
+            db_part,
+            m_rows,
+            d,
+            triton.cdiv(m_rows, progs),
+            RMS=rms,
+            HAS_DH=dh is not None,
+            HAS_W=weight is not None,
+            ACC=acc_dtype(h.dtype),
+            BLOCK=block,
+            num_warps=warps_for(block),
+        )
     wdt = weight.dtype if weight is not None else h.dtype
     dweight = column_sum(dw_part, wdt) if weight is not None else None
     return dx, dweight, column_sum(db_part, wdt)
@@ -253,9 +351,20 @@ def modulated_layer_norm_fwd(x, shift, scale, eps):
     if x.numel():
         _check_d("modulated_layer_norm", d)
         block = block_for(d, MAX_D)
-        _mod_ln_fwd_kernel[(n * t,)](xc, shift.contiguous(), scale.contiguous(), y, mean, rstd,
-                                     t, d, float(eps), ACC=acc_dtype(x.dtype), BLOCK=block,
-                                     num_warps=warps_for(block))
+        _mod_ln_fwd_kernel[(n * t,)](
+            xc,
+            shift.contiguous(),
+            scale.contiguous(),
+            y,
+            mean,
+            rstd,
+            t,
+            d,
+            float(eps),
+            ACC=acc_dtype(x.dtype),
+            BLOCK=block,
+            num_warps=warps_for(block),
+        )
     return y, mean, rstd
 
 
@@ -273,9 +382,21 @@ def modulated_layer_norm_bwd(dy, x, mean, rstd, scale):
     if x.numel():
         _check_d("modulated_layer_norm", d)
         block = block_for(d, MAX_D)
-        _mod_ln_bwd_kernel[(n, chunks)](dy.contiguous(), x.contiguous(), mean.contiguous(),
-                                        rstd.contiguous(), scale.contiguous(), dx, dshift_part,
-                                        dscale_part, t, d, per, ACC=acc_dtype(x.dtype),
-                                        BLOCK=block, num_warps=warps_for(block))
+        _mod_ln_bwd_kernel[(n, chunks)](
+            dy.contiguous(),
+            x.contiguous(),
+            mean.contiguous(),
+            rstd.contiguous(),
+            scale.contiguous(),
+            dx,
+            dshift_part,
+            dscale_part,
+            t,
+            d,
+            per,
+            ACC=acc_dtype(x.dtype),
+            BLOCK=block,
+            num_warps=warps_for(block),
+        )
     # the chunk partials of each sample added in order: deterministic
     return (dx, dshift_part.sum(1).to(scale.dtype), dscale_part.sum(1).to(scale.dtype))

@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, stats_dtype
 from ..schema import implements
+from ._common import acc_dtype, stats_dtype
 
 __all__ = ["lrn_fwd", "lrn_bwd"]
 
@@ -51,8 +51,20 @@ def _pow_neg_beta(s, beta, BETA_MODE: tl.constexpr):
 
 
 @triton.jit
-def _box_sum(src_ptr, base, rows, cols, R, Q, back_r, width_r, back_q, width_q,
-             SQUARE: tl.constexpr, ACC_DTYPE: tl.constexpr):
+def _box_sum(
+    src_ptr,
+    base,
+    rows,
+    cols,
+    R,
+    Q,
+    back_r,
+    width_r,
+    back_q,
+    width_q,
+    SQUARE: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):
     """sum over the box [r-back_r, r-back_r+width_r) x [q-back_q, ...) of src (or src^2).
 
     ``rows`` is (BLOCK_R, 1), ``cols`` is (1, BLOCK_Q); outside the plane counts as zero.
@@ -76,11 +88,21 @@ def _box_sum(src_ptr, base, rows, cols, R, Q, back_r, width_r, back_q, width_q,
 def _lrn_fwd_kernel(
     x_ptr,  # (P, R, Q) input planes
     y_ptr,  # (P, R, Q) output, x's dtype
-    R, Q, blocks_r, blocks_q,
-    back_r, width_r, back_q, width_q,
-    alpha, beta, k,
-    BETA_MODE: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr,
+    R,
+    Q,
+    blocks_r,
+    blocks_q,
+    back_r,
+    width_r,
+    back_q,
+    width_q,
+    alpha,
+    beta,
+    k,
+    BETA_MODE: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
 ):
     """y = x * (k + alpha * box_sum(x^2)) ** -beta for one (BLOCK_R, BLOCK_Q) tile."""
     pid = tl.program_id(0)
@@ -92,8 +114,9 @@ def _lrn_fwd_kernel(
     rows = br * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]  # (BLOCK_R, 1)
     cols = bq * BLOCK_Q + tl.arange(0, BLOCK_Q)[None, :]  # (1, BLOCK_Q)
     mask = (rows < R) & (cols < Q)
-    s = k + alpha * _box_sum(x_ptr, base, rows, cols, R, Q, back_r, width_r, back_q, width_q,
-                             True, ACC_DTYPE)
+    s = k + alpha * _box_sum(
+        x_ptr, base, rows, cols, R, Q, back_r, width_r, back_q, width_q, True, ACC_DTYPE
+    )
     s = tl.where(mask, s, 1.0)  # lanes past the edge: keep k = 0 from producing 0 ** -beta
     x = tl.load(x_ptr + base + rows * Q + cols, mask=mask, other=0.0).to(ACC_DTYPE)
     y = x * _pow_neg_beta(s, beta, BETA_MODE)
@@ -106,11 +129,22 @@ def _lrn_bwd_kernel(
     dy_ptr,  # (P, R, Q) upstream gradient
     t_ptr,  # (P, R, Q) scratch dy*x*s^(-beta-1), accumulator dtype
     dx_ptr,  # (P, R, Q) output, x's dtype
-    R, Q, blocks_r, blocks_q,
-    back_r, width_r, back_q, width_q,
-    alpha, beta, k,
-    PHASE: tl.constexpr, BETA_MODE: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr,
+    R,
+    Q,
+    blocks_r,
+    blocks_q,
+    back_r,
+    width_r,
+    back_q,
+    width_q,
+    alpha,
+    beta,
+    k,
+    PHASE: tl.constexpr,
+    BETA_MODE: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
 ):
     """Phase 1: t = dy x s^(-beta-1).  Phase 2: dx = dy s^-beta - 2 alpha beta x W^T(t).
 
@@ -126,8 +160,9 @@ def _lrn_bwd_kernel(
     cols = bq * BLOCK_Q + tl.arange(0, BLOCK_Q)[None, :]  # (1, BLOCK_Q)
     mask = (rows < R) & (cols < Q)
     offs = base + rows * Q + cols
-    s = k + alpha * _box_sum(x_ptr, base, rows, cols, R, Q, back_r, width_r, back_q, width_q,
-                             True, ACC_DTYPE)
+    s = k + alpha * _box_sum(
+        x_ptr, base, rows, cols, R, Q, back_r, width_r, back_q, width_q, True, ACC_DTYPE
+    )
     s = tl.where(mask, s, 1.0)  # lanes past the edge: keep k = 0 from producing 0 ** -beta
     s_pow = _pow_neg_beta(s, beta, BETA_MODE)  # s^-beta
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC_DTYPE)
@@ -135,9 +170,20 @@ def _lrn_bwd_kernel(
     if PHASE == 1:
         tl.store(t_ptr + offs, dy * x * (s_pow / s), mask=mask)
     else:
-        adj = _box_sum(t_ptr, base, rows, cols, R, Q,
-                       width_r - 1 - back_r, width_r, width_q - 1 - back_q, width_q,
-                       False, ACC_DTYPE)
+        adj = _box_sum(
+            t_ptr,
+            base,
+            rows,
+            cols,
+            R,
+            Q,
+            width_r - 1 - back_r,
+            width_r,
+            width_q - 1 - back_q,
+            width_q,
+            False,
+            ACC_DTYPE,
+        )
         dx = dy * s_pow - (2.0 * alpha * beta) * x * adj
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -146,13 +192,16 @@ def _planes(x: torch.Tensor, within: bool):
     """(P, R, Q) view of contiguous x and the window extents along R and Q."""
     if within:
         if x.dim() != 4:
-            raise ValueError(f"within-channel LRN needs a 4-D (N, C, H, W) input, "
-                             f"got {x.dim()}-D shape {tuple(x.shape)}; reshape to 4-D")
+            raise ValueError(
+                f"within-channel LRN needs a 4-D (N, C, H, W) input, "
+                f"got {x.dim()}-D shape {tuple(x.shape)}; reshape to 4-D"
+            )
         n, c, h, w = x.shape
         return n * c, h, w
     if x.dim() < 2:
-        raise ValueError(f"across-channel LRN needs (N, C, *) with channels on dim 1, "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"across-channel LRN needs (N, C, *) with channels on dim 1, got shape {tuple(x.shape)}"
+        )
     n, c = x.shape[0], x.shape[1]
     return n, c, x[0, 0].numel() if x.numel() else 1
 
@@ -173,8 +222,9 @@ def _launch_args(x: torch.Tensor, back: int, ahead: int, within: bool):
 
 
 @implements("lrn_fwd", "triton")
-def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float,
-            within: bool) -> torch.Tensor:
+def lrn_fwd(
+    x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k: float, within: bool
+) -> torch.Tensor:
     """y = x * (k + alpha * S)^-beta, S the direct window sum of x^2 (see docs/ops.md).
 
     Args:
@@ -195,15 +245,32 @@ def lrn_fwd(x: torch.Tensor, back: int, ahead: int, alpha: float, beta: float, k
     if x.numel() == 0:
         return y
     grid, dims = _launch_args(x, back, ahead, within)
-    _lrn_fwd_kernel[grid](x, y, *dims, float(alpha), float(beta), float(k),
-                          BETA_MODE=beta_mode(beta), ACC_DTYPE=acc_dtype(x.dtype),
-                          BLOCK_R=BLOCK_R, BLOCK_Q=BLOCK_Q)
+    _lrn_fwd_kernel[grid](
+        x,
+        y,
+        *dims,
+        float(alpha),
+        float(beta),
+        float(k),
+        BETA_MODE=beta_mode(beta),
+        ACC_DTYPE=acc_dtype(x.dtype),
+        BLOCK_R=BLOCK_R,
+        BLOCK_Q=BLOCK_Q,
+    )
     return y
 
 
 @implements("lrn_bwd", "triton")
-def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: float,
-            beta: float, k: float, within: bool) -> torch.Tensor:
+def lrn_bwd(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    back: int,
+    ahead: int,
+    alpha: float,
+    beta: float,
+    k: float,
+    within: bool,
+) -> torch.Tensor:
     """dx = dy s^-beta - 2 alpha beta x W^T(dy x s^(-beta-1)), s recomputed from x.
 
     Two launches: the first writes t = dy x s^(-beta-1) to an accumulator-dtype
@@ -217,8 +284,9 @@ def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: flo
     """
     _check_window(back, ahead)
     if dy.shape != x.shape:
-        raise ValueError(f"LRN backward: dy shape {tuple(dy.shape)} must equal x shape "
-                         f"{tuple(x.shape)}")
+        raise ValueError(
+            f"LRN backward: dy shape {tuple(dy.shape)} must equal x shape {tuple(x.shape)}"
+        )
     x = x.contiguous()
     dy = dy.contiguous()
     dx = torch.empty_like(x)
@@ -226,9 +294,11 @@ def lrn_bwd(x: torch.Tensor, dy: torch.Tensor, back: int, ahead: int, alpha: flo
         return dx
     t = torch.empty(x.shape, dtype=stats_dtype(x.dtype), device=x.device)
     grid, dims = _launch_args(x, back, ahead, within)
-    meta = dict(BETA_MODE=beta_mode(beta), ACC_DTYPE=acc_dtype(x.dtype),
-                BLOCK_R=BLOCK_R, BLOCK_Q=BLOCK_Q)
+    meta = dict(
+        BETA_MODE=beta_mode(beta), ACC_DTYPE=acc_dtype(x.dtype), BLOCK_R=BLOCK_R, BLOCK_Q=BLOCK_Q
+    )
     for phase in (1, 2):
-        _lrn_bwd_kernel[grid](x, dy, t, dx, *dims, float(alpha), float(beta), float(k),
-                              PHASE=phase, **meta)
+        _lrn_bwd_kernel[grid](
+            x, dy, t, dx, *dims, float(alpha), float(beta), float(k), PHASE=phase, **meta
+        )
     return dx

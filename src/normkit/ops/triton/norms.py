@@ -22,11 +22,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, block_for, column_sum, num_partials, stats_dtype, warps_for
 from ..schema import implements
+from ._common import acc_dtype, block_for, column_sum, num_partials, stats_dtype, warps_for
 
-__all__ = ["layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
-           "group_norm_fwd", "group_norm_bwd"]
+__all__ = [
+    "layer_norm_fwd",
+    "layer_norm_bwd",
+    "rms_norm_fwd",
+    "rms_norm_bwd",
+    "group_norm_fwd",
+    "group_norm_bwd",
+]
 
 MAX_BLOCK = 4096
 
@@ -70,9 +76,14 @@ def _layer_norm_fwd_kernel(
     y_ptr,  # (M, D) output, x's dtype
     mean_ptr,  # (M,) accumulator dtype; untouched when RMS
     rstd_ptr,  # (M,) accumulator dtype
-    D, eps,
-    RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr,
+    D,
+    eps,
+    RMS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ONE_CHUNK: tl.constexpr,
 ):
     """One program per row: y = (x - mean) * rstd * w + b (RMS: mean = 0, no bias).
 
@@ -125,9 +136,14 @@ def _layer_norm_bwd_kernel(
     dx_ptr,  # (M, D) output, x's dtype
     dw_part_ptr,  # (P, D) zero-initialised partial sum of dy * x_hat, one row per program
     db_part_ptr,  # (P, D) zero-initialised partial sum of dy (unused when RMS)
-    M, D, rows_per_program,
-    RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr,
+    M,
+    D,
+    rows_per_program,
+    RMS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ONE_CHUNK: tl.constexpr,
 ):
     """dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)), g = dy * w (RMS: no mean(g)).
 
@@ -195,11 +211,11 @@ def _layer_norm_bwd_kernel(
                 tl.store(dx_ptr + row * D + cols, dx.to(dx_ptr.dtype.element_ty), mask=m)
                 # program-owned row of the partial buffer: plain read-modify-write, no race
                 part = pid * D + cols
-                tl.store(dw_part_ptr + part, tl.load(dw_part_ptr + part, mask=m) + dy * x_hat,
-                         mask=m)
+                tl.store(
+                    dw_part_ptr + part, tl.load(dw_part_ptr + part, mask=m) + dy * x_hat, mask=m
+                )
                 if not RMS:
-                    tl.store(db_part_ptr + part, tl.load(db_part_ptr + part, mask=m) + dy,
-                             mask=m)
+                    tl.store(db_part_ptr + part, tl.load(db_part_ptr + part, mask=m) + dy, mask=m)
     if ONE_CHUNK:
         m = offs < D
         tl.store(dw_part_ptr + pid * D + offs, dw_acc, mask=m)
@@ -209,8 +225,10 @@ def _layer_norm_bwd_kernel(
 
 def _check_rows(name: str, x: torch.Tensor, weight, bias=None):
     if x.dim() != 2:
-        raise ValueError(f"{name}: x must be 2-D (M, D), got shape {tuple(x.shape)}; "
-                         "flatten the leading dims and the normalized dims first")
+        raise ValueError(
+            f"{name}: x must be 2-D (M, D), got shape {tuple(x.shape)}; "
+            "flatten the leading dims and the normalized dims first"
+        )
     d = x.shape[1]
     for label, p in (("weight", weight), ("bias", bias)):
         if p is not None and tuple(p.shape) != (d,):
@@ -232,10 +250,22 @@ def _norm_rows_fwd(x, weight, bias, eps, rms: bool):
     b = bias.contiguous() if bias is not None else x
     block = block_for(d, MAX_BLOCK)
     _layer_norm_fwd_kernel[(m_rows,)](
-        x, w, b, y, mean, rstd, d, float(eps),
-        RMS=rms, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        ACC_DTYPE=acc_dtype(x.dtype), BLOCK=block, ONE_CHUNK=d <= block,
-        num_warps=warps_for(block))
+        x,
+        w,
+        b,
+        y,
+        mean,
+        rstd,
+        d,
+        float(eps),
+        RMS=rms,
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
+        ACC_DTYPE=acc_dtype(x.dtype),
+        BLOCK=block,
+        ONE_CHUNK=d <= block,
+        num_warps=warps_for(block),
+    )
     return y, mean, rstd
 
 
@@ -252,10 +282,24 @@ def _norm_rows_bwd(dy, x, mean, rstd, weight, rms: bool):
         w = weight.contiguous() if weight is not None else x
         block = block_for(d, MAX_BLOCK)
         _layer_norm_bwd_kernel[(progs,)](
-            dy, x, mean if mean is not None else rstd, rstd, w, dx, dw_part, db_part,
-            m_rows, d, triton.cdiv(m_rows, progs),
-            RMS=rms, HAS_WEIGHT=weight is not None, ACC_DTYPE=acc_dtype(x.dtype),
-            BLOCK=block, ONE_CHUNK=d <= block, num_warps=warps_for(block))
+            dy,
+            x,
+            mean if mean is not None else rstd,
+            rstd,
+            w,
+            dx,
+            dw_part,
+            db_part,
+            m_rows,
+            d,
+            triton.cdiv(m_rows, progs),
+            RMS=rms,
+            HAS_WEIGHT=weight is not None,
+            ACC_DTYPE=acc_dtype(x.dtype),
+            BLOCK=block,
+            ONE_CHUNK=d <= block,
+            num_warps=warps_for(block),
+        )
     wdt = weight.dtype if weight is not None else x.dtype
     dweight = column_sum(dw_part, wdt) if weight is not None else None
     dbias = None if rms else column_sum(db_part, wdt)
@@ -263,8 +307,9 @@ def _norm_rows_bwd(dy, x, mean, rstd, weight, rms: bool):
 
 
 @implements("layer_norm_fwd", "triton")
-def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                   eps: float):
+def layer_norm_fwd(
+    x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float
+):
     """LayerNorm over the last dim: y = (x - mean) * rstd * weight + bias.
 
     rstd = 1 / sqrt(var + eps), var biased, both two-pass in float32 (float64 for float64).
@@ -340,8 +385,14 @@ def _group_norm_fwd_kernel(
     y_ptr,  # (N, C, L) output, x's dtype
     mean_ptr,  # (N, G) accumulator dtype
     rstd_ptr,  # (N, G) accumulator dtype
-    G, L, group_size, channels_per_group, eps,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    G,
+    L,
+    group_size,
+    channels_per_group,
+    eps,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """One program per (n, g): a group is a contiguous run of C/G * L values."""
@@ -376,9 +427,15 @@ def _group_norm_bwd_kernel(
     dx_ptr,  # (N, C, L) output (phase 2), x's dtype
     s_dy_ptr,  # (N, C) per-channel sum of dy (written in phase 1, read in phase 2)
     s_dy_xhat_ptr,  # (N, C) per-channel sum of dy * x_hat
-    C, G, L, channels_per_group,
-    PHASE: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK: tl.constexpr, BLOCK_CPG: tl.constexpr,
+    C,
+    G,
+    L,
+    channels_per_group,
+    PHASE: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_CPG: tl.constexpr,
 ):
     """One program per (n, c).
 
@@ -434,12 +491,16 @@ def _group_norm_bwd_kernel(
 
 def _check_groups(name, x, weight, bias, num_groups):
     if x.dim() != 3:
-        raise ValueError(f"{name}: x must be 3-D (N, C, L), got shape {tuple(x.shape)}; "
-                         "flatten the spatial dims first")
+        raise ValueError(
+            f"{name}: x must be 3-D (N, C, L), got shape {tuple(x.shape)}; "
+            "flatten the spatial dims first"
+        )
     c = x.shape[1]
     if num_groups <= 0 or c % num_groups != 0:
-        raise ValueError(f"{name}: num_channels ({c}) must be divisible by num_groups "
-                         f"({num_groups}); choose a divisor of {c}")
+        raise ValueError(
+            f"{name}: num_channels ({c}) must be divisible by num_groups "
+            f"({num_groups}); choose a divisor of {c}"
+        )
     for label, p in (("weight", weight), ("bias", bias)):
         if p is not None and tuple(p.shape) != (c,):
             raise ValueError(f"{name}: {label} shape {tuple(p.shape)} must be (C,) = ({c},)")
@@ -477,9 +538,23 @@ def group_norm_fwd(x: torch.Tensor, weight, bias, num_groups: int, eps: float):
     b = bias.contiguous() if bias is not None else x
     block = block_for(group_size, MAX_BLOCK)
     _group_norm_fwd_kernel[(n * num_groups,)](
-        x, w, b, y, mean, rstd, num_groups, length, group_size, cpg, float(eps),
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        ACC_DTYPE=acc_dtype(x.dtype), BLOCK=block, num_warps=warps_for(block))
+        x,
+        w,
+        b,
+        y,
+        mean,
+        rstd,
+        num_groups,
+        length,
+        group_size,
+        cpg,
+        float(eps),
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
+        ACC_DTYPE=acc_dtype(x.dtype),
+        BLOCK=block,
+        num_warps=warps_for(block),
+    )
     return y, mean, rstd
 
 
@@ -507,12 +582,30 @@ def group_norm_bwd(dy, x, mean, rstd, weight, num_groups: int):
         cpg = c // num_groups
         w = weight.contiguous() if weight is not None else x
         block = block_for(length, MAX_BLOCK)
-        meta = dict(HAS_WEIGHT=weight is not None, ACC_DTYPE=acc_dtype(x.dtype),
-                    BLOCK=block, BLOCK_CPG=block_for(cpg, 1 << 20), num_warps=warps_for(block))
+        meta = dict(
+            HAS_WEIGHT=weight is not None,
+            ACC_DTYPE=acc_dtype(x.dtype),
+            BLOCK=block,
+            BLOCK_CPG=block_for(cpg, 1 << 20),
+            num_warps=warps_for(block),
+        )
         for phase in (1, 2):
             _group_norm_bwd_kernel[(n * c,)](
-                dy, x, mean.contiguous(), rstd.contiguous(), w, dx, s_dy, s_dy_xhat,
-                c, num_groups, length, cpg, PHASE=phase, **meta)
+                dy,
+                x,
+                mean.contiguous(),
+                rstd.contiguous(),
+                w,
+                dx,
+                s_dy,
+                s_dy_xhat,
+                c,
+                num_groups,
+                length,
+                cpg,
+                PHASE=phase,
+                **meta,
+            )
     wdt = weight.dtype if weight is not None else x.dtype
     dweight = column_sum(s_dy_xhat, wdt) if weight is not None else None
     dbias = column_sum(s_dy, wdt)
