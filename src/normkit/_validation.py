@@ -11,7 +11,7 @@ import torch
 
 from .conventions import CanonicalLRN
 
-__all__ = ["FLOATS", "check_tensor", "check_channel_dim", "check_lrn_input"]
+__all__ = ["FLOATS", "check_tensor", "check_channel_dim", "check_lrn_input", "check_groups"]
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -62,3 +62,14 @@ def check_lrn_input(name: str, input, spec: CanonicalLRN, channel_dim) -> int:
             f"shape {tuple(input.shape)}"
         )
     return check_channel_dim(name, input, channel_dim)
+
+
+def check_groups(num_channels: int, num_groups: int, name: str = "GroupNorm") -> None:
+    """Raise unless ``num_groups`` is a positive int dividing ``num_channels``."""
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"{name}: num_groups must be a positive int, got {num_groups!r}")
+    if num_channels % num_groups:
+        raise ValueError(
+            f"{name}: num_channels ({num_channels}) must be divisible by num_groups "
+            f"({num_groups}); choose num_groups among the divisors of {num_channels}"
+        )

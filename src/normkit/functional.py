@@ -15,7 +15,7 @@ from . import _export_path as _xp  # plain torch ops while torch.onnx / torch.ex
 from . import dispatch
 from ._validation import FLOATS as _FLOATS
 from ._validation import check_channel_dim as _check_channel_dim  # noqa: F401
-from ._validation import check_lrn_input
+from ._validation import check_groups, check_lrn_input
 from ._validation import check_tensor as _check_tensor
 from .autograd import (
     BatchNormFunction,
@@ -561,14 +561,8 @@ def group_norm(
     name = "group_norm"
     _check_tensor(name, input)
     _check_rank(name, input, 2)
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-        raise ValueError(f"{name}: num_groups must be a positive int, got {num_groups!r}")
     n, c = input.shape[:2]
-    if c % num_groups:
-        raise ValueError(
-            f"GroupNorm: num_channels ({c}) must be divisible by num_groups "
-            f"({num_groups}); choose num_groups among the divisors of {c}"
-        )
+    check_groups(c, num_groups)
     _check_param(name, "weight", weight, (c,))
     _check_param(name, "bias", bias, (c,))
     _check_eps(name, eps, strict=False)

@@ -23,6 +23,7 @@ from torch.nn import init
 from torch.nn.parameter import Parameter
 
 from .. import functional as F
+from .._validation import check_groups
 from ._sync_check import check_ranks_agree
 
 __all__ = [
@@ -546,12 +547,7 @@ class GroupNorm(nn.GroupNorm):
         bias: bool = True,
     ) -> None:
         # checked before torch's constructor so the message names the fix
-        if num_groups <= 0 or num_channels % num_groups != 0:
-            raise ValueError(
-                f"GroupNorm: num_channels ({num_channels}) must be divisible by "
-                f"num_groups ({num_groups}); choose num_groups among the "
-                f"divisors of {num_channels}"
-            )
+        check_groups(num_channels, num_groups)
         super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ import queue
 import threading
 from typing import Callable, List, Sequence
 
+import numpy as np
 import torch
 
 __all__ = ["num_threads", "parallel_for", "reset_after_fork"]
@@ -121,6 +122,18 @@ def split(total: int, parts: int) -> List[tuple]:
     return ranges
 
 
+# Below this many elements in the largest array argument a call runs on the calling thread.
+# Measured on the 2-core CI machine: waking a pool thread and waiting for it costs about
+# 100-500 us per call (more on a busy machine), while a fused kernel streams 64 Ki float32
+# elements (256 KiB) in well under that; tiny layers were 5-20x slower than torch because
+# every call paid the hand-off (normkit bench --layers overhead).
+SERIAL_BELOW = 1 << 16
+
+
+def _elements(args: Sequence) -> int:
+    return max((a.size for a in args if isinstance(a, np.ndarray)), default=SERIAL_BELOW)
+
+
 def parallel_for(kernel: Callable, total: int, args: Sequence, min_items: int = 1) -> None:
     """Run ``kernel(*args, start, stop)`` over ``range(total)`` in chunks.
 
@@ -135,6 +148,8 @@ def parallel_for(kernel: Callable, total: int, args: Sequence, min_items: int = 
     threads = num_threads()
     if getattr(_local, "in_worker", False):
         threads = 1  # never wait on the pool from inside the pool
+    elif _elements(args) < SERIAL_BELOW:
+        threads = 1  # the hand-off to the pool costs more than the whole kernel
     threads = min(threads, max(1, total // max(1, min_items)))
     if threads <= 1:
         kernel(*args, 0, total)

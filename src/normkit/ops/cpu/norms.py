@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from numba import njit
 
+from ..._validation import check_groups
 from ..schema import implements
 from . import _alloc
 from ._pool import parallel_for
@@ -539,20 +540,12 @@ def rms_norm_bwd(dy, x, rstd, weight):
     return dx, dweight
 
 
-def _check_groups(c: int, groups: int) -> None:
-    if groups < 1 or c % groups:
-        raise ValueError(
-            f"GroupNorm: num_channels ({c}) must be divisible by num_groups "
-            f"({groups}); choose num_groups dividing {c}"
-        )
-
-
 @implements("group_norm_fwd", "cpu")
 def group_norm_fwd(x, weight, bias, num_groups, eps):
     """GroupNorm: ``(y, mean, rstd)``; x: (N, C, *); mean, rstd: (N, G)."""
     cdt = _cdt(x.dtype)
     n, c = x.shape[0], x.shape[1]
-    _check_groups(c, num_groups)
+    check_groups(c, num_groups)
     x3 = _as_mcl(_in(x, cdt))
     y = _alloc.empty_like(x3)
     mean = torch.empty(n, num_groups, dtype=cdt)
@@ -580,7 +573,7 @@ def group_norm_bwd(dy, x, mean, rstd, weight, num_groups):
     """``(dx, dweight, dbias)`` of GroupNorm (InstanceNorm: num_groups = C)."""
     cdt = _cdt(x.dtype)
     n, c = x.shape[0], x.shape[1]
-    _check_groups(c, num_groups)
+    check_groups(c, num_groups)
     x3 = _as_mcl(_in(x, cdt))
     dy3 = _as_mcl(_in(dy, cdt))
     dx = _alloc.empty_like(x3)

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._validation import check_groups
 from ..schema import implements
 from ._common import acc_dtype, block_for, column_sum, num_partials, stats_dtype, warps_for
 
@@ -496,11 +497,7 @@ def _check_groups(name, x, weight, bias, num_groups):
             "flatten the spatial dims first"
         )
     c = x.shape[1]
-    if num_groups <= 0 or c % num_groups != 0:
-        raise ValueError(
-            f"{name}: num_channels ({c}) must be divisible by num_groups "
-            f"({num_groups}); choose a divisor of {c}"
-        )
+    check_groups(c, num_groups, name)
     for label, p in (("weight", weight), ("bias", bias)):
         if p is not None and tuple(p.shape) != (c,):
             raise ValueError(f"{name}: {label} shape {tuple(p.shape)} must be (C,) = ({c},)")
