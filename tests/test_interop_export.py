@@ -423,15 +423,14 @@ def test_every_norm_family_exports_through_the_registry(standins, dynamo, opset)
 
 
 def test_registry_wires_normkit_classes_that_exist():
+    from normkit.families import export_rules
+
     assert nk_export.export_forward_for(normkit.LocalResponseNorm(3)) is nk_export.lrn_forward
-    present = {
-        name: getattr(normkit, name)
-        for name in nk_export._BY_NAME
-        if isinstance(getattr(normkit, name, None), type)
-    }
-    assert "LocalResponseNorm" in present
-    for name, cls in present.items():  # every normkit class this build has is wired
-        assert nk_export.EXPORTERS[cls] is nk_export._BY_NAME[name], name
+    rules = export_rules()
+    assert normkit.LocalResponseNorm in rules
+    for cls, rule in rules.items():  # every class the family registry names is wired
+        assert nk_export.export_forward_for(object.__new__(cls)) is nk_export.RULES[rule]
+        assert nk_export.EXPORTERS[cls] is nk_export.RULES[rule], cls.__name__
     assert nk_export.export_forward_for(nn.ReLU()) is None
 
 
