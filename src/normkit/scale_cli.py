@@ -488,6 +488,14 @@ class _Sink:
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
+        # close the format writer first: left open, pyarrow's ParquetWriter would try to
+        # finish the file from its __del__ after the file object below is closed
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # the temporary file is deleted below whatever it holds
+                pass
         try:
             self.f.close()
         except Exception:  # a half-initialised writer: the temporary file goes anyway
