@@ -400,13 +400,6 @@ class FilterResponseNormFunction(torch.autograd.Function):
 # --- fused residual add + norm, modulated LayerNorm ------------------------------------------
 
 
-def _owned_contig(t: torch.Tensor) -> torch.Tensor:
-    """``t`` contiguous and not an autograd view (see :func:`_owned`)."""
-    if not t.is_contiguous():
-        t = t.contiguous()
-    return t.detach() if t._base is not None else t
-
-
 def _cast(g, like):
     return None if like is None or g is None else g.to(like.dtype)
 
@@ -443,7 +436,7 @@ class AddRMSNormFunction(torch.autograd.Function):
         ctx.backend = backends["add_rms_norm_bwd"]
         ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
         ctx.set_materialize_grads(False)  # dh is None when h is not used
-        return _owned_contig(y.reshape(x.shape)), _owned_contig(h.reshape(x.shape))
+        return _owned(y.reshape(x.shape).contiguous()), _owned(h.reshape(x.shape).contiguous())
 
     @staticmethod
     @once_differentiable
@@ -478,7 +471,7 @@ class AddLayerNormFunction(torch.autograd.Function):
         ctx.backend = backends["add_layer_norm_bwd"]
         ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
         ctx.set_materialize_grads(False)
-        return _owned_contig(y.reshape(x.shape)), _owned_contig(h.reshape(x.shape))
+        return _owned(y.reshape(x.shape).contiguous()), _owned(h.reshape(x.shape).contiguous())
 
     @staticmethod
     @once_differentiable
@@ -511,7 +504,7 @@ class ModulatedLayerNormFunction(torch.autograd.Function):
         ctx.shape = x.shape
         ctx.backend = backends["modulated_layer_norm_bwd"]
         ctx.shift_dtype = shift.dtype
-        return _owned_contig(y.reshape(x.shape))
+        return _owned(y.reshape(x.shape).contiguous())
 
     @staticmethod
     @once_differentiable

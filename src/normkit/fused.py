@@ -23,13 +23,13 @@ import torch
 
 from . import _export_path as _xp
 from . import dispatch
+from ._validation import FLOATS as _FLOATS
 from .autograd import AddLayerNormFunction, AddRMSNormFunction, ModulatedLayerNormFunction
 from .ops import schema
 
 __all__ = ["add_rms_norm", "add_layer_norm", "modulated_layer_norm"]
 
 Tensor = torch.Tensor
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _cdt(dtype: torch.dtype) -> torch.dtype:
