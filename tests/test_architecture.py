@@ -31,6 +31,7 @@ LAYERS = {
     "normkit.autograd": 4,
     "normkit.functional": 5,
     "normkit._export_path": 5,
+    "normkit._native": 5,
     "normkit.fused": 5,
     "normkit.modules": 6,
     "normkit.fold": 7,

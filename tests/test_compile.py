@@ -20,6 +20,13 @@ class _Net(torch.nn.Module):
         return self.lrn(torch.relu(self.conv(x)))
 
 
+def _tol(ref) -> float:
+    """1e-5, relative for gradients larger than 1: eager takes torch's native kernel on
+    small tensors (normkit._native) while the compiled graph keeps normkit's custom ops,
+    two float32 computations of the same sums."""
+    return 1e-5 * max(1.0, float(ref.abs().max()))
+
+
 def _compiled_matches_eager(compile_backend, net, x):
     dy = randn(*net(x).shape, seed=1, dtype=x.dtype)
     eager_y = net(x)
@@ -128,7 +135,7 @@ def _check_compiled_family(family, train, steps=2):
         assert dispatch.last_backend, "the compiled model ran no normkit op"
         assert max_err(y, y_ref) < 1e-5, (family, step)
         for k in g_ref:
-            assert max_err(g[k], g_ref[k]) < 1e-5, (family, step, k)
+            assert max_err(g[k], g_ref[k]) < _tol(g_ref[k]), (family, step, k)
         for (k, b), b_ref in zip(model.named_buffers(), eager.buffers()):
             assert torch.equal(b, b_ref) or max_err(b, b_ref) < 1e-6, (family, step, k)
     return model
@@ -321,7 +328,7 @@ def test_sync_batch_norm_two_processes_compiled_without_fullgraph_runs_eagerly()
         (y_e, g_e, b_e), (y_c, g_c, b_c) = res["eager"], res["compiled"]
         assert max_err(y_c, y_e) < 1e-5
         for k in g_e:
-            assert max_err(g_c[k], g_e[k]) < 1e-5, k
+            assert max_err(g_c[k], g_e[k]) < _tol(g_e[k]), k
         for b, b_ref in zip(b_c, b_e):
             assert max_err(b, b_ref) < 1e-6
     # the statistics spanned both ranks: identical running stats on each
@@ -363,7 +370,7 @@ def test_fullgraph_dynamic_shapes(family):
         y, g = _step(compiled, model, x, 97 + step)
         assert max_err(y, y_ref) < 1e-5
         for k in g_ref:
-            assert max_err(g[k], g_ref[k]) < 1e-5, (step, k)
+            assert max_err(g[k], g_ref[k]) < _tol(g_ref[k]), (step, k)
     for b, b_ref in zip(model.buffers(), eager.buffers()):
         assert max_err(b, b_ref) < 1e-6
 

@@ -54,10 +54,21 @@ __all__ = [
 ]
 
 
+try:  # the flags torch.onnx.is_in_onnx_export() reads, imported once instead of per call
+    from torch.onnx._internal.exporter import _flags as _onnx_flags
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS as _ts_globals
+
+    def _in_onnx_export() -> bool:
+        return _ts_globals.in_onnx_export or _onnx_flags._is_onnx_exporting
+
+except ImportError:  # another torch layout: the public (slower) function
+    _in_onnx_export = torch.onnx.is_in_onnx_export
+
+
 def exporting() -> bool:
     """True while a model is traced by ``torch.onnx.export`` (either exporter) or
     ``torch.export.export``; False in eager mode and under ``torch.compile``."""
-    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+    return _in_onnx_export() or torch.compiler.is_exporting()
 
 
 _LRN_HOOK: Optional[Callable] = None

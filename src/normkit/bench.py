@@ -403,8 +403,25 @@ def _overhead_cases(device, dtype) -> List[Case]:
         case.impls.append(Impl("torch-eager", *_module_pair(t, x)))
         m = make().to(device=device, dtype=dtype)
         case.impls.append(Impl("normkit-auto", *_module_pair(m, x)))
+        # which path auto takes on this input (size-aware: "native" = torch's kernel)
+        with torch.no_grad():
+            m(x)
+        from . import dispatch
+
+        case.params = f"{name} [{dispatch.last_backend[_OVERHEAD_OP[name]]}]"
         cases.append(case)
     return cases
+
+
+# the op whose dispatch.last_backend entry names the path a layer call took
+_OVERHEAD_OP = {
+    "BatchNorm2d": "batch_norm_stats",
+    "LayerNorm": "layer_norm_fwd",
+    "GroupNorm": "group_norm_fwd",
+    "InstanceNorm2d": "group_norm_fwd",
+    "RMSNorm": "rms_norm_fwd",
+    "LocalResponseNorm": "lrn_fwd",
+}
 
 
 class _BasicBlock(torch.nn.Module):
@@ -704,12 +721,12 @@ def _print_overhead_table(rows) -> None:
     if not table:
         return
     print("\nper-call overhead (tiny inputs; microseconds per call)")
-    print(f"{'layer':<20}{'pass':<8}{'torch':>9}{'normkit':>9}{'extra':>9}")
+    print(f"{'layer [auto path]':<28}{'pass':<8}{'torch':>9}{'normkit':>9}{'extra':>9}")
     for (layer, pass_name), t in table.items():
         ours, theirs = t.get("normkit-auto"), t.get("torch-eager")
         if ours is None or theirs is None:
             continue
-        print(f"{layer:<20}{pass_name:<8}{theirs:9.1f}{ours:9.1f}{ours - theirs:9.1f}")
+        print(f"{layer:<28}{pass_name:<8}{theirs:9.1f}{ours:9.1f}{ours - theirs:9.1f}")
 
 
 # --- main --------------------------------------------------------------------------------

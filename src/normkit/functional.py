@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import _export_path as _xp  # plain torch ops while torch.onnx / torch.export trace
-from . import dispatch
+from . import _native, dispatch
 from ._validation import FLOATS as _FLOATS
 from ._validation import check_channel_dim as _check_channel_dim  # noqa: F401
 from ._validation import check_groups, check_lrn_input
@@ -131,6 +131,9 @@ def local_response_norm(
 # torch.nn.functional's; ``backend`` is keyword-only.
 
 _BN_OPS = schema.ops_of("batch_norm")
+_LN_OPS = schema.ops_of("layer_norm")
+_RMS_OPS = schema.ops_of("rms_norm")
+_GN_OPS = schema.ops_of("group_norm")
 
 
 def _backends(ops, x: torch.Tensor, backend: str) -> dict:
@@ -260,6 +263,17 @@ def batch_norm(
         )
     if input.numel() == 0:  # torch leaves the running stats alone on an empty batch
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
+    if _native.chooses("batch_norm", input, backend, running_mean, running_var, weight, bias) and (
+        not training or running_mean is None or momentum < 1.0
+    ):
+        c = input.shape[1]  # small: torch's kernel, shifted (momentum 1: see batch_norm_train)
+        weight, bias = _shaped(weight, (c,)), _shaped(bias, (c,))
+        if training:
+            return _native.batch_norm_train(
+                input, running_mean, running_var, weight, bias, float(momentum), float(eps)
+            )
+        rm, rv = _shaped(running_mean, (c,)), _shaped(running_var, (c,))
+        return _native.batch_norm_eval(input, rm, rv, weight, bias, float(eps))
     x = input.reshape(input.shape[0], input.shape[1], math.prod(input.shape[2:]))
     backends = _backends(_BN_OPS, x, backend)
     if training:
@@ -378,7 +392,7 @@ def _normalized_shape(name: str, normalized_shape) -> tuple:
     return shape
 
 
-def _rows(name: str, input: torch.Tensor, shape: tuple) -> torch.Tensor:
+def _check_trailing(name: str, input: torch.Tensor, shape: tuple) -> None:
     k = len(shape)
     if k == 0 or input.dim() < k or tuple(input.shape[input.dim() - k :]) != shape:
         raise ValueError(
@@ -386,9 +400,10 @@ def _rows(name: str, input: torch.Tensor, shape: tuple) -> torch.Tensor:
             f"of the input, got input of shape {tuple(input.shape)}; pass "
             f"normalized_shape=x.shape[-{max(k, 1)}:]"
         )
-    if input.numel() == 0:
-        return input
-    return input.reshape(-1, math.prod(shape))  # (M, D)
+
+
+def _shaped(t: Optional[torch.Tensor], shape: tuple) -> Optional[torch.Tensor]:
+    return t if t is None or tuple(t.shape) == shape else t.reshape(shape)
 
 
 def layer_norm(
@@ -425,16 +440,19 @@ def layer_norm(
     _check_param(name, "weight", weight, shape)
     _check_param(name, "bias", bias, shape)
     _check_eps(name, eps, strict=False)
-    x = _rows(name, input, shape)
+    _check_trailing(name, input, shape)
     if _xp.exporting():  # export: torch's ops (see normkit._export_path)
         return _xp.layer_norm(input, shape, weight, bias, eps)
     if input.numel() == 0:
         return _empty_result(input, weight, bias, shape)
+    if _native.chooses("layer_norm", input, backend, weight, bias):  # small: torch's kernel
+        return _native.layer_norm(
+            input, shape, _shaped(weight, shape), _shaped(bias, shape), float(eps)
+        )
+    d = math.prod(shape)
     w = None if weight is None else weight.reshape(-1)
     b = None if bias is None else bias.reshape(-1)
-    return LayerNormFunction.apply(
-        input, w, b, float(eps), _backends(schema.ops_of("layer_norm"), x, backend), x.shape[1]
-    )
+    return LayerNormFunction.apply(input, w, b, float(eps), _backends(_LN_OPS, input, backend), d)
 
 
 def rms_norm(
@@ -472,14 +490,16 @@ def rms_norm(
     if eps is None:
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
     _check_eps(name, eps, strict=False)
-    x = _rows(name, input, shape)
+    _check_trailing(name, input, shape)
     if _xp.exporting():  # export: torch's ops (see normkit._export_path)
         return _xp.rms_norm(input, shape, weight, eps)
     if input.numel() == 0:
         return _empty_result(input, weight, None, shape)
+    if _native.chooses("rms_norm", input, backend, weight):  # small: torch's kernel
+        return _native.rms_norm(input, shape, _shaped(weight, shape), float(eps))
     w = None if weight is None else weight.reshape(-1)
     return RMSNormFunction.apply(
-        input, w, float(eps), _backends(schema.ops_of("rms_norm"), x, backend), x.shape[1]
+        input, w, float(eps), _backends(_RMS_OPS, input, backend), math.prod(shape)
     )
 
 
@@ -571,14 +591,12 @@ def group_norm(
         return _xp.group_norm(input, num_groups, weight, bias, eps)
     if input.numel() == 0:
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
-    x = input.reshape(n, c, math.prod(input.shape[2:]))
+    if _native.chooses("group_norm", input, backend, weight, bias):  # small: torch's kernel
+        return _native.group_norm(
+            input, num_groups, _shaped(weight, (c,)), _shaped(bias, (c,)), float(eps)
+        )
     return GroupNormFunction.apply(
-        input,
-        weight,
-        bias,
-        num_groups,
-        float(eps),
-        _backends(schema.ops_of("group_norm"), x, backend),
+        input, weight, bias, num_groups, float(eps), _backends(_GN_OPS, input, backend)
     )
 
 
@@ -653,8 +671,11 @@ def instance_norm(
         )
     if input.numel() == 0:
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
+    tracked = running_mean is not None and running_var is not None
+    if not tracked and _native.chooses("group_norm", input, backend, weight, bias):
+        return _native.group_norm(input, c, _shaped(weight, (c,)), _shaped(bias, (c,)), float(eps))
     x = input.reshape(n, c, math.prod(input.shape[2:]))
-    if running_mean is not None and running_var is not None:
+    if tracked:
         # per-instance stats through the same stats core: (1, N*C, L) over (N, L)
         bn_backends = _backends(schema.ops_of("batch_norm"), x, backend)
         with torch.no_grad():
@@ -668,7 +689,7 @@ def instance_norm(
                 float(momentum),
             )
     return GroupNormFunction.apply(
-        input, weight, bias, c, float(eps), _backends(schema.ops_of("group_norm"), x, backend)
+        input, weight, bias, c, float(eps), _backends(_GN_OPS, input, backend)
     )
 
 

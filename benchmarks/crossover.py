@@ -1,0 +1,166 @@
+"""Where torch's kernel (shifted, normkit._native) stops beating normkit's fused kernel.
+
+For each family and a ladder of sizes, times forward+backward (a fresh graph per call)
+and forward under ``no_grad`` of
+
+* ``native``: ``normkit._native``'s shifted torch call (what ``auto`` runs below the
+  threshold), and
+* ``kernel``: ``normkit.functional`` with ``backend="cpu"`` (the numba kernels),
+
+interleaved in one process, medians of ``--repeats``. The suggested threshold of a
+family is the smallest size from which the kernel wins forward+backward at that size and
+every larger one; ``normkit._native.THRESHOLDS`` holds the values adopted. Writes
+``benchmarks/results/crossover-<timestamp>.csv`` with the load average.
+
+    PYTHONPATH=src python benchmarks/crossover.py [--repeats 30] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import pathlib
+import statistics
+import time
+
+import torch
+
+import normkit.functional as NF
+from normkit import _native
+
+FAMILIES = {
+    # family: (make input of about n elements, native call, kernel call, has params)
+    "layer_norm": (
+        lambda n: torch.randn(max(1, n // 256), 256),
+        lambda x, w, b: _native.layer_norm(x, (x.shape[-1],), w, b, 1e-5),
+        lambda x, w, b: NF.layer_norm(x, (x.shape[-1],), w, b, 1e-5, backend="cpu"),
+    ),
+    "rms_norm": (
+        lambda n: torch.randn(max(1, n // 256), 256),
+        lambda x, w, b: _native.rms_norm(x, (x.shape[-1],), w, 1e-6),
+        lambda x, w, b: NF.rms_norm(x, (x.shape[-1],), w, 1e-6, backend="cpu"),
+    ),
+    "group_norm": (
+        lambda n: torch.randn(max(1, n // (32 * 64)), 32, 8, 8),
+        lambda x, w, b: _native.group_norm(x, 8, w, b, 1e-5),
+        lambda x, w, b: NF.group_norm(x, 8, w, b, 1e-5, backend="cpu"),
+    ),
+    "batch_norm": (
+        lambda n: torch.randn(max(2, n // (32 * 64)), 32, 8, 8),
+        lambda x, w, b: _native.batch_norm_train(x, None, None, w, b, 0.1, 1e-5),
+        lambda x, w, b: NF.batch_norm(x, None, None, w, b, True, 0.1, 1e-5, backend="cpu"),
+    ),
+}
+SIZES = [1 << k for k in range(10, 21)]
+
+
+def _params(family: str, x: torch.Tensor):
+    d = x.shape[-1] if family in ("layer_norm", "rms_norm") else x.shape[1]
+    w = torch.randn(d).requires_grad_()
+    b = torch.randn(d).requires_grad_()
+    return w, b
+
+
+def _time(fn, repeats: int):
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    print(f"load average {load}; {args.threads} threads; medians of {args.repeats}")
+    rows = []
+    for family in args.families.split(","):
+        make, native, kernel = FAMILIES[family]
+        wins_from = None
+        for n in SIZES:
+            x = make(n).requires_grad_()
+            w, b = _params(family, x)
+            dy = torch.randn_like(x)
+
+            def fwdbwd(f):
+                return lambda: f(x, w, b).backward(dy)
+
+            def fwd(f):
+                def run():
+                    with torch.no_grad():
+                        f(x, w, b)
+
+                return run
+
+            res = {}
+            for pass_name, wrap in (("fwdbwd", fwdbwd), ("fwd", fwd)):
+                for f in (native, kernel):  # warm-up (numba compile, allocator)
+                    for _ in range(3):
+                        wrap(f)()
+                tn, tk = [], []
+                for _ in range(args.repeats):  # interleaved: load hits both alike
+                    tn += _time(wrap(native), 1)
+                    tk += _time(wrap(kernel), 1)
+                res[pass_name] = (statistics.median(tn) * 1e6, statistics.median(tk) * 1e6)
+            nb_native, nb_kernel = res["fwdbwd"]
+            if nb_kernel < nb_native:
+                wins_from = wins_from or x.numel()
+            else:
+                wins_from = None
+            for pass_name, (tn, tk) in res.items():
+                rows.append(
+                    dict(
+                        timestamp=stamp,
+                        load_avg=load,
+                        threads=args.threads,
+                        family=family,
+                        shape="x".join(map(str, x.shape)),
+                        numel=x.numel(),
+                        pass_=pass_name,
+                        native_us=f"{tn:.1f}",
+                        kernel_us=f"{tk:.1f}",
+                        kernel_speedup=f"{tn / tk:.3f}",
+                    )
+                )
+            print(
+                f"{family:11s} {x.numel():>8d}  fwd+bwd native {nb_native:8.1f} us "
+                f"kernel {nb_kernel:8.1f} us   fwd native {res['fwd'][0]:8.1f} "
+                f"kernel {res['fwd'][1]:8.1f}"
+            )
+        print(f"  -> {family}: kernel wins fwd+bwd from {wins_from} elements on")
+        rows.append(
+            dict(
+                timestamp=stamp,
+                load_avg=load,
+                threads=args.threads,
+                family=family,
+                shape="",
+                numel=wins_from or "",
+                pass_="suggested_threshold",
+                native_us="",
+                kernel_us="",
+                kernel_speedup="",
+            )
+        )
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"crossover-{stamp}.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The size-aware part of ``backend="auto"``: torch's own kernel, made exact by a shift.
+
+On a small tensor a normkit kernel call costs more in fixed overhead (argument checks,
+the autograd.Function, the op layer, numpy views of every tensor) than the kernel itself,
+while torch's native layer norm, group norm and batch norm are one C++ call each. But
+torch's kernels do not meet normkit's accuracy contract on data with a large mean: they
+subtract a float32 mean rounded to the data's magnitude, so at mean 1e4 and std 1 the
+output is off by about 4e-4 (``tests/test_native.py`` measures it), 200x normkit's float32
+bound of 2e-6.
+
+The cure is the shift invariance of these layers: layer norm, group norm, instance norm
+and batch norm give the same output for ``x - s`` as for ``x`` when ``s`` is constant over
+each set of values that share statistics. With ``s`` one element of that set, ``x - s``
+is computed exactly or to half an ulp of the *spread*, and the remaining mean is of the
+spread's size, so torch's float32 kernel then loses nothing that matters (about 1e-7 at
+mean 1e4). The shift is detached: the layer's true derivative through ``s`` is zero, and
+letting autograd sum a row of gradients that cancel to zero would only add rounding.
+RMS norm has no mean to lose, so torch's ``rms_norm`` is used as it is.
+
+Batch norm in training updates ``running_mean`` with the mean of ``x - s``; adding
+``momentum * s`` afterwards makes it the mean of ``x``. In evaluation the shift is the
+running mean itself and torch normalizes with mean 0.
+
+The switch is taken only where nothing is lost by it: ``backend="auto"`` (no
+``NORMKIT_BACKEND`` override), a plain CPU tensor of float32 or float64 with parameters
+of the same dtype, nothing tracing the call (no ``torch.compile``, no export, no dispatch
+mode), and fewer elements than the op's threshold in :data:`THRESHOLDS`. The thresholds are
+the measured crossover sizes of ``benchmarks/crossover.py`` (results in
+``benchmarks/results/``). When the switch is taken ``dispatch.last_backend[op]`` is
+``"native"`` for the forward op; the backward then runs in torch's autograd.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from . import dispatch
+
+__all__ = ["THRESHOLDS", "NATIVE", "chooses", "layer_norm", "rms_norm", "group_norm"]
+__all__ += ["batch_norm_train", "batch_norm_eval"]
+
+NATIVE = "native"  # the name dispatch.last_backend records for this path
+
+# Elements (input.numel()) below which torch's kernel, shifted, is faster than normkit's
+# fused kernel for forward+backward on the 2-core CPU machine (benchmarks/crossover.py).
+THRESHOLDS = {
+    "layer_norm": 1 << 15,
+    "rms_norm": 1 << 15,
+    "group_norm": 1 << 15,
+    "batch_norm": 1 << 15,
+}
+
+# float32 only: float64 has no fixed cost worth saving for (rare in training) and a floor
+# (1e-12) that torch's float64 backward misses by a little at mean 1e4
+_EXACT = (torch.float32,)
+
+
+def chooses(family: str, input: torch.Tensor, backend: str, *params) -> bool:
+    """True when ``auto`` runs ``family`` on ``input`` with torch's kernel (see above)."""
+    if backend != "auto" or type(input) is not torch.Tensor:
+        return False
+    if input.device.type != "cpu" or input.dtype not in _EXACT:
+        return False
+    if input.numel() >= THRESHOLDS[family] or input.numel() == 0:
+        return False
+    for p in params:
+        if p is not None and (p.dtype != input.dtype or p.device.type != "cpu"):
+            return False
+    env = os.environ.get(dispatch.ENV_VAR)
+    if env and env != "auto":
+        return False
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    return True
+
+
+def _record(op: str) -> None:
+    dispatch.last_backend[op] = NATIVE
+
+
+def layer_norm(input, shape: tuple, weight, bias, eps: float) -> torch.Tensor:
+    """``F.layer_norm`` of ``input`` minus the first element of each row (detached)."""
+    _record("layer_norm_fwd")
+    k = len(shape)
+    x = input.detach()  # slices of a detached tensor skip autograd's view bookkeeping
+    if k == 1:
+        shift = x[..., :1]
+    else:
+        lead = x.shape[: x.dim() - k]
+        shift = x.reshape(lead + (-1,))[..., :1].reshape(lead + (1,) * k)
+    return F.layer_norm(input - shift, shape, weight, bias, eps)
+
+
+def rms_norm(input, shape: tuple, weight, eps: float) -> torch.Tensor:
+    """torch's ``F.rms_norm`` (no mean, nothing to shift)."""
+    _record("rms_norm_fwd")
+    return F.rms_norm(input, shape, weight, eps)
+
+
+def _grouped_shift(input: torch.Tensor, groups: int) -> torch.Tensor:
+    """``input`` minus, per sample and group, the group's first element (detached)."""
+    x = input.detach()
+    n, c = x.shape[:2]
+    if groups == c:  # instance norm: the first element of each plane, broadcast
+        return input - x[(slice(None), slice(None)) + (slice(0, 1),) * (x.dim() - 2)]
+    grouped = x.reshape(n, groups, -1)[:, :, :1]  # (N, G, 1)
+    return (input.reshape(n, groups, -1) - grouped).reshape(input.shape)
+
+
+def group_norm(input, groups: int, weight, bias, eps: float) -> torch.Tensor:
+    """``F.group_norm`` of the group-shifted input (instance norm: ``groups = C``)."""
+    _record("group_norm_fwd")
+    return F.group_norm(_grouped_shift(input, groups), groups, weight, bias, eps)
+
+
+def batch_norm_train(
+    input, running_mean: Optional[torch.Tensor], running_var, weight, bias, momentum, eps
+) -> torch.Tensor:
+    """Training batch norm on the channel-shifted input.
+
+    torch updates ``running_mean`` in place with the mean of ``x - s`` and saves it for
+    backward, so it may not be touched afterwards; instead it is moved beforehand by
+    ``s * m / (1 - m)``, which torch's update ``(1 - m) r + m mean(x - s)`` turns into
+    ``(1 - m) r + m mean(x)``. Needs ``momentum < 1`` (the caller checks it).
+    """
+    _record("batch_norm_stats")
+    c = input.shape[1]
+    # (1, C, 1, ...): the first element of each channel
+    shift = input.detach()[(slice(0, 1), slice(None)) + (slice(0, 1),) * (input.dim() - 2)]
+    if running_mean is not None:
+        # through .data: no version-counter bump, as torch's own in-kernel update. torch's
+        # autograd keeps a reference to running_mean (unused by the training backward), so
+        # a bump would make an earlier graph through this layer refuse to run backward
+        running_mean.data.add_(shift.reshape(c), alpha=momentum / (1.0 - momentum))
+    return F.batch_norm(input - shift, running_mean, running_var, weight, bias, True, momentum, eps)
+
+
+def batch_norm_eval(input, running_mean, running_var, weight, bias, eps) -> torch.Tensor:
+    """Evaluation batch norm: ``input - running_mean`` normalized with mean 0."""
+    _record("batch_norm_apply")
+    c = input.shape[1]
+    view = (1, c) + (1,) * (input.dim() - 2)
+    centred = input - running_mean.reshape(view)
+    zero = torch.zeros_like(running_mean)
+    return F.batch_norm(centred, zero, running_var, weight, bias, False, 0.0, eps)

@@ -1,0 +1,243 @@
+"""The size-aware ``auto``: torch's native kernel on small CPU tensors (normkit._native).
+
+The switch may only be taken where torch's kernel meets normkit's accuracy contract.
+Unshifted, it does not: the first test measures torch's float32 layer/group/batch norm
+at mean 1e4 against the float64 reference and finds errors far above the float32 floor.
+Every other test runs normkit's ``auto`` path (which takes the native route for these
+sizes, as ``dispatch.last_backend`` shows) against the float64 reference with the floor
+alone (``torch_same_dtype=None``: no credit for torch's own error), outputs and every
+gradient, at mean 0 and 1e4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import normkit
+import normkit.functional as NF
+from normkit import _native, dispatch
+from normkit.reference import norms as R
+
+from hostile import randn
+from tolerance import ATOL, assert_matches_reference
+
+F32 = torch.float32
+
+
+def _np(t):
+    return t.detach().double().numpy()
+
+
+def _err_over_scale(ours, ref):
+    ref = np.asarray(ref)
+    return float(np.max(np.abs(_np(ours) - ref)) / max(1.0, np.max(np.abs(ref))))
+
+
+def test_torch_kernels_unshifted_miss_the_float32_floor_at_mean_1e4():
+    # why the shift exists: torch subtracts a float32 mean rounded at 1e4 (ulp ~ 1e-3)
+    x = randn(16, 64, dtype=F32, seed=1, mean=1e4)
+    ref_ln = R.layer_norm_forward(_np(x), (64,))[0]
+    assert _err_over_scale(TF.layer_norm(x, (64,)), ref_ln) > 50 * ATOL[F32]
+    x4 = randn(4, 8, 6, 6, dtype=F32, seed=2, mean=1e4)
+    ref_gn = R.group_norm_forward(_np(x4), 2)[0]
+    assert _err_over_scale(TF.group_norm(x4, 2), ref_gn) > 50 * ATOL[F32]
+    ref_bn = R.batch_norm_forward(_np(x4))[0]
+    assert _err_over_scale(TF.batch_norm(x4, None, None, training=True), ref_bn) > 50 * ATOL[F32]
+
+
+def _grads(y, dy, *ts):
+    y.backward(dy)
+    return [None if t is None else t.grad for t in ts]
+
+
+def _leaf(t):
+    return None if t is None else t.detach().clone().requires_grad_()
+
+
+MEANS = (0.0, 1e4)
+
+
+@pytest.mark.parametrize("mean", MEANS)
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_native_path_meets_the_floor(mean, affine):
+    dtype = F32
+    x = _leaf(randn(6, 5, 32, dtype=dtype, seed=3, mean=mean))
+    w = _leaf(randn(32, dtype=dtype, seed=4)) if affine else None
+    b = _leaf(randn(32, dtype=dtype, seed=5)) if affine else None
+    dy = randn(6, 5, 32, dtype=dtype, seed=6)
+    y = NF.layer_norm(x, (32,), w, b, 1e-5)
+    assert dispatch.last_backend["layer_norm_fwd"] == "native"
+    gx, gw, gb = _grads(y, dy, x, w, b)
+    wn = None if w is None else _np(w)
+    bn = None if b is None else _np(b)
+    ref_y = R.layer_norm_forward(_np(x), (32,), wn, bn)[0]
+    ref_dx, ref_dw, ref_db = R.layer_norm_backward(_np(x), _np(dy), (32,), wn, bn)
+    assert_matches_reference(y, ref_y, dtype, what="y")
+    assert_matches_reference(gx, ref_dx, dtype, what="dx")
+    if affine:
+        assert_matches_reference(gw, ref_dw, dtype, what="dweight")
+        assert_matches_reference(gb, ref_db, dtype, what="dbias")
+
+
+@pytest.mark.parametrize("mean", MEANS)
+def test_layer_norm_native_path_over_two_trailing_dims(mean):
+    x = _leaf(randn(3, 4, 5, dtype=F32, seed=7, mean=mean))
+    w, b = _leaf(randn(4, 5, seed=8, dtype=F32)), _leaf(randn(4, 5, seed=9, dtype=F32))
+    dy = randn(3, 4, 5, dtype=F32, seed=10)
+    y = NF.layer_norm(x, (4, 5), w, b)
+    assert dispatch.last_backend["layer_norm_fwd"] == "native"
+    gx, gw, gb = _grads(y, dy, x, w, b)
+    ref_dx, ref_dw, ref_db = R.layer_norm_backward(_np(x), _np(dy), (4, 5), _np(w), _np(b))
+    assert_matches_reference(y, R.layer_norm_forward(_np(x), (4, 5), _np(w), _np(b))[0], F32)
+    assert_matches_reference(gx, ref_dx, F32, what="dx")
+    assert_matches_reference(gw, ref_dw, F32, what="dweight")
+    assert_matches_reference(gb, ref_db, F32, what="dbias")
+
+
+@pytest.mark.parametrize("mean", MEANS)
+@pytest.mark.parametrize("groups", [1, 2, 8])  # 8 = instance norm's grouping
+def test_group_norm_native_path_meets_the_floor(mean, groups):
+    x = _leaf(randn(3, 8, 5, 5, dtype=F32, seed=11, mean=mean))
+    w, b = _leaf(randn(8, dtype=F32, seed=12)), _leaf(randn(8, dtype=F32, seed=13))
+    dy = randn(3, 8, 5, 5, dtype=F32, seed=14)
+    y = NF.group_norm(x, groups, w, b)
+    assert dispatch.last_backend["group_norm_fwd"] == "native"
+    gx, gw, gb = _grads(y, dy, x, w, b)
+    ref_dx, ref_dw, ref_db = R.group_norm_backward(_np(x), _np(dy), groups, _np(w), _np(b))
+    assert_matches_reference(y, R.group_norm_forward(_np(x), groups, _np(w), _np(b))[0], F32)
+    assert_matches_reference(gx, ref_dx, F32, what="dx")
+    assert_matches_reference(gw, ref_dw, F32, what="dweight")
+    assert_matches_reference(gb, ref_db, F32, what="dbias")
+
+
+@pytest.mark.parametrize("mean", MEANS)
+def test_instance_norm_native_path_meets_the_floor(mean):
+    x = _leaf(randn(2, 4, 7, 3, dtype=F32, seed=15, mean=mean))
+    dy = randn(2, 4, 7, 3, dtype=F32, seed=16)
+    m = normkit.InstanceNorm2d(4, affine=True)
+    with torch.no_grad():
+        m.weight.copy_(randn(4, dtype=F32, seed=17))
+        m.bias.copy_(randn(4, dtype=F32, seed=18))
+    y = m(x)
+    assert dispatch.last_backend["group_norm_fwd"] == "native"
+    gx, gw, gb = _grads(y, dy, x, m.weight, m.bias)
+    w, b = _np(m.weight), _np(m.bias)
+    ref_dx, ref_dw, ref_db = R.instance_norm_backward(_np(x), _np(dy), w, b)
+    assert_matches_reference(y, R.instance_norm_forward(_np(x), w, b)[0], F32)
+    assert_matches_reference(gx, ref_dx, F32, what="dx")
+    assert_matches_reference(gw, ref_dw, F32, what="dweight")
+    assert_matches_reference(gb, ref_db, F32, what="dbias")
+
+
+def test_rms_norm_native_path_meets_the_floor():
+    x = _leaf(randn(5, 3, 24, dtype=F32, seed=19, mean=3.0))
+    w = _leaf(randn(24, dtype=F32, seed=20))
+    dy = randn(5, 3, 24, dtype=F32, seed=21)
+    y = NF.rms_norm(x, (24,), w, 1e-6)
+    assert dispatch.last_backend["rms_norm_fwd"] == "native"
+    gx, gw = _grads(y, dy, x, w)
+    ref_dx, ref_dw = R.rms_norm_backward(_np(x), _np(dy), (24,), _np(w), 1e-6)
+    assert_matches_reference(y, R.rms_norm_forward(_np(x), (24,), _np(w), 1e-6)[0], F32)
+    assert_matches_reference(gx, ref_dx, F32, what="dx")
+    assert_matches_reference(gw, ref_dw, F32, what="dweight")
+
+
+@pytest.mark.parametrize("mean", MEANS)
+@pytest.mark.parametrize("momentum", [0.1, 0.9, None])
+def test_batch_norm_native_training_steps_and_running_stats(mean, momentum):
+    m = normkit.BatchNorm2d(6, momentum=momentum)
+    with torch.no_grad():
+        m.weight.copy_(randn(6, dtype=F32, seed=22))
+        m.bias.copy_(randn(6, dtype=F32, seed=23))
+    rm, rv = np.zeros(6), np.ones(6)
+    for step in range(1, 4):
+        x = _leaf(randn(4, 6, 3, 3, dtype=F32, seed=30 + step, mean=mean))
+        dy = randn(4, 6, 3, 3, dtype=F32, seed=40 + step)
+        y = m(x)
+        # momentum=None: the first batch has factor 1 and takes the kernel path
+        expect = "cpu" if (momentum is None and step == 1) else "native"
+        assert dispatch.last_backend["batch_norm_stats"] == expect
+        m.weight.grad = m.bias.grad = None
+        gx, gw, gb = _grads(y, dy, x, m.weight, m.bias)
+        w, b = _np(m.weight), _np(m.bias)
+        ref_y, mean_b, var_b = R.batch_norm_forward(_np(x), w, b)
+        ref_dx, ref_dw, ref_db = R.batch_norm_backward(_np(x), _np(dy), w, b)
+        # the kernel path (first cumulative step) keeps torch's BatchNorm accuracy at mean
+        # 1e4 (its saved float32 mean is rounded), so it is judged by the policy with
+        # torch's error; the native path by the float32 floor alone
+        loose = [None] * 4
+        if expect == "cpu":
+            xt, wt, bt = _leaf(x), _leaf(m.weight), _leaf(m.bias)
+            yt = TF.batch_norm(xt, None, None, wt, bt, True)
+            loose = [yt.detach()] + _grads(yt, dy, xt, wt, bt)
+        assert_matches_reference(y, ref_y, F32, loose[0])
+        assert_matches_reference(gx, ref_dx, F32, loose[1], what="dx")
+        assert_matches_reference(gw, ref_dw, F32, loose[2], what="dweight")
+        assert_matches_reference(gb, ref_db, F32, loose[3], what="dbias")
+        rm, rv = R.running_stats_update(rm, rv, mean_b, var_b, 4 * 9, momentum, step)
+        # the running mean is a float32 buffer: compare relative to its own size
+        assert_matches_reference(m.running_mean, rm, F32, what="running_mean")
+        assert_matches_reference(m.running_var, rv, F32, what="running_var")
+    m.eval()
+    x = _leaf(randn(4, 6, 3, 3, dtype=F32, seed=50, mean=mean))
+    dy = randn(4, 6, 3, 3, dtype=F32, seed=51)
+    y = m(x)
+    assert dispatch.last_backend["batch_norm_apply"] == "native"
+    (gx,) = _grads(y, dy, x)
+    rm64, rv64 = _np(m.running_mean), _np(m.running_var)
+    w = _np(m.weight)
+    ref = R.batch_norm_eval_forward(_np(x), rm64, rv64, w, _np(m.bias))
+    assert_matches_reference(y, ref, F32)
+    assert_matches_reference(gx, _np(dy) * (w / np.sqrt(rv64 + 1e-5))[:, None, None], F32)
+
+
+def test_batch_norm_called_twice_before_backward_like_torch():
+    # siamese use: torch allows two forwards through one BN before backward
+    x = randn(8, 4, dtype=F32, seed=60).requires_grad_()
+    for make in (torch.nn.BatchNorm1d, normkit.BatchNorm1d):
+        m = make(4)
+        (m(x).sum() + m(x * 2).pow(2).sum()).backward()
+        assert x.grad is not None
+    assert dispatch.last_backend["batch_norm_stats"] == "native"
+
+
+def test_outputs_take_in_place_ops_in_training():
+    x = randn(2, 4, 3, 3, dtype=F32, seed=61).requires_grad_()
+    for m in (normkit.BatchNorm2d(4), normkit.GroupNorm(2, 4), normkit.InstanceNorm2d(4)):
+        y = m(x)
+        y += 1.0  # torchvision's `out += identity`, then `relu(inplace=True)`
+        y.relu_()
+        y.sum().backward()
+    ln = normkit.LayerNorm(3)
+    y = ln(x)
+    y.mul_(2.0)
+    y.sum().backward()
+    assert dispatch.last_backend["layer_norm_fwd"] == "native"
+
+
+def test_the_switch_follows_size_request_env_and_dtype(monkeypatch):
+    n = _native.THRESHOLDS["layer_norm"]
+    NF.layer_norm(torch.randn(n // 64 - 1, 64), (64,))
+    assert dispatch.last_backend["layer_norm_fwd"] == "native"
+    NF.layer_norm(torch.randn(n // 64, 64), (64,))  # numel == threshold: the kernel
+    assert dispatch.last_backend["layer_norm_fwd"] == "cpu"
+    small = torch.randn(4, 64)
+    NF.layer_norm(small, (64,), backend="cpu")  # an explicit backend is obeyed
+    assert dispatch.last_backend["layer_norm_fwd"] == "cpu"
+    NF.layer_norm(small.half(), (64,))  # half precision: no native switch
+    assert dispatch.last_backend["layer_norm_fwd"] == "cpu"
+    NF.layer_norm(small.double(), (64,))  # nor float64 (its 1e-12 floor: see _native)
+    assert dispatch.last_backend["layer_norm_fwd"] == "cpu"
+    NF.layer_norm(small, (64,), torch.ones(64, dtype=torch.float64))  # mixed dtypes
+    assert dispatch.last_backend["layer_norm_fwd"] == "cpu"
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    NF.layer_norm(small, (64,))
+    assert dispatch.last_backend["layer_norm_fwd"] == "cpu"
+
+
+def test_thresholds_cover_each_family_the_functional_layer_switches():
+    assert set(_native.THRESHOLDS) == {"layer_norm", "rms_norm", "group_norm", "batch_norm"}
+    assert all(isinstance(v, int) and v > 0 for v in _native.THRESHOLDS.values())
