@@ -145,11 +145,12 @@ def parallel_for(kernel: Callable, total: int, args: Sequence, min_items: int = 
     """
     if total <= 0:
         return
-    threads = num_threads()
-    if getattr(_local, "in_worker", False):
-        threads = 1  # never wait on the pool from inside the pool
-    elif _elements(args) < SERIAL_BELOW:
-        threads = 1  # the hand-off to the pool costs more than the whole kernel
+    threads = num_threads()  # validates $NORMKIT_NUM_THREADS on every call
+    # small calls (the hand-off to the pool costs more than the whole kernel) and calls
+    # from inside the pool (never wait on the pool there) run here
+    if threads == 1 or _elements(args) < SERIAL_BELOW or getattr(_local, "in_worker", False):
+        kernel(*args, 0, total)
+        return
     threads = min(threads, max(1, total // max(1, min_items)))
     if threads <= 1:
         kernel(*args, 0, total)

@@ -397,11 +397,13 @@ def _cdt(dtype: torch.dtype) -> torch.dtype:
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().numpy()
+    return t.detach().numpy() if t.requires_grad else t.numpy()
 
 
 def _in(t: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
     """A contiguous compute-dtype copy only when needed."""
+    if t.dtype == cdt and t.is_contiguous():  # the common case, with no torch call
+        return t.detach()
     return t.detach().to(cdt).contiguous()
 
 
@@ -414,6 +416,8 @@ def _vec(t, n: int, name: str, dtype: torch.dtype = torch.float64) -> np.ndarray
             f"{name} must have {n} elements (one per feature), got shape "
             f"{tuple(t.shape)}; pass a ({n},) tensor or None"
         )
+    if t.dtype == dtype and t.dim() == 1 and t.is_contiguous() and t.device.type == "cpu":
+        return _np(t)  # the common case: a parameter of the input's dtype
     return t.detach().to("cpu", dtype).contiguous().reshape(n).numpy()
 
 
