@@ -14,9 +14,9 @@ benchmarks and users can observe it.
 Rules: ``auto`` takes the fastest registered backend that supports the tensor
 (device, dtype), else ``torch``. Below a measured size, ``auto`` on a float32 CPU tensor
 runs torch's own layer/group/batch/RMS norm kernel on a shifted input instead (exact to
-the same contract; see :mod:`normkit._native`); ``last_backend`` then says ``"native"``. An explicitly requested backend that cannot
-run the call raises a ``ValueError`` naming why and the fix: normkit never
-silently runs something other than what was asked for.
+the same contract; see :mod:`normkit._native`); ``last_backend`` then says ``"native"``.
+An explicitly requested backend that cannot run the call raises a ``ValueError`` naming
+why and the fix: normkit never silently runs something other than what was asked for.
 """
 
 from __future__ import annotations
