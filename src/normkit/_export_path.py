@@ -68,6 +68,8 @@ except ImportError:  # another torch layout: the public (slower) function
 def exporting() -> bool:
     """True while a model is traced by ``torch.onnx.export`` (either exporter) or
     ``torch.export.export``; False in eager mode and under ``torch.compile``."""
+    if torch.compiler.is_compiling():  # dynamo knows the public function, not the flags
+        return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
     return _in_onnx_export() or torch.compiler.is_exporting()
 
 

@@ -27,7 +27,8 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-__all__ = ["BACKENDS", "ENV_VAR", "register", "resolve", "call", "last_backend", "table"]
+__all__ = ["BACKENDS", "ENV_VAR", "register", "resolve", "resolve_all", "call", "last_backend"]
+__all__ += ["table"]
 
 BACKENDS = ("torch", "cpu", "triton")
 ENV_VAR = "NORMKIT_BACKEND"
@@ -54,6 +55,7 @@ last_backend: Dict[str, str] = {}
 # layout), so a layer call does not re-check the same conditions every time.
 _STATIC = frozenset(("torch", "cpu"))
 _memo: Dict[tuple, str] = {}
+_memo_all: Dict[tuple, Dict[str, str]] = {}  # resolve_all's, for the same cases
 
 
 def register(
@@ -64,6 +66,7 @@ def register(
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     table.setdefault(op, {})[backend] = Entry(fn, why_not)
     _memo.clear()
+    _memo_all.clear()
 
 
 def _requested(backend: str) -> str:
@@ -94,6 +97,23 @@ def resolve(op: str, x: torch.Tensor, backend: str = "auto") -> str:
                 _memo[key] = chosen
         return chosen
     return _resolve(op, x, backend)
+
+
+def resolve_all(ops: tuple, x: torch.Tensor, backend: str = "auto") -> Dict[str, str]:
+    """``{op: resolve(op, x, backend)}`` for the ops of one layer call, in one lookup when
+    every choice is memoised (``auto``, no ``$NORMKIT_BACKEND``, size-independent backends)."""
+    if backend == "auto" and type(x) is torch.Tensor:
+        env = os.environ.get(ENV_VAR)
+        if not env or env == "auto":
+            key = (ops, x.device.type, x.dtype, x.layout)
+            hit = _memo_all.get(key)
+            if hit is not None:
+                return dict(hit)  # a copy: callers keep theirs on autograd's ctx
+            chosen = {op: resolve(op, x, backend) for op in ops}
+            if all((op,) + key[1:] in _memo for op in ops):
+                _memo_all[key] = dict(chosen)
+            return chosen
+    return {op: resolve(op, x, backend) for op in ops}
 
 
 def _resolve(op: str, x: torch.Tensor, backend: str) -> str:

@@ -54,7 +54,7 @@ def lrn_canonical(
         return input.clone()
     # hostile sizes (2**64 + 1) never reach a kernel: the window is clamped to the tensor
     spec = _xp.clamp_window(spec, input if channel_dim == 1 else input.movedim(channel_dim, 1))
-    backends = _backends(schema.ops_of("lrn"), input, backend)
+    backends = _backends(_LRN_OPS, input, backend)
     # the Function moves the channel dim itself: its output is never an autograd view
     return LocalResponseNormFunction.apply(
         input,
@@ -134,10 +134,12 @@ _BN_OPS = schema.ops_of("batch_norm")
 _LN_OPS = schema.ops_of("layer_norm")
 _RMS_OPS = schema.ops_of("rms_norm")
 _GN_OPS = schema.ops_of("group_norm")
+_LRN_OPS = schema.ops_of("lrn")
+_FRN_OPS = schema.ops_of("frn")
 
 
 def _backends(ops, x: torch.Tensor, backend: str) -> dict:
-    return {op: dispatch.resolve(op, x, backend) for op in ops}
+    return dispatch.resolve_all(tuple(ops), x, backend)
 
 
 def _check_param(name: str, what: str, t, shape) -> None:
@@ -546,7 +548,7 @@ def channel_rms_norm(
     if input.numel() == 0:
         return _empty_result(input, weight, None, (1, -1) + (1,) * (input.dim() - 2))
     return RMSNormFunction.apply(
-        input, weight, float(eps), _backends(schema.ops_of("rms_norm"), input, backend), c, 1
+        input, weight, float(eps), _backends(_RMS_OPS, input, backend), c, 1
     )
 
 
@@ -677,7 +679,7 @@ def instance_norm(
     x = input.reshape(n, c, math.prod(input.shape[2:]))
     if tracked:
         # per-instance stats through the same stats core: (1, N*C, L) over (N, L)
-        bn_backends = _backends(schema.ops_of("batch_norm"), x, backend)
+        bn_backends = _backends(_BN_OPS, x, backend)
         with torch.no_grad():
             mean, var = batch_norm_batch_stats(x.reshape(1, n * c, -1), bn_backends)
             unbiased = var.view(n, c) * (spatial / (spatial - 1))
@@ -779,7 +781,7 @@ def filter_response_norm(
         eps_t = torch.full((c,), float(eps), dtype=weight.dtype, device=input.device)
     if _xp.exporting() or input.numel() == 0:  # standard ops (export; empty input)
         return _xp.filter_response_norm(input, weight, bias, tau, eps_t)
-    backends = _backends(schema.ops_of("frn"), input, backend)
+    backends = _backends(_FRN_OPS, input, backend)
     return FilterResponseNormFunction.apply(input, weight, bias, tau, eps_t, backends)
 
 
