@@ -60,6 +60,7 @@ _NPY_HEADER_BYTES = 128  # fixed size, so the row count can be patched in after 
 _CSV_BLOCK_BYTES = 1 << 20  # per block, parsed on pyarrow's threads; 8 MiB blocks let its
 # read-ahead hold ~300 MiB on a 1 GiB file, 1 MiB blocks ~40 MiB (measured)
 _PARQUET_GROUP_ROWS = 1 << 17
+_CSV_PIECE_BYTES = 4 << 20  # parsed on its own thread; a few are in memory at a time
 
 
 class CLIError(Exception):
@@ -263,6 +264,7 @@ class _Source:
         )
         self._csv_parse = pcsv.ParseOptions(delimiter=self.delimiter)
         self._pcsv = pcsv
+        self._data_offset = len(first) if has_header else 0
         self.total, self.unit = os.path.getsize(self.path), "B"
         # the first block fixes the column types (pyarrow's rule for streaming); read it
         # once here for the schema, then the real reader gets every type up front,
@@ -278,28 +280,6 @@ class _Source:
                     ),
                 )
                 self.schema = sniff.schema
-        except pa.ArrowInvalid as exc:
-            raise CLIError(f"{self.path}: cannot parse CSV ({exc})") from None
-
-    def _csv_reader(self, pa):
-        """The streaming reader of the columns ``select`` chose, every type given."""
-        pcsv = self._pcsv
-        wanted = self.read_columns or list(self.schema.names)
-        types = {n: self.schema.field(n).type for n in wanted}
-        for n in self.float_columns:
-            types[n] = pa.float64()
-        self._file = pa.OSFile(self.path)
-        try:
-            return pcsv.open_csv(
-                self._file,
-                read_options=pcsv.ReadOptions(**self._csv_read),
-                parse_options=self._csv_parse,
-                convert_options=pcsv.ConvertOptions(
-                    column_types=types,
-                    strings_can_be_null=True,
-                    include_columns=self.read_columns or [],
-                ),
-            )
         except pa.ArrowInvalid as exc:
             raise CLIError(f"{self.path}: cannot parse CSV ({exc})") from None
 
@@ -386,22 +366,93 @@ class _Source:
             for b in batches:
                 yield (b.select(keep) if keep is not None else b), b.num_rows
         else:
-            reader = self._csv_reader(pa)
-            seen = 0
+            yield from self._csv_batches(pa)
+
+    def _csv_pieces(self) -> Iterator[Tuple[memoryview, int]]:
+        """The data bytes in pieces of about _CSV_PIECE_BYTES that end at a line end.
+
+        Each piece is a view of one read (no copy); the next read starts after its last
+        line end.
+        """
+        size = _CSV_PIECE_BYTES
+        pos = self._data_offset
+        with open(self.path, "rb") as f:
             while True:
-                try:
-                    b = reader.read_next_batch()
-                except StopIteration:
-                    break
-                except pa.ArrowInvalid as exc:
-                    raise CLIError(
-                        f"{self.path}: cannot parse CSV after data row {seen} "
-                        f"({exc}); write missing values as empty fields or nan"
-                    ) from None
-                seen += b.num_rows
-                pos = self._file.tell()
-                yield b, pos
-            self._file.close()
+                f.seek(pos)
+                block = f.read(size)
+                if len(block) < size:  # the end of the file
+                    if block:
+                        yield memoryview(block), pos + len(block)
+                    return
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:  # one line longer than a piece: read more at once
+                    size *= 2
+                    continue
+                yield memoryview(block)[:cut], pos + cut
+                pos += cut
+
+    def _csv_batches(self, pa):
+        """Parse pieces on a few threads (pyarrow releases the GIL), in file order.
+
+        pyarrow's streaming reader parses one block at a time; polars parses in
+        parallel. Pieces are cut at line ends, which is pyarrow's own block rule
+        (``newlines_in_values=False``); at most workers + 1 pieces are in memory.
+        """
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        pcsv = self._pcsv
+        wanted = self.read_columns or list(self.schema.names)
+        types = {n: self.schema.field(n).type for n in wanted}
+        for n in self.float_columns:
+            types[n] = pa.float64()
+        read = pcsv.ReadOptions(
+            use_threads=False,
+            column_names=list(self.schema.names),
+            block_size=_CSV_PIECE_BYTES * 4,  # one batch per piece
+        )
+        convert = pcsv.ConvertOptions(
+            column_types=types, strings_can_be_null=True, include_columns=self.read_columns or []
+        )
+
+        def parse(piece: bytes):
+            return pcsv.read_csv(
+                pa.BufferReader(piece),
+                read_options=read,
+                parse_options=self._csv_parse,
+                convert_options=convert,
+            )
+
+        workers = max(1, min(4, os.cpu_count() or 1))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normkit-csv")
+        pending: deque = deque()
+        pieces = self._csv_pieces()
+        seen = 0
+        try:
+            for piece, end in pieces:
+                pending.append((pool.submit(parse, piece), end))
+                if len(pending) > workers:
+                    seen = yield from self._csv_take(pa, pending.popleft(), seen)
+            while pending:
+                seen = yield from self._csv_take(pa, pending.popleft(), seen)
+        finally:
+            for fut, _ in pending:
+                fut.cancel()
+            pool.shutdown(wait=False)
+
+    def _csv_take(self, pa, item, seen: int):
+        fut, end = item
+        try:
+            table = fut.result()
+        except pa.ArrowInvalid as exc:
+            raise CLIError(
+                f"{self.path}: cannot parse CSV after data row {seen} "
+                f"({exc}); write missing values as empty fields or nan"
+            ) from None
+        for b in table.to_batches():
+            seen += b.num_rows
+            yield b, end
+        return seen
 
     def _npy_chunks(self):
         row_bytes = self.n_cols * self.npy_dtype.itemsize
@@ -511,6 +562,8 @@ class _Sink:
         self.writer = None
         self._pending: list = []  # Parquet: batches gathered into one row group
         self._pending_rows = 0
+        self._thread = None  # Parquet: writes row groups (see _flush)
+        self._error: Optional[BaseException] = None
         fd, self.tmp = tempfile.mkstemp(
             dir=os.path.dirname(os.path.abspath(path)),
             prefix=f".{os.path.basename(path)}.",
@@ -542,12 +595,66 @@ class _Sink:
             self._flush()
 
     def _flush(self) -> None:
-        if self._pending:
-            import pyarrow as pa
+        """Hand the gathered batches, as one row group, to the writer thread.
 
-            table = pa.Table.from_batches(self._pending)
-            self.writer.write_table(table, row_group_size=max(1, table.num_rows))
-            self._pending, self._pending_rows = [], 0
+        Compressing and writing a row group releases the GIL, so on its own thread it
+        overlaps the parsing and scaling of the next rows. The queue holds at most two
+        row groups (bounded memory); a write error is raised here or by ``commit``.
+        """
+        if not self._pending:
+            return
+        import pyarrow as pa
+
+        table = pa.Table.from_batches(self._pending)
+        self._pending, self._pending_rows = [], 0
+        if self._thread is None:
+            import queue
+            import threading
+
+            self._queue = queue.Queue(maxsize=2)
+            self._thread = threading.Thread(
+                target=self._write_groups, name="normkit-parquet", daemon=True
+            )
+            self._thread.start()
+        self._put(table)
+
+    def _put(self, item) -> None:
+        import queue
+
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _write_groups(self) -> None:
+        while True:
+            table = self._queue.get()
+            if table is None:
+                return
+            if self._error is None:
+                try:
+                    self.writer.write_table(table, row_group_size=max(1, table.num_rows))
+                except BaseException as exc:  # re-raised in the main thread
+                    self._error = exc
+
+    def _stop_thread(self) -> None:
+        """Let the writer thread finish what it holds, then end it (commit and abort)."""
+        if self._thread is None:
+            return
+        import queue
+
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        self._thread = None
 
     def _open(self, schema) -> None:
         import pyarrow as pa
@@ -585,6 +692,9 @@ class _Sink:
             if self.writer is not None:
                 if self.fmt == "parquet":
                     self._flush()
+                    self._stop_thread()
+                    if self._error is not None:
+                        raise self._error
                 self.writer.close()
         self.f.flush()
         os.fsync(self.f.fileno())
@@ -594,8 +704,16 @@ class _Sink:
     def abort(self) -> None:
         # close the format writer first: left open, pyarrow's ParquetWriter would try to
         # finish the file from its __del__ after the file object below is closed
-        writer, self.writer = self.writer, None
         self._pending = []
+        if self._thread is not None:
+            self._error = self._error or CLIError("aborted")  # the thread skips the rest
+            while True:  # drop queued row groups: they are not written
+                try:
+                    self._queue.get_nowait()
+                except Exception:
+                    break
+            self._stop_thread()
+        writer, self.writer = self.writer, None
         if writer is not None:
             try:
                 writer.close()
