@@ -196,7 +196,6 @@ class _Source:
         path: str,
         chunk_rows: Optional[int],
         delimiter: str,
-        float_columns: Optional[List[str]] = None,
     ):
         if chunk_rows is not None and chunk_rows < 1:
             raise CLIError(f"--chunk-rows must be >= 1, got {chunk_rows}")
@@ -217,7 +216,7 @@ class _Source:
             return
         pa = _pyarrow()
         if self.fmt == "csv":
-            self._open_csv(pa, float_columns)
+            self._open_csv(pa)
         elif self.fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -234,7 +233,7 @@ class _Source:
 
     # -- formats --------------------------------------------------------------
 
-    def _open_csv(self, pa, float_columns) -> None:
+    def _open_csv(self, pa) -> None:
         import pyarrow.csv as pcsv
 
         with open(self.path, "rb") as f:
@@ -254,8 +253,6 @@ class _Source:
         types = {}
         if not has_header:  # a bare numeric table: every column is data
             types = {n: pa.float64() for n in names}
-        for n in float_columns or []:
-            types[n] = pa.float64()
         self._csv_read = dict(
             block_size=_CSV_BLOCK_BYTES,
             use_threads=True,
@@ -916,6 +913,20 @@ def _getter(src: _Source, batch):
     return lambda c: _column(batch.column(batch.schema.get_field_index(c)))
 
 
+def _check_numeric(src: _Source, columns: List[str]) -> None:
+    if src.fmt == "npy":
+        return
+    pa = _pyarrow()
+    for c in columns:
+        t = src.schema.field(c).type
+        # null: the first block had no value (parsed as float64 all the same)
+        if not (_is_numeric(pa, t) or pa.types.is_null(t)):
+            raise CLIError(
+                f"{src.path}: column {c!r} has type {t}, not numbers; "
+                "scale numeric columns only (see --columns)"
+            )
+
+
 def _fit(args) -> int:
     from . import preprocessing as P
 
@@ -937,9 +948,7 @@ def _fit(args) -> int:
         )
     wanted = _split_columns(args.columns)
     _check_output(args.output, [args.data], args.force)
-    src = _Source(
-        args.data, args.chunk_rows, args.delimiter, float_columns=(wanted or []) + list(per_column)
-    )
+    src = _Source(args.data, args.chunk_rows, args.delimiter)
     unknown = [c for c in per_column if c not in src.names]
     if unknown:
         raise CLIError(
@@ -958,14 +967,7 @@ def _fit(args) -> int:
     else:
         columns = _select(src, wanted, "--columns")
         columns = columns + [c for c in per_column if c not in columns]
-    if src.fmt != "npy":
-        for c in columns:
-            field = src.schema.field(c)
-            if not _is_numeric(_pyarrow(), field.type):
-                raise CLIError(
-                    f"{args.data}: column {c!r} has type {field.type}, not numbers; "
-                    "scale numeric columns only (see --columns)"
-                )
+    _check_numeric(src, columns)
     methods = {c: per_column.get(c, args.method) for c in columns}
     scalers = {}
     for c in columns:
@@ -1062,13 +1064,14 @@ def _transform(args) -> int:
             "fit's order"
         )
     names = wanted or (fitted if all(c is not None for c in fitted) else None)
-    src = _Source(args.data, args.chunk_rows, args.delimiter, float_columns=names or [])
+    src = _Source(args.data, args.chunk_rows, args.delimiter)
     columns = _select(src, names if src.named else None, "fitted")
     if len(columns) != len(entries):
         raise CLIError(
             f"{args.data} has {len(columns)} numeric column(s) to scale but {args.stats} "
             f"was fitted on {len(entries)}; pass data with fit's columns (or --columns)"
         )
+    _check_numeric(src, columns)
     out_fmt = _format(args.output, "output")
     passthrough = [c for c in src.names if c not in columns]
     if out_fmt == "npy" and passthrough and src.fmt != "npy":
