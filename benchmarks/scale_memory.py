@@ -4,11 +4,13 @@ Writes a CSV of about --size-mb megabytes to a temporary directory (default /tmp
 then runs, each in its own subprocess,
 
     normkit scale fit DATA --method zscore -o stats.json
-    normkit scale transform DATA --stats stats.json -o OUT.csv (and OUT.npy)
+    normkit scale transform DATA --stats stats.json -o OUT.parquet (and OUT.csv, OUT.npy)
 
-and reports each one's wall time and peak resident set size (ru_maxrss of that child,
-from os.wait4), next to the RSS of a process that only imports normkit: the part of
-the peak that is the data is the difference. Not part of the test suite.
+and reports each one's wall time, peak resident set size (ru_maxrss of that command,
+through a small launcher, see LAUNCH) and the load average, next to processes that only
+import normkit, and numpy + pyarrow: the part of the peak that is the data is the
+difference. Run it at two sizes (e.g. 256 and 1024): bounded memory means the same
+peak. Not part of the test suite.
 
     PYTHONPATH=src python benchmarks/scale_memory.py --size-mb 1024
 """
@@ -123,6 +125,10 @@ def main() -> int:
     jobs = [
         ("import normkit only (baseline)", [py, "-c", "import normkit, normkit.scale_cli"]),
         (
+            "import numpy+pyarrow (baseline)",
+            [py, "-c", "import numpy, pyarrow.csv, pyarrow.parquet, normkit.preprocessing"],
+        ),
+        (
             "fit zscore",
             cli + ["fit", data, "--method", "zscore", "-o", stats, "--no-progress"] + chunk,
         ),
@@ -140,7 +146,7 @@ def main() -> int:
         load = os.getloadavg()[0]
         secs, rss, rc, err = run(cmd, env)
         if "baseline" in name:
-            base_secs, rate = secs, ""
+            base_secs, rate = max(base_secs, secs), ""
         else:
             rate = f"{size / 1e6 / max(secs - base_secs, 1e-9):18.1f}"
         print(
