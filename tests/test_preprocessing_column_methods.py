@@ -227,3 +227,34 @@ def test_forged_set_files_name_the_scaler_and_field(tmp_path, table, capsys):
         P.load_set(stats)
     assert _run("transform", src, "--stats", stats, "-o", tmp_path / "o.parquet") == 2
     assert "scalers[1]" in capsys.readouterr().err
+
+
+def test_unnamed_files_keep_fit_column_order(tmp_path):
+    """.npy has no names: the set file's positions put each column back in its place."""
+    rng = np.random.default_rng(2)
+    X = np.abs(rng.normal(size=(600, 3))) + 0.5
+    src = tmp_path / "d.npy"
+    np.save(src, X)
+    stats, out = tmp_path / "s.json", tmp_path / "o.npy"
+    assert _run("fit", src, "--method", "zscore", "--column-method", "x1=log10", "-o", stats) == 0
+    assert _run("transform", src, "--stats", stats, "-o", out) == 0
+    Y = np.load(out)
+    want = skp.StandardScaler().fit_transform(X[:, [0, 2]])
+    np.testing.assert_allclose(Y[:, [0, 2]], want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(Y[:, 1], np.log10(X[:, 1]), rtol=1e-15, atol=0)
+
+
+def test_forged_positions_are_refused(tmp_path, capsys):
+    X = np.abs(np.random.default_rng(4).normal(size=(50, 2))) + 1
+    src = tmp_path / "d.npy"
+    np.save(src, X)
+    stats = tmp_path / "s.json"
+    assert _run("fit", src, "--method", "zscore", "--column-method", "x1=log10", "-o", stats) == 0
+    doc = json.loads(stats.read_text())
+    doc.pop("sha256")
+    doc["scalers"][1]["meta"]["positions"] = [0]  # two columns claim place 0
+    doc["sha256"] = _digest(doc)
+    stats.write_text(json.dumps(doc))
+    assert _run("transform", src, "--stats", stats, "-o", tmp_path / "o.npy") == 2
+    err = capsys.readouterr().err
+    assert "meta.positions are not 0..1 each once" in err and not (tmp_path / "o.npy").exists()

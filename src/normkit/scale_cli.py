@@ -1023,7 +1023,12 @@ def _fit(args) -> int:
 
         save_set(
             [
-                (_combine([scalers[c] for c in cols]), {"columns": cols, "method": m})
+                (
+                    _combine([scalers[c] for c in cols]),
+                    # positions: each column's place in fit's order, which transform
+                    # uses for files without column names (.npy, header-less CSV)
+                    {"columns": cols, "method": m, "positions": [columns.index(c) for c in cols]},
+                )
                 for m, cols in groups.items()
             ],
             args.output,
@@ -1061,10 +1066,26 @@ def _fitted_columns(args) -> List[Tuple[Optional[str], str, object]]:
             )
         if cols is None and len(scalers) > 1:
             raise CLIError(f"{args.stats}: {where}.columns is missing; the file was edited")
+        n = scaler.n_features_in_
+        positions = meta.get("positions", list(range(len(entries), len(entries) + n)))
+        if not (
+            isinstance(positions, list)
+            and len(positions) == scaler.n_features_in_
+            and all(isinstance(p, int) and not isinstance(p, bool) for p in positions)
+        ):
+            raise CLIError(
+                f"{args.stats}: {where}.positions must be a list of "
+                f"{scaler.n_features_in_} integers; the file was edited: fit again"
+            )
         method = _method_of(scaler)
         for j, part in enumerate(_split(scaler)):
-            entries.append((cols[j] if cols else None, method, part))
-    return entries
+            entries.append((positions[j], cols[j] if cols else None, method, part))
+    if sorted(e[0] for e in entries) != list(range(len(entries))):
+        raise CLIError(
+            f"{args.stats}: the scalers' meta.positions are not 0..{len(entries) - 1} "
+            "each once; the file was edited: fit again"
+        )
+    return [e[1:] for e in sorted(entries, key=lambda e: e[0])]
 
 
 def _transform(args) -> int:
