@@ -7,8 +7,8 @@
 DATA and OUT are chosen by extension: ``.csv``, ``.parquet``/``.pq``,
 ``.arrow``/``.feather``/``.ipc`` (Arrow IPC file or stream) and ``.npy``;
 any other extension is refused. CSV, Parquet and Arrow are streamed as
-record batches through pyarrow (multi-threaded CSV parsing, memory bounded by
-the batch, not the file); ``.npy`` is read ``--chunk-rows`` rows at a time.
+record batches through pyarrow (CSV pieces parsed on a thread pool, memory bounded
+by the pieces in flight, not the file); ``.npy`` is read ``--chunk-rows`` rows at a time.
 
 ``--columns a,b`` picks the columns to scale (default: every numeric column);
 ``--column-method col=method,...`` gives some columns their own method (the
@@ -57,10 +57,9 @@ FORMATS = {
 }
 
 _NPY_HEADER_BYTES = 128  # fixed size, so the row count can be patched in after streaming
-_CSV_BLOCK_BYTES = 1 << 20  # per block, parsed on pyarrow's threads; 8 MiB blocks let its
-# read-ahead hold ~300 MiB on a 1 GiB file, 1 MiB blocks ~40 MiB (measured)
-_PARQUET_GROUP_ROWS = 1 << 17
-_CSV_PIECE_BYTES = 4 << 20  # parsed on its own thread; a few are in memory at a time
+_CSV_BLOCK_BYTES = 1 << 20  # the first block, read once for the header's column types
+_CSV_PIECE_BYTES = 4 << 20  # parsed on its own thread; workers + 1 are in memory at a time
+_PARQUET_GROUP_ROWS = 1 << 17  # rows per Parquet row group (polars wrote ~87k here)
 
 
 class CLIError(Exception):
@@ -585,8 +584,8 @@ class _Sink:
         if self.fmt != "parquet":
             self.writer.write_batch(batch)
             return
-        # one row group per CSV block (~8k rows) makes a slow, large file: gather
-        # batches into row groups of ~128k rows (the size polars writes, too)
+        # one row group per batch (~8k rows for a 1 MiB CSV block) made a slow, large
+        # file: gather batches into row groups of ~128k rows
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
         if self._pending_rows >= _PARQUET_GROUP_ROWS:
