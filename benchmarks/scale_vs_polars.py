@@ -14,7 +14,7 @@ Results go to --csv (appended) and stdout, with the load average: on a shared,
 loaded machine the ratios are indicative only.
 
     PYTHONPATH=src python benchmarks/scale_vs_polars.py --size-mb 68 \
-        --csv benchmarks/results/scale_vs_polars.csv
+        --csv benchmarks/results/scale_vs_polars.csv [--repeat 5]
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ def main() -> int:
     ap.add_argument("--size-mb", type=float, default=68)
     ap.add_argument("--dir", default=None, help="where to write the data (default: a temp dir)")
     ap.add_argument("--csv", default=None, help="append results to this CSV")
+    ap.add_argument("--repeat", type=int, default=1, help="run the cases N times, interleaved")
     args = ap.parse_args()
     env = dict(os.environ)
     py = sys.executable
@@ -167,7 +168,9 @@ def main() -> int:
                 [py, "-c", POLARS_TRANSFORM, data, os.path.join(tmp, "p.parquet"), pstats],
             ),
         ]
-        for task, tool, cmd in cases:
+        # --repeat N: the cases in turn, N times (interleaved, so a change of load hits
+        # normkit and polars alike); the ratio below is of the medians
+        for _, (task, tool, cmd) in [(i, c) for i in range(args.repeat) for c in cases]:
             load = os.getloadavg()[0]
             wall, rss = run(cmd, env)
             rows.append(
@@ -183,9 +186,17 @@ def main() -> int:
                 }
             )
             print(rows[-1], flush=True)
-    by = {(r["task"], r["tool"]): r["wall_s"] for r in rows}
+    import statistics
+
+    by = {}
+    for r in rows:
+        by.setdefault((r["task"], r["tool"]), []).append(r["wall_s"])
     for task in ("fit", "transform csv->parquet"):
-        print(f"{task}: normkit / polars = {by[(task, 'normkit')] / by[(task, 'polars')]:.2f}x")
+        n, p = statistics.median(by[(task, "normkit")]), statistics.median(by[(task, "polars")])
+        print(
+            f"{task}: normkit {n:.3f} s / polars {p:.3f} s = {n / p:.2f}x"
+            f" (median of {len(by[(task, 'normkit')])})"
+        )
     if args.csv:
         new = not os.path.exists(args.csv)
         with open(args.csv, "a", newline="") as f:
