@@ -4,11 +4,13 @@ Writes a CSV of about --size-mb megabytes to a temporary directory (default /tmp
 then runs, each in its own subprocess,
 
     normkit scale fit DATA --method zscore -o stats.json
-    normkit scale transform DATA --stats stats.json -o OUT.csv (and OUT.npy)
+    normkit scale transform DATA --stats stats.json -o OUT.parquet (and OUT.csv, OUT.npy)
 
-and reports each one's wall time and peak resident set size (ru_maxrss of that child,
-from os.wait4), next to the RSS of a process that only imports normkit: the part of
-the peak that is the data is the difference. Not part of the test suite.
+and reports each one's wall time, peak resident set size (ru_maxrss of that command,
+through a small launcher, see LAUNCH) and the load average, next to processes that only
+import normkit, and numpy + pyarrow: the part of the peak that is the data is the
+difference. Run it at two sizes (e.g. 256 and 1024): bounded memory means the same
+peak. Not part of the test suite.
 
     PYTHONPATH=src python benchmarks/scale_memory.py --size-mb 1024
 """
@@ -44,24 +46,51 @@ def write_csv(path: str, size_mb: float, n_cols: int, seed: int = 0) -> int:
     return rows
 
 
+# Peak RSS through a small launcher: a child forked (or vforked) straight from this
+# process starts its peak-RSS count at this process's size, because Linux keeps the
+# larger of the old and the new image's peak at exec (scale_vs_polars.py's earlier rows
+# all read 196.9 MiB, its own size after polars had read the data). The launcher is
+# a bare Python (~10 MiB): that is the floor of the numbers reported now.
+LAUNCH = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+kib = usage.ru_maxrss // (1024 if sys.platform == "darwin" else 1)  # macOS: bytes
+sys.stderr.write(f"\\nmaxrss_kib {kib}\\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _maxrss_mib(err: str) -> float:
+    for line in reversed(err.splitlines()):
+        if line.startswith("maxrss_kib "):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run(cmd, env):
-    """Run cmd; return (seconds, peak RSS in MiB of that child, returncode, stderr tail)."""
+    """Run cmd; return (seconds, peak RSS in MiB of that command, returncode, stderr tail)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCH, *cmd],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     secs = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    # Linux reports ru_maxrss in KiB (macOS in bytes)
-    kib = usage.ru_maxrss / (1024 if sys.platform == "darwin" else 1)
-    return secs, kib / 1024, os.waitstatus_to_exitcode(status), err[-400:]
+    err = proc.stderr.decode(errors="replace")
+    return secs, _maxrss_mib(err), proc.returncode, err[-400:]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=float, default=1024)
     ap.add_argument("--cols", type=int, default=10)
-    ap.add_argument("--chunk-rows", type=int, default=65536)
+    ap.add_argument(
+        "--chunk-rows", type=int, default=None, help="pass --chunk-rows (default: the CLI's)"
+    )
     ap.add_argument("--dir", default=tempfile.gettempdir())
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     args = ap.parse_args()
@@ -87,65 +116,41 @@ def main() -> int:
 
     py = sys.executable
     cli = [py, "-m", "normkit", "scale"]
+    chunk = [] if args.chunk_rows is None else ["--chunk-rows", str(args.chunk_rows)]
+
+    def transform(ext):
+        out = os.path.join(work, f"out{ext}")
+        return cli + ["transform", data, "--stats", stats, "-o", out, "--no-progress"] + chunk
+
     jobs = [
         ("import normkit only (baseline)", [py, "-c", "import normkit, normkit.scale_cli"]),
         (
+            "import numpy+pyarrow (baseline)",
+            [py, "-c", "import numpy, pyarrow.csv, pyarrow.parquet, normkit.preprocessing"],
+        ),
+        (
             "fit zscore",
-            cli
-            + [
-                "fit",
-                data,
-                "--method",
-                "zscore",
-                "-o",
-                stats,
-                "--chunk-rows",
-                str(args.chunk_rows),
-                "--no-progress",
-            ],
+            cli + ["fit", data, "--method", "zscore", "-o", stats, "--no-progress"] + chunk,
         ),
-        (
-            "transform -> csv",
-            cli
-            + [
-                "transform",
-                data,
-                "--stats",
-                stats,
-                "-o",
-                os.path.join(work, "out.csv"),
-                "--chunk-rows",
-                str(args.chunk_rows),
-                "--no-progress",
-            ],
-        ),
-        (
-            "transform -> npy",
-            cli
-            + [
-                "transform",
-                data,
-                "--stats",
-                stats,
-                "-o",
-                os.path.join(work, "out.npy"),
-                "--chunk-rows",
-                str(args.chunk_rows),
-                "--no-progress",
-            ],
-        ),
+        ("transform -> parquet", transform(".parquet")),
+        ("transform -> csv", transform(".csv")),
+        ("transform -> npy", transform(".npy")),
     ]
-    print(f"{'step':34s} {'seconds':>8s} {'peak RSS MiB':>13s} {'MB/s excl. import':>18s}")
+    print(
+        f"{'step':34s} {'seconds':>8s} {'peak RSS MiB':>13s} {'MB/s excl. import':>18s}"
+        f" {'load avg 1m':>12s}"
+    )
     failed = False
     base_secs = 0.0
     for name, cmd in jobs:
+        load = os.getloadavg()[0]
         secs, rss, rc, err = run(cmd, env)
         if "baseline" in name:
-            base_secs, rate = secs, ""
+            base_secs, rate = max(base_secs, secs), ""
         else:
             rate = f"{size / 1e6 / max(secs - base_secs, 1e-9):18.1f}"
         print(
-            f"{name:34s} {secs:8.1f} {rss:13.0f} {rate:>18s}"
+            f"{name:34s} {secs:8.1f} {rss:13.0f} {rate:>18s} {load:12.2f}"
             + ("" if rc == 0 else f"  FAILED rc={rc}: {err}")
         )
         failed |= rc != 0

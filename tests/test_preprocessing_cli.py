@@ -197,7 +197,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, data, capsys):
         == 2
     )
     err = capsys.readouterr().err
-    assert "data rows 600..899" in err and "column 2: 1 value(s) (first at row 100" in err
+    assert "data rows 600..899" in err and "column 'x2': 1 value(s) (first at row 100" in err
     assert not stats.exists()
 
     assert (
@@ -246,7 +246,9 @@ def test_cli_errors_are_one_clear_line(tmp_path, data, capsys):
         )
         == 2
     )
-    assert "X has 3 features" in capsys.readouterr().err and not out.exists()
+    err = capsys.readouterr().err
+    assert "has 3 numeric column(s) to scale" in err and "fitted on 4" in err
+    assert not out.exists()
 
     stats.write_text(stats.read_text()[:100])
     assert (

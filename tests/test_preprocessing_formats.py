@@ -153,7 +153,33 @@ for argv in (["fit", {str(data)!r}, "--method", "zscore", "-o", {str(tmp_path / 
               {str(tmp_path / "o.parquet")!r}, "--no-progress"]):
     assert scale_cli.main(ap.parse_args(argv)) == 0
 assert "torch" not in sys.modules, "torch was imported"
+# Array.to_numpy / pa.array would pull these in: ~0.35 s of start-up (docs/scalers.md)
+assert "pandas" not in sys.modules and "pyarrow.compute" not in sys.modules, "pandas imported"
 print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+@pytest.mark.parametrize("piece", [7, 64, 1 << 20])
+def test_csv_pieces_cut_at_line_ends_equal_sklearn(tmp_path, monkeypatch, piece):
+    """The CSV is parsed in pieces on threads: any piece size gives the same numbers.
+
+    7 bytes is shorter than every line (each piece must grow to a line end); the file
+    has no final newline and a text column that passes through.
+    """
+    from normkit import scale_cli
+
+    monkeypatch.setattr(scale_cli, "_CSV_PIECE_BYTES", piece)
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(300, 2)) * [2.0, 500.0] + [1.0, -3.0]
+    src = tmp_path / "d.csv"
+    lines = ["u,v,tag"] + [f"{a!r},{b!r},t{i}" for i, (a, b) in enumerate(X.tolist())]
+    src.write_text("\n".join(lines))  # no newline at the end
+    stats, out = tmp_path / "s.json", tmp_path / "o.parquet"
+    assert _run("fit", src, "--method", "zscore", "-o", stats) == 0
+    assert _run("transform", src, "--stats", stats, "-o", out) == 0
+    got = pq.read_table(out)
+    assert got.column("tag").to_pylist() == [f"t{i}" for i in range(300)]
+    Y = np.column_stack([got.column(c).to_numpy() for c in ("u", "v")])
+    np.testing.assert_allclose(Y, skp.StandardScaler().fit_transform(X), rtol=1e-12, atol=1e-12)

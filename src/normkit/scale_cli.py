@@ -1,18 +1,26 @@
 """``normkit scale``: fit and apply the data scalers to files too big for memory.
 
     normkit scale fit DATA --method minmax|zscore|reciprocal|log10|arctan -o stats.json
+    normkit scale fit DATA --method zscore --column-method price=log10,age=minmax -o stats.json
     normkit scale transform DATA --stats stats.json -o OUT
 
 DATA and OUT are chosen by extension: ``.csv``, ``.parquet``/``.pq``,
 ``.arrow``/``.feather``/``.ipc`` (Arrow IPC file or stream) and ``.npy``;
 any other extension is refused. CSV, Parquet and Arrow are streamed as
-record batches through pyarrow (multi-threaded CSV parsing, memory bounded by
-the batch, not the file); ``.npy`` is read ``--chunk-rows`` rows at a time.
+record batches through pyarrow (CSV pieces parsed on a thread pool, memory bounded
+by the pieces in flight, not the file); ``.npy`` is read ``--chunk-rows`` rows at a time.
 
 ``--columns a,b`` picks the columns to scale (default: every numeric column);
-the other columns pass through ``transform`` unchanged (``.npy`` output holds
-the scaled columns only). Statistics go to a JSON file with the column names,
-so ``transform`` selects the same columns by name. Outputs are written to a
+``--column-method col=method,...`` gives some columns their own method (the
+others use ``--method``). The other columns pass through ``transform``
+unchanged (``.npy`` output holds the scaled columns only). Statistics go to a
+JSON file with the column names and methods, so ``transform`` selects the same
+columns by name and applies each one's method.
+
+Each column is streamed as a zero-copy NumPy view of its Arrow buffer through
+a one-feature scaler (per-feature statistics do not depend on the other
+columns), so no row-major copy of the table is made and the arithmetic is the
+scalers' own. Outputs are written to a
 temporary file next to OUT and renamed into place only when complete: an
 error, Ctrl-C or SIGTERM leaves an existing OUT as it was. An existing OUT is
 replaced only with ``--force``; an input file is never overwritten.
@@ -26,9 +34,25 @@ import signal
 import sys
 import tempfile
 import warnings
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
+
+class _LazyNumPy:
+    """Stands for ``np`` until first used, so ``--help`` does not import NumPy.
+
+    ``normkit scale --help`` only builds this module's parser: importing NumPy for it
+    was ~0.12 s of its start-up. The first ``np.x`` imports NumPy and replaces this
+    object in the module's globals.
+    """
+
+    def __getattr__(self, name):
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np = _LazyNumPy()
 
 METHODS = {
     "minmax": "MinMaxScaler",
@@ -49,8 +73,9 @@ FORMATS = {
 }
 
 _NPY_HEADER_BYTES = 128  # fixed size, so the row count can be patched in after streaming
-_CSV_BLOCK_BYTES = 1 << 20  # per block, parsed on pyarrow's threads; 8 MiB blocks let its
-# read-ahead hold ~300 MiB on a 1 GiB file, 1 MiB blocks ~40 MiB (measured)
+_CSV_BLOCK_BYTES = 1 << 20  # the first block, read once for the header's column types
+_CSV_PIECE_BYTES = 4 << 20  # parsed on its own thread; workers + 1 are in memory at a time
+_PARQUET_GROUP_ROWS = 1 << 17  # rows per Parquet row group (polars wrote ~87k here)
 
 
 class CLIError(Exception):
@@ -87,14 +112,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "fit",
         parents=[common],
         help="compute statistics, write stats.json",
-        description="Stream DATA through partial_fit and save the scaler.",
+        description="Stream DATA column by column through the scalers' partial_fit and save "
+        "their statistics (one scaler per method; see --column-method).",
     )
     fit.add_argument(
         "--method",
-        required=True,
+        default=None,
         choices=sorted(METHODS),
-        help="minmax (MinMaxScaler), zscore (StandardScaler), reciprocal "
-        "(1/(1+x)), log10, arctan (atan(x)*2/pi)",
+        help="the method of every scaled column: minmax (MinMaxScaler), zscore "
+        "(StandardScaler), reciprocal (1/(1+x)), log10, arctan (atan(x)*2/pi); "
+        "optional when --column-method names every column to scale",
+    )
+    fit.add_argument(
+        "--column-method",
+        default=None,
+        metavar="COL=METHOD,...",
+        help="per-column methods, e.g. price=log10,age=zscore: these columns use "
+        "their own method (and are scaled even if --columns omits them), the others "
+        "--method's",
     )
     fit.add_argument(
         "-o",
@@ -109,12 +144,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar=("A", "B"),
         default=None,
-        help="minmax only: target range (default 0 1)",
+        help="minmax columns only: target range (default 0 1)",
     )
     fit.add_argument(
         "--clip",
         action="store_true",
-        help="minmax only: clip transformed values to the feature range",
+        help="minmax columns only: clip transformed values to the feature range",
     )
 
     tr = sub.add_parser(
@@ -177,7 +212,6 @@ class _Source:
         path: str,
         chunk_rows: Optional[int],
         delimiter: str,
-        float_columns: Optional[List[str]] = None,
     ):
         if chunk_rows is not None and chunk_rows < 1:
             raise CLIError(f"--chunk-rows must be >= 1, got {chunk_rows}")
@@ -187,6 +221,8 @@ class _Source:
         self.path = path
         self.chunk_rows = chunk_rows
         self.delimiter = delimiter
+        self.read_columns: Optional[List[str]] = None
+        self.float_columns: List[str] = []
         self.named = True  # the file has column names (CSV header, Parquet/Arrow schema)
         if self.fmt == "npy":
             self._open_npy()
@@ -196,7 +232,7 @@ class _Source:
             return
         pa = _pyarrow()
         if self.fmt == "csv":
-            self._open_csv(pa, float_columns)
+            self._open_csv(pa)
         elif self.fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -213,7 +249,7 @@ class _Source:
 
     # -- formats --------------------------------------------------------------
 
-    def _open_csv(self, pa, float_columns) -> None:
+    def _open_csv(self, pa) -> None:
         import pyarrow.csv as pcsv
 
         with open(self.path, "rb") as f:
@@ -233,26 +269,37 @@ class _Source:
         types = {}
         if not has_header:  # a bare numeric table: every column is data
             types = {n: pa.float64() for n in names}
-        for n in float_columns or []:
-            types[n] = pa.float64()
-        self._csv_args = dict(
-            read_options=pcsv.ReadOptions(
-                block_size=_CSV_BLOCK_BYTES,
-                use_threads=True,
-                column_names=names,
-                skip_rows=int(has_header),
-            ),
-            parse_options=pcsv.ParseOptions(delimiter=self.delimiter),
-            convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+        self._csv_read = dict(
+            block_size=_CSV_BLOCK_BYTES,
+            use_threads=True,
+            column_names=names,
+            skip_rows=int(has_header),
         )
+        self._csv_parse = pcsv.ParseOptions(delimiter=self.delimiter)
         self._pcsv = pcsv
+        self._data_offset = len(first) if has_header else 0
         self.total, self.unit = os.path.getsize(self.path), "B"
-        self._file = pa.OSFile(self.path)
+        # the first block fixes the column types (pyarrow's rule for streaming); read it
+        # once here for the schema, then the real reader gets every type up front,
+        # which parses about twice as fast as inferring (measured, docs/scalers.md)
         try:
-            self._reader = pcsv.open_csv(self._file, **self._csv_args)
+            with pa.OSFile(self.path) as f:
+                sniff = pcsv.open_csv(
+                    f,
+                    read_options=pcsv.ReadOptions(**self._csv_read),
+                    parse_options=self._csv_parse,
+                    convert_options=pcsv.ConvertOptions(
+                        column_types=types, strings_can_be_null=True
+                    ),
+                )
+                self.schema = sniff.schema
         except pa.ArrowInvalid as exc:
             raise CLIError(f"{self.path}: cannot parse CSV ({exc})") from None
-        self.schema = self._reader.schema
+
+    def select(self, read_columns: Optional[List[str]], float_columns: List[str]) -> None:
+        """Read only ``read_columns`` (None: all), parsing ``float_columns`` as float64."""
+        self.read_columns = read_columns
+        self.float_columns = list(float_columns)
 
     def _open_ipc(self, pa) -> None:
         source = pa.memory_map(self.path)
@@ -320,33 +367,105 @@ class _Source:
 
     def _arrow_batches(self):
         pa = _pyarrow()
+        keep = self.read_columns
         if self.fmt == "parquet":
-            for b in self._pf.iter_batches(batch_size=self.chunk_rows or 65536):
+            for b in self._pf.iter_batches(batch_size=self.chunk_rows or 65536, columns=keep):
                 yield b, b.num_rows
         elif self.fmt == "ipc":
             if hasattr(self._ipc, "num_record_batches"):
-                for i in range(self._ipc.num_record_batches):
-                    b = self._ipc.get_batch(i)
-                    yield b, b.num_rows
+                batches = (self._ipc.get_batch(i) for i in range(self._ipc.num_record_batches))
             else:
-                for b in self._ipc:
-                    yield b, b.num_rows
+                batches = iter(self._ipc)
+            for b in batches:
+                yield (b.select(keep) if keep is not None else b), b.num_rows
         else:
-            seen = 0
+            yield from self._csv_batches(pa)
+
+    def _csv_pieces(self) -> Iterator[Tuple[memoryview, int]]:
+        """The data bytes in pieces of about _CSV_PIECE_BYTES that end at a line end.
+
+        Each piece is a view of one read (no copy); the next read starts after its last
+        line end.
+        """
+        size = _CSV_PIECE_BYTES
+        pos = self._data_offset
+        with open(self.path, "rb") as f:
             while True:
-                try:
-                    b = self._reader.read_next_batch()
-                except StopIteration:
-                    break
-                except pa.ArrowInvalid as exc:
-                    raise CLIError(
-                        f"{self.path}: cannot parse CSV after data row {seen} "
-                        f"({exc}); write missing values as empty fields or nan"
-                    ) from None
-                seen += b.num_rows
-                pos = self._file.tell()
-                yield b, pos
-            self._file.close()
+                f.seek(pos)
+                block = f.read(size)
+                if len(block) < size:  # the end of the file
+                    if block:
+                        yield memoryview(block), pos + len(block)
+                    return
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:  # one line longer than a piece: read more at once
+                    size *= 2
+                    continue
+                yield memoryview(block)[:cut], pos + cut
+                pos += cut
+
+    def _csv_batches(self, pa):
+        """Parse pieces on a few threads (pyarrow releases the GIL), in file order.
+
+        pyarrow's streaming reader parses one block at a time; polars parses in
+        parallel. Pieces are cut at line ends, which is pyarrow's own block rule
+        (``newlines_in_values=False``); at most workers + 1 pieces are in memory.
+        """
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        pcsv = self._pcsv
+        wanted = self.read_columns or list(self.schema.names)
+        types = {n: self.schema.field(n).type for n in wanted}
+        for n in self.float_columns:
+            types[n] = pa.float64()
+        read = pcsv.ReadOptions(
+            use_threads=False,
+            column_names=list(self.schema.names),
+            block_size=_CSV_PIECE_BYTES * 4,  # one batch per piece
+        )
+        convert = pcsv.ConvertOptions(
+            column_types=types, strings_can_be_null=True, include_columns=self.read_columns or []
+        )
+
+        def parse(piece: bytes):
+            return pcsv.read_csv(
+                pa.BufferReader(piece),
+                read_options=read,
+                parse_options=self._csv_parse,
+                convert_options=convert,
+            )
+
+        workers = max(1, min(4, os.cpu_count() or 1))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="normkit-csv")
+        pending: deque = deque()
+        pieces = self._csv_pieces()
+        seen = 0
+        try:
+            for piece, end in pieces:
+                pending.append((pool.submit(parse, piece), end))
+                if len(pending) > workers:
+                    seen = yield from self._csv_take(pa, pending.popleft(), seen)
+            while pending:
+                seen = yield from self._csv_take(pa, pending.popleft(), seen)
+        finally:
+            for fut, _ in pending:
+                fut.cancel()
+            pool.shutdown(wait=False)
+
+    def _csv_take(self, pa, item, seen: int):
+        fut, end = item
+        try:
+            table = fut.result()
+        except pa.ArrowInvalid as exc:
+            raise CLIError(
+                f"{self.path}: cannot parse CSV after data row {seen} "
+                f"({exc}); write missing values as empty fields or nan"
+            ) from None
+        for b in table.to_batches():
+            seen += b.num_rows
+            yield b, end
+        return seen
 
     def _npy_chunks(self):
         row_bytes = self.n_cols * self.npy_dtype.itemsize
@@ -370,25 +489,48 @@ def _is_numeric(pa, t) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
-def _matrix(batch, columns: List[str]) -> np.ndarray:
-    """The selected columns of a RecordBatch as a 2-D array; nulls become NaN.
+def _bits(buf, offset: int, n: int) -> np.ndarray:
+    """An Arrow bitmap (validity or boolean values) as n bools."""
+    packed = np.frombuffer(buf, dtype=np.uint8)
+    return np.unpackbits(packed, bitorder="little")[offset : offset + n].view(bool)
 
-    The dtype follows the scalers' policy: float32 when every column is float32,
-    float64 otherwise (integers and booleans included).
+
+def _column(arr) -> np.ndarray:
+    """A numeric Arrow array as a 1-D NumPy array; nulls become NaN.
+
+    A view of the Arrow buffer when the column has no null and a NumPy dtype
+    (the usual float64 case): no copy. Written on the buffers because
+    ``Array.to_numpy`` imports pandas (about 0.3 s of start-up, measured).
+    Integers and booleans keep their dtype here; the scalers cast to float64.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    cols = [batch.column(batch.schema.get_field_index(c)) for c in columns]
-    all_f32 = all(pa.types.is_float32(c.type) for c in cols)
-    dtype = np.float32 if all_f32 else np.float64
-    out = np.empty((batch.num_rows, len(cols)), dtype=dtype)
-    target = pa.float32() if all_f32 else pa.float64()
-    for j, c in enumerate(cols):
-        if c.type != target:
-            c = pc.cast(c, target)
-        out[:, j] = c.to_numpy(zero_copy_only=False)
-    return out
+    t, n, off = arr.type, len(arr), arr.offset
+    bufs = arr.buffers()
+    if n == 0:
+        return np.empty(0, dtype=np.float64)
+    if pa.types.is_boolean(t):
+        values = _bits(bufs[1], off, n).astype(np.float64)
+    else:
+        kind = "f" if pa.types.is_floating(t) else "i" if pa.types.is_signed_integer(t) else "u"
+        dtype = np.dtype(f"{kind}{t.bit_width // 8}")
+        values = np.frombuffer(bufs[1], dtype=dtype, count=off + n)[off:]
+    if arr.null_count:
+        values = values.astype(values.dtype if values.dtype.kind == "f" else np.float64)
+        values[~_bits(bufs[0], off, n)] = np.nan
+    return values
+
+
+def _arrow_array(y: np.ndarray):
+    """A contiguous float NumPy array as an Arrow array, sharing its memory.
+
+    ``pa.array`` would import pandas (start-up time); the buffer keeps ``y`` alive.
+    """
+    import pyarrow as pa
+
+    y = np.ascontiguousarray(y)
+    t = {2: pa.float16(), 4: pa.float32(), 8: pa.float64()}[y.dtype.itemsize]
+    return pa.Array.from_buffers(t, len(y), [None, pa.py_buffer(y)])
 
 
 # ----------------------------------------------------------------------------
@@ -431,6 +573,10 @@ class _Sink:
         self.cols = None
         self.dtype = None
         self.writer = None
+        self._pending: list = []  # Parquet: batches gathered into one row group
+        self._pending_rows = 0
+        self._thread = None  # Parquet: writes row groups (see _flush)
+        self._error: Optional[BaseException] = None
         fd, self.tmp = tempfile.mkstemp(
             dir=os.path.dirname(os.path.abspath(path)),
             prefix=f".{os.path.basename(path)}.",
@@ -451,7 +597,77 @@ class _Sink:
         if self.writer is None:
             self._open(batch.schema)
         self.rows += batch.num_rows
-        self.writer.write_batch(batch)
+        if self.fmt != "parquet":
+            self.writer.write_batch(batch)
+            return
+        # one row group per batch (~8k rows for a 1 MiB CSV block) made a slow, large
+        # file: gather batches into row groups of ~128k rows
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        if self._pending_rows >= _PARQUET_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the gathered batches, as one row group, to the writer thread.
+
+        Compressing and writing a row group releases the GIL, so on its own thread it
+        overlaps the parsing and scaling of the next rows. The queue holds at most two
+        row groups (bounded memory); a write error is raised here or by ``commit``.
+        """
+        if not self._pending:
+            return
+        import pyarrow as pa
+
+        table = pa.Table.from_batches(self._pending)
+        self._pending, self._pending_rows = [], 0
+        if self._thread is None:
+            import queue
+            import threading
+
+            self._queue = queue.Queue(maxsize=2)
+            self._thread = threading.Thread(
+                target=self._write_groups, name="normkit-parquet", daemon=True
+            )
+            self._thread.start()
+        self._put(table)
+
+    def _put(self, item) -> None:
+        import queue
+
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _write_groups(self) -> None:
+        while True:
+            table = self._queue.get()
+            if table is None:
+                return
+            if self._error is None:
+                try:
+                    self.writer.write_table(table, row_group_size=max(1, table.num_rows))
+                except BaseException as exc:  # re-raised in the main thread
+                    self._error = exc
+
+    def _stop_thread(self) -> None:
+        """Let the writer thread finish what it holds, then end it (commit and abort)."""
+        if self._thread is None:
+            return
+        import queue
+
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        self._thread = None
 
     def _open(self, schema) -> None:
         import pyarrow as pa
@@ -466,7 +682,13 @@ class _Sink:
         elif self.fmt == "parquet":
             import pyarrow.parquet as pq
 
-            self.writer = pq.ParquetWriter(self.f, schema)
+            # zstd: polars's default (a fair comparison, and smaller than snappy here);
+            # no dictionary for floating columns: scaled values are all distinct, and
+            # trying a dictionary first made writing ~5x slower (measured)
+            dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
+            self.writer = pq.ParquetWriter(
+                self.f, schema, compression="zstd", use_dictionary=dictionary or False
+            )
         else:
             self.writer = pa.ipc.new_file(self.f, schema)
 
@@ -481,6 +703,11 @@ class _Sink:
             if self.writer is None and empty_schema is not None:
                 self._open(empty_schema)
             if self.writer is not None:
+                if self.fmt == "parquet":
+                    self._flush()
+                    self._stop_thread()
+                    if self._error is not None:
+                        raise self._error
                 self.writer.close()
         self.f.flush()
         os.fsync(self.f.fileno())
@@ -490,6 +717,15 @@ class _Sink:
     def abort(self) -> None:
         # close the format writer first: left open, pyarrow's ParquetWriter would try to
         # finish the file from its __del__ after the file object below is closed
+        self._pending = []
+        if self._thread is not None:
+            self._error = self._error or CLIError("aborted")  # the thread skips the rest
+            while True:  # drop queued row groups: they are not written
+                try:
+                    self._queue.get_nowait()
+                except Exception:
+                    break
+            self._stop_thread()
         writer, self.writer = self.writer, None
         if writer is not None:
             try:
@@ -511,7 +747,24 @@ class _Sink:
 # ----------------------------------------------------------------------------
 
 
+class _NoProgress:
+    """--no-progress: the part of tqdm's interface used here, without importing it (~35 ms)."""
+
+    n = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, k) -> None:
+        self.n += k
+
+
 def _progress(src: _Source, desc: str, disable: bool):
+    if disable:
+        return _NoProgress()
     from tqdm import tqdm
 
     return tqdm(
@@ -533,20 +786,31 @@ def _advance(bar, src: _Source, units: int) -> None:
 
 
 class _rows_context:
-    """Re-raise a scaler's data error with the chunk's place in the file."""
+    """Re-raise a scaler's data error with the chunk's place in the file and the column."""
 
-    def __init__(self, path: str, start: int, rows: int):
+    def __init__(self, path: str, start: int, rows: int, column: str, method: str):
         self.where = f"{path}, data rows {start}..{start + rows - 1}"
         self.start = start
+        self.column = column
+        self.method = method
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None and issubclass(exc_type, ValueError):
+            # each column has its own one-feature scaler: its "column 0" is this column
+            text = str(exc).replace("column 0:", f"column {self.column!r}:")
+            hint = ""
+            if self.method in ("log10", "reciprocal"):
+                other = "zscore" if self.method == "log10" else "minmax"
+                hint = (
+                    f" (or give this column a method defined for every value: "
+                    f"--column-method {self.column}=arctan, or {self.column}={other})"
+                )
             raise CLIError(
-                f"{self.where} (0-based, header excluded; 'row r' below means "
-                f"data row {self.start} + r): {exc}"
+                f"{self.where}, column {self.column!r} ({self.method}) (0-based, header "
+                f"excluded; 'row r' below means data row {self.start} + r): {text}{hint}"
             ) from None
         return False
 
@@ -604,65 +868,239 @@ def _select(src: _Source, wanted: Optional[List[str]], what: str) -> List[str]:
     return wanted
 
 
-def _as_float_matrix(src: _Source, batch, columns: List[str]) -> np.ndarray:
+def _parse_column_methods(text: Optional[str]) -> Dict[str, str]:
+    """``price=log10,age=zscore`` as {column: method}."""
+    if text is None:
+        return {}
+    out: Dict[str, str] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        col, sep, method = part.rpartition("=")
+        col, method = col.strip(), method.strip()
+        if not sep or not col:
+            raise CLIError(
+                f"--column-method {text!r}: {part.strip()!r} is not COLUMN=METHOD; "
+                "write e.g. --column-method price=log10,age=zscore"
+            )
+        if method not in METHODS:
+            raise CLIError(
+                f"--column-method: unknown method {method!r} for column {col!r}; "
+                f"choose one of {', '.join(sorted(METHODS))}"
+            )
+        if col in out:
+            raise CLIError(
+                f"--column-method: column {col!r} is given twice ({out[col]} and "
+                f"{method}); give each column one method"
+            )
+        out[col] = method
+    if not out:
+        raise CLIError(
+            f"--column-method {text!r} names no column; e.g. --column-method price=log10"
+        )
+    return out
+
+
+def _method_of(scaler) -> str:
+    for method, cls in METHODS.items():
+        if type(scaler).__name__ == cls:
+            return method
+    raise CLIError(f"internal: no method for {type(scaler).__name__}")
+
+
+def _combine(scalers: list):
+    """One k-feature scaler from k fitted one-feature scalers of the same kind."""
+    first = scalers[0]
+    states = [sc._get_state() for sc in scalers]
+    state = {"n_rows": states[0]["n_rows"]}
+    for key in first._STATE_KEYS:
+        state[key] = np.concatenate([st[key] for st in states])
+    out = type(first)(**first.get_params())
+    out._set_state(len(scalers), state)
+    return out
+
+
+def _split(scaler) -> list:
+    """The one-feature scalers of a fitted k-feature scaler (per-feature statistics)."""
+    state = scaler._get_state()
+    parts = []
+    for j in range(scaler.n_features_in_):
+        one = {"n_rows": state["n_rows"]}
+        for key in scaler._STATE_KEYS:
+            one[key] = state[key][j : j + 1]
+        part = type(scaler)(**scaler.get_params())
+        part._set_state(1, one)
+        parts.append(part)
+    return parts
+
+
+def _rows(src: _Source, batch) -> int:
+    return len(batch) if src.fmt == "npy" else batch.num_rows
+
+
+def _getter(src: _Source, batch):
+    """column name -> 1-D NumPy array of that column in this batch."""
     if src.fmt == "npy":
-        return batch
-    return _matrix(batch, columns)
+        index = {c: i for i, c in enumerate(src.names)}
+        return lambda c: batch[:, index[c]]
+    return lambda c: _column(batch.column(batch.schema.get_field_index(c)))
+
+
+def _check_numeric(src: _Source, columns: List[str]) -> None:
+    if src.fmt == "npy":
+        return
+    pa = _pyarrow()
+    for c in columns:
+        t = src.schema.field(c).type
+        # null: the first block had no value (parsed as float64 all the same)
+        if not (_is_numeric(pa, t) or pa.types.is_null(t)):
+            raise CLIError(
+                f"{src.path}: column {c!r} has type {t}, not numbers; "
+                "scale numeric columns only (see --columns)"
+            )
 
 
 def _fit(args) -> int:
     from . import preprocessing as P
 
-    cls = getattr(P, METHODS[args.method])
-    kwargs = {}
-    if args.method == "minmax":
-        if args.feature_range is not None:
-            kwargs["feature_range"] = tuple(args.feature_range)
-        kwargs["clip"] = bool(args.clip)
-    elif args.feature_range is not None or args.clip:
+    per_column = _parse_column_methods(args.column_method)
+    if args.method is None and not per_column:
         raise CLIError(
-            f"--feature-range and --clip apply to --method minmax only, not {args.method}"
+            "give --method (for every scaled column) and/or --column-method "
+            "COL=METHOD,... (e.g. --method zscore, or --column-method price=log10)"
         )
-    scaler = cls(**kwargs)
+    kwargs = {}
+    if args.feature_range is not None:
+        kwargs["feature_range"] = tuple(args.feature_range)
+    if args.clip:
+        kwargs["clip"] = True
+    if kwargs and "minmax" not in [args.method, *per_column.values()]:
+        raise CLIError(
+            "--feature-range and --clip apply to minmax only (the columns that use it), "
+            f"and no column uses minmax (--method {args.method})"
+        )
     wanted = _split_columns(args.columns)
     _check_output(args.output, [args.data], args.force)
-    src = _Source(args.data, args.chunk_rows, args.delimiter, float_columns=wanted)
-    columns = _select(src, wanted, "--columns")
-    if src.fmt != "npy":
-        for c in columns:
-            field = src.schema.field(c)
-            if not _is_numeric(_pyarrow(), field.type):
+    src = _Source(args.data, args.chunk_rows, args.delimiter)
+    unknown = [c for c in per_column if c not in src.names]
+    if unknown:
+        raise CLIError(
+            f"--column-method: column(s) {unknown} not in {args.data} (it has "
+            f"{src.names[:20]}{' ...' if len(src.names) > 20 else ''}); fix the name"
+        )
+    if args.method is None:
+        if wanted is not None:
+            missing = [c for c in wanted if c not in per_column]
+            if missing:
                 raise CLIError(
-                    f"{args.data}: column {c!r} has type {field.type}, not numbers; "
-                    "scale numeric columns only (see --columns)"
+                    f"--columns {missing} have no method: give --method for them, or "
+                    "add them to --column-method"
                 )
-    with _progress(src, f"fit {args.method}", args.no_progress) as bar:
+        columns = list(wanted or per_column)
+    else:
+        columns = _select(src, wanted, "--columns")
+        columns = columns + [c for c in per_column if c not in columns]
+    _check_numeric(src, columns)
+    methods = {c: per_column.get(c, args.method) for c in columns}
+    scalers = {}
+    for c in columns:
+        cls = getattr(P, METHODS[methods[c]])
+        scalers[c] = cls(**kwargs) if methods[c] == "minmax" else cls()
+        if methods[c] == "minmax":
+            scalers[c]._check_params()  # a bad --feature-range fails before the data is read
+    src.select(columns if src.fmt != "npy" else None, columns)
+    label = args.method or "per column"
+    with _progress(src, f"fit {label}", args.no_progress) as bar:
         start = 0
         for batch, units in src.batches():
-            X = _as_float_matrix(src, batch, columns)
-            if len(X):
-                with _rows_context(args.data, start, len(X)):
-                    scaler.partial_fit(X)
-            start += len(X)
+            n = _rows(src, batch)
+            if n:
+                get = _getter(src, batch)
+                for c in columns:
+                    with _rows_context(args.data, start, n, c, methods[c]):
+                        scalers[c].partial_fit(get(c)[:, None])
+            start += n
             _advance(bar, src, units)
-    if not hasattr(scaler, "n_features_in_"):
+    if start == 0:
         raise CLIError(f"{args.data}: no data rows")
-    scaler.save(
-        args.output,
-        meta={
-            "source": os.path.basename(args.data),
-            "columns": columns if src.named else None,
-            "method": args.method,
-        },
-    )
+    groups: Dict[str, List[str]] = {}
+    for c in columns:
+        groups.setdefault(methods[c], []).append(c)
+    source = os.path.basename(args.data)
+    if len(groups) == 1:
+        ((method, cols),) = groups.items()
+        scaler = _combine([scalers[c] for c in cols])
+        meta = {"source": source, "columns": cols if src.named else None, "method": method}
+        scaler.save(args.output, meta=meta)
+        what = repr(scaler)
+    else:
+        from .preprocessing._persist import save_set
+
+        save_set(
+            [
+                (
+                    _combine([scalers[c] for c in cols]),
+                    # positions: each column's place in fit's order, which transform
+                    # uses for files without column names (.npy, header-less CSV)
+                    {"columns": cols, "method": m, "positions": [columns.index(c) for c in cols]},
+                )
+                for m, cols in groups.items()
+            ],
+            args.output,
+            meta={"source": source},
+        )
+        what = "; ".join(f"{m}: {', '.join(cols)}" for m, cols in groups.items())
     passed = [c for c in src.names if c not in columns]
     note = f"; not scaled (pass through transform): {passed[:10]}" if passed else ""
     print(
-        f"normkit scale fit: {scaler!r} on {scaler._st_rows} rows x "
-        f"{scaler.n_features_in_} columns -> {args.output}{note}",
+        f"normkit scale fit: {what} on {start} rows x {len(columns)} columns "
+        f"-> {args.output}{note}",
         file=sys.stderr,
     )
     return 0
+
+
+def _fitted_columns(args) -> List[Tuple[Optional[str], str, object]]:
+    """(column name or None, method, one-feature scaler) per fitted column, in fit's order."""
+    from . import preprocessing as P
+
+    entries = []
+    scalers = P.load_set(args.stats)
+    for i, scaler in enumerate(scalers):
+        where = "meta" if len(scalers) == 1 else f"scalers[{i}].meta"
+        meta = getattr(scaler, "meta_", {}) or {}
+        cols = meta.get("columns")
+        if cols is not None and not (
+            isinstance(cols, list)
+            and all(isinstance(c, str) for c in cols)
+            and len(cols) == scaler.n_features_in_
+        ):
+            raise CLIError(
+                f"{args.stats}: {where}.columns must be a list of "
+                f"{scaler.n_features_in_} column names; the file was edited: fit again"
+            )
+        if cols is None and len(scalers) > 1:
+            raise CLIError(f"{args.stats}: {where}.columns is missing; the file was edited")
+        n = scaler.n_features_in_
+        positions = meta.get("positions", list(range(len(entries), len(entries) + n)))
+        if not (
+            isinstance(positions, list)
+            and len(positions) == scaler.n_features_in_
+            and all(isinstance(p, int) and not isinstance(p, bool) for p in positions)
+        ):
+            raise CLIError(
+                f"{args.stats}: {where}.positions must be a list of "
+                f"{scaler.n_features_in_} integers; the file was edited: fit again"
+            )
+        method = _method_of(scaler)
+        for j, part in enumerate(_split(scaler)):
+            entries.append((positions[j], cols[j] if cols else None, method, part))
+    if sorted(e[0] for e in entries) != list(range(len(entries))):
+        raise CLIError(
+            f"{args.stats}: the scalers' meta.positions are not 0..{len(entries) - 1} "
+            "each once; the file was edited: fit again"
+        )
+    return [e[1:] for e in sorted(entries, key=lambda e: e[0])]
 
 
 def _transform(args) -> int:
@@ -670,17 +1108,24 @@ def _transform(args) -> int:
 
     _check_output(args.output, [args.data, args.stats], args.force)
     _format(args.output, "output")
-    scaler = P.load(args.stats)
-    fitted = (getattr(scaler, "meta_", {}) or {}).get("columns")
-    if fitted is not None and not (
-        isinstance(fitted, list) and all(isinstance(c, str) for c in fitted)
-    ):
-        raise CLIError(f"{args.stats}: meta.columns must be a list of column names")
-    wanted = _split_columns(args.columns) or fitted
-    src = _Source(
-        args.data, args.chunk_rows, args.delimiter, float_columns=wanted if wanted else None
-    )
-    columns = _select(src, wanted if src.named else None, "fitted")
+    entries = _fitted_columns(args)
+    fitted = [e[0] for e in entries]
+    wanted = _split_columns(args.columns)
+    if wanted is not None and len(wanted) != len(entries):
+        raise CLIError(
+            f"--columns names {len(wanted)} column(s) but {args.stats} holds statistics "
+            f"for {len(entries)} ({fitted[:10]}); name one column per fitted column, in "
+            "fit's order"
+        )
+    names = wanted or (fitted if all(c is not None for c in fitted) else None)
+    src = _Source(args.data, args.chunk_rows, args.delimiter)
+    columns = _select(src, names if src.named else None, "fitted")
+    if len(columns) != len(entries):
+        raise CLIError(
+            f"{args.data} has {len(columns)} numeric column(s) to scale but {args.stats} "
+            f"was fitted on {len(entries)}; pass data with fit's columns (or --columns)"
+        )
+    _check_numeric(src, columns)
     out_fmt = _format(args.output, "output")
     passthrough = [c for c in src.names if c not in columns]
     if out_fmt == "npy" and passthrough and src.fmt != "npy":
@@ -689,37 +1134,41 @@ def _transform(args) -> int:
             f"{args.data} has other columns {passthrough[:10]}; write .parquet, "
             ".arrow or .csv to keep them, or select them away"
         )
-    below = np.zeros(scaler.n_features_in_, dtype=np.int64)
+    src.select(None, columns if src.named else [])
+    k = len(entries)
+    below = np.zeros(k, dtype=np.int64)
     above = np.zeros_like(below)
     sink = None
     out_dtype = None
     try:
         sink = _Sink(args.output, args.delimiter, header=src.named)
-        with _progress(src, "transform", args.no_progress) as bar:
+        with _progress(src, "transform", args.no_progress) as bar, warnings.catch_warnings():
+            # one summary at the end instead of a warning per chunk and column
+            warnings.simplefilter("ignore", P.OutOfRangeWarning)
             start = 0
             for batch, units in src.batches():
-                X = _as_float_matrix(src, batch, columns)
-                if src.fmt == "npy":
-                    from .preprocessing._dtypes import output_dtype
-
-                    X = X.astype(output_dtype(X.dtype), copy=False)
-                with _rows_context(args.data, start, len(X)):
-                    if args.inverse:
-                        y = scaler.inverse_transform(X)
-                    else:
-                        with warnings.catch_warnings():
-                            # one summary at the end instead of a warning per chunk
-                            warnings.simplefilter("ignore", P.OutOfRangeWarning)
-                            y = scaler.transform(X)
-                        counts = scaler.out_of_range(X)
-                        below += counts.below
-                        above += counts.above
-                start += len(X)
-                out_dtype = y.dtype
-                _write(sink, src, batch, columns, y)
+                n = _rows(src, batch)
+                get = _getter(src, batch)
+                outs = []
+                for j, (c, (_, method, scaler)) in enumerate(zip(columns, entries)):
+                    x = get(c)[:, None]
+                    with _rows_context(args.data, start, n, c, method):
+                        if args.inverse:
+                            y = scaler.inverse_transform(x)
+                        else:
+                            y = scaler.transform(x)
+                            counts = scaler.out_of_range(x)
+                            below[j] += counts.below[0]
+                            above[j] += counts.above[0]
+                    outs.append(y[:, 0])
+                    out_dtype = (
+                        y.dtype if out_dtype is None else np.promote_types(out_dtype, y.dtype)
+                    )
+                start += n
+                _write(sink, src, batch, columns, outs)
                 _advance(bar, src, units)
         sink.commit(
-            scaler.n_features_in_,
+            k,
             out_dtype or np.float64,
             empty_schema=None if src.fmt == "npy" else src.schema,
         )
@@ -731,36 +1180,37 @@ def _transform(args) -> int:
     print(f"normkit scale transform: {sink.rows} rows -> {args.output}", file=sys.stderr)
     if out.any():
         cols = np.flatnonzero(out)
-        names = columns if src.named else [str(i) for i in range(scaler.n_features_in_)]
-        detail = "; ".join(f"{names[c]}: {below[c]} below, {above[c]} above" for c in cols[:10])
+        shown = columns if src.named else [str(i) for i in range(k)]
+        detail = "; ".join(f"{shown[c]}: {below[c]} below, {above[c]} above" for c in cols[:10])
         more = f"; and {len(cols) - 10} more column(s)" if len(cols) > 10 else ""
+        clipped = any(getattr(e[2], "clip", False) for e in entries)
         print(
             f"normkit scale transform: {int(out.sum())} value(s) outside the fitted range "
-            f"({detail}{more})" + ("; clipped" if getattr(scaler, "clip", False) else ""),
+            f"({detail}{more})" + ("; clipped" if clipped else ""),
             file=sys.stderr,
         )
     return 0
 
 
-def _write(sink: _Sink, src: _Source, batch, columns: List[str], y: np.ndarray) -> None:
+def _write(sink: _Sink, src: _Source, batch, columns: List[str], outs: List[np.ndarray]) -> None:
     if sink.fmt == "npy":
-        sink.write_array(y)
+        sink.write_array(np.column_stack(outs))
         return
     import pyarrow as pa
 
     if src.fmt == "npy":
         names = columns
-        arrays = [pa.array(y[:, j]) for j in range(y.shape[1])]
+        arrays = [_arrow_array(y) for y in outs]
     else:
         names = list(batch.schema.names)
         arrays = list(batch.columns)
-        for j, c in enumerate(columns):
+        for c, y in zip(columns, outs):
             i = names.index(c)
-            col = y[:, j]
+            t = arrays[i].type
             # per column, the dtype policy: a floating column keeps its type
-            if pa.types.is_floating(arrays[i].type):
-                col = col.astype(arrays[i].type.to_pandas_dtype(), copy=False)
-            arrays[i] = pa.array(col)
+            if pa.types.is_floating(t):
+                y = y.astype(np.dtype(f"f{t.bit_width // 8}"), copy=False)
+            arrays[i] = _arrow_array(y)
     sink.write_batch(pa.RecordBatch.from_arrays(arrays, names=names))
 
 

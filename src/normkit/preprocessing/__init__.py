@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from ._base import NotFittedError, OutOfRangeCounts, OutOfRangeWarning
 from ._base import _BaseScaler as _BaseScaler  # the base class, for subclassing tests
-from ._persist import load
+from ._persist import load, load_set
 from ._scalers import (
     SCALERS,
     ArctanScaler,
@@ -65,6 +65,7 @@ __all__ = [
     "OutOfRangeCounts",
     "NotFittedError",
     "load",
+    "load_set",
     "SCALERS",
     "MinMaxScale",
     "Standardize",

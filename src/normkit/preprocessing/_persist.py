@@ -18,6 +18,8 @@ SCALERS: dict = {}
 
 _FORMAT = "normkit-scaler"
 _FORMAT_VERSION = 1
+#: a file of several scalers (``normkit scale fit`` with a method per column)
+_SET_FORMAT = "normkit-scaler-set"
 
 
 #: the most nesting a file written by ``save`` can have (meta included); checked
@@ -164,17 +166,11 @@ def write_text_atomic(path, text: str) -> None:
         raise
 
 
-def save(scaler, path, meta: Optional[Dict[str, Any]] = None) -> None:
-    """Write ``scaler`` to ``path`` as checksummed JSON (the body of ``_BaseScaler.save``).
-
-    Statistics that are NaN are written as ``null`` and +-inf (e.g. a variance
-    that overflowed on finite data near 1e308, as scikit-learn allows) as the
-    strings ``"inf"`` / ``"-inf"``, so the file stays strict JSON and
-    :func:`load` reads every value back bit-identical. The write is atomic.
-    """
+def _body(scaler, meta: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The JSON document of one fitted scaler, without its checksum."""
     scaler._check_fitted("save")
     state = scaler._get_state()
-    body = {
+    return {
         "format": _FORMAT,
         "version": _FORMAT_VERSION,
         "class": type(scaler).__name__,
@@ -183,33 +179,61 @@ def save(scaler, path, meta: Optional[Dict[str, Any]] = None) -> None:
         "state": {"n_rows": state["n_rows"], **{k: _f64list(state[k]) for k in scaler._STATE_KEYS}},
         "meta": meta if meta is not None else {},
     }
+
+
+def _write_doc(body: Dict[str, Any], path, who: str) -> None:
     try:
         doc = dict(body, sha256=_digest(body))
         text = json.dumps(doc, indent=1, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(
-            f"{type(scaler).__name__}.save: meta must be JSON data (dicts, lists, "
+            f"{who}.save: meta must be JSON data (dicts, lists, "
             f"strings, finite numbers), got an error: {exc}"
         ) from None
     if _nesting_depth(text) > MAX_DEPTH:
         raise ValueError(
-            f"{type(scaler).__name__}.save: meta is nested deeper than load "
+            f"{who}.save: meta is nested deeper than load "
             f"accepts ({MAX_DEPTH} levels in all); flatten it"
         )
     write_text_atomic(path, text + "\n")
 
 
-def load(path):
-    """Read any scaler written by ``save``; raises ``ValueError`` on a damaged file.
+def save(scaler, path, meta: Optional[Dict[str, Any]] = None) -> None:
+    """Write ``scaler`` to ``path`` as checksummed JSON (the body of ``_BaseScaler.save``).
 
-    Every malformed or forged file (truncated, edited, a nesting bomb, wrong
-    types, numbers out of range) gives a one-line ``ValueError`` naming the
-    file and the field.
-
-    Example::
-
-        >>> scaler.save("stats.json"); same = normkit.preprocessing.load("stats.json")
+    Statistics that are NaN are written as ``null`` and +-inf (e.g. a variance
+    that overflowed on finite data near 1e308, as scikit-learn allows) as the
+    strings ``"inf"`` / ``"-inf"``, so the file stays strict JSON and
+    :func:`load` reads every value back bit-identical. The write is atomic.
     """
+    _write_doc(_body(scaler, meta), path, type(scaler).__name__)
+
+
+def save_set(scalers, path, meta: Optional[Dict[str, Any]] = None) -> None:
+    """Write several fitted scalers to one checksummed JSON file; see :func:`load_set`.
+
+    ``normkit scale fit`` uses it when columns get different methods: one
+    scaler per method, each with its column names in its own ``meta``.
+
+    Args:
+        scalers: ``(scaler, meta)`` pairs, at least one.
+        path: the file (written atomically).
+        meta: JSON data about the whole set. Default ``{}``.
+    """
+    scalers = list(scalers)
+    if not scalers:
+        raise ValueError("save_set: no scaler to save; pass (scaler, meta) pairs")
+    body = {
+        "format": _SET_FORMAT,
+        "version": _FORMAT_VERSION,
+        "scalers": [_body(s, m) for s, m in scalers],
+        "meta": meta if meta is not None else {},
+    }
+    _write_doc(body, path, "save_set")
+
+
+def _read(path, formats) -> Dict[str, Any]:
+    """The parsed, checksum-verified document of ``path`` whose "format" is in ``formats``."""
     try:
         size = os.path.getsize(path)
         if size > MAX_BYTES:
@@ -242,7 +266,13 @@ def load(path):
         raise ValueError(
             f"scaler file {path}: unreadable value: {exc}; the file was edited or corrupted"
         ) from None
-    if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") not in formats:
+        if isinstance(doc, dict) and doc.get("format") == _SET_FORMAT:
+            raise ValueError(
+                f"scaler file {path} holds several scalers (one per method, written by "
+                "`normkit scale fit --column-method`); read it with "
+                "normkit.preprocessing.load_set"
+            )
         raise ValueError(
             f'scaler file {path}: not a normkit scaler file (missing "format": "{_FORMAT}")'
         )
@@ -262,15 +292,57 @@ def load(path):
     except (ValueError, TypeError, RecursionError):
         actual = None
     if actual is None:
-        # a value JSON-with-float64 cannot represent: the field checks below name it
-        _validate(doc, path)
+        # a value JSON-with-float64 cannot represent: the field checks name it
+        _validate_any(doc, path)
     if actual != expected:
         raise ValueError(
             f"scaler file {path}: checksum mismatch (stored {expected[:12]}..., "
             f"content hashes to {str(actual)[:12]}...); the file was modified or "
             "corrupted after save(); refit and save again"
         )
-    return _validate(doc, path)
+    return doc
+
+
+def load(path):
+    """Read any scaler written by ``save``; raises ``ValueError`` on a damaged file.
+
+    Every malformed or forged file (truncated, edited, a nesting bomb, wrong
+    types, numbers out of range) gives a one-line ``ValueError`` naming the
+    file and the field.
+
+    Example::
+
+        >>> scaler.save("stats.json"); same = normkit.preprocessing.load("stats.json")
+    """
+    return _validate(_read(path, (_FORMAT,)), path)
+
+
+def load_set(path) -> list:
+    """Read a file of :func:`save_set` (or of ``save``: a list of one) as a list of scalers.
+
+    Each scaler carries its ``meta_``; the file is checked as :func:`load` checks one.
+
+    Example::
+
+        >>> scalers = normkit.preprocessing.load_set("stats.json")  # [StandardScaler(), ...]
+    """
+    return _validate_any(_read(path, (_FORMAT, _SET_FORMAT)), path)
+
+
+def _validate_any(doc: Dict[str, Any], path) -> list:
+    if doc.get("format") == _FORMAT:
+        return [_validate(doc, path)]
+    items = doc.get("scalers")
+    if not isinstance(items, list) or not items:
+        raise _bad(path, "scalers", "must be a non-empty list of scaler documents")
+    if not isinstance(doc.get("meta", {}), dict):
+        raise _bad(path, "meta", f"must be an object, got {type(doc.get('meta')).__name__}")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or item.get("format") != _FORMAT:
+            raise _bad(path, f"scalers[{i}]", f'must be an object with "format": "{_FORMAT}"')
+        out.append(_validate(item, f"{path} (scalers[{i}])"))
+    return out
 
 
 def _validate(doc: Dict[str, Any], path):
