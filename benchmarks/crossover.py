@@ -7,9 +7,10 @@ and forward under ``no_grad`` of
   threshold), and
 * ``kernel``: ``normkit.functional`` with ``backend="cpu"`` (the numba kernels),
 
-interleaved in one process, medians of ``--repeats``. The suggested threshold of a
-family is the smallest size from which the kernel wins forward+backward at that size and
-every larger one; ``normkit._native.THRESHOLDS`` holds the values adopted. Writes
+interleaved in one process, medians of ``--repeats``. The suggested thresholds of a
+family (one for forward only, one for forward+backward) are the smallest size from which
+the kernel wins that pass at that size and every larger one measured;
+``normkit._native.THRESHOLDS`` holds the values adopted. Writes
 ``benchmarks/results/crossover-<timestamp>.csv`` with the load average.
 
     PYTHONPATH=src python benchmarks/crossover.py [--repeats 30] [--threads 2]
@@ -86,16 +87,16 @@ def main(argv=None) -> None:
     rows = []
     for family in args.families.split(","):
         make, native, kernel = FAMILIES[family]
-        wins_from = None
+        wins_from = {"fwd": None, "fwdbwd": None}
         for n in SIZES:
             x = make(n).requires_grad_()
             w, b = _params(family, x)
             dy = torch.randn_like(x)
 
-            def fwdbwd(f):
+            def fwdbwd(f, x=x, w=w, b=b, dy=dy):
                 return lambda: f(x, w, b).backward(dy)
 
-            def fwd(f):
+            def fwd(f, x=x, w=w, b=b):
                 def run():
                     with torch.no_grad():
                         f(x, w, b)
@@ -112,11 +113,10 @@ def main(argv=None) -> None:
                     tn += _time(wrap(native), 1)
                     tk += _time(wrap(kernel), 1)
                 res[pass_name] = (statistics.median(tn) * 1e6, statistics.median(tk) * 1e6)
-            nb_native, nb_kernel = res["fwdbwd"]
-            if nb_kernel < nb_native:
-                wins_from = wins_from or x.numel()
-            else:
-                wins_from = None
+                if res[pass_name][1] < res[pass_name][0]:
+                    wins_from[pass_name] = wins_from[pass_name] or x.numel()
+                else:
+                    wins_from[pass_name] = None
             for pass_name, (tn, tk) in res.items():
                 rows.append(
                     dict(
@@ -133,25 +133,29 @@ def main(argv=None) -> None:
                     )
                 )
             print(
-                f"{family:11s} {x.numel():>8d}  fwd+bwd native {nb_native:8.1f} us "
-                f"kernel {nb_kernel:8.1f} us   fwd native {res['fwd'][0]:8.1f} "
+                f"{family:11s} {x.numel():>8d}  fwd+bwd native {res['fwdbwd'][0]:8.1f} us "
+                f"kernel {res['fwdbwd'][1]:8.1f} us   fwd native {res['fwd'][0]:8.1f} "
                 f"kernel {res['fwd'][1]:8.1f}"
             )
-        print(f"  -> {family}: kernel wins fwd+bwd from {wins_from} elements on")
-        rows.append(
-            dict(
-                timestamp=stamp,
-                load_avg=load,
-                threads=args.threads,
-                family=family,
-                shape="",
-                numel=wins_from or "",
-                pass_="suggested_threshold",
-                native_us="",
-                kernel_us="",
-                kernel_speedup="",
-            )
+        print(
+            f"  -> {family}: the kernel wins forward from {wins_from['fwd']} elements on, "
+            f"forward+backward from {wins_from['fwdbwd']} on (None: not in the sizes measured)"
         )
+        for pass_name, numel in wins_from.items():
+            rows.append(
+                dict(
+                    timestamp=stamp,
+                    load_avg=load,
+                    threads=args.threads,
+                    family=family,
+                    shape="",
+                    numel=numel or "",
+                    pass_=f"suggested_threshold_{pass_name}",
+                    native_us="",
+                    kernel_us="",
+                    kernel_speedup="",
+                )
+            )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"crossover-{stamp}.csv"

@@ -218,12 +218,25 @@ def test_outputs_take_in_place_ops_in_training():
     assert dispatch.last_backend["layer_norm_fwd"] == "native"
 
 
-def test_the_switch_follows_size_request_env_and_dtype(monkeypatch):
-    n = _native.THRESHOLDS["layer_norm"]
-    NF.layer_norm(torch.randn(n // 64 - 1, 64), (64,))
+@pytest.mark.parametrize("grad", [False, True])
+def test_the_switch_follows_the_size_threshold_of_the_call_kind(grad):
+    n = _native.THRESHOLDS["layer_norm"][1 if grad else 0]
+    below = torch.randn(n // 64 - 1, 64).requires_grad_(grad)
+    NF.layer_norm(below, (64,))
     assert dispatch.last_backend["layer_norm_fwd"] == "native"
-    NF.layer_norm(torch.randn(n // 64, 64), (64,))  # numel == threshold: the kernel
+    at = torch.randn(-(-n // 64), 64).requires_grad_(grad)
+    NF.layer_norm(at, (64,))  # numel == threshold: the kernel
     assert dispatch.last_backend["layer_norm_fwd"] == "cpu"
+    # a weight that needs its gradient makes the call a training call
+    w = torch.ones(64, requires_grad=True)
+    n_grad = _native.THRESHOLDS["layer_norm"][1]
+    NF.layer_norm(torch.randn(n_grad // 64 - 1, 64), (64,), w)
+    assert dispatch.last_backend["layer_norm_fwd"] == "native"
+    NF.layer_norm(torch.randn(-(-n_grad // 64), 64), (64,), w)
+    assert dispatch.last_backend["layer_norm_fwd"] == "cpu"
+
+
+def test_the_switch_follows_request_env_and_dtype(monkeypatch):
     small = torch.randn(4, 64)
     NF.layer_norm(small, (64,), backend="cpu")  # an explicit backend is obeyed
     assert dispatch.last_backend["layer_norm_fwd"] == "cpu"
@@ -240,4 +253,5 @@ def test_the_switch_follows_size_request_env_and_dtype(monkeypatch):
 
 def test_thresholds_cover_each_family_the_functional_layer_switches():
     assert set(_native.THRESHOLDS) == {"layer_norm", "rms_norm", "group_norm", "batch_norm"}
-    assert all(isinstance(v, int) and v > 0 for v in _native.THRESHOLDS.values())
+    for pair in _native.THRESHOLDS.values():
+        assert len(pair) == 2 and all(isinstance(v, int) and v > 64 for v in pair)

@@ -47,12 +47,15 @@ __all__ += ["batch_norm_train", "batch_norm_eval"]
 NATIVE = "native"  # the name dispatch.last_backend records for this path
 
 # Elements (input.numel()) below which torch's kernel, shifted, is faster than normkit's
-# fused kernel for forward+backward on the 2-core CPU machine (benchmarks/crossover.py).
+# fused kernel on the 2-core CPU machine, measured by benchmarks/crossover.py: one
+# threshold for calls that build an autograd graph (the forward+backward crossover) and one
+# for calls that do not (inference, no_grad: the forward crossover).
 THRESHOLDS = {
-    "layer_norm": 1 << 15,
-    "rms_norm": 1 << 15,
-    "group_norm": 1 << 15,
-    "batch_norm": 1 << 15,
+    # family: (forward only, forward+backward)
+    "layer_norm": (1 << 15, 1 << 15),
+    "rms_norm": (1 << 15, 1 << 15),
+    "group_norm": (1 << 15, 1 << 15),
+    "batch_norm": (1 << 15, 1 << 15),
 }
 
 # float32 only: float64 has no fixed cost worth saving for (rare in training) and a floor
@@ -66,11 +69,18 @@ def chooses(family: str, input: torch.Tensor, backend: str, *params) -> bool:
         return False
     if input.device.type != "cpu" or input.dtype not in _EXACT:
         return False
-    if input.numel() >= THRESHOLDS[family] or input.numel() == 0:
+    numel = input.numel()
+    forward_only, with_grad = THRESHOLDS[family]
+    if numel >= with_grad and numel >= forward_only:
         return False
+    grad = torch.is_grad_enabled() and input.requires_grad
     for p in params:
-        if p is not None and (p.dtype != input.dtype or p.device.type != "cpu"):
-            return False
+        if p is not None:
+            if p.dtype != input.dtype or p.device.type != "cpu":
+                return False
+            grad = grad or (torch.is_grad_enabled() and p.requires_grad)
+    if numel >= (with_grad if grad else forward_only):
+        return False
     env = os.environ.get(dispatch.ENV_VAR)
     if env and env != "auto":
         return False
