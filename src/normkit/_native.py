@@ -27,7 +27,7 @@ of the same dtype, nothing tracing the call (no ``torch.compile``, no export, no
 mode), and fewer elements than the op's threshold in :data:`THRESHOLDS`. The thresholds are
 the measured crossover sizes of ``benchmarks/crossover.py`` (results in
 ``benchmarks/results/``). When the switch is taken ``dispatch.last_backend[op]`` is
-``"native"`` for the forward op; the backward then runs in torch's autograd.
+``"native"`` for every op of the layer's family; the backward then runs in torch's autograd.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import dispatch
+from .ops import schema
 
 __all__ = ["THRESHOLDS", "NATIVE", "chooses", "layer_norm", "rms_norm", "group_norm"]
 __all__ += ["batch_norm_train", "batch_norm_eval"]
@@ -89,13 +90,18 @@ def chooses(family: str, input: torch.Tensor, backend: str, *params) -> bool:
     return True
 
 
-def _record(op: str) -> None:
-    dispatch.last_backend[op] = NATIVE
+_OPS = {family: schema.ops_of(family) for family in THRESHOLDS}
+
+
+def _record(family: str) -> None:
+    """Every op of the family ran as torch's (forward here, backward in torch's autograd)."""
+    for op in _OPS[family]:
+        dispatch.last_backend[op] = NATIVE
 
 
 def layer_norm(input, shape: tuple, weight, bias, eps: float) -> torch.Tensor:
     """``F.layer_norm`` of ``input`` minus the first element of each row (detached)."""
-    _record("layer_norm_fwd")
+    _record("layer_norm")
     k = len(shape)
     x = input.detach()  # slices of a detached tensor skip autograd's view bookkeeping
     if k == 1:
@@ -108,7 +114,7 @@ def layer_norm(input, shape: tuple, weight, bias, eps: float) -> torch.Tensor:
 
 def rms_norm(input, shape: tuple, weight, eps: float) -> torch.Tensor:
     """torch's ``F.rms_norm`` (no mean, nothing to shift)."""
-    _record("rms_norm_fwd")
+    _record("rms_norm")
     return F.rms_norm(input, shape, weight, eps)
 
 
@@ -124,7 +130,7 @@ def _grouped_shift(input: torch.Tensor, groups: int) -> torch.Tensor:
 
 def group_norm(input, groups: int, weight, bias, eps: float) -> torch.Tensor:
     """``F.group_norm`` of the group-shifted input (instance norm: ``groups = C``)."""
-    _record("group_norm_fwd")
+    _record("group_norm")
     return F.group_norm(_grouped_shift(input, groups), groups, weight, bias, eps)
 
 
@@ -138,7 +144,7 @@ def batch_norm_train(
     ``s * m / (1 - m)``, which torch's update ``(1 - m) r + m mean(x - s)`` turns into
     ``(1 - m) r + m mean(x)``. Needs ``momentum < 1`` (the caller checks it).
     """
-    _record("batch_norm_stats")
+    _record("batch_norm")
     c = input.shape[1]
     # (1, C, 1, ...): the first element of each channel
     shift = input.detach()[(slice(0, 1), slice(None)) + (slice(0, 1),) * (input.dim() - 2)]
@@ -152,7 +158,7 @@ def batch_norm_train(
 
 def batch_norm_eval(input, running_mean, running_var, weight, bias, eps) -> torch.Tensor:
     """Evaluation batch norm: ``input - running_mean`` normalized with mean 0."""
-    _record("batch_norm_apply")
+    _record("batch_norm")
     c = input.shape[1]
     view = (1, c) + (1,) * (input.dim() - 2)
     centred = input - running_mean.reshape(view)
