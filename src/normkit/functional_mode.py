@@ -15,8 +15,9 @@ serve exactly is passed to torch unchanged: mixed dtypes or devices among the te
 integer or non-tensor inputs, ``momentum=None``, autocast enabled, tracing by
 ``torch.compile``, or any argument normkit rejects (torch then raises its own error or
 computes its own result). :data:`normkit.dispatch.last_backend` records, under
-``"F.<name>"``, which ran: normkit's backend name (``"torch"``, ``"cpu"``, ``"triton"``)
-or ``"aten"`` for torch's own kernel.
+``"F.<name>"``, which ran: normkit's backend name (``"torch"``, ``"cpu"``, ``"triton"``,
+or ``"native"`` where the size-aware ``auto`` ran torch's kernel on a shifted input, see
+:mod:`normkit._native`) or ``"aten"`` for a call passed to torch unchanged.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def functional_mode(backend: str = "auto") -> NormkitFunctionMode:
 
         >>> with normkit.functional_mode():
         ...     y = torch.nn.functional.layer_norm(torch.randn(2, 8), [8])
-        >>> normkit.dispatch.last_backend["F.layer_norm"] in ("torch", "cpu")
+        >>> normkit.dispatch.last_backend["F.layer_norm"] in ("torch", "cpu", "native")
         True
     """
     return NormkitFunctionMode(backend)
