@@ -21,6 +21,9 @@ Batch norm in training updates ``running_mean`` with the mean of ``x - s``; addi
 ``momentum * s`` afterwards makes it the mean of ``x``. In evaluation the shift is the
 running mean itself and torch normalizes with mean 0.
 
+The torch functions are called below ``torch.nn.functional``'s wrappers (``torch.layer_norm``
+and so on, with cuDNN off: CPU only), whose argument checks normkit has already made.
+
 The switch is taken only where nothing is lost by it: ``backend="auto"`` (no
 ``NORMKIT_BACKEND`` override), a plain CPU tensor of float32 or float64 with parameters
 of the same dtype, nothing tracing the call (no ``torch.compile``, no export, no dispatch
@@ -36,7 +39,6 @@ import os
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import dispatch
@@ -109,13 +111,13 @@ def layer_norm(input, shape: tuple, weight, bias, eps: float) -> torch.Tensor:
     else:
         lead = x.shape[: x.dim() - k]
         shift = x.reshape(lead + (-1,))[..., :1].reshape(lead + (1,) * k)
-    return F.layer_norm(input - shift, shape, weight, bias, eps)
+    return torch.layer_norm(input - shift, shape, weight, bias, eps, False)
 
 
 def rms_norm(input, shape: tuple, weight, eps: float) -> torch.Tensor:
     """torch's ``F.rms_norm`` (no mean, nothing to shift)."""
     _record("rms_norm")
-    return F.rms_norm(input, shape, weight, eps)
+    return torch.rms_norm(input, shape, weight, eps)
 
 
 def _grouped_shift(input: torch.Tensor, groups: int) -> torch.Tensor:
@@ -131,7 +133,7 @@ def _grouped_shift(input: torch.Tensor, groups: int) -> torch.Tensor:
 def group_norm(input, groups: int, weight, bias, eps: float) -> torch.Tensor:
     """``F.group_norm`` of the group-shifted input (instance norm: ``groups = C``)."""
     _record("group_norm")
-    return F.group_norm(_grouped_shift(input, groups), groups, weight, bias, eps)
+    return torch.group_norm(_grouped_shift(input, groups), groups, weight, bias, eps, False)
 
 
 def batch_norm_train(
@@ -153,7 +155,9 @@ def batch_norm_train(
         # autograd keeps a reference to running_mean (unused by the training backward), so
         # a bump would make an earlier graph through this layer refuse to run backward
         running_mean.data.add_(shift.reshape(c), alpha=momentum / (1.0 - momentum))
-    return F.batch_norm(input - shift, running_mean, running_var, weight, bias, True, momentum, eps)
+    return torch.batch_norm(
+        input - shift, weight, bias, running_mean, running_var, True, momentum, eps, False
+    )
 
 
 def batch_norm_eval(input, running_mean, running_var, weight, bias, eps) -> torch.Tensor:
@@ -163,4 +167,4 @@ def batch_norm_eval(input, running_mean, running_var, weight, bias, eps) -> torc
     view = (1, c) + (1,) * (input.dim() - 2)
     centred = input - running_mean.reshape(view)
     zero = torch.zeros_like(running_mean)
-    return F.batch_norm(centred, zero, running_var, weight, bias, False, 0.0, eps)
+    return torch.batch_norm(centred, weight, bias, zero, running_var, False, 0.0, eps, False)
