@@ -255,3 +255,23 @@ def test_thresholds_cover_each_family_the_functional_layer_switches():
     assert set(_native.THRESHOLDS) == {"layer_norm", "rms_norm", "group_norm", "batch_norm"}
     for pair in _native.THRESHOLDS.values():
         assert len(pair) == 2 and all(isinstance(v, int) and v > 64 for v in pair)
+
+
+def test_channels_last_inputs_keep_the_kernel_paths_layout():
+    x = randn(2, 8, 5, 5, dtype=F32, seed=62, mean=50.0)
+    x = x.contiguous(memory_format=torch.channels_last)
+    cases = (
+        (lambda b: NF.batch_norm(x, None, None, training=True, backend=b), "batch_norm_stats"),
+        (lambda b: NF.instance_norm(x, backend=b), "group_norm_fwd"),
+        (lambda b: NF.group_norm(x, 8, backend=b), "group_norm_fwd"),
+        (lambda b: NF.group_norm(x, 2, backend=b), "group_norm_fwd"),
+    )
+    for i, (call, op) in enumerate(cases):
+        kernel = call("cpu")
+        auto = call("auto")
+        # a grouped shift would reshape (copy): channels-last GroupNorm(G < C) stays a kernel
+        assert dispatch.last_backend[op] == ("cpu" if i == 3 else "native"), i
+        assert auto.stride() == kernel.stride(), i
+    assert NF.batch_norm(x, None, None, training=True).stride() == (
+        torch.nn.functional.batch_norm(x, None, None, training=True).stride()
+    )

@@ -593,7 +593,9 @@ def group_norm(
         return _xp.group_norm(input, num_groups, weight, bias, eps)
     if input.numel() == 0:
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
-    if _native.chooses("group_norm", input, backend, weight, bias):  # small: torch's kernel
+    if _native.chooses("group_norm", input, backend, weight, bias) and (
+        num_groups == c or input.is_contiguous()  # the group shift reshapes (a copy otherwise)
+    ):  # small: torch's kernel
         return _native.group_norm(
             input, num_groups, _shaped(weight, (c,)), _shaped(bias, (c,)), float(eps)
         )
