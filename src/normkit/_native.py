@@ -68,28 +68,43 @@ _EXACT = (torch.float32,)
 
 def chooses(family: str, input: torch.Tensor, backend: str, *params) -> bool:
     """True when ``auto`` runs ``family`` on ``input`` with torch's kernel (see above)."""
-    if backend != "auto" or type(input) is not torch.Tensor:
+    # cheapest tests first: this runs on every layer call
+    if backend != "auto" or type(input) is not torch.Tensor or input.dtype not in _EXACT:
         return False
-    if input.device.type != "cpu" or input.dtype not in _EXACT:
+    if not input.is_cpu:
         return False
     numel = input.numel()
     forward_only, with_grad = THRESHOLDS[family]
-    if numel >= with_grad and numel >= forward_only:
+    if numel == 0 or (numel >= with_grad and numel >= forward_only):
         return False
-    grad = torch.is_grad_enabled() and input.requires_grad
+    grad_mode = torch.is_grad_enabled()
+    grad = grad_mode and input.requires_grad
+    dtype = input.dtype
     for p in params:
         if p is not None:
-            if p.dtype != input.dtype or p.device.type != "cpu":
+            if p.dtype is not dtype or not p.is_cpu:
                 return False
-            grad = grad or (torch.is_grad_enabled() and p.requires_grad)
+            grad = grad or (grad_mode and p.requires_grad)
     if numel >= (with_grad if grad else forward_only):
         return False
     env = os.environ.get(dispatch.ENV_VAR)
     if env and env != "auto":
         return False
-    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
-        return False
-    return True
+    return not (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None)
+
+
+# index of the first element of each channel over the batch, (1, C, 1, ...), and of each
+# (sample, channel) plane, (N, C, 1, ...), per input rank
+_FIRST_PER_CHANNEL = {r: (slice(0, 1), slice(None)) + (slice(0, 1),) * (r - 2) for r in range(2, 9)}
+_FIRST_PER_PLANE = {r: (slice(None), slice(None)) + (slice(0, 1),) * (r - 2) for r in range(2, 9)}
+
+
+def _first(table: dict, rank: int, one_sample: bool) -> tuple:
+    index = table.get(rank)
+    if index is None:  # a rank past the table: built per call
+        index = (slice(0, 1) if one_sample else slice(None), slice(None))
+        index += (slice(0, 1),) * (rank - 2)
+    return index
 
 
 _OPS = {family: schema.ops_of(family) for family in THRESHOLDS}
@@ -125,7 +140,7 @@ def _grouped_shift(input: torch.Tensor, groups: int) -> torch.Tensor:
     x = input.detach()
     n, c = x.shape[:2]
     if groups == c:  # instance norm: the first element of each plane, broadcast
-        return input - x[(slice(None), slice(None)) + (slice(0, 1),) * (x.dim() - 2)]
+        return input - x[_first(_FIRST_PER_PLANE, x.dim(), False)]
     grouped = x.reshape(n, groups, -1)[:, :, :1]  # (N, G, 1)
     return (input.reshape(n, groups, -1) - grouped).reshape(input.shape)
 
@@ -148,8 +163,7 @@ def batch_norm_train(
     """
     _record("batch_norm")
     c = input.shape[1]
-    # (1, C, 1, ...): the first element of each channel
-    shift = input.detach()[(slice(0, 1), slice(None)) + (slice(0, 1),) * (input.dim() - 2)]
+    shift = input.detach()[_first(_FIRST_PER_CHANNEL, input.dim(), True)]  # (1, C, 1, ...)
     if running_mean is not None:
         # through .data: no version-counter bump, as torch's own in-kernel update. torch's
         # autograd keeps a reference to running_mean (unused by the training backward), so
