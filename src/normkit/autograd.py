@@ -193,9 +193,10 @@ def update_running_stats(running_mean, running_var, mean, unbiased_var, momentum
     if running_mean is None:
         return
     with torch.no_grad():
-        cdt = mean.dtype
-        running_mean.copy_(running_mean.to(cdt) * (1.0 - momentum) + mean * momentum)
-        running_var.copy_(running_var.to(cdt) * (1.0 - momentum) + unbiased_var * momentum)
+        # each in its statistic's dtype (BatchNorm's mean is float64, its variance float32)
+        mdt, vdt = mean.dtype, unbiased_var.dtype
+        running_mean.copy_(running_mean.to(mdt) * (1.0 - momentum) + mean * momentum)
+        running_var.copy_(running_var.to(vdt) * (1.0 - momentum) + unbiased_var * momentum)
 
 
 def _batch_norm_backward(
@@ -310,7 +311,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
         if local_count > 0:
             mean, var = library.batch_norm_stats(x, backends["batch_norm_stats"])
         else:
-            mean = var = torch.zeros(c, dtype=cdt, device=x.device)
+            mean = torch.zeros(c, dtype=torch.float64, device=x.device)
+            var = torch.zeros(c, dtype=cdt, device=x.device)
         # float64 packing: counts stay exact past 2**24 and the merge loses nothing
         packed = torch.cat(
             [
@@ -334,7 +336,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         mean64 = (counts * means).sum(0) / total
         m2_total = m2.sum(0) + (counts * (means - mean64) ** 2).sum(0)
         var64 = (m2_total / total).clamp_min(0.0)
-        mean, var = mean64.to(cdt), var64.to(cdt)
+        mean, var = mean64, var64.to(cdt)  # the op contract's mean is float64
         update_running_stats(
             running_mean, running_var, mean, (m2_total / (total - 1)).to(cdt), momentum
         )

@@ -288,7 +288,9 @@ def batch_norm(
         )
     else:
         cdt = torch.float64 if input.dtype == torch.float64 else torch.float32
-        mean, var, count = running_mean.to(cdt, copy=True), running_var.to(cdt), 0
+        # the op contract's mean is float64 (a copy: never an alias of the buffer)
+        mean = running_mean.to(torch.float64, copy=True)
+        var, count = running_var.to(cdt), 0
     rstd = torch.rsqrt(var + float(eps))
     # the Function reshapes input and output itself: its output is never an autograd view
     return BatchNormFunction.apply(input, weight, bias, mean, rstd, bool(training), count, backends)

@@ -93,9 +93,8 @@ def _fresh(out: torch.Tensor, inputs) -> torch.Tensor:
     return out
 
 
-def _stats(t: torch.Tensor, shape, x: torch.Tensor, inputs) -> torch.Tensor:
+def _stats(t: torch.Tensor, shape, cdt: torch.dtype, inputs) -> torch.Tensor:
     # each step only when needed: this runs on every eager call (a few us each)
-    cdt = _stats_dtype(x)
     if t.dtype != cdt:
         t = t.to(cdt)
     if t.shape != shape:
@@ -114,9 +113,8 @@ def _output(rule: schema.Out, t, bound, inputs) -> torch.Tensor:
             t = t.to(dtype)
         return _fresh(_like(ref, t), inputs)
     if rule.kind == "stats":
-        if rule.dtype is not None:
-            t = t.to(rule.dtype(bound))
-        return _stats(t, rule.shape(bound), ref, inputs)
+        cdt = _stats_dtype(ref) if rule.dtype is None else rule.dtype(bound)
+        return _stats(t, rule.shape(bound), cdt, inputs)
     weight = bound.get("weight")
     if rule.kind == "weight_grad":
         if weight is None or t is None:

@@ -183,6 +183,10 @@ def _scale_dtype(a) -> torch.dtype:
     return a["scale"].dtype
 
 
+def _f64(a) -> torch.dtype:
+    return torch.float64
+
+
 _T, _OT = "Tensor", "Tensor?"
 _LRN_PARAMS = (
     Arg("back", "int"),
@@ -273,9 +277,13 @@ def _schemas() -> Tuple[OpSchema, ...]:
         OpSchema(
             "batch_norm_stats",
             (Arg("x", _T),),
-            (Out("mean", "stats", _cols, "(C,)"), Out("var", "stats", _cols, "(C,)")),
+            (
+                Out("mean", "stats", _cols, "(C,)", dtype=_f64),
+                Out("var", "stats", _cols, "(C,)"),
+            ),
             "per-channel batch statistics",
-            "x: (N, C, L); mean, var (biased): (C,) f32 stats",
+            "x: (N, C, L); mean (C,) f64 (its low digits matter at mean >> std), "
+            "var (biased) (C,) f32 stats",
         ),
         OpSchema(
             "batch_norm_apply",

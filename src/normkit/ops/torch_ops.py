@@ -92,14 +92,15 @@ def lrn_bwd(
 # are updated in place where they are fresh: this fallback is memory-bound.
 
 
-def _centred_moments(x: torch.Tensor, dims) -> tuple:
+def _centred_moments(x: torch.Tensor, dims, wide_mean: bool = False) -> tuple:
     """(centred, mean, var) over ``dims`` (kept): the one statistics core.
 
     Two passes in the compute dtype, never E[x^2] - E[x]^2 (3% wrong in float32
     at |mean|/std = 1e3, noise at 1e4). The first mean's rounding error comes
     back as the small mean of the deviations, delta; subtracting it (Chan, Golub
     & LeVeque's correction) makes the mean nearly correctly rounded. ``centred``
-    is a fresh tensor x - mean that callers may overwrite.
+    is a fresh tensor x - mean that callers may overwrite. ``wide_mean``: the mean
+    comes back in float64 as mean + delta summed there (BatchNorm's contract).
     """
     x32 = x.to(compute_dtype(x.dtype))
     mean = x32.mean(dim=dims, keepdim=True)
@@ -109,6 +110,8 @@ def _centred_moments(x: torch.Tensor, dims) -> tuple:
     n = max(x32.numel() // max(mean.numel(), 1), 1)
     # sum of squares without a squared temporary; clamp_min guards the empty case only
     var = torch.linalg.vector_norm(centred, 2, dim=dims, keepdim=True).square_().div_(n)
+    if wide_mean:
+        return centred, mean.double().add_(delta), var.clamp_min_(0.0)
     return centred, mean.add_(delta), var.clamp_min_(0.0)
 
 
@@ -223,14 +226,21 @@ def group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, mean, rstd, weight, num_gr
 
 @implements("batch_norm_stats", "torch")
 def batch_norm_stats(x: torch.Tensor):
-    """Per-channel mean and biased variance of (N, C, L) over (N, L), shape (C,) each."""
-    mean, var = moments(x, (0, 2))
+    """Per-channel mean (float64) and biased variance of (N, C, L) over (N, L), (C,) each."""
+    _, mean, var = _centred_moments(x, (0, 2), wide_mean=True)
     return mean.view(-1), var.view(-1)
 
 
 def _centred_by(x: torch.Tensor, mean) -> torch.Tensor:
-    """Fresh x - mean per channel of (N, C, L) in the stats' dtype."""
-    return x.to(mean.dtype) - mean.view(1, -1, 1)
+    """Fresh x - mean per channel of (N, C, L) in the compute dtype.
+
+    ``mean`` is float64 (the contract): it is split into hi + lo in the compute dtype and
+    subtracted as (x - hi) - lo, so a mean of 1e4 loses nothing of x - mean.
+    """
+    cdt = compute_dtype(x.dtype)
+    hi = mean.to(cdt)
+    lo = (mean - hi.to(mean.dtype)).to(cdt)
+    return (x.to(cdt) - hi.view(1, -1, 1)).sub_(lo.view(1, -1, 1))
 
 
 @implements("batch_norm_apply", "torch")
@@ -240,9 +250,10 @@ def batch_norm_apply(x: torch.Tensor, mean, rstd, weight, bias) -> torch.Tensor:
     Kept as (x - mean) * scale rather than x * scale + shift: folding the mean
     into the shift cancels catastrophically when |mean| >> std.
     """
-    scale = rstd.to(mean.dtype)
+    cdt = compute_dtype(x.dtype)
+    scale = rstd.to(cdt)
     if weight is not None:
-        scale = scale * weight.to(mean.dtype)
+        scale = scale * weight.to(cdt)
     y = _centred_by(x, mean).mul_(scale.view(1, -1, 1))
     return _affine_(y, None, bias, (1, -1, 1)).to(x.dtype)
 
@@ -250,9 +261,10 @@ def batch_norm_apply(x: torch.Tensor, mean, rstd, weight, bias) -> torch.Tensor:
 @implements("batch_norm_bwd_reduce", "torch")
 def batch_norm_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, mean, rstd):
     """(sum_dy, sum_dy_xhat) per channel over (N, L)."""
-    dy32 = dy.to(mean.dtype)
+    cdt = compute_dtype(x.dtype)
+    dy32 = dy.to(cdt)
     # sum dy (x - mean) * rstd: rstd applied to the (C,) sum, not to every element
-    sum_dy_xhat = _centred_by(x, mean).mul_(dy32).sum((0, 2)).mul_(rstd.to(mean.dtype))
+    sum_dy_xhat = _centred_by(x, mean).mul_(dy32).sum((0, 2)).mul_(rstd.to(cdt))
     return dy32.sum((0, 2)), sum_dy_xhat
 
 
@@ -265,7 +277,7 @@ def batch_norm_bwd_apply(
     ``count`` is the number of values per channel over every process; with
     zero sums this is the evaluation-mode gradient dy * weight * rstd.
     """
-    cdt = mean.dtype
+    cdt = compute_dtype(x.dtype)
     rstd = rstd.to(cdt)
     inv = 1.0 / max(float(count), 1.0)
     scale = rstd if weight is None else rstd * weight.to(cdt)  # (C,)

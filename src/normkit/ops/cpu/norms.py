@@ -611,7 +611,7 @@ def batch_norm_stats(x):
     cdt = _cdt(x.dtype)
     x3 = _as_mcl(_in(x, cdt))
     c = x3.shape[1]
-    mean = torch.empty(c, dtype=cdt)
+    mean = torch.empty(c, dtype=torch.float64)  # the op contract: the mean's low digits kept
     var = torch.empty(c, dtype=cdt)
     if x3.shape[0] * x3.shape[2] == 0:
         raise ValueError(
@@ -635,7 +635,7 @@ def batch_norm_apply(x, mean, rstd, weight, bias):
             n * c,
             (
                 _np(x3),
-                _np(_in(mean, cdt)),
+                _np(_in(mean, torch.float64)),
                 _np(_in(rstd, cdt)),
                 _vec(weight, c, "weight"),
                 _vec(bias, c, "bias"),
@@ -661,7 +661,7 @@ def batch_norm_bwd_reduce(dy, x, mean, rstd):
         (
             _np(dy3),
             _np(x3),
-            _np(_in(mean, cdt)),
+            _np(_in(mean, torch.float64)),
             _np(_in(rstd, cdt)),
             _np(sum_dy),
             _np(sum_dy_xhat),
@@ -686,7 +686,7 @@ def batch_norm_bwd_apply(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, count):
             (
                 _np(dy3),
                 _np(x3),
-                _np(_in(mean, cdt)),
+                _np(_in(mean, torch.float64)),
                 _np(_in(rstd, cdt)),
                 _vec(weight, c, "weight"),
                 _np(_in(sum_dy, cdt)),

@@ -75,7 +75,7 @@ def _batch_norm_stats_combine_kernel(
     count_part_ptr,  # (C, P)
     mean_part_ptr,  # (C, P)
     m2_part_ptr,  # (C, P)
-    mean_ptr,  # (C,) output mean, accumulator dtype
+    mean_ptr,  # (C,) output mean, float64 (shift + mean summed there: no digit lost at 1e4)
     var_ptr,  # (C,) output biased variance
     L,
     P,
@@ -94,8 +94,16 @@ def _batch_norm_stats_combine_kernel(
     mean = tl.sum(n_p * mean_p, axis=0) / n
     d = mean_p - mean
     m2 = tl.sum(m2_p + n_p * d * d, axis=0)
-    tl.store(mean_ptr + c, shift + mean)
+    tl.store(mean_ptr + c, shift.to(tl.float64) + mean.to(tl.float64))
     tl.store(var_ptr + c, tl.maximum(m2 / n, 0.0))
+
+
+@triton.jit
+def _centred(x, mean64, ACC_DTYPE: tl.constexpr):
+    """x - mean with the float64 mean split into hi + lo in ACC_DTYPE: (x - hi) - lo."""
+    hi = mean64.to(ACC_DTYPE)
+    lo = (mean64 - hi.to(tl.float64)).to(ACC_DTYPE)
+    return (x - hi) - lo
 
 
 @triton.jit
@@ -119,9 +127,9 @@ def _batch_norm_apply_kernel(
     m = offs < numel
     c = (offs // L) % C
     x = tl.load(x_ptr + offs, mask=m, other=0.0).to(ACC_DTYPE)
-    mean = tl.load(mean_ptr + c, mask=m, other=0.0).to(ACC_DTYPE)
+    mean = tl.load(mean_ptr + c, mask=m, other=0.0).to(tl.float64)
     rstd = tl.load(rstd_ptr + c, mask=m, other=0.0).to(ACC_DTYPE)
-    y = (x - mean) * rstd
+    y = _centred(x, mean, ACC_DTYPE) * rstd
     if HAS_WEIGHT:
         y = y * tl.load(w_ptr + c, mask=m, other=0.0).to(ACC_DTYPE)
     if HAS_BIAS:
@@ -148,7 +156,7 @@ def _batch_norm_bwd_reduce_kernel(
     c = tl.program_id(0)
     p = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
-    mean = tl.load(mean_ptr + c).to(ACC_DTYPE)
+    mean = tl.load(mean_ptr + c).to(tl.float64)
     rstd = tl.load(rstd_ptr + c).to(ACC_DTYPE)
     acc_dy = tl.zeros([BLOCK], dtype=ACC_DTYPE)
     acc_dyx = tl.zeros([BLOCK], dtype=ACC_DTYPE)
@@ -160,7 +168,7 @@ def _batch_norm_bwd_reduce_kernel(
         x = tl.load(x_ptr + addr, mask=m, other=0.0).to(ACC_DTYPE)
         dy = tl.load(dy_ptr + addr, mask=m, other=0.0).to(ACC_DTYPE)
         acc_dy += dy
-        acc_dyx += dy * tl.where(m, (x - mean) * rstd, 0.0)
+        acc_dyx += dy * tl.where(m, _centred(x, mean, ACC_DTYPE) * rstd, 0.0)
     tl.store(sum_dy_part_ptr + p * C + c, tl.sum(acc_dy, axis=0))
     tl.store(sum_dyx_part_ptr + p * C + c, tl.sum(acc_dyx, axis=0))
 
@@ -189,11 +197,11 @@ def _batch_norm_bwd_apply_kernel(
     c = (offs // L) % C
     x = tl.load(x_ptr + offs, mask=m, other=0.0).to(ACC_DTYPE)
     dy = tl.load(dy_ptr + offs, mask=m, other=0.0).to(ACC_DTYPE)
-    mean = tl.load(mean_ptr + c, mask=m, other=0.0).to(ACC_DTYPE)
+    mean = tl.load(mean_ptr + c, mask=m, other=0.0).to(tl.float64)
     rstd = tl.load(rstd_ptr + c, mask=m, other=0.0).to(ACC_DTYPE)
     s_dy = tl.load(sum_dy_ptr + c, mask=m, other=0.0).to(ACC_DTYPE)
     s_dyx = tl.load(sum_dyx_ptr + c, mask=m, other=0.0).to(ACC_DTYPE)
-    x_hat = (x - mean) * rstd
+    x_hat = _centred(x, mean, ACC_DTYPE) * rstd
     scale = rstd
     if HAS_WEIGHT:
         scale = scale * tl.load(w_ptr + c, mask=m, other=0.0).to(ACC_DTYPE)
@@ -230,7 +238,7 @@ def batch_norm_stats(x: torch.Tensor):
     var = mean over (n, l) of (x - mean)^2, clamped at 0; never E[x^2] - E[x]^2.
 
     Args: x: (N, C, L).
-    Shape: mean, var (C,) float32 (float64 for float64 x).
+    Shape: mean (C,) float64, var (C,) float32 (float64 for float64 x).
     Example:
         >>> mean, var = batch_norm_stats(x)
     """
@@ -238,7 +246,7 @@ def batch_norm_stats(x: torch.Tensor):
     x = x.contiguous()
     n, c, length = x.shape
     sdt = stats_dtype(x.dtype)
-    mean = torch.empty(c, dtype=sdt, device=x.device)
+    mean = torch.empty(c, dtype=torch.float64, device=x.device)
     var = torch.empty(c, dtype=sdt, device=x.device)
     if c == 0:
         return mean, var
