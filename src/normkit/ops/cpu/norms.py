@@ -83,10 +83,85 @@ def _row_moments(xr, cast):
     return m, m_hi, m_lo, m2
 
 
+# One-pass statistics by shifted sums (docs/norms.md, "Shifted sums"). With d = x - s for a
+# shift s taken from the same row, S1 = sum d and S2 = sum d^2 are accumulated in x's dtype
+# in blocks of at most SUM_BLOCK terms (any order inside a block: LLVM vectorises it), the
+# block sums added in float64; then mean = s + S1/n and n var = S2 - S1^2/n. The relative
+# error of var is at most 3 gamma / (1 - q) with q = S1^2 / (n S2) = (mean - s)^2 /
+# (var + (mean - s)^2) and gamma = (SUM_BLOCK + 1) u; a row with q > SHIFT_Q_MAX (the shift
+# is an outlier of its row) is redone by the corrected two-pass algorithm while in cache.
+SUM_BLOCK = 256
+SHIFT_Q_MAX = 0.75
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _shifted_sums(xr, s):
+    # float64 (sum d, sum d^2) of d = xr - s, float32 (xr's dtype) inside SUM_BLOCK blocks
+    D = xr.shape[0]
+    s1 = 0.0
+    s2 = 0.0
+    for j0 in range(0, D, SUM_BLOCK):
+        b1 = s - s  # zero of xr's dtype (NaN for a non-finite shift: the row is NaN anyway)
+        b2 = s - s
+        for i in range(j0, min(D, j0 + SUM_BLOCK)):
+            d = xr[i] - s
+            b1 += d
+            b2 += d * d
+        s1 += np.float64(b1)
+        s2 += np.float64(b2)
+    return s1, s2
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _needs_two_pass(s1, s2, n):
+    # False when the shifted sums are accurate enough (q <= SHIFT_Q_MAX, including the
+    # constant row s1 = s2 = 0); True for an outlier shift and for NaN sums
+    return not (s1 * s1 <= SHIFT_Q_MAX * n * s2)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _split(m, cast):
+    # float64 m -> (hi, lo) in cast's dtype with hi + lo = m to twice that dtype's precision
+    cast[0] = m
+    cast[1] = m - np.float64(cast[0])
+    return cast[0], cast[1]
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _row_stats(xr, cast):
+    # (mean float64, mean_hi, mean_lo, n var float64) of the row xr in one pass over it
+    # (shifted sums) or, when the shift xr[0] is an outlier of the row, in two
+    D = xr.shape[0]
+    s = xr[0]
+    s1, s2 = _shifted_sums(xr, s)
+    m = np.float64(s) + s1 / D
+    m_hi, m_lo = _split(m, cast)
+    if not _needs_two_pass(s1, s2, D):
+        return m, m_hi, m_lo, s2 - s1 * s1 / D
+    return _row_recentre(xr, m, m_hi, m_lo, cast)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _row_recentre(xr, m, m_hi, m_lo, cast):
+    # corrected two-pass (Chan, Golub & LeVeque): sums of d = (xr - m) around the first
+    # mean estimate m = m_hi + m_lo, whose error the correction sum(d)/n removes
+    D = xr.shape[0]
+    t1 = m_hi - m_hi
+    t2 = m_hi - m_hi
+    for i in range(D):
+        d = (xr[i] - m_hi) - m_lo
+        t1 += d
+        t2 += d * d
+    c1 = np.float64(t1)
+    m = m + c1 / D
+    m_hi, m_lo = _split(m, cast)
+    return m, m_hi, m_lo, np.float64(t2) - c1 * c1 / D
+
+
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
     # x, y: (M, D); w, b: (D,) in x's dtype, or (0,) when absent; mean, rstd: (M,).
-    # Arithmetic in x's dtype (float32 or float64); the row statistics by _row_moments.
+    # Arithmetic in x's dtype (float32 or float64); the row statistics by _row_stats.
     M, D = x.shape
     has_w = w.shape[0] > 0
     has_b = b.shape[0] > 0
@@ -103,7 +178,7 @@ def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
             for i in range(D):
                 v += xr[i] * xr[i]
         else:
-            m, m_hi, m_lo, v = _row_moments(xr, cast)
+            m, m_hi, m_lo, v = _row_stats(xr, cast)
         rs = 1.0 / math.sqrt(max(np.float64(v) / D, 0.0) + eps)
         mean[r] = m
         rstd[r] = rs
