@@ -142,20 +142,32 @@ def _row_stats(xr, cast):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _centred_sums(xr, m_hi, m_lo):
+    # float64 (sum d, sum d^2) of d = (xr - m_hi) - m_lo, blocked as _shifted_sums
+    D = xr.shape[0]
+    t1 = 0.0
+    t2 = 0.0
+    for j0 in range(0, D, SUM_BLOCK):
+        b1 = m_hi - m_hi
+        b2 = m_hi - m_hi
+        for i in range(j0, min(D, j0 + SUM_BLOCK)):
+            d = (xr[i] - m_hi) - m_lo
+            b1 += d
+            b2 += d * d
+        t1 += np.float64(b1)
+        t2 += np.float64(b2)
+    return t1, t2
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
 def _row_recentre(xr, m, m_hi, m_lo, cast):
     # corrected two-pass (Chan, Golub & LeVeque): sums of d = (xr - m) around the first
     # mean estimate m = m_hi + m_lo, whose error the correction sum(d)/n removes
     D = xr.shape[0]
-    t1 = m_hi - m_hi
-    t2 = m_hi - m_hi
-    for i in range(D):
-        d = (xr[i] - m_hi) - m_lo
-        t1 += d
-        t2 += d * d
-    c1 = np.float64(t1)
-    m = m + c1 / D
+    t1, t2 = _centred_sums(xr, m_hi, m_lo)
+    m = m + t1 / D
     m_hi, m_lo = _split(m, cast)
-    return m, m_hi, m_lo, np.float64(t2) - c1 * c1 / D
+    return m, m_hi, m_lo, t2 - t1 * t1 / D
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
@@ -263,7 +275,7 @@ def _layer_norm_bwd_kernel(
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _group_norm_fwd_kernel(x, w, b, y, mean, rstd, groups, eps, start, stop):
     # x, y: (N, C, L); w, b: (C,) f64 or (0,); mean, rstd: (N * G,); work item = (n, g).
-    # Arithmetic in x's dtype with the shifted mean and hi + lo split of the LayerNorm kernel.
+    # Arithmetic in x's dtype with the statistics and hi + lo split of the LayerNorm kernel.
     N, C, L = x.shape
     cg = C // groups
     count = cg * L
@@ -273,23 +285,29 @@ def _group_norm_fwd_kernel(x, w, b, y, mean, rstd, groups, eps, start, stop):
     for item in range(start, stop):
         n = item // groups
         c0 = (item % groups) * cg
-        x0 = x[n, c0, 0]
-        sh = x0 - x0
+        # one pass of shifted sums over the group's channels (shift: its first value),
+        # a corrected second pass only when that shift is an outlier (docs/norms.md)
+        sv = x[n, c0, 0]
+        s1 = 0.0
+        s2 = 0.0
         for c in range(c0, c0 + cg):
-            xr = x[n, c]
-            for i in range(L):
-                sh += xr[i] - x0
-        m = np.float64(x0) + np.float64(sh) / count
-        cast[0] = m
-        cast[1] = m - np.float64(cast[0])
-        m_hi = cast[0]
-        m_lo = cast[1]
-        v = m_hi - m_hi
-        for c in range(c0, c0 + cg):
-            xr = x[n, c]
-            for i in range(L):
-                d = (xr[i] - m_hi) - m_lo
-                v += d * d
+            a1, a2 = _shifted_sums(x[n, c], sv)
+            s1 += a1
+            s2 += a2
+        m = np.float64(sv) + s1 / count
+        m_hi, m_lo = _split(m, cast)
+        if _needs_two_pass(s1, s2, count):
+            t1 = 0.0
+            t2 = 0.0
+            for c in range(c0, c0 + cg):
+                a1, a2 = _centred_sums(x[n, c], m_hi, m_lo)
+                t1 += a1
+                t2 += a2
+            m = m + t1 / count
+            m_hi, m_lo = _split(m, cast)
+            v = t2 - t1 * t1 / count
+        else:
+            v = s2 - s1 * s1 / count
         rs = 1.0 / math.sqrt(max(np.float64(v) / count, 0.0) + eps)
         mean[item] = m
         rstd[item] = rs
