@@ -43,6 +43,8 @@ def _rows(case: str, m: int, d: int, seed: int) -> torch.Tensor:
     elif case == "outlier shift at 1e4":
         x = x + 1e4
         x[:, 0] = 1e4 - 3000.0
+    elif case == "outlier shift 3e7":  # x - s rounds to ulp(3e7) = 2 std: d loses the data
+        x[:, 0] = 3e7
     elif case == "shift at the threshold":
         # (s - mean)^2 / (var + (s - mean)^2) near SHIFT_Q_MAX: the largest one-pass error
         z = float(np.sqrt(SHIFT_Q_MAX / (1 - SHIFT_Q_MAX)))
@@ -61,6 +63,7 @@ CASES = [
     "mean 1e4",
     "outlier shift",
     "outlier shift at 1e4",
+    "outlier shift 3e7",
     "shift at the threshold",
     "constant rows",
 ]

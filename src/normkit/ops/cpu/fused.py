@@ -6,8 +6,9 @@ cache, its statistics and ``y``: one read of each input, one write of each outpu
 The backward reads ``dy``, ``dh`` (when a gradient reaches h) and ``h`` and writes
 ``dx`` (= ``dresidual``) once; weight/bias gradients go through per-chunk partial
 buffers reduced in a fixed order (bitwise identical for any thread count), as in
-:mod:`.norms`, whose numerics (shifted mean kept as a hi + lo pair, two passes over
-the cached row, arithmetic in float32 for float16/bfloat16/float32) carry over.
+:mod:`.norms`, whose numerics (one pass of shifted sums fused with the add, a
+two-pass fallback for an outlier shift, the mean kept as a hi + lo pair, arithmetic in
+float32 for float16/bfloat16/float32; docs/norms.md) carry over.
 
 float16/bfloat16 inputs are converted to float32 before the kernel and the outputs
 converted back (numba has no 16-bit float arithmetic): exact, at the cost of those

@@ -10,12 +10,13 @@ The op contract is ``docs/ops.md``; the math, with ``x_hat = (x - mean) * rstd``
 
 Numerics: never E[x^2] - E[x]^2; variance clamped at 0. LayerNorm, RMSNorm and
 GroupNorm and BatchNorm compute elementwise work and row sums in the input's dtype
-(float32 for float16/bfloat16/float32 input): the mean is taken of ``x - x_0`` (values the size of
-the spread, so a mean of 1e4 costs nothing), kept as a hi + lo pair so that
-``x - mean`` stays exact, and the variance is a second pass over ``x - mean`` while
-the row is in cache. Sums across rows are combined in float64 (BatchNorm statistics:
-per-row two passes combined by Chan's formula). Saved statistics are
-float32 (float64 for float64 input), as the contract asks.
+(float32 for float16/bfloat16/float32 input). LayerNorm and GroupNorm take mean and
+variance from one pass of sums of ``x - s``, s the row's (group's) first value, in
+blocks whose sums are added in float64 (``_row_stats``; error bound in docs/norms.md,
+"Shifted sums"); a row whose shift is an outlier is redone by the corrected two-pass
+algorithm while in cache. The mean is kept as a hi + lo pair so that ``x - mean`` stays
+exact. BatchNorm: per-row two passes combined across rows by Chan's formula in float64.
+Saved statistics are float32 (float64 for float64 input), as the contract asks.
 
 Determinism: weight/bias gradients are reduced from per-work-item partial buffers
 whose partition depends on the shape only (never on the thread count), summed in a
@@ -296,7 +297,7 @@ def _group_norm_fwd_kernel(x, w, b, y, mean, rstd, groups, eps, start, stop):
             s2 += a2
         m = np.float64(sv) + s1 / count
         m_hi, m_lo = _split(m, cast)
-        if _needs_two_pass(s1, s2, count):
+        if _needs_two_pass(s1, s2, count):  # as _row_recentre, over the group's channels
             t1 = 0.0
             t2 = 0.0
             for c in range(c0, c0 + cg):
