@@ -256,18 +256,19 @@ def _layer_norm_bwd_kernel(
                     dbp[i] += g
                     sum_g += g
                     sum_gx += g * xh
-            cast[3] = 0.0 if rms else np.float64(sum_g) / D
-            cast[4] = np.float64(sum_gx) / D
-            c_g = cast[3]
-            c_gx = cast[4]
+            # dx = (rs w) dy + a + c (x - mean), a = -rs <g>, c = -rs^2 <g x_hat>: the
+            # per-row constants in float64, then one multiply-add chain per element
+            rs64 = np.float64(rstd[r])
+            cast[3] = 0.0 if rms else -rs64 * np.float64(sum_g) / D
+            cast[4] = -rs64 * rs64 * np.float64(sum_gx) / D
+            a = cast[3]
+            c = cast[4]
             if has_w:
                 for i in range(D):
-                    xh = ((xr[i] - m_hi) - m_lo) * rs
-                    dxr[i] = rs * (dyr[i] * w[i] - c_g - xh * c_gx)
+                    dxr[i] = (rs * w[i]) * dyr[i] + a + c * ((xr[i] - m_hi) - m_lo)
             else:
                 for i in range(D):
-                    xh = ((xr[i] - m_hi) - m_lo) * rs
-                    dxr[i] = rs * (dyr[i] - c_g - xh * c_gx)
+                    dxr[i] = rs * dyr[i] + a + c * ((xr[i] - m_hi) - m_lo)
 
 
 # --- GroupNorm: (N, C, L), groups of C // G channels ------------------------------------
