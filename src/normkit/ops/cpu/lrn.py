@@ -37,6 +37,9 @@ __all__ = ["lrn_fwd", "lrn_bwd", "beta_mode"]
 
 # work-buffer budget (elements per buffer): three such buffers stay well inside L2
 _BUFFER_ELEMS = 65536
+# the (N, C, L) backward's two buffers per thread are live while y and dx (2x the input)
+# are: a smaller budget keeps the peak of forward + backward at 2x the input (issue 11)
+_BWD_BUFFER_ELEMS = 8192
 
 
 def beta_mode(beta: float) -> int:
@@ -185,8 +188,9 @@ def _lrn_ncl_bwd_kernel(
     nblocks = (L + block - 1) // block
     sq = np.zeros((C + width - 1, block), x.dtype)  # x^2, padded back before / ahead after
     t = np.zeros((C + width - 1, block), x.dtype)  # dy x s^(-beta-1), padded ahead / back
-    p = np.empty((C, block), x.dtype)  # s^-beta
     s = np.empty(block, x.dtype)
+    # s^-beta of channel c waits in dx[n, c, block] (this call's fresh output, overwritten
+    # below), not in a (C, block) work buffer: less peak memory, the row stays in cache
     for item in range(start, stop):
         n = item // nblocks
         l0 = (item % nblocks) * block
@@ -202,7 +206,7 @@ def _lrn_ncl_bwd_kernel(
                 s,
                 x[n, c, l0 : l0 + w],
                 dy[n, c, l0 : l0 + w],
-                p[c],
+                dx[n, c, l0 : l0 + w],
                 t[ahead + c],
                 w,
                 alpha,
@@ -213,12 +217,11 @@ def _lrn_ncl_bwd_kernel(
             )
         for j in range(C):  # adjoint window: c in [j - ahead, j + back]
             _window_rows(t, j, width, s, w)
-            pr = p[j]
             xr = x[n, j, l0 : l0 + w]
             dyr = dy[n, j, l0 : l0 + w]
-            dxr = dx[n, j, l0 : l0 + w]
+            dxr = dx[n, j, l0 : l0 + w]  # holds s_j^-beta
             for i in range(w):
-                dxr[i] = dyr[i] * pr[i] - coef * xr[i] * s[i]
+                dxr[i] = dyr[i] * dxr[i] - coef * xr[i] * s[i]
 
 
 # --- across channels, (N, L, C) layout (channels-last memory) ----------------------------
@@ -434,8 +437,8 @@ def _across_layout(x: torch.Tensor):
     return "ncl", xc.reshape(n, c, -1)
 
 
-def _ncl_block(c: int, width: int, length: int) -> int:
-    block = max(16, (_BUFFER_ELEMS // (c + width - 1)) // 16 * 16)
+def _ncl_block(c: int, width: int, length: int, budget: int = _BUFFER_ELEMS) -> int:
+    block = max(16, (budget // (c + width - 1)) // 16 * 16)
     return min(block, length) if length > 0 else 1
 
 
@@ -589,7 +592,7 @@ def lrn_bwd(
             n, c, length = x3.shape
             dy3 = dyc.contiguous().reshape(n, c, length)
             dx3 = _alloc.empty_like(x3)
-            block = _ncl_block(c, back + ahead + 1, length)
+            block = _ncl_block(c, back + ahead + 1, length, _BWD_BUFFER_ELEMS)
             nblocks = -(-length // block)
             parallel_for(
                 _lrn_ncl_bwd_kernel,
