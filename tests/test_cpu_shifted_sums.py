@@ -227,3 +227,14 @@ def test_results_do_not_depend_on_thread_count(monkeypatch):
     for other in results[1:]:
         for a, b_ in zip(results[0], other):
             assert torch.equal(a, b_)
+
+
+def test_infinite_first_value_in_rms_norm_behaves_like_torch():
+    # the RMS path has shift 0: an infinite first value gives inf * 0 = NaN there and 0
+    # elsewhere (rstd = 0), as torch, not a NaN row
+    x = randn(4, 64, seed=29, dtype=torch.float32)
+    x[1, 0] = float("inf")
+    y, h, rstd = cpu.fused.add_rms_norm_fwd(x, None, None, 1e-6, False)
+    peer = F.rms_norm(x, (64,), eps=1e-6)
+    assert torch.equal(torch.isnan(y), torch.isnan(peer))
+    assert torch.equal(y[1, 1:], peer[1, 1:])

@@ -97,7 +97,8 @@ def _add_norm_fwd_kernel(x, r, w, b, y, h, mean, rstd, eps, rms, start, stop):
         yr = y[row]
         rr = r[row] if has_r else xr[:0]  # empty: no residual
         if rms:
-            s = xr[0] - xr[0]
+            cast[0] = 0.0  # shift 0 (not xr[0] - xr[0]: NaN for an infinite xr[0])
+            s = cast[0]
             _, v = _add_sums(xr, rr, hr, s)
             m = 0.0
             m_hi = s
