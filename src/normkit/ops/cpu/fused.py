@@ -6,8 +6,9 @@ cache, its statistics and ``y``: one read of each input, one write of each outpu
 The backward reads ``dy``, ``dh`` (when a gradient reaches h) and ``h`` and writes
 ``dx`` (= ``dresidual``) once; weight/bias gradients go through per-chunk partial
 buffers reduced in a fixed order (bitwise identical for any thread count), as in
-:mod:`.norms`, whose numerics (shifted mean kept as a hi + lo pair, two passes over
-the cached row, arithmetic in float32 for float16/bfloat16/float32) carry over.
+:mod:`.norms`, whose numerics (one pass of shifted sums fused with the add, a
+two-pass fallback for an outlier shift, the mean kept as a hi + lo pair, arithmetic in
+float32 for float16/bfloat16/float32; docs/norms.md) carry over.
 
 float16/bfloat16 inputs are converted to float32 before the kernel and the outputs
 converted back (numba has no 16-bit float arithmetic): exact, at the cost of those
@@ -26,7 +27,20 @@ from .. import schema as _schema
 from ..schema import implements
 from . import _alloc
 from ._pool import parallel_for
-from .norms import _ROWS_PER_CHUNK, FM, _cdt, _in, _np, _out, _row_moments, _vec
+from .norms import (
+    _ROWS_PER_CHUNK,
+    FM,
+    SUM_BLOCK,
+    _cdt,
+    _in,
+    _needs_two_pass,
+    _np,
+    _out,
+    _row_recentre,
+    _row_stats,
+    _split,
+    _vec,
+)
 
 __all__ = [
     "add_rms_norm_fwd",
@@ -38,9 +52,40 @@ __all__ = [
 ]
 
 
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _add_sums(xr, rr, hr, s):
+    # hr = xr + rr (rr empty: hr = xr) and the float64 shifted sums of hr (sum d, sum d^2,
+    # d = hr - s), float32 inside SUM_BLOCK blocks: the add and the statistics in one pass
+    D = xr.shape[0]
+    s1 = 0.0
+    s2 = 0.0
+    for j0 in range(0, D, SUM_BLOCK):
+        b1 = s - s
+        b2 = s - s
+        if rr.shape[0] > 0:
+            for i in range(j0, min(D, j0 + SUM_BLOCK)):
+                v = xr[i] + rr[i]
+                hr[i] = v
+                d = v - s
+                b1 += d
+                b2 += d * d
+        else:
+            for i in range(j0, min(D, j0 + SUM_BLOCK)):
+                v = xr[i]
+                hr[i] = v
+                d = v - s
+                b1 += d
+                b2 += d * d
+        s1 += np.float64(b1)
+        s2 += np.float64(b2)
+    return s1, s2
+
+
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _add_norm_fwd_kernel(x, r, w, b, y, h, mean, rstd, eps, rms, start, stop):
     # x, y, h: (M, D); r: (M, D) or (0, D) when absent; w, b: (D,) or (0,); mean, rstd: (M,)
+    # One pass writes h and its statistics (RMSNorm: shift 0 and only sum h^2; LayerNorm:
+    # shifted sums, docs/norms.md), a second, over the row still in cache, writes y.
     M, D = x.shape
     has_r = r.shape[0] > 0
     has_w = w.shape[0] > 0
@@ -50,24 +95,24 @@ def _add_norm_fwd_kernel(x, r, w, b, y, h, mean, rstd, eps, rms, start, stop):
         xr = x[row]
         hr = h[row]
         yr = y[row]
-        if has_r:
-            rr = r[row]
-            for i in range(D):
-                hr[i] = xr[i] + rr[i]
-        else:
-            for i in range(D):
-                hr[i] = xr[i]
+        rr = r[row] if has_r else xr[:0]  # empty: no residual
         if rms:
+            cast[0] = 0.0  # shift 0 (not xr[0] - xr[0]: NaN for an infinite xr[0])
+            s = cast[0]
+            _, v = _add_sums(xr, rr, hr, s)
             m = 0.0
-            cast[0] = 0.0
-            m_hi = cast[0]
-            m_lo = cast[0]
-            v = m_hi - m_hi
-            for i in range(D):
-                v += hr[i] * hr[i]
+            m_hi = s
+            m_lo = s
         else:
-            m, m_hi, m_lo, v = _row_moments(hr, cast)
-        rs = 1.0 / math.sqrt(max(np.float64(v) / D, 0.0) + eps)
+            s = xr[0] + rr[0] if has_r else xr[0]
+            s1, s2 = _add_sums(xr, rr, hr, s)
+            m = np.float64(s) + s1 / D
+            m_hi, m_lo = _split(m, cast)
+            if _needs_two_pass(s1, s2, D):
+                m, m_hi, m_lo, v = _row_recentre(hr, m, m_hi, m_lo, cast)
+            else:
+                v = s2 - s1 * s1 / D
+        rs = 1.0 / math.sqrt(max(v / D, 0.0) + eps)
         mean[row] = m
         rstd[row] = rs
         cast[2] = rs
@@ -91,7 +136,9 @@ def _add_norm_bwd_kernel(
     dy, dh, h, mean, rstd, w, dsum, dw_part, db_part, rms, rows_per_chunk, start, stop
 ):
     # dy, h, dsum: (M, D); dh: (M, D) or (0, D); mean, rstd: (M,); w: (D,) or (0,);
-    # dw_part, db_part: (chunks, D), each a sum of at most rows_per_chunk rows
+    # dw_part, db_part: (chunks, D), each a sum of at most rows_per_chunk rows.
+    # Two passes per row (sums, then dx + dh), both over rows still in cache:
+    # dx = (rs w) dy + a + c (h - mean) with a = -rs <g>, c = -rs^2 <g x_hat>.
     M, D = h.shape
     has_w = w.shape[0] > 0
     has_dh = dh.shape[0] > 0
@@ -107,11 +154,9 @@ def _add_norm_bwd_kernel(
             dyr = dy[row]
             dxr = dsum[row]
             m = 0.0 if rms else np.float64(mean[row])
-            cast[0] = m
-            cast[1] = m - np.float64(cast[0])
-            cast[2] = rstd[row]
-            m_hi = cast[0]
-            m_lo = cast[1]
+            m_hi, m_lo = _split(m, cast)
+            rs64 = np.float64(rstd[row])
+            cast[2] = rs64
             rs = cast[2]
             sum_g = rs - rs
             sum_gx = rs - rs
@@ -131,22 +176,24 @@ def _add_norm_bwd_kernel(
                     dbp[i] += g
                     sum_g += g
                     sum_gx += g * xh
-            cast[3] = 0.0 if rms else np.float64(sum_g) / D
-            cast[4] = np.float64(sum_gx) / D
-            c_g = cast[3]
-            c_gx = cast[4]
-            if has_w:
-                for i in range(D):
-                    xh = ((hr[i] - m_hi) - m_lo) * rs
-                    dxr[i] = rs * (dyr[i] * w[i] - c_g - xh * c_gx)
-            else:
-                for i in range(D):
-                    xh = ((hr[i] - m_hi) - m_lo) * rs
-                    dxr[i] = rs * (dyr[i] - c_g - xh * c_gx)
-            if has_dh:
+            cast[3] = 0.0 if rms else -rs64 * np.float64(sum_g) / D
+            cast[4] = -rs64 * rs64 * np.float64(sum_gx) / D
+            a = cast[3]
+            c = cast[4]
+            if has_w and has_dh:
                 dhr = dh[row]
                 for i in range(D):
-                    dxr[i] += dhr[i]
+                    dxr[i] = (rs * w[i]) * dyr[i] + a + c * ((hr[i] - m_hi) - m_lo) + dhr[i]
+            elif has_w:
+                for i in range(D):
+                    dxr[i] = (rs * w[i]) * dyr[i] + a + c * ((hr[i] - m_hi) - m_lo)
+            elif has_dh:
+                dhr = dh[row]
+                for i in range(D):
+                    dxr[i] = rs * dyr[i] + a + c * ((hr[i] - m_hi) - m_lo) + dhr[i]
+            else:
+                for i in range(D):
+                    dxr[i] = rs * dyr[i] + a + c * ((hr[i] - m_hi) - m_lo)
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
@@ -161,8 +208,8 @@ def _mod_ln_fwd_kernel(x, shift, scale, y, mean, rstd, eps, start, stop):
         yr = y[row]
         sh = shift[n]
         sc = scale[n]
-        m, m_hi, m_lo, v = _row_moments(xr, cast)
-        rs = 1.0 / math.sqrt(max(np.float64(v) / D, 0.0) + eps)
+        m, m_hi, m_lo, v = _row_stats(xr, cast)
+        rs = 1.0 / math.sqrt(max(v / D, 0.0) + eps)
         mean[row] = m
         rstd[row] = rs
         cast[2] = rs

@@ -14,8 +14,11 @@ float32 (float64 for float64 input); float16/bfloat16 are converted around the k
 ``s^-beta`` is specialised: beta = 1/2 -> 1/sqrt(s), 3/4 -> 1/(r sqrt(r)) with
 r = sqrt(s), 1 -> 1/s, otherwise ``pow``; the special forms vectorise, ``pow`` does not.
 
-Layouts: ``(N, C, L)`` contiguous vectorises over positions ``l`` (a block of
-positions and all channels lives in a small buffer); channels-last memory
+Layouts: ``(N, C, L)`` contiguous vectorises over positions ``l`` and streams the
+channels of a block of positions: window sums of squares straight from ``x``, the
+backward's adjoint window from a ring of ``width`` rows and ``s^-beta`` parked in the
+fresh ``dx`` rows, so the work memory is a few rows per thread (peak memory of forward +
+backward: ``y`` and ``dx``, 2x the input); channels-last memory
 (``x.movedim(1, -1)`` contiguous, e.g. NHWC input moved by ``functional``) is read as
 ``(N, L, C)`` rows without a copy. Within-channel LRN works per ``(H, W)`` plane with
 a separable (rows, then columns) direct box sum.
@@ -152,24 +155,67 @@ def _scale_pow_t(s, xr, dyr, pr, tr, w, alpha, k, mode, neg_beta, one):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
+def _window_squares(x, n, c, back, ahead, l0, w, s):
+    """s[:w] = sum of x[n, j, l0 : l0 + w]^2 over j in [c - back, c + ahead] within [0, C).
+
+    Ascending j, a direct sum: the zero-padded window's sum without its zero terms
+    (0 + a == a), so no padded buffer of squares is needed. Five taps take one loop.
+    """
+    C = x.shape[1]
+    j0 = max(0, c - back)
+    j1 = min(C, c + ahead + 1)
+    if j1 - j0 == 5:
+        r0 = x[n, j0, l0 : l0 + w]
+        r1 = x[n, j0 + 1, l0 : l0 + w]
+        r2 = x[n, j0 + 2, l0 : l0 + w]
+        r3 = x[n, j0 + 3, l0 : l0 + w]
+        r4 = x[n, j0 + 4, l0 : l0 + w]
+        for i in range(w):
+            s[i] = r0[i] * r0[i] + r1[i] * r1[i] + r2[i] * r2[i] + r3[i] * r3[i] + r4[i] * r4[i]
+        return
+    r0 = x[n, j0, l0 : l0 + w]
+    for i in range(w):
+        s[i] = r0[i] * r0[i]
+    for j in range(j0 + 1, j1):
+        rj = x[n, j, l0 : l0 + w]
+        for i in range(w):
+            s[i] += rj[i] * rj[i]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _ring_sum(t, c0, c1, s, w):
+    """s[:w] = sum_{c0 <= c < c1} t[c % rows, :w], ascending c (the adjoint window)."""
+    m = t.shape[0]
+    if c1 - c0 == 5:
+        r0 = t[c0 % m]
+        r1 = t[(c0 + 1) % m]
+        r2 = t[(c0 + 2) % m]
+        r3 = t[(c0 + 3) % m]
+        r4 = t[(c0 + 4) % m]
+        for i in range(w):
+            s[i] = r0[i] + r1[i] + r2[i] + r3[i] + r4[i]
+        return
+    r0 = t[c0 % m]
+    for i in range(w):
+        s[i] = r0[i]
+    for c in range(c0 + 1, c1):
+        rc = t[c % m]
+        for i in range(w):
+            s[i] += rc[i]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
 def _lrn_ncl_fwd_kernel(x, y, back, ahead, alpha, k, mode, neg_beta, one, block, start, stop):
-    # x, y: (N, C, L) contiguous; work item = (n, block of positions)
+    # x, y: (N, C, L) contiguous; work item = (n, block of positions); one (block,) buffer
     N, C, L = x.shape
-    width = back + ahead + 1
     nblocks = (L + block - 1) // block
-    sq = np.zeros((C + width - 1, block), x.dtype)  # rows [back, back + C) hold x^2; pad rows 0
     s = np.empty(block, x.dtype)
     for item in range(start, stop):
         n = item // nblocks
         l0 = (item % nblocks) * block
         w = min(L, l0 + block) - l0
         for c in range(C):
-            xr = x[n, c, l0 : l0 + w]
-            sr = sq[back + c]
-            for i in range(w):
-                sr[i] = xr[i] * xr[i]
-        for c in range(C):
-            _window_rows(sq, c, width, s, w)
+            _window_squares(x, n, c, back, ahead, l0, w, s)
             _scale_apply(
                 s, x[n, c, l0 : l0 + w], y[n, c, l0 : l0 + w], w, alpha, k, mode, neg_beta, one
             )
@@ -179,46 +225,45 @@ def _lrn_ncl_fwd_kernel(x, y, back, ahead, alpha, k, mode, neg_beta, one, block,
 def _lrn_ncl_bwd_kernel(
     x, dy, dx, back, ahead, alpha, k, mode, neg_beta, one, coef, block, start, stop
 ):
-    # x, dy, dx: (N, C, L) contiguous; coef = 2 alpha beta
+    # x, dy, dx: (N, C, L) contiguous; coef = 2 alpha beta. Channels stream in order:
+    # step c computes t_c = dy x s^(-beta-1) into a ring of `width` rows (and s_c^-beta
+    # into dx[n, c], this call's fresh output), then finishes dx_j for j = c - back, whose
+    # adjoint window [j - ahead, j + back] is then complete. Work memory: (width + 1) rows
+    # of one block per thread, whatever C.
     N, C, L = x.shape
     width = back + ahead + 1
     nblocks = (L + block - 1) // block
-    sq = np.zeros((C + width - 1, block), x.dtype)  # x^2, padded back before / ahead after
-    t = np.zeros((C + width - 1, block), x.dtype)  # dy x s^(-beta-1), padded ahead / back
-    p = np.empty((C, block), x.dtype)  # s^-beta
+    t = np.empty((width, block), x.dtype)
     s = np.empty(block, x.dtype)
     for item in range(start, stop):
         n = item // nblocks
         l0 = (item % nblocks) * block
         w = min(L, l0 + block) - l0
-        for c in range(C):
-            xr = x[n, c, l0 : l0 + w]
-            sr = sq[back + c]
-            for i in range(w):
-                sr[i] = xr[i] * xr[i]
-        for c in range(C):
-            _window_rows(sq, c, width, s, w)
-            _scale_pow_t(
-                s,
-                x[n, c, l0 : l0 + w],
-                dy[n, c, l0 : l0 + w],
-                p[c],
-                t[ahead + c],
-                w,
-                alpha,
-                k,
-                mode,
-                neg_beta,
-                one,
-            )
-        for j in range(C):  # adjoint window: c in [j - ahead, j + back]
-            _window_rows(t, j, width, s, w)
-            pr = p[j]
-            xr = x[n, j, l0 : l0 + w]
-            dyr = dy[n, j, l0 : l0 + w]
-            dxr = dx[n, j, l0 : l0 + w]
-            for i in range(w):
-                dxr[i] = dyr[i] * pr[i] - coef * xr[i] * s[i]
+        for step in range(C + back):
+            c = step
+            if c < C:
+                _window_squares(x, n, c, back, ahead, l0, w, s)
+                _scale_pow_t(
+                    s,
+                    x[n, c, l0 : l0 + w],
+                    dy[n, c, l0 : l0 + w],
+                    dx[n, c, l0 : l0 + w],
+                    t[c % width],
+                    w,
+                    alpha,
+                    k,
+                    mode,
+                    neg_beta,
+                    one,
+                )
+            j = step - back
+            if j >= 0:
+                _ring_sum(t, max(0, j - ahead), min(C, j + back + 1), s, w)
+                xr = x[n, j, l0 : l0 + w]
+                dyr = dy[n, j, l0 : l0 + w]
+                dxr = dx[n, j, l0 : l0 + w]  # holds s_j^-beta
+                for i in range(w):
+                    dxr[i] = dyr[i] * dxr[i] - coef * xr[i] * s[i]
 
 
 # --- across channels, (N, L, C) layout (channels-last memory) ----------------------------
@@ -435,6 +480,7 @@ def _across_layout(x: torch.Tensor):
 
 
 def _ncl_block(c: int, width: int, length: int) -> int:
+    # positions per work item: the rows of one block of all C channels stay in L2
     block = max(16, (_BUFFER_ELEMS // (c + width - 1)) // 16 * 16)
     return min(block, length) if length > 0 else 1
 

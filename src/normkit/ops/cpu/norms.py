@@ -10,12 +10,13 @@ The op contract is ``docs/ops.md``; the math, with ``x_hat = (x - mean) * rstd``
 
 Numerics: never E[x^2] - E[x]^2; variance clamped at 0. LayerNorm, RMSNorm and
 GroupNorm and BatchNorm compute elementwise work and row sums in the input's dtype
-(float32 for float16/bfloat16/float32 input): the mean is taken of ``x - x_0`` (values the size of
-the spread, so a mean of 1e4 costs nothing), kept as a hi + lo pair so that
-``x - mean`` stays exact, and the variance is a second pass over ``x - mean`` while
-the row is in cache. Sums across rows are combined in float64 (BatchNorm statistics:
-per-row two passes combined by Chan's formula). Saved statistics are
-float32 (float64 for float64 input), as the contract asks.
+(float32 for float16/bfloat16/float32 input). LayerNorm and GroupNorm take mean and
+variance from one pass of sums of ``x - s``, s the row's (group's) first value, in
+blocks whose sums are added in float64 (``_row_stats``; error bound in docs/norms.md,
+"Shifted sums"); a row whose shift is an outlier is redone by the corrected two-pass
+algorithm while in cache. The mean is kept as a hi + lo pair so that ``x - mean`` stays
+exact. BatchNorm: per-row two passes combined across rows by Chan's formula in float64.
+Saved statistics are float32 (float64 for float64 input), as the contract asks.
 
 Determinism: weight/bias gradients are reduced from per-work-item partial buffers
 whose partition depends on the shape only (never on the thread count), summed in a
@@ -83,10 +84,97 @@ def _row_moments(xr, cast):
     return m, m_hi, m_lo, m2
 
 
+# One-pass statistics by shifted sums (docs/norms.md, "Shifted sums"). With d = x - s for a
+# shift s taken from the same row, S1 = sum d and S2 = sum d^2 are accumulated in x's dtype
+# in blocks of at most SUM_BLOCK terms (any order inside a block: LLVM vectorises it), the
+# block sums added in float64; then mean = s + S1/n and n var = S2 - S1^2/n. The relative
+# error of var is at most 3 gamma / (1 - q) with q = S1^2 / (n S2) = (mean - s)^2 /
+# (var + (mean - s)^2) and gamma = (SUM_BLOCK + 1) u; a row with q > SHIFT_Q_MAX (the shift
+# is an outlier of its row) is redone by the corrected two-pass algorithm while in cache.
+SUM_BLOCK = 256
+SHIFT_Q_MAX = 0.75
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _shifted_sums(xr, s):
+    # float64 (sum d, sum d^2) of d = xr - s, float32 (xr's dtype) inside SUM_BLOCK blocks
+    D = xr.shape[0]
+    s1 = 0.0
+    s2 = 0.0
+    for j0 in range(0, D, SUM_BLOCK):
+        b1 = s - s  # zero of xr's dtype (NaN for a non-finite shift: the row is NaN anyway)
+        b2 = s - s
+        for i in range(j0, min(D, j0 + SUM_BLOCK)):
+            d = xr[i] - s
+            b1 += d
+            b2 += d * d
+        s1 += np.float64(b1)
+        s2 += np.float64(b2)
+    return s1, s2
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _needs_two_pass(s1, s2, n):
+    # False when the shifted sums are accurate enough (q <= SHIFT_Q_MAX, including the
+    # constant row s1 = s2 = 0); True for an outlier shift and for NaN sums
+    return not (s1 * s1 <= SHIFT_Q_MAX * n * s2)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _split(m, cast):
+    # float64 m -> (hi, lo) in cast's dtype with hi + lo = m to twice that dtype's precision
+    cast[0] = m
+    cast[1] = m - np.float64(cast[0])
+    return cast[0], cast[1]
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _row_stats(xr, cast):
+    # (mean float64, mean_hi, mean_lo, n var float64) of the row xr in one pass over it
+    # (shifted sums) or, when the shift xr[0] is an outlier of the row, in two
+    D = xr.shape[0]
+    s = xr[0]
+    s1, s2 = _shifted_sums(xr, s)
+    m = np.float64(s) + s1 / D
+    m_hi, m_lo = _split(m, cast)
+    if not _needs_two_pass(s1, s2, D):
+        return m, m_hi, m_lo, s2 - s1 * s1 / D
+    return _row_recentre(xr, m, m_hi, m_lo, cast)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _centred_sums(xr, m_hi, m_lo):
+    # float64 (sum d, sum d^2) of d = (xr - m_hi) - m_lo, blocked as _shifted_sums
+    D = xr.shape[0]
+    t1 = 0.0
+    t2 = 0.0
+    for j0 in range(0, D, SUM_BLOCK):
+        b1 = m_hi - m_hi
+        b2 = m_hi - m_hi
+        for i in range(j0, min(D, j0 + SUM_BLOCK)):
+            d = (xr[i] - m_hi) - m_lo
+            b1 += d
+            b2 += d * d
+        t1 += np.float64(b1)
+        t2 += np.float64(b2)
+    return t1, t2
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _row_recentre(xr, m, m_hi, m_lo, cast):
+    # corrected two-pass (Chan, Golub & LeVeque): sums of d = (xr - m) around the first
+    # mean estimate m = m_hi + m_lo, whose error the correction sum(d)/n removes
+    D = xr.shape[0]
+    t1, t2 = _centred_sums(xr, m_hi, m_lo)
+    m = m + t1 / D
+    m_hi, m_lo = _split(m, cast)
+    return m, m_hi, m_lo, t2 - t1 * t1 / D
+
+
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
     # x, y: (M, D); w, b: (D,) in x's dtype, or (0,) when absent; mean, rstd: (M,).
-    # Arithmetic in x's dtype (float32 or float64); the row statistics by _row_moments.
+    # Arithmetic in x's dtype (float32 or float64); the row statistics by _row_stats.
     M, D = x.shape
     has_w = w.shape[0] > 0
     has_b = b.shape[0] > 0
@@ -103,7 +191,7 @@ def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
             for i in range(D):
                 v += xr[i] * xr[i]
         else:
-            m, m_hi, m_lo, v = _row_moments(xr, cast)
+            m, m_hi, m_lo, v = _row_stats(xr, cast)
         rs = 1.0 / math.sqrt(max(np.float64(v) / D, 0.0) + eps)
         mean[r] = m
         rstd[r] = rs
@@ -168,18 +256,19 @@ def _layer_norm_bwd_kernel(
                     dbp[i] += g
                     sum_g += g
                     sum_gx += g * xh
-            cast[3] = 0.0 if rms else np.float64(sum_g) / D
-            cast[4] = np.float64(sum_gx) / D
-            c_g = cast[3]
-            c_gx = cast[4]
+            # dx = (rs w) dy + a + c (x - mean), a = -rs <g>, c = -rs^2 <g x_hat>: the
+            # per-row constants in float64, then one multiply-add chain per element
+            rs64 = np.float64(rstd[r])
+            cast[3] = 0.0 if rms else -rs64 * np.float64(sum_g) / D
+            cast[4] = -rs64 * rs64 * np.float64(sum_gx) / D
+            a = cast[3]
+            c = cast[4]
             if has_w:
                 for i in range(D):
-                    xh = ((xr[i] - m_hi) - m_lo) * rs
-                    dxr[i] = rs * (dyr[i] * w[i] - c_g - xh * c_gx)
+                    dxr[i] = (rs * w[i]) * dyr[i] + a + c * ((xr[i] - m_hi) - m_lo)
             else:
                 for i in range(D):
-                    xh = ((xr[i] - m_hi) - m_lo) * rs
-                    dxr[i] = rs * (dyr[i] - c_g - xh * c_gx)
+                    dxr[i] = rs * dyr[i] + a + c * ((xr[i] - m_hi) - m_lo)
 
 
 # --- GroupNorm: (N, C, L), groups of C // G channels ------------------------------------
@@ -188,7 +277,7 @@ def _layer_norm_bwd_kernel(
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _group_norm_fwd_kernel(x, w, b, y, mean, rstd, groups, eps, start, stop):
     # x, y: (N, C, L); w, b: (C,) f64 or (0,); mean, rstd: (N * G,); work item = (n, g).
-    # Arithmetic in x's dtype with the shifted mean and hi + lo split of the LayerNorm kernel.
+    # Arithmetic in x's dtype with the statistics and hi + lo split of the LayerNorm kernel.
     N, C, L = x.shape
     cg = C // groups
     count = cg * L
@@ -198,23 +287,29 @@ def _group_norm_fwd_kernel(x, w, b, y, mean, rstd, groups, eps, start, stop):
     for item in range(start, stop):
         n = item // groups
         c0 = (item % groups) * cg
-        x0 = x[n, c0, 0]
-        sh = x0 - x0
+        # one pass of shifted sums over the group's channels (shift: its first value),
+        # a corrected second pass only when that shift is an outlier (docs/norms.md)
+        sv = x[n, c0, 0]
+        s1 = 0.0
+        s2 = 0.0
         for c in range(c0, c0 + cg):
-            xr = x[n, c]
-            for i in range(L):
-                sh += xr[i] - x0
-        m = np.float64(x0) + np.float64(sh) / count
-        cast[0] = m
-        cast[1] = m - np.float64(cast[0])
-        m_hi = cast[0]
-        m_lo = cast[1]
-        v = m_hi - m_hi
-        for c in range(c0, c0 + cg):
-            xr = x[n, c]
-            for i in range(L):
-                d = (xr[i] - m_hi) - m_lo
-                v += d * d
+            a1, a2 = _shifted_sums(x[n, c], sv)
+            s1 += a1
+            s2 += a2
+        m = np.float64(sv) + s1 / count
+        m_hi, m_lo = _split(m, cast)
+        if _needs_two_pass(s1, s2, count):  # as _row_recentre, over the group's channels
+            t1 = 0.0
+            t2 = 0.0
+            for c in range(c0, c0 + cg):
+                a1, a2 = _centred_sums(x[n, c], m_hi, m_lo)
+                t1 += a1
+                t2 += a2
+            m = m + t1 / count
+            m_hi, m_lo = _split(m, cast)
+            v = t2 - t1 * t1 / count
+        else:
+            v = s2 - s1 * s1 / count
         rs = 1.0 / math.sqrt(max(np.float64(v) / count, 0.0) + eps)
         mean[item] = m
         rstd[item] = rs
