@@ -54,7 +54,7 @@ FAMILIES = {
         lambda x, w, b: NF.batch_norm(x, None, None, w, b, True, 0.1, 1e-5, backend="cpu"),
     ),
 }
-SIZES = [1 << k for k in range(10, 21)]
+SIZES = [1 << k for k in range(10, 24)]  # 1 Ki to 8 Mi elements
 
 
 def _params(family: str, x: torch.Tensor):
@@ -78,6 +78,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--min-log2", type=int, default=10, help="smallest size, 2**k elements")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -88,7 +89,7 @@ def main(argv=None) -> None:
     for family in args.families.split(","):
         make, native, kernel = FAMILIES[family]
         wins_from = {"fwd": None, "fwdbwd": None}
-        for n in SIZES:
+        for n in [v for v in SIZES if v >= 1 << args.min_log2]:
             x = make(n).requires_grad_()
             w, b = _params(family, x)
             dy = torch.randn_like(x)

@@ -49,16 +49,27 @@ __all__ += ["batch_norm_train", "batch_norm_eval"]
 
 NATIVE = "native"  # the name dispatch.last_backend records for this path
 
-# Elements (input.numel()) below which torch's kernel, shifted, is faster than normkit's
-# fused kernel on the 2-core CPU machine, measured by benchmarks/crossover.py: one
-# threshold for calls that build an autograd graph (the forward+backward crossover) and one
-# for calls that do not (inference, no_grad: the forward crossover).
+# Elements (input.numel()) below which torch's kernel, shifted, runs instead of normkit's
+# fused kernel: one threshold for calls that build no autograd graph (inference, no_grad)
+# and one for calls that do (training). Measured on the 2-core CPU machine, quiet (load
+# average 1.0), 2 threads, by benchmarks/crossover.py: the whole call through
+# normkit.functional, kernel path versus native path
+# (benchmarks/results/crossover-20261127T185005Z.csv and -185019Z.csv). Below about a
+# million elements the native path wins everywhere: the kernel path's fixed cost (the
+# autograd.Function, the op layer, numpy views, four ops for BatchNorm) is 350-450 us per
+# forward+backward on this machine. The measured crossovers, forward / forward+backward:
+# layer_norm 4 Mi / 2 Mi, rms_norm 4 Mi / 512 Ki (it has no shift to pay for, so torch's
+# own kernel is simply faster below), group_norm beyond 8 Mi / 8 Mi, batch_norm 2 Mi / 4 Mi.
+# Thresholds are capped at 2 Mi elements (8 MiB of float32): torch saves the shifted copy
+# for its backward, so above that a layer whose input stays alive anyway (a pre-norm
+# residual stream) would hold one more input-sized tensor, for a gain of a few percent.
+_CAP = 1 << 21
 THRESHOLDS = {
     # family: (forward only, forward+backward)
-    "layer_norm": (1 << 15, 1 << 15),
-    "rms_norm": (1 << 15, 1 << 15),
-    "group_norm": (1 << 15, 1 << 15),
-    "batch_norm": (1 << 15, 1 << 15),
+    "layer_norm": (_CAP, _CAP),
+    "rms_norm": (_CAP, 1 << 19),
+    "group_norm": (_CAP, _CAP),
+    "batch_norm": (_CAP, _CAP),
 }
 
 # float32 only: float64 has no fixed cost worth saving for (rare in training) and a floor
