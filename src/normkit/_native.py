@@ -104,18 +104,11 @@ def chooses(family: str, input: torch.Tensor, backend: str, *params) -> bool:
     return not (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None)
 
 
-# index of the first element of each channel over the batch, (1, C, 1, ...), and of each
-# (sample, channel) plane, (N, C, 1, ...), per input rank
-_FIRST_PER_CHANNEL = {r: (slice(0, 1), slice(None)) + (slice(0, 1),) * (r - 2) for r in range(2, 9)}
-_FIRST_PER_PLANE = {r: (slice(None), slice(None)) + (slice(0, 1),) * (r - 2) for r in range(2, 9)}
-
-
-def _first(table: dict, rank: int, one_sample: bool) -> tuple:
-    index = table.get(rank)
-    if index is None:  # a rank past the table: built per call
-        index = (slice(0, 1) if one_sample else slice(None), slice(None))
-        index += (slice(0, 1),) * (rank - 2)
-    return index
+def _first(x: torch.Tensor, one_sample: bool) -> torch.Tensor:
+    """The first element of each (sample, channel) plane of (N, C, *) as (N, C, 1, ...), or
+    of each channel over the batch as (1, C, 1, ...): one ``as_strided`` view."""
+    size = (1 if one_sample else x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+    return x.as_strided(size, x.stride(), x.storage_offset())
 
 
 _OPS = {family: schema.ops_of(family) for family in THRESHOLDS}
@@ -132,8 +125,8 @@ def layer_norm(input, shape: tuple, weight, bias, eps: float) -> torch.Tensor:
     _record("layer_norm")
     k = len(shape)
     x = input.detach()  # slices of a detached tensor skip autograd's view bookkeeping
-    if k == 1:
-        shift = x[..., :1]
+    if k == 1:  # x[..., :1] as one as_strided call (a tuple index costs twice as much)
+        shift = x.as_strided(x.shape[:-1] + (1,), x.stride(), x.storage_offset())
     else:
         lead = x.shape[: x.dim() - k]
         shift = x.reshape(lead + (-1,))[..., :1].reshape(lead + (1,) * k)
@@ -151,7 +144,7 @@ def _grouped_shift(input: torch.Tensor, groups: int) -> torch.Tensor:
     x = input.detach()
     n, c = x.shape[:2]
     if groups == c:  # instance norm: the first element of each plane, broadcast
-        return input - x[_first(_FIRST_PER_PLANE, x.dim(), False)]
+        return input - _first(x, one_sample=False)
     grouped = x.reshape(n, groups, -1)[:, :, :1]  # (N, G, 1)
     return (input.reshape(n, groups, -1) - grouped).reshape(input.shape)
 
@@ -174,7 +167,7 @@ def batch_norm_train(
     """
     _record("batch_norm")
     c = input.shape[1]
-    shift = input.detach()[_first(_FIRST_PER_CHANNEL, input.dim(), True)]  # (1, C, 1, ...)
+    shift = _first(input.detach(), one_sample=True)  # (1, C, 1, ...)
     if running_mean is not None:
         # through .data: no version-counter bump, as torch's own in-kernel update. torch's
         # autograd keeps a reference to running_mean (unused by the training backward), so
