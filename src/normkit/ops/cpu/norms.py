@@ -16,7 +16,8 @@ blocks whose sums are added in float64 (``_row_stats``; error bound in docs/norm
 "Shifted sums"); a row whose shift is an outlier is redone by the corrected two-pass
 algorithm while in cache. The mean is kept as a hi + lo pair so that ``x - mean`` stays
 exact. BatchNorm: per-row two passes combined across rows by Chan's formula in float64.
-Saved statistics are float32 (float64 for float64 input), as the contract asks.
+Saved statistics are float32 (float64 for float64 input), as the contract asks, except
+BatchNorm's mean: float64, split into hi + lo by the apply and backward kernels.
 
 Determinism: weight/bias gradients are reduced from per-work-item partial buffers
 whose partition depends on the shape only (never on the thread count), summed in a
