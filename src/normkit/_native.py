@@ -17,17 +17,19 @@ mean 1e4). The shift is detached: the layer's true derivative through ``s`` is z
 letting autograd sum a row of gradients that cancel to zero would only add rounding.
 RMS norm has no mean to lose, so torch's ``rms_norm`` is used as it is.
 
-Batch norm in training updates ``running_mean`` with the mean of ``x - s``; adding
-``momentum * s`` afterwards makes it the mean of ``x``. In evaluation the shift is the
-running mean itself and torch normalizes with mean 0.
+Batch norm in training updates ``running_mean`` in place with the mean of ``x - s``;
+moving it by ``s * m / (1 - m)`` beforehand makes torch's update land on the mean of ``x``
+(see :func:`batch_norm_train`; momentum 1 takes the kernel path). In evaluation the
+shift is the running mean itself and torch normalizes with mean 0.
 
 The torch functions are called below ``torch.nn.functional``'s wrappers (``torch.layer_norm``
 and so on, with cuDNN off: CPU only), whose argument checks normkit has already made.
 
 The switch is taken only where nothing is lost by it: ``backend="auto"`` (no
-``NORMKIT_BACKEND`` override), a plain CPU tensor of float32 or float64 with parameters
-of the same dtype, nothing tracing the call (no ``torch.compile``, no export, no dispatch
-mode), and fewer elements than the op's threshold in :data:`THRESHOLDS`. The thresholds are
+``NORMKIT_BACKEND`` override), a plain CPU tensor of float32 with parameters of the
+same dtype (float64 and half precision keep normkit's kernels), nothing tracing the
+call (no ``torch.compile``, no export, no dispatch mode), and fewer elements than the
+op's threshold in :data:`THRESHOLDS`. The thresholds are
 the measured crossover sizes of ``benchmarks/crossover.py`` (results in
 ``benchmarks/results/``). When the switch is taken ``dispatch.last_backend[op]`` is
 ``"native"`` for every op of the layer's family; the backward then runs in torch's autograd.
