@@ -298,3 +298,12 @@ def test_batch_norm_kernel_paths_meet_the_floor_at_mean_1e4(backend, training):
     assert_matches_reference(gx, ref_dx, F32, what="dx")
     assert_matches_reference(gw, ref_dw, F32, what="dweight")
     assert_matches_reference(gb, ref_db, F32, what="dbias")
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "torch"])
+def test_batch_norm_with_one_running_buffer_is_refused_clearly(backend):
+    x = randn(4, 3, 2, 2, dtype=F32, seed=80)
+    with pytest.raises(ValueError, match="running_mean and running_var must both"):
+        NF.batch_norm(x, torch.zeros(3), None, training=True, backend=backend)
+    with pytest.raises(ValueError, match="running_mean and running_var must both"):
+        NF.batch_norm(x, None, torch.ones(3), training=True, backend=backend)

@@ -200,6 +200,13 @@ def _bn_prepare(name, input, running_mean, running_var, weight, bias, training, 
         ("bias", bias),
     ):
         _check_param(name, what, t, (c,))
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(
+            f"{name}: running_mean and running_var must both be tensors or both be None, "
+            f"got running_mean={'None' if running_mean is None else 'a tensor'} and "
+            f"running_var={'None' if running_var is None else 'a tensor'}; pass both buffers "
+            "or neither"
+        )
     if momentum is None:
         raise TypeError(
             f"{name}: momentum must be a float; modules turn momentum=None into "
