@@ -261,7 +261,9 @@ class SyncBatchNorm(_BatchNorm):
                 f"got shape {tuple(input.shape)}"
             )
         self._check_channels(input)
-        world = F._sync_world(self.process_group) if self.training else 1
+        if not self.training:  # eval never communicates, even on batch statistics
+            return super().forward(input)
+        world = F._sync_world(self.process_group)
         compiling = torch.compiler.is_compiling()
         if world > 1 and not compiling:
             # a tiny exchange before any state changes: mismatched ranks would abort (gloo)
@@ -269,18 +271,6 @@ class SyncBatchNorm(_BatchNorm):
             check_ranks_agree(input, self.process_group, world)
         factor, use_batch = self._factor_and_mode()
         running_mean, running_var = self._buffers_for_call()
-        if not self.training:  # eval never communicates, even on batch statistics
-            return F.batch_norm(
-                input,
-                running_mean,
-                running_var,
-                self.weight,
-                self.bias,
-                use_batch,
-                factor,
-                self.eps,
-                backend=self.backend,
-            )
         if world > 1 and compiling:
             # traced: this call graph-breaks (fullgraph=False) and then runs eagerly,
             # agreement check included; fullgraph=True fails naming _EAGER_ONLY
