@@ -34,6 +34,7 @@ from .norms import (
     _cdt,
     _in,
     _needs_two_pass,
+    _normalize_row,
     _np,
     _out,
     _row_recentre,
@@ -117,18 +118,7 @@ def _add_norm_fwd_kernel(x, r, w, b, y, h, mean, rstd, eps, rms, start, stop):
         rstd[row] = rs
         cast[2] = rs
         rs_t = cast[2]
-        if has_w and has_b:
-            for i in range(D):
-                yr[i] = ((hr[i] - m_hi) - m_lo) * (rs_t * w[i]) + b[i]
-        elif has_w:
-            for i in range(D):
-                yr[i] = ((hr[i] - m_hi) - m_lo) * (rs_t * w[i])
-        elif has_b:
-            for i in range(D):
-                yr[i] = ((hr[i] - m_hi) - m_lo) * rs_t + b[i]
-        else:
-            for i in range(D):
-                yr[i] = ((hr[i] - m_hi) - m_lo) * rs_t
+        _normalize_row(hr, yr, m_hi, m_lo, rs_t, w, b, has_w, has_b)
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)

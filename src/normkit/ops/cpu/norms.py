@@ -172,6 +172,25 @@ def _row_recentre(xr, m, m_hi, m_lo, cast):
     return m, m_hi, m_lo, t2 - t1 * t1 / D
 
 
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _normalize_row(xr, yr, m_hi, m_lo, rs_t, w, b, has_w, has_b):
+    # yr = ((xr - m_hi) - m_lo) * rs_t * w + b, one branch-free loop per affine case (a
+    # test inside the loop would block vectorisation); LayerNorm and the fused add-norms
+    D = xr.shape[0]
+    if has_w and has_b:
+        for i in range(D):
+            yr[i] = ((xr[i] - m_hi) - m_lo) * (rs_t * w[i]) + b[i]
+    elif has_w:
+        for i in range(D):
+            yr[i] = ((xr[i] - m_hi) - m_lo) * (rs_t * w[i])
+    elif has_b:
+        for i in range(D):
+            yr[i] = ((xr[i] - m_hi) - m_lo) * rs_t + b[i]
+    else:
+        for i in range(D):
+            yr[i] = ((xr[i] - m_hi) - m_lo) * rs_t
+
+
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
     # x, y: (M, D); w, b: (D,) in x's dtype, or (0,) when absent; mean, rstd: (M,).
@@ -198,18 +217,7 @@ def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
         rstd[r] = rs
         cast[2] = rs
         rs_t = cast[2]
-        if has_w and has_b:
-            for i in range(D):
-                yr[i] = ((xr[i] - m_hi) - m_lo) * (rs_t * w[i]) + b[i]
-        elif has_w:
-            for i in range(D):
-                yr[i] = ((xr[i] - m_hi) - m_lo) * (rs_t * w[i])
-        elif has_b:
-            for i in range(D):
-                yr[i] = ((xr[i] - m_hi) - m_lo) * rs_t + b[i]
-        else:
-            for i in range(D):
-                yr[i] = ((xr[i] - m_hi) - m_lo) * rs_t
+        _normalize_row(xr, yr, m_hi, m_lo, rs_t, w, b, has_w, has_b)
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
