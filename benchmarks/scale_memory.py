@@ -70,7 +70,7 @@ def _maxrss_mib(err: str) -> float:
     return float("nan")
 
 
-def run(cmd, env):
+def measured_run(cmd, env):
     """Run cmd; return (seconds, peak RSS in MiB of that command, returncode, stderr tail)."""
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -144,7 +144,7 @@ def main() -> int:
     base_secs = 0.0
     for name, cmd in jobs:
         load = os.getloadavg()[0]
-        secs, rss, rc, err = run(cmd, env)
+        secs, rss, rc, err = measured_run(cmd, env)
         if "baseline" in name:
             base_secs, rate = max(base_secs, secs), ""
         else:

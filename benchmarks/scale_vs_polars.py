@@ -23,12 +23,12 @@ import argparse
 import csv
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
+
+from scale_memory import measured_run  # the peak-RSS launcher (this folder)
 
 
 def write_csv(path: str, size_mb: float, n_cols: int = 10, seed: int = 0) -> None:
@@ -44,44 +44,12 @@ def write_csv(path: str, size_mb: float, n_cols: int = 10, seed: int = 0) -> Non
             written += len(text)
 
 
-# Peak RSS through a small launcher: a child forked (or vforked) straight from this
-# process starts its peak-RSS count at this process's size, because Linux keeps the
-# larger of the old and the new image's peak at exec (every row of an earlier run read
-# 196.9 MiB, the size of this process after polars had read the data). The launcher is
-# a bare Python (~10 MiB): that is the floor of the numbers reported now.
-LAUNCH = """
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execvp(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
-kib = usage.ru_maxrss // (1024 if sys.platform == "darwin" else 1)  # macOS: bytes
-sys.stderr.write(f"\\nmaxrss_kib {kib}\\n")
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
-def _maxrss_mib(err: str) -> float:
-    for line in reversed(err.splitlines()):
-        if line.startswith("maxrss_kib "):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run(cmd, env) -> tuple:
     """(wall seconds, peak RSS MiB) of one command (the launcher's start-up included)."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", LAUNCH, *cmd],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    wall = time.perf_counter() - t0
-    err = proc.stderr.decode(errors="replace")
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed (status {proc.returncode}):\n{err}")
-    return wall, _maxrss_mib(err)
+    wall, mib, status, err = measured_run(cmd, env)
+    if status != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed (status {status}):\n{err}")
+    return wall, mib
 
 
 POLARS_FIT = """
