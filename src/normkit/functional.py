@@ -139,7 +139,7 @@ _FRN_OPS = schema.ops_of("frn")
 
 
 def _backends(ops, x: torch.Tensor, backend: str) -> dict:
-    return dispatch.resolve_all(tuple(ops), x, backend)
+    return dispatch.resolve_all(ops, x, backend)
 
 
 def _check_param(name: str, what: str, t, shape) -> None:

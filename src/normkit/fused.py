@@ -29,6 +29,11 @@ from .ops import schema
 
 __all__ = ["add_rms_norm", "add_layer_norm", "modulated_layer_norm"]
 
+# the ops each function resolves a backend for, once (functional.py keeps its own the same way)
+_ADD_RMS_OPS = schema.ops_of("add_rms_norm")
+_ADD_LN_OPS = schema.ops_of("add_layer_norm")
+_MODULATED_OPS = schema.ops_of("modulated_layer_norm")
+
 Tensor = torch.Tensor
 
 
@@ -187,7 +192,7 @@ def add_rms_norm(
         if w is not None:
             y = y * w.to(y.dtype)
         return y.to(x.dtype), h
-    backends = {op: dispatch.resolve(op, x, backend) for op in schema.ops_of("add_rms_norm")}
+    backends = dispatch.resolve_all(_ADD_RMS_OPS, x, backend)
     return AddRMSNormFunction.apply(
         x,
         residual,
@@ -246,7 +251,7 @@ def add_layer_norm(
             eps,
         )
         return y.to(x.dtype), h
-    backends = {op: dispatch.resolve(op, x, backend) for op in schema.ops_of("add_layer_norm")}
+    backends = dispatch.resolve_all(_ADD_LN_OPS, x, backend)
     return AddLayerNormFunction.apply(
         x,
         residual,
@@ -312,7 +317,5 @@ def modulated_layer_norm(
         x_hat = torch.nn.functional.layer_norm(x.to(cdt), (x.shape[-1],), None, None, eps)
         y = x_hat * (1.0 + scale.to(cdt).reshape(bshape)) + shift.to(cdt).reshape(bshape)
         return y.to(x.dtype)
-    backends = {
-        op: dispatch.resolve(op, x, backend) for op in schema.ops_of("modulated_layer_norm")
-    }
+    backends = dispatch.resolve_all(_MODULATED_OPS, x, backend)
     return ModulatedLayerNormFunction.apply(x, shift, scale, eps, backends)
