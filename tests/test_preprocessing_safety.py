@@ -106,14 +106,17 @@ def test_late_data_error_keeps_the_old_output(tmp_path, capsys):
         assert _leftovers(tmp_path) == []
 
 
-def test_sigterm_mid_write_leaves_old_output_and_no_partial_file(tmp_path):
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])  # Parquet: a writer thread
+def test_sigterm_mid_write_leaves_old_output_and_no_partial_file(tmp_path, suffix):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400_000, 4))
     data = tmp_path / "big.npy"
     np.save(data, X)
     stats = tmp_path / "s.json"
     assert _run("fit", data, "--method", "zscore", "-o", stats) == 0
-    out = tmp_path / "out.csv"
+    out = tmp_path / ("out" + suffix)
     out.write_text("old,result\n")
     env = dict(os.environ, PYTHONPATH=SRC)
     proc = subprocess.Popen(
