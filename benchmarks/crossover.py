@@ -5,15 +5,17 @@ and forward under ``no_grad`` of
 
 * ``native``: ``normkit._native``'s shifted torch call (what ``auto`` runs below the
   threshold), and
-* ``kernel``: ``normkit.functional`` with ``backend="cpu"`` (the numba kernels),
+* ``kernel``: ``normkit.functional`` with ``backend="cpu"`` (the numba kernels), or
+  ``backend="triton"`` with ``--device cuda`` (each call then ends with a synchronize),
 
 interleaved in one process, medians of ``--repeats``. The suggested thresholds of a
 family (one for forward only, one for forward+backward) are the smallest size from which
 the kernel wins that pass at that size and every larger one measured;
-``normkit._native.THRESHOLDS`` holds the values adopted. Writes
+``normkit._native.THRESHOLDS`` (``CUDA_THRESHOLDS``) holds the values adopted. Writes
 ``benchmarks/results/crossover-<timestamp>.csv`` with the load average.
 
     PYTHONPATH=src python benchmarks/crossover.py [--repeats 30] [--threads 2]
+    PYTHONPATH=src python benchmarks/crossover.py --device cuda --max-log2 26
 """
 
 from __future__ import annotations
@@ -36,31 +38,37 @@ FAMILIES = {
     "layer_norm": (
         lambda n: torch.randn(max(1, n // 256), 256),
         lambda x, w, b: _native.layer_norm(x, (x.shape[-1],), w, b, 1e-5),
-        lambda x, w, b: NF.layer_norm(x, (x.shape[-1],), w, b, 1e-5, backend="cpu"),
+        lambda x, w, b: NF.layer_norm(x, (x.shape[-1],), w, b, 1e-5, backend=KERNEL),
     ),
     "rms_norm": (
         lambda n: torch.randn(max(1, n // 256), 256),
         lambda x, w, b: _native.rms_norm(x, (x.shape[-1],), w, 1e-6),
-        lambda x, w, b: NF.rms_norm(x, (x.shape[-1],), w, 1e-6, backend="cpu"),
+        lambda x, w, b: NF.rms_norm(x, (x.shape[-1],), w, 1e-6, backend=KERNEL),
     ),
     "group_norm": (
         lambda n: torch.randn(max(1, n // (32 * 64)), 32, 8, 8),
         lambda x, w, b: _native.group_norm(x, 8, w, b, 1e-5),
-        lambda x, w, b: NF.group_norm(x, 8, w, b, 1e-5, backend="cpu"),
+        lambda x, w, b: NF.group_norm(x, 8, w, b, 1e-5, backend=KERNEL),
     ),
     "batch_norm": (
         lambda n: torch.randn(max(2, n // (32 * 64)), 32, 8, 8),
         lambda x, w, b: _native.batch_norm_train(x, None, None, w, b, 0.1, 1e-5),
-        lambda x, w, b: NF.batch_norm(x, None, None, w, b, True, 0.1, 1e-5, backend="cpu"),
+        lambda x, w, b: NF.batch_norm(x, None, None, w, b, True, 0.1, 1e-5, backend=KERNEL),
     ),
 }
-SIZES = [1 << k for k in range(10, 24)]  # 1 Ki to 8 Mi elements
+KERNEL = "cpu"  # the kernel backend timed: "triton" with --device cuda
+DEVICE = "cpu"
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def _params(family: str, x: torch.Tensor):
     d = x.shape[-1] if family in ("layer_norm", "rms_norm") else x.shape[1]
-    w = torch.randn(d).requires_grad_()
-    b = torch.randn(d).requires_grad_()
+    w = torch.randn(d, device=DEVICE).requires_grad_()
+    b = torch.randn(d, device=DEVICE).requires_grad_()
     return w, b
 
 
@@ -69,6 +77,7 @@ def _time(fn, repeats: int):
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        _sync()
         out.append(time.perf_counter() - t)
     return out
 
@@ -79,18 +88,24 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--min-log2", type=int, default=10, help="smallest size, 2**k elements")
+    ap.add_argument("--max-log2", type=int, default=23, help="largest size, 2**k elements")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
+    global KERNEL, DEVICE
+    DEVICE = args.device
+    KERNEL = "triton" if DEVICE == "cuda" else "cpu"
     torch.set_num_threads(args.threads)
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    print(f"load average {load}; {args.threads} threads; medians of {args.repeats}")
+    where = torch.cuda.get_device_name() if DEVICE == "cuda" else f"{args.threads} threads"
+    print(f"load average {load}; {where}; kernel backend {KERNEL}; medians of {args.repeats}")
     rows = []
     for family in args.families.split(","):
         make, native, kernel = FAMILIES[family]
         wins_from = {"fwd": None, "fwdbwd": None}
-        for n in [v for v in SIZES if v >= 1 << args.min_log2]:
-            x = make(n).requires_grad_()
+        for n in [1 << k for k in range(args.min_log2, args.max_log2 + 1)]:
+            x = make(n).to(DEVICE).requires_grad_()
             w, b = _params(family, x)
             dy = torch.randn_like(x)
 
@@ -124,6 +139,7 @@ def main(argv=None) -> None:
                         timestamp=stamp,
                         load_avg=load,
                         threads=args.threads,
+                        device=where,
                         family=family,
                         shape="x".join(map(str, x.shape)),
                         numel=x.numel(),
@@ -148,6 +164,7 @@ def main(argv=None) -> None:
                     timestamp=stamp,
                     load_avg=load,
                     threads=args.threads,
+                    device=where,
                     family=family,
                     shape="",
                     numel=numel or "",

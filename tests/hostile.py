@@ -13,7 +13,9 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def randn(*shape, dtype=torch.float64, seed=0, mean=0.0, std=1.0):
-    x = torch.randn(*shape, generator=_gen(seed), dtype=torch.float64) * std + mean
+    # drawn on the CPU (the generator's device) even when a test has set a CUDA default
+    # device, then moved there by the caller: the same values on every machine
+    x = torch.randn(*shape, generator=_gen(seed), dtype=torch.float64, device="cpu") * std + mean
     return x.to(dtype)
 
 

@@ -27,8 +27,17 @@ from tolerance import ATOL, assert_matches_reference
 F32 = torch.float32
 
 
+# the native path runs on CUDA tensors too; a machine with a GPU checks it there
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+KERNEL = {"cpu": "cpu", "cuda": "triton"}  # the backend auto's kernel path takes
+
+
 def _np(t):
-    return t.detach().double().numpy()
+    return t.detach().cpu().double().numpy()
+
+
+def _rn(device, *shape, **kw):
+    return randn(*shape, **kw).to(device)
 
 
 def _err_over_scale(ours, ref):
@@ -60,14 +69,15 @@ def _leaf(t):
 MEANS = (0.0, 1e4)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mean", MEANS)
 @pytest.mark.parametrize("affine", [True, False])
-def test_layer_norm_native_path_meets_the_floor(mean, affine):
+def test_layer_norm_native_path_meets_the_floor(device, mean, affine):
     dtype = F32
-    x = _leaf(randn(6, 5, 32, dtype=dtype, seed=3, mean=mean))
-    w = _leaf(randn(32, dtype=dtype, seed=4)) if affine else None
-    b = _leaf(randn(32, dtype=dtype, seed=5)) if affine else None
-    dy = randn(6, 5, 32, dtype=dtype, seed=6)
+    x = _leaf(_rn(device, 6, 5, 32, dtype=dtype, seed=3, mean=mean))
+    w = _leaf(_rn(device, 32, dtype=dtype, seed=4)) if affine else None
+    b = _leaf(_rn(device, 32, dtype=dtype, seed=5)) if affine else None
+    dy = _rn(device, 6, 5, 32, dtype=dtype, seed=6)
     y = NF.layer_norm(x, (32,), w, b, 1e-5)
     assert dispatch.last_backend["layer_norm_fwd"] == "native"
     gx, gw, gb = _grads(y, dy, x, w, b)
@@ -82,11 +92,12 @@ def test_layer_norm_native_path_meets_the_floor(mean, affine):
         assert_matches_reference(gb, ref_db, dtype, what="dbias")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mean", MEANS)
-def test_layer_norm_native_path_over_two_trailing_dims(mean):
-    x = _leaf(randn(3, 4, 5, dtype=F32, seed=7, mean=mean))
-    w, b = _leaf(randn(4, 5, seed=8, dtype=F32)), _leaf(randn(4, 5, seed=9, dtype=F32))
-    dy = randn(3, 4, 5, dtype=F32, seed=10)
+def test_layer_norm_native_path_over_two_trailing_dims(device, mean):
+    x = _leaf(_rn(device, 3, 4, 5, dtype=F32, seed=7, mean=mean))
+    w, b = _leaf(_rn(device, 4, 5, seed=8, dtype=F32)), _leaf(_rn(device, 4, 5, seed=9, dtype=F32))
+    dy = _rn(device, 3, 4, 5, dtype=F32, seed=10)
     y = NF.layer_norm(x, (4, 5), w, b)
     assert dispatch.last_backend["layer_norm_fwd"] == "native"
     gx, gw, gb = _grads(y, dy, x, w, b)
@@ -97,12 +108,13 @@ def test_layer_norm_native_path_over_two_trailing_dims(mean):
     assert_matches_reference(gb, ref_db, F32, what="dbias")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mean", MEANS)
 @pytest.mark.parametrize("groups", [1, 2, 8])  # 8 = instance norm's grouping
-def test_group_norm_native_path_meets_the_floor(mean, groups):
-    x = _leaf(randn(3, 8, 5, 5, dtype=F32, seed=11, mean=mean))
-    w, b = _leaf(randn(8, dtype=F32, seed=12)), _leaf(randn(8, dtype=F32, seed=13))
-    dy = randn(3, 8, 5, 5, dtype=F32, seed=14)
+def test_group_norm_native_path_meets_the_floor(device, mean, groups):
+    x = _leaf(_rn(device, 3, 8, 5, 5, dtype=F32, seed=11, mean=mean))
+    w, b = _leaf(_rn(device, 8, dtype=F32, seed=12)), _leaf(_rn(device, 8, dtype=F32, seed=13))
+    dy = _rn(device, 3, 8, 5, 5, dtype=F32, seed=14)
     y = NF.group_norm(x, groups, w, b)
     assert dispatch.last_backend["group_norm_fwd"] == "native"
     gx, gw, gb = _grads(y, dy, x, w, b)
@@ -113,14 +125,15 @@ def test_group_norm_native_path_meets_the_floor(mean, groups):
     assert_matches_reference(gb, ref_db, F32, what="dbias")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mean", MEANS)
-def test_instance_norm_native_path_meets_the_floor(mean):
-    x = _leaf(randn(2, 4, 7, 3, dtype=F32, seed=15, mean=mean))
-    dy = randn(2, 4, 7, 3, dtype=F32, seed=16)
-    m = normkit.InstanceNorm2d(4, affine=True)
+def test_instance_norm_native_path_meets_the_floor(device, mean):
+    x = _leaf(_rn(device, 2, 4, 7, 3, dtype=F32, seed=15, mean=mean))
+    dy = _rn(device, 2, 4, 7, 3, dtype=F32, seed=16)
+    m = normkit.InstanceNorm2d(4, affine=True).to(device).to(device).to(device).to(device)
     with torch.no_grad():
-        m.weight.copy_(randn(4, dtype=F32, seed=17))
-        m.bias.copy_(randn(4, dtype=F32, seed=18))
+        m.weight.copy_(_rn(device, 4, dtype=F32, seed=17))
+        m.bias.copy_(_rn(device, 4, dtype=F32, seed=18))
     y = m(x)
     assert dispatch.last_backend["group_norm_fwd"] == "native"
     gx, gw, gb = _grads(y, dy, x, m.weight, m.bias)
@@ -132,10 +145,11 @@ def test_instance_norm_native_path_meets_the_floor(mean):
     assert_matches_reference(gb, ref_db, F32, what="dbias")
 
 
-def test_rms_norm_native_path_meets_the_floor():
-    x = _leaf(randn(5, 3, 24, dtype=F32, seed=19, mean=3.0))
-    w = _leaf(randn(24, dtype=F32, seed=20))
-    dy = randn(5, 3, 24, dtype=F32, seed=21)
+@pytest.mark.parametrize("device", DEVICES)
+def test_rms_norm_native_path_meets_the_floor(device):
+    x = _leaf(_rn(device, 5, 3, 24, dtype=F32, seed=19, mean=3.0))
+    w = _leaf(_rn(device, 24, dtype=F32, seed=20))
+    dy = _rn(device, 5, 3, 24, dtype=F32, seed=21)
     y = NF.rms_norm(x, (24,), w, 1e-6)
     assert dispatch.last_backend["rms_norm_fwd"] == "native"
     gx, gw = _grads(y, dy, x, w)
@@ -145,20 +159,21 @@ def test_rms_norm_native_path_meets_the_floor():
     assert_matches_reference(gw, ref_dw, F32, what="dweight")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mean", MEANS)
 @pytest.mark.parametrize("momentum", [0.1, 0.9, None])
-def test_batch_norm_native_training_steps_and_running_stats(mean, momentum):
-    m = normkit.BatchNorm2d(6, momentum=momentum)
+def test_batch_norm_native_training_steps_and_running_stats(device, mean, momentum):
+    m = normkit.BatchNorm2d(6, momentum=momentum).to(device).to(device)
     with torch.no_grad():
-        m.weight.copy_(randn(6, dtype=F32, seed=22))
-        m.bias.copy_(randn(6, dtype=F32, seed=23))
+        m.weight.copy_(_rn(device, 6, dtype=F32, seed=22))
+        m.bias.copy_(_rn(device, 6, dtype=F32, seed=23))
     rm, rv = np.zeros(6), np.ones(6)
     for step in range(1, 4):
-        x = _leaf(randn(4, 6, 3, 3, dtype=F32, seed=30 + step, mean=mean))
-        dy = randn(4, 6, 3, 3, dtype=F32, seed=40 + step)
+        x = _leaf(_rn(device, 4, 6, 3, 3, dtype=F32, seed=30 + step, mean=mean))
+        dy = _rn(device, 4, 6, 3, 3, dtype=F32, seed=40 + step)
         y = m(x)
         # momentum=None: the first batch has factor 1 and takes the kernel path
-        expect = "cpu" if (momentum is None and step == 1) else "native"
+        expect = KERNEL[device] if (momentum is None and step == 1) else "native"
         assert dispatch.last_backend["batch_norm_stats"] == expect
         m.weight.grad = m.bias.grad = None
         gx, gw, gb = _grads(y, dy, x, m.weight, m.bias)
@@ -174,8 +189,8 @@ def test_batch_norm_native_training_steps_and_running_stats(mean, momentum):
         assert_matches_reference(m.running_mean, rm, F32, what="running_mean")
         assert_matches_reference(m.running_var, rv, F32, what="running_var")
     m.eval()
-    x = _leaf(randn(4, 6, 3, 3, dtype=F32, seed=50, mean=mean))
-    dy = randn(4, 6, 3, 3, dtype=F32, seed=51)
+    x = _leaf(_rn(device, 4, 6, 3, 3, dtype=F32, seed=50, mean=mean))
+    dy = _rn(device, 4, 6, 3, 3, dtype=F32, seed=51)
     y = m(x)
     assert dispatch.last_backend["batch_norm_apply"] == "native"
     (gx,) = _grads(y, dy, x)

@@ -23,14 +23,15 @@ moving it by ``s * m / (1 - m)`` beforehand makes torch's update land on the mea
 shift is the running mean itself and torch normalizes with mean 0.
 
 The torch functions are called below ``torch.nn.functional``'s wrappers (``torch.layer_norm``
-and so on, with cuDNN off: CPU only), whose argument checks normkit has already made.
+and so on; on CUDA batch norm uses cuDNN when torch would), whose argument checks normkit
+has already made.
 
 The switch is taken only where nothing is lost by it: ``backend="auto"`` (no
-``NORMKIT_BACKEND`` override), a plain CPU tensor of float32 with parameters of the
-same dtype (float64 and half precision keep normkit's kernels), nothing tracing the
-call (no ``torch.compile``, no export, no dispatch mode), and fewer elements than the
-op's threshold in :data:`THRESHOLDS`. The thresholds are
-the measured crossover sizes of ``benchmarks/crossover.py`` (results in
+``NORMKIT_BACKEND`` override), a plain CPU or CUDA tensor of float32 with parameters of
+the same dtype and device (float64 and half precision keep normkit's kernels), nothing
+tracing the call (no ``torch.compile``, no export, no dispatch mode), and fewer elements
+than the op's threshold in :data:`THRESHOLDS` (CPU) or :data:`CUDA_THRESHOLDS`. The
+thresholds are the measured crossover sizes of ``benchmarks/crossover.py`` (results in
 ``benchmarks/results/``). When the switch is taken ``dispatch.last_backend[op]`` is
 ``"native"`` for every op of the layer's family; the backward then runs in torch's autograd.
 """
@@ -46,7 +47,8 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from . import dispatch
 from .ops import schema
 
-__all__ = ["THRESHOLDS", "NATIVE", "chooses", "layer_norm", "rms_norm", "group_norm"]
+__all__ = ["THRESHOLDS", "CUDA_THRESHOLDS", "NATIVE", "chooses"]
+__all__ += ["layer_norm", "rms_norm", "group_norm"]
 __all__ += ["batch_norm_train", "batch_norm_eval"]
 
 NATIVE = "native"  # the name dispatch.last_backend records for this path
@@ -74,6 +76,19 @@ THRESHOLDS = {
     "batch_norm": (_CAP, _CAP),
 }
 
+# On a CUDA device the Triton kernels' fixed cost per call (the same Python layers plus
+# two to four kernel launches) is paid on the host while the GPU idles: in a whole model
+# of small layers (resnet18 at batch 8) it made normkit's model 3-7x slower than torch's
+# (benchmarks/results/cuda-20261127T204533Z.csv, H100, before this path existed). Below
+# the cap the shifted torch call runs instead; the cap is the same memory argument as on
+# the CPU.
+CUDA_THRESHOLDS = {
+    "layer_norm": (_CAP, _CAP),
+    "rms_norm": (_CAP, _CAP),
+    "group_norm": (_CAP, _CAP),
+    "batch_norm": (_CAP, _CAP),
+}
+
 # float32 only: float64 has no fixed cost worth saving for (rare in training) and a floor
 # (1e-12) that torch's float64 backward misses by a little at mean 1e4
 _EXACT = (torch.float32,)
@@ -84,10 +99,14 @@ def chooses(family: str, input: torch.Tensor, backend: str, *params) -> bool:
     # cheapest tests first: this runs on every layer call
     if backend != "auto" or type(input) is not torch.Tensor or input.dtype not in _EXACT:
         return False
-    if not input.is_cpu:
+    device = input.device
+    if device.type == "cpu":
+        forward_only, with_grad = THRESHOLDS[family]
+    elif device.type == "cuda":
+        forward_only, with_grad = CUDA_THRESHOLDS[family]
+    else:
         return False
     numel = input.numel()
-    forward_only, with_grad = THRESHOLDS[family]
     if numel == 0 or (numel >= with_grad and numel >= forward_only):
         return False
     grad_mode = torch.is_grad_enabled()
@@ -95,7 +114,7 @@ def chooses(family: str, input: torch.Tensor, backend: str, *params) -> bool:
     dtype = input.dtype
     for p in params:
         if p is not None:
-            if p.dtype is not dtype or not p.is_cpu:
+            if p.dtype is not dtype or p.device != device:
                 return False
             grad = grad or (grad_mode and p.requires_grad)
     if numel >= (with_grad if grad else forward_only):
@@ -104,6 +123,11 @@ def chooses(family: str, input: torch.Tensor, backend: str, *params) -> bool:
     if env and env != "auto":
         return False
     return not (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None)
+
+
+def _cudnn(x: torch.Tensor) -> bool:
+    """torch.nn.functional.batch_norm's cuDNN flag: on for CUDA tensors when torch's is."""
+    return x.is_cuda and torch.backends.cudnn.enabled
 
 
 def _first(x: torch.Tensor, one_sample: bool) -> torch.Tensor:
@@ -176,7 +200,7 @@ def batch_norm_train(
         # a bump would make an earlier graph through this layer refuse to run backward
         running_mean.data.add_(shift.reshape(c), alpha=momentum / (1.0 - momentum))
     return torch.batch_norm(
-        input - shift, weight, bias, running_mean, running_var, True, momentum, eps, False
+        input - shift, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn(input)
     )
 
 
@@ -187,4 +211,6 @@ def batch_norm_eval(input, running_mean, running_var, weight, bias, eps) -> torc
     view = (1, c) + (1,) * (input.dim() - 2)
     centred = input - running_mean.reshape(view)
     zero = torch.zeros_like(running_mean)
-    return torch.batch_norm(centred, weight, bias, zero, running_var, False, 0.0, eps, False)
+    return torch.batch_norm(
+        centred, weight, bias, zero, running_var, False, 0.0, eps, _cudnn(input)
+    )

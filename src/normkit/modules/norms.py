@@ -43,6 +43,23 @@ __all__ = [
 _shape_t = Union[int, Sequence[int], torch.Size]
 
 
+def _bias_kwarg(base: type, bias: bool) -> dict:
+    """``bias=`` for ``base.__init__`` where this torch accepts it (GroupNorm and the
+    BatchNorms take it from torch 2.13); older torch builds the bias and the caller
+    drops it with :func:`_drop_bias`."""
+    import inspect
+
+    if "bias" in inspect.signature(base.__init__).parameters:
+        return {"bias": bias}
+    return {}
+
+
+def _drop_bias(module: nn.Module, base: type, bias: bool) -> None:
+    """``bias=False`` on a torch whose constructor has no ``bias``: no bias parameter."""
+    if not bias and not _bias_kwarg(base, bias) and getattr(module, "bias", None) is not None:
+        module.bias = None
+
+
 def _register_affine(
     module: nn.Module, shape, enabled: bool, bias: Optional[bool], factory: dict
 ) -> None:
@@ -245,8 +262,16 @@ class SyncBatchNorm(_BatchNorm):
         bias: bool = True,
     ) -> None:
         super().__init__(
-            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device,
+            dtype,
+            **_bias_kwarg(_BatchNorm, bias),
         )
+        _drop_bias(self, _BatchNorm, bias)
         self.process_group = process_group
 
     def _check_input_dim(self, input):
@@ -538,7 +563,10 @@ class GroupNorm(nn.GroupNorm):
     ) -> None:
         # checked before torch's constructor so the message names the fix
         check_groups(num_channels, num_groups)
-        super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
+        super().__init__(
+            num_groups, num_channels, eps, affine, device, dtype, **_bias_kwarg(nn.GroupNorm, bias)
+        )
+        _drop_bias(self, nn.GroupNorm, bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() >= 2 and input.size(1) != self.num_channels:

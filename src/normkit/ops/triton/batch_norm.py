@@ -186,7 +186,7 @@ def _batch_norm_bwd_apply_kernel(
     C,
     L,
     numel,
-    inv_count,
+    inv_count: tl.float64,  # a Python float would reach the kernel as float32
     HAS_WEIGHT: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -205,7 +205,8 @@ def _batch_norm_bwd_apply_kernel(
     scale = rstd
     if HAS_WEIGHT:
         scale = scale * tl.load(w_ptr + c, mask=m, other=0.0).to(ACC_DTYPE)
-    dx = scale * (dy - s_dy * inv_count - x_hat * (s_dyx * inv_count))
+    inv_n = tl.full([], inv_count, ACC_DTYPE)
+    dx = scale * (dy - s_dy * inv_n - x_hat * (s_dyx * inv_n))
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 

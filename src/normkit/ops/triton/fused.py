@@ -65,7 +65,7 @@ def _add_norm_fwd_kernel(
     mean_ptr,
     rstd_ptr,
     D,
-    eps,
+    eps: tl.float64,  # float64 so a float64 row is not normalized with a float32 eps
     RMS: tl.constexpr,
     HAS_R: tl.constexpr,
     HAS_W: tl.constexpr,
@@ -90,7 +90,7 @@ def _add_norm_fwd_kernel(
         d = tl.where(m, (h - shift) - mean_s, 0.0)
         var = tl.sum(d * d, axis=0) / D
         tl.store(mean_ptr + row, shift + mean_s)
-    rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + eps)
+    rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + tl.full([], eps, ACC))
     tl.store(rstd_ptr + row, rstd)
     y = d * rstd
     if HAS_W:
@@ -165,7 +165,7 @@ def _mod_ln_fwd_kernel(
     rstd_ptr,
     T,
     D,
-    eps,
+    eps: tl.float64,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -178,7 +178,7 @@ def _mod_ln_fwd_kernel(
     shift0 = tl.sum(tl.where(offs == 0, x, 0.0), axis=0)
     mean_s = tl.sum(tl.where(m, x - shift0, 0.0), axis=0) / D
     d = tl.where(m, (x - shift0) - mean_s, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.maximum(tl.sum(d * d, axis=0) / D, 0.0) + eps)
+    rstd = 1.0 / tl.sqrt(tl.maximum(tl.sum(d * d, axis=0) / D, 0.0) + tl.full([], eps, ACC))
     tl.store(mean_ptr + row, shift0 + mean_s)
     tl.store(rstd_ptr + row, rstd)
     sc = tl.load(scale_ptr + n * D + offs, mask=m, other=0.0).to(ACC)

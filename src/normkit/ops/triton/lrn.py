@@ -96,9 +96,9 @@ def _lrn_fwd_kernel(
     width_r,
     back_q,
     width_q,
-    alpha,
-    beta,
-    k,
+    alpha: tl.float64,  # float64: Python floats would reach the kernel as float32
+    beta: tl.float64,
+    k: tl.float64,
     BETA_MODE: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -114,7 +114,9 @@ def _lrn_fwd_kernel(
     rows = br * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]  # (BLOCK_R, 1)
     cols = bq * BLOCK_Q + tl.arange(0, BLOCK_Q)[None, :]  # (1, BLOCK_Q)
     mask = (rows < R) & (cols < Q)
-    s = k + alpha * _box_sum(
+    alpha = tl.full([], alpha, ACC_DTYPE)
+    beta = tl.full([], beta, ACC_DTYPE)
+    s = tl.full([], k, ACC_DTYPE) + alpha * _box_sum(
         x_ptr, base, rows, cols, R, Q, back_r, width_r, back_q, width_q, True, ACC_DTYPE
     )
     s = tl.where(mask, s, 1.0)  # lanes past the edge: keep k = 0 from producing 0 ** -beta
@@ -137,9 +139,9 @@ def _lrn_bwd_kernel(
     width_r,
     back_q,
     width_q,
-    alpha,
-    beta,
-    k,
+    alpha: tl.float64,  # float64: Python floats would reach the kernel as float32
+    beta: tl.float64,
+    k: tl.float64,
     PHASE: tl.constexpr,
     BETA_MODE: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
@@ -160,7 +162,9 @@ def _lrn_bwd_kernel(
     cols = bq * BLOCK_Q + tl.arange(0, BLOCK_Q)[None, :]  # (1, BLOCK_Q)
     mask = (rows < R) & (cols < Q)
     offs = base + rows * Q + cols
-    s = k + alpha * _box_sum(
+    alpha = tl.full([], alpha, ACC_DTYPE)
+    beta = tl.full([], beta, ACC_DTYPE)
+    s = tl.full([], k, ACC_DTYPE) + alpha * _box_sum(
         x_ptr, base, rows, cols, R, Q, back_r, width_r, back_q, width_q, True, ACC_DTYPE
     )
     s = tl.where(mask, s, 1.0)  # lanes past the edge: keep k = 0 from producing 0 ** -beta

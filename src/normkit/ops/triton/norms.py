@@ -78,7 +78,7 @@ def _layer_norm_fwd_kernel(
     mean_ptr,  # (M,) accumulator dtype; untouched when RMS
     rstd_ptr,  # (M,) accumulator dtype
     D,
-    eps,
+    eps: tl.float64,  # float64 so a float64 row is not normalized with a float32 eps
     RMS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -108,7 +108,7 @@ def _layer_norm_fwd_kernel(
         var = tl.sum(d * d, axis=0) / D
     else:
         shift, mean_s, var = _row_stats(x_row, D, RMS, ACC_DTYPE, BLOCK)
-    rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + eps)
+    rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + tl.full([], eps, ACC_DTYPE))
     if not RMS:
         tl.store(mean_ptr + row, shift + mean_s)
     tl.store(rstd_ptr + row, rstd)
@@ -390,7 +390,7 @@ def _group_norm_fwd_kernel(
     L,
     group_size,
     channels_per_group,
-    eps,
+    eps: tl.float64,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
@@ -400,7 +400,7 @@ def _group_norm_fwd_kernel(
     row = tl.program_id(0)  # = n * G + g
     x_row = x_ptr + row * group_size
     shift, mean_s, var = _row_stats(x_row, group_size, False, ACC_DTYPE, BLOCK)
-    rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + eps)
+    rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + tl.full([], eps, ACC_DTYPE))
     tl.store(mean_ptr + row, shift + mean_s)
     tl.store(rstd_ptr + row, rstd)
     first_channel = (row % G) * channels_per_group
