@@ -11,6 +11,8 @@ gradient, at mean 0 and 1e4.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -290,11 +292,15 @@ def test_batch_norm_kernel_paths_meet_the_floor_at_mean_1e4(backend, training):
     # the kernel paths carry BatchNorm's mean in float64 (docs/ops.md): no torch leniency
     if backend not in dispatch.table["batch_norm_apply"]:
         pytest.skip(f"backend {backend} not registered here")
-    x = _leaf(randn(4, 6, 3, 3, dtype=F32, seed=70, mean=1e4))
-    w, b = _leaf(randn(6, dtype=F32, seed=71)), _leaf(randn(6, dtype=F32, seed=72))
-    dy = randn(4, 6, 3, 3, dtype=F32, seed=73)
-    rm = (randn(6, dtype=torch.float64, seed=74) + 1e4).float()
-    rv = torch.rand(6, generator=torch.Generator().manual_seed(75)) + 0.5
+    # triton runs on CUDA tensors, or on CPU tensors in its interpreter
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    device = "cuda" if backend == "triton" and not interpreted else "cpu"
+    x = _leaf(_rn(device, 4, 6, 3, 3, dtype=F32, seed=70, mean=1e4))
+    w = _leaf(_rn(device, 6, dtype=F32, seed=71))
+    b = _leaf(_rn(device, 6, dtype=F32, seed=72))
+    dy = _rn(device, 4, 6, 3, 3, dtype=F32, seed=73)
+    rm = (_rn(device, 6, dtype=torch.float64, seed=74) + 1e4).float()
+    rv = (torch.rand(6, generator=torch.Generator().manual_seed(75)) + 0.5).to(device)
     y = NF.batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5, backend=backend)
     assert dispatch.last_backend["batch_norm_apply"] == backend
     gx, gw, gb = _grads(y, dy, x, w, b)

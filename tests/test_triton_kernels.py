@@ -155,6 +155,22 @@ def test_numel_limit_is_named():
     assert reason is not None and "int32" in reason and str(2**31) in reason
 
 
+@pytest.mark.parametrize("rows,cols", [(1, 1), (5, 33), (64, 32), (130, 70), (528, 100)])
+def test_column_sum_adds_every_partial_row(rows, cols):
+    # the second stage of every weight/bias gradient: tiles of rows x columns with ragged edges
+    from normkit.ops.triton._common import column_sum
+
+    src = randn(rows, cols, seed=rows + cols).to(torch.float32)
+    expect = src.double().sum(0)
+    got = column_sum(src, torch.float32)
+    assert got.shape == (cols,) and got.dtype == torch.float32
+    scale = src.double().abs().sum(0).max().item()
+    assert (got.double() - expect).abs().max().item() <= 4 * rows * 6e-8 * scale
+    assert torch.equal(column_sum(src, torch.float32), got)  # same order every call
+    empty = column_sum(src[:0], torch.float32)
+    assert torch.equal(empty, torch.zeros(cols, dtype=torch.float32, device=src.device))
+
+
 def test_no_atomics_anywhere():
     src = "".join(p.read_text() for p in (ROOT / "src/normkit/ops/triton").glob("*.py"))
     assert "tl.atomic" not in src  # docs/design.md section 6: deterministic partials, no atomics

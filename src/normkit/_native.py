@@ -77,16 +77,22 @@ THRESHOLDS = {
 }
 
 # On a CUDA device the Triton kernels' fixed cost per call (the same Python layers plus
-# two to four kernel launches) is paid on the host while the GPU idles: in a whole model
-# of small layers (resnet18 at batch 8) it made normkit's model 3-7x slower than torch's
-# (benchmarks/results/cuda-20261127T204533Z.csv, H100, before this path existed). Below
-# the cap the shifted torch call runs instead; the cap is the same memory argument as on
-# the CPU.
+# two to seven kernel launches) is paid on the host while the GPU idles: in whole models
+# of small layers it made normkit 3-7x slower than torch
+# (benchmarks/results/cuda-20261127T204533Z.csv, H100, before this path existed).
+# benchmarks/crossover.py --device cuda on an H100 (crossover-20261127T205313Z.csv, each
+# call synchronized, 16 Ki to 16 Mi elements): the native path wins forward+backward at
+# every size for layer, RMS and group norm and up to 8 Mi for batch norm, and forward
+# everywhere but group norm at 16 Mi. The threshold is 16 Mi elements (64 MiB of float32)
+# for every family; above it the Triton kernels run (their forward is faster than torch's
+# there: benchmarks/results/gpu_validate_2026-11-27T204453Z.csv). The saved shifted copy
+# costs the memory noted above; on a GPU the time saved was judged worth it.
+_CUDA_CAP = 1 << 24
 CUDA_THRESHOLDS = {
-    "layer_norm": (_CAP, _CAP),
-    "rms_norm": (_CAP, _CAP),
-    "group_norm": (_CAP, _CAP),
-    "batch_norm": (_CAP, _CAP),
+    "layer_norm": (_CUDA_CAP, _CUDA_CAP),
+    "rms_norm": (_CUDA_CAP, _CUDA_CAP),
+    "group_norm": (_CUDA_CAP, _CUDA_CAP),
+    "batch_norm": (_CUDA_CAP, _CUDA_CAP),
 }
 
 # float32 only: float64 has no fixed cost worth saving for (rare in training) and a floor

@@ -89,16 +89,32 @@ def _column_sum_kernel(
     R,
     K,
     ACC_DTYPE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """dst[k] = sum_r src[r, k], rows added in order: the deterministic second stage."""
+    """dst[k] = sum_r src[r, k]: the deterministic second stage of a partial reduction.
+
+    Each program owns BLOCK_K columns and walks the rows BLOCK_R at a time, one
+    (BLOCK_R, BLOCK_K) tile per step, so a few hundred partial rows take a handful of
+    wide loads instead of one dependent load per row; the tile is summed over its rows
+    at the end. The order of additions depends only on R, K and the block sizes.
+    """
     pid = tl.program_id(0)
-    offs = pid * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = offs < K
-    acc = tl.zeros([BLOCK_K], dtype=ACC_DTYPE)
-    for r in range(0, R):
-        acc += tl.load(src_ptr + r * K + offs, mask=mask, other=0.0).to(ACC_DTYPE)
-    tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=mask)
+    cols = pid * BLOCK_K + tl.arange(0, BLOCK_K)
+    col_ok = cols < K
+    rows = tl.arange(0, BLOCK_R)
+    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC_DTYPE)
+    for r0 in range(0, R, BLOCK_R):
+        r = r0 + rows
+        ok = (r[:, None] < R) & col_ok[None, :]
+        acc += tl.load(src_ptr + r[:, None] * K + cols[None, :], mask=ok, other=0.0).to(ACC_DTYPE)
+    tl.store(dst_ptr + cols, tl.sum(acc, axis=0).to(dst_ptr.dtype.element_ty), mask=col_ok)
+
+
+# (BLOCK_R, BLOCK_K) of _column_sum_kernel: 2048 accumulators per program (16 per thread
+# with 4 warps), 32 columns (128 bytes of float32) per row segment
+COLUMN_SUM_BLOCK_R = 64
+COLUMN_SUM_BLOCK_K = 32
 
 
 def column_sum(src: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
@@ -107,6 +123,18 @@ def column_sum(src: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     dst = torch.empty(cols, dtype=out_dtype, device=src.device)
     if cols == 0:
         return dst
+    if rows == 0:
+        return dst.zero_()
+    _column_sum_kernel[(triton.cdiv(cols, COLUMN_SUM_BLOCK_K),)](
+        src,
+        dst,
+        rows,
+        cols,
+        ACC_DTYPE=acc_dtype(src.dtype),
+        BLOCK_R=COLUMN_SUM_BLOCK_R,
+        BLOCK_K=COLUMN_SUM_BLOCK_K,
+    )
+    return dst
     block = block_for(cols, 1024)
     _column_sum_kernel[(triton.cdiv(cols, block),)](
         src, dst, rows, cols, ACC_DTYPE=acc_dtype(src.dtype), BLOCK_K=block
