@@ -328,3 +328,41 @@ def test_batch_norm_with_one_running_buffer_is_refused_clearly(backend):
         NF.batch_norm(x, torch.zeros(3), None, training=True, backend=backend)
     with pytest.raises(ValueError, match="running_mean and running_var must both"):
         NF.batch_norm(x, None, torch.ones(3), training=True, backend=backend)
+
+
+HALF = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_precision_on_the_cpu_keeps_normkits_kernels(dtype):
+    x = randn(4, 16, dtype=dtype, seed=80)
+    NF.layer_norm(x, (16,))
+    assert dispatch.last_backend["layer_norm_fwd"] != "native"
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU: half precision takes torch's kernel on CUDA only",
+)
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_precision_on_cuda_is_torchs_own_kernel(dtype):
+    # the half-precision contract is "within 2x torch's error in that dtype": torch's kernel,
+    # unshifted, is what runs, so outputs and gradients are torch's bit for bit
+    x = randn(8, 32, 5, 5, dtype=dtype, seed=81, mean=3.0).cuda()
+    w, b = randn(32, dtype=dtype, seed=82).cuda(), randn(32, dtype=dtype, seed=83).cuda()
+    dy = randn(8, 32, 5, 5, dtype=dtype, seed=84).cuda()
+    cases = [
+        ("layer_norm_fwd", lambda F, x: F.layer_norm(x, (5,), w[:5], b[:5])),
+        ("group_norm_fwd", lambda F, x: F.group_norm(x, 4, w, b)),
+        ("rms_norm_fwd", lambda F, x: F.rms_norm(x, (5,), w[:5])),
+        ("batch_norm_stats", lambda F, x: F.batch_norm(x, None, None, w, b, True)),
+    ]
+    for op, call in cases:
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ours = call(NF, xa)
+        assert dispatch.last_backend[op] == "native", op
+        theirs = call(TF, xb)
+        ours.backward(dy)
+        theirs.backward(dy)
+        assert torch.equal(ours, theirs), op
+        assert torch.equal(xa.grad, xb.grad), op

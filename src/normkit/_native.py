@@ -98,12 +98,19 @@ CUDA_THRESHOLDS = {
 # float32 only: float64 has no fixed cost worth saving for (rare in training) and a floor
 # (1e-12) that torch's float64 backward misses by a little at mean 1e4
 _EXACT = (torch.float32,)
+# float16/bfloat16 on CUDA: torch's kernel as it is, unshifted. normkit's contract for half
+# precision is "within twice torch's own error in that dtype" (docs/design.md), which
+# torch's kernel meets by definition; a shift computed in half precision would round
+# x - s and could add error. Half precision on the CPU keeps normkit's kernels.
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def chooses(family: str, input: torch.Tensor, backend: str, *params) -> bool:
     """True when ``auto`` runs ``family`` on ``input`` with torch's kernel (see above)."""
     # cheapest tests first: this runs on every layer call
-    if backend != "auto" or type(input) is not torch.Tensor or input.dtype not in _EXACT:
+    if backend != "auto" or type(input) is not torch.Tensor:
+        return False
+    if input.dtype not in _EXACT and not (input.dtype in _HALF and input.is_cuda):
         return False
     device = input.device
     if device.type == "cpu":
@@ -155,6 +162,8 @@ def _record(family: str) -> None:
 def layer_norm(input, shape: tuple, weight, bias, eps: float) -> torch.Tensor:
     """``F.layer_norm`` of ``input`` minus the first element of each row (detached)."""
     _record("layer_norm")
+    if input.dtype in _HALF:
+        return torch.layer_norm(input, shape, weight, bias, eps, False)
     k = len(shape)
     x = input.detach()  # slices of a detached tensor skip autograd's view bookkeeping
     if k == 1:  # x[..., :1] as one as_strided call (a tuple index costs twice as much)
@@ -184,6 +193,8 @@ def _grouped_shift(input: torch.Tensor, groups: int) -> torch.Tensor:
 def group_norm(input, groups: int, weight, bias, eps: float) -> torch.Tensor:
     """``F.group_norm`` of the group-shifted input (instance norm: ``groups = C``)."""
     _record("group_norm")
+    if input.dtype in _HALF:
+        return torch.group_norm(input, groups, weight, bias, eps, False)
     return torch.group_norm(_grouped_shift(input, groups), groups, weight, bias, eps, False)
 
 
@@ -198,6 +209,10 @@ def batch_norm_train(
     ``(1 - m) r + m mean(x)``. Needs ``momentum < 1`` (the caller checks it).
     """
     _record("batch_norm")
+    if input.dtype in _HALF:
+        return torch.batch_norm(
+            input, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn(input)
+        )
     c = input.shape[1]
     shift = _first(input.detach(), one_sample=True)  # (1, C, 1, ...)
     if running_mean is not None:
@@ -213,6 +228,10 @@ def batch_norm_train(
 def batch_norm_eval(input, running_mean, running_var, weight, bias, eps) -> torch.Tensor:
     """Evaluation batch norm: ``input - running_mean`` normalized with mean 0."""
     _record("batch_norm")
+    if input.dtype in _HALF:
+        return torch.batch_norm(
+            input, weight, bias, running_mean, running_var, False, 0.0, eps, _cudnn(input)
+        )
     c = input.shape[1]
     view = (1, c) + (1,) * (input.dim() - 2)
     centred = input - running_mean.reshape(view)
