@@ -162,3 +162,32 @@ def test_standard_onnx_export_runs_in_onnxruntime(info, dynamo, tmp_path):
     for a, b in zip(got, expected):
         b = b.detach().numpy()
         assert np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(b).max())), info.id
+
+
+def test_bias_false_on_a_torch_whose_constructor_lacks_bias(monkeypatch):
+    # torch 2.11's nn.GroupNorm has no bias= (seen on the GPU machine); normkit builds the
+    # layer anyway and bias=False leaves no bias parameter, as on a newer torch
+    from torch import nn
+
+    from normkit.modules import norms
+
+    class OldGroupNorm(nn.GroupNorm):
+        def __init__(
+            self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None
+        ):
+            super().__init__(num_groups, num_channels, eps, affine, device, dtype)
+
+    assert norms._bias_kwarg(OldGroupNorm, False) == {}
+    assert norms._bias_kwarg(nn.GroupNorm, False) == {"bias": False}
+    m = OldGroupNorm(2, 4)
+    norms._drop_bias(m, OldGroupNorm, False)
+    assert m.bias is None and "bias" not in dict(m.named_parameters())
+    assert m.weight.shape == (4,)
+    x = torch.randn(3, 4, 5)
+    torch.testing.assert_close(m(x), torch.nn.functional.group_norm(x, 2, m.weight, None))
+    kept = OldGroupNorm(2, 4)
+    norms._drop_bias(kept, OldGroupNorm, True)
+    assert kept.bias is not None
+    for bias in (True, False):
+        g = norms.GroupNorm(2, 4, bias=bias)
+        assert (g.bias is not None) == bias
