@@ -84,13 +84,26 @@ def _grad_dtype(x: torch.Tensor, weight) -> torch.dtype:
     return x.dtype if weight is None else weight.dtype
 
 
-def _fresh(out: torch.Tensor, inputs) -> torch.Tensor:
+def _storages(inputs) -> frozenset:
+    """The storage addresses of a call's tensor arguments (once per call, not per output)."""
+    return frozenset(t.untyped_storage().data_ptr() for t in inputs)
+
+
+def _fresh(out: torch.Tensor, inputs: frozenset) -> torch.Tensor:
     """``out``, copied if it shares memory with an input (a custom op may not return
-    an alias of its arguments)."""
-    ptr = out.untyped_storage().data_ptr()
-    if any(t.untyped_storage().data_ptr() == ptr for t in inputs):
+    an alias of its arguments); ``inputs`` is :func:`_storages` of the arguments."""
+    if out.untyped_storage().data_ptr() in inputs:
         out = out.clone()
     return out
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype, shape) -> torch.Tensor:
+    """``t`` in ``dtype`` and ``shape``, contiguous: each step only when needed."""
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    if t.shape != shape:
+        t = t.reshape(shape)
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _stats(t: torch.Tensor, shape, cdt: torch.dtype, inputs) -> torch.Tensor:
@@ -119,10 +132,10 @@ def _output(rule: schema.Out, t, bound, inputs) -> torch.Tensor:
     if rule.kind == "weight_grad":
         if weight is None or t is None:
             return ref.new_empty((0,), dtype=_grad_dtype(ref, weight))
-        return _fresh(t.to(weight.dtype).reshape(weight.shape).contiguous(), inputs)
+        return _fresh(_as(t, weight.dtype, weight.shape), inputs)
     # param_grad
     dtype = _grad_dtype(ref, weight) if rule.dtype is None else rule.dtype(bound)
-    return _fresh(t.to(dtype).reshape(rule.shape(bound)).contiguous(), inputs)
+    return _fresh(_as(t, dtype, torch.Size(rule.shape(bound))), inputs)
 
 
 def _fake_output(rule: schema.Out, bound) -> torch.Tensor:
@@ -149,7 +162,7 @@ def _define(spec: schema.OpSchema) -> _Op:
         *raw, backend = args
         outs = dispatch.call(name, backend, *raw)
         bound = spec.bind(raw)
-        inputs = [t for t in raw if isinstance(t, torch.Tensor)]
+        inputs = _storages([t for t in raw if isinstance(t, torch.Tensor)])
         if single:
             return _output(rules[0], outs, bound, inputs)
         return tuple(_output(r, t, bound, inputs) for r, t in zip(rules, outs))
