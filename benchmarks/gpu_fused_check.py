@@ -35,21 +35,21 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def cases():
     """(name, fn(backend, *tensors) -> tuple of outputs, shapes of the tensor inputs)."""
     import normkit.functional as NF
-    import normkit.fused as normkit
+    import normkit.fused as fused
 
     def add_rms(backend, x, r, w):
-        return normkit.add_rms_norm(x, r, x.shape[-1], w, 1e-6, backend=backend)
+        return fused.add_rms_norm(x, r, x.shape[-1], w, 1e-6, backend=backend)
 
     def add_rms_fp32_res(backend, x, r, w):
-        return normkit.add_rms_norm(
+        return fused.add_rms_norm(
             x, r, x.shape[-1], w, 1e-6, residual_in_fp32=True, backend=backend
         )
 
     def add_ln(backend, x, r, w, b):
-        return normkit.add_layer_norm(x, r, x.shape[-1], w, b, 1e-5, backend=backend)
+        return fused.add_layer_norm(x, r, x.shape[-1], w, b, 1e-5, backend=backend)
 
     def mod_ln(backend, x, shift, scale):
-        return (normkit.modulated_layer_norm(x, shift, scale, 1e-6, backend=backend),)
+        return (fused.modulated_layer_norm(x, shift, scale, 1e-6, backend=backend),)
 
     def frn(backend, x, w, b, tau):
         return (NF.filter_response_norm(x, w, b, tau, 1e-6, backend=backend),)

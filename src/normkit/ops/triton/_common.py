@@ -135,8 +135,3 @@ def column_sum(src: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         BLOCK_K=COLUMN_SUM_BLOCK_K,
     )
     return dst
-    block = block_for(cols, 1024)
-    _column_sum_kernel[(triton.cdiv(cols, block),)](
-        src, dst, rows, cols, ACC_DTYPE=acc_dtype(src.dtype), BLOCK_K=block
-    )
-    return dst
