@@ -98,23 +98,13 @@ def _fresh(out: torch.Tensor, inputs: frozenset) -> torch.Tensor:
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype, shape) -> torch.Tensor:
-    """``t`` in ``dtype`` and ``shape``, contiguous: each step only when needed."""
+    """``t`` in ``dtype`` and ``shape``, contiguous: each step only when needed (this runs
+    on every eager call, a few us per step)."""
     if t.dtype != dtype:
         t = t.to(dtype)
     if t.shape != shape:
         t = t.reshape(shape)
     return t if t.is_contiguous() else t.contiguous()
-
-
-def _stats(t: torch.Tensor, shape, cdt: torch.dtype, inputs) -> torch.Tensor:
-    # each step only when needed: this runs on every eager call (a few us each)
-    if t.dtype != cdt:
-        t = t.to(cdt)
-    if t.shape != shape:
-        t = t.reshape(shape)
-    if not t.is_contiguous():
-        t = t.contiguous()
-    return _fresh(t, inputs)
 
 
 def _output(rule: schema.Out, t, bound, inputs) -> torch.Tensor:
@@ -127,7 +117,7 @@ def _output(rule: schema.Out, t, bound, inputs) -> torch.Tensor:
         return _fresh(_like(ref, t), inputs)
     if rule.kind == "stats":
         cdt = _stats_dtype(ref) if rule.dtype is None else rule.dtype(bound)
-        return _stats(t, rule.shape(bound), cdt, inputs)
+        return _fresh(_as(t, cdt, rule.shape(bound)), inputs)
     weight = bound.get("weight")
     if rule.kind == "weight_grad":
         if weight is None or t is None:
@@ -135,7 +125,7 @@ def _output(rule: schema.Out, t, bound, inputs) -> torch.Tensor:
         return _fresh(_as(t, weight.dtype, weight.shape), inputs)
     # param_grad
     dtype = _grad_dtype(ref, weight) if rule.dtype is None else rule.dtype(bound)
-    return _fresh(_as(t, dtype, torch.Size(rule.shape(bound))), inputs)
+    return _fresh(_as(t, dtype, rule.shape(bound)), inputs)
 
 
 def _fake_output(rule: schema.Out, bound) -> torch.Tensor:
