@@ -14,6 +14,8 @@ the ``backend`` attribute (``"auto"``) picks the kernels.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import warnings
 from typing import Optional, Sequence, Union
 
@@ -43,20 +45,22 @@ __all__ = [
 _shape_t = Union[int, Sequence[int], torch.Size]
 
 
-def _bias_kwarg(base: type, bias: bool) -> dict:
-    """``bias=`` for ``base.__init__`` where this torch accepts it (GroupNorm and the
-    BatchNorms take it from torch 2.13); older torch builds the bias and the caller
-    drops it with :func:`_drop_bias`."""
-    import inspect
+@functools.lru_cache(maxsize=None)
+def _takes_bias(base: type) -> bool:
+    """Whether ``base.__init__`` of this torch accepts ``bias=`` (GroupNorm and the
+    BatchNorms take it in recent releases, not in torch 2.11)."""
+    return "bias" in inspect.signature(base.__init__).parameters
 
-    if "bias" in inspect.signature(base.__init__).parameters:
-        return {"bias": bias}
-    return {}
+
+def _bias_kwarg(base: type, bias: bool) -> dict:
+    """``bias=`` for ``base.__init__`` where this torch accepts it; older torch builds the
+    bias and the caller drops it with :func:`_drop_bias`."""
+    return {"bias": bias} if _takes_bias(base) else {}
 
 
 def _drop_bias(module: nn.Module, base: type, bias: bool) -> None:
     """``bias=False`` on a torch whose constructor has no ``bias``: no bias parameter."""
-    if not bias and not _bias_kwarg(base, bias) and getattr(module, "bias", None) is not None:
+    if not bias and not _takes_bias(base) and getattr(module, "bias", None) is not None:
         module.bias = None
 
 
