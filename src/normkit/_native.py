@@ -162,19 +162,24 @@ def _record(family: str) -> None:
         dispatch.last_backend[op] = NATIVE
 
 
-def layer_norm(input, shape: tuple, weight, bias, eps: float) -> torch.Tensor:
-    """``F.layer_norm`` of ``input`` minus the first element of each row (detached)."""
-    _record("layer_norm")
+def _row_shifted(input: torch.Tensor, k: int) -> torch.Tensor:
+    """``input`` minus the first element of each row of its last ``k`` dims (detached);
+    half precision as it is (see :data:`_HALF`)."""
     if input.dtype in _HALF:
-        return torch.layer_norm(input, shape, weight, bias, eps, False)
-    k = len(shape)
+        return input
     x = input.detach()  # slices of a detached tensor skip autograd's view bookkeeping
     if k == 1:  # x[..., :1] as one as_strided call (a tuple index costs twice as much)
         shift = x.as_strided(x.shape[:-1] + (1,), x.stride(), x.storage_offset())
     else:
         lead = x.shape[: x.dim() - k]
         shift = x.reshape(lead + (-1,))[..., :1].reshape(lead + (1,) * k)
-    return torch.layer_norm(input - shift, shape, weight, bias, eps, False)
+    return input - shift
+
+
+def layer_norm(input, shape: tuple, weight, bias, eps: float) -> torch.Tensor:
+    """``F.layer_norm`` of ``input`` minus the first element of each row (detached)."""
+    _record("layer_norm")
+    return torch.layer_norm(_row_shifted(input, len(shape)), shape, weight, bias, eps, False)
 
 
 def rms_norm(input, shape: tuple, weight, eps: float) -> torch.Tensor:
@@ -184,7 +189,10 @@ def rms_norm(input, shape: tuple, weight, eps: float) -> torch.Tensor:
 
 
 def _grouped_shift(input: torch.Tensor, groups: int) -> torch.Tensor:
-    """``input`` minus, per sample and group, the group's first element (detached)."""
+    """``input`` minus, per sample and group, the group's first element (detached); half
+    precision as it is."""
+    if input.dtype in _HALF:
+        return input
     x = input.detach()
     n, c = x.shape[:2]
     if groups == c:  # instance norm: the first element of each plane, broadcast
@@ -196,15 +204,13 @@ def _grouped_shift(input: torch.Tensor, groups: int) -> torch.Tensor:
 def group_norm(input, groups: int, weight, bias, eps: float) -> torch.Tensor:
     """``F.group_norm`` of the group-shifted input (instance norm: ``groups = C``)."""
     _record("group_norm")
-    if input.dtype in _HALF:
-        return torch.group_norm(input, groups, weight, bias, eps, False)
     return torch.group_norm(_grouped_shift(input, groups), groups, weight, bias, eps, False)
 
 
 def batch_norm_train(
     input, running_mean: Optional[torch.Tensor], running_var, weight, bias, momentum, eps
 ) -> torch.Tensor:
-    """Training batch norm on the channel-shifted input.
+    """Training batch norm on the channel-shifted input (half precision: unshifted).
 
     torch updates ``running_mean`` in place with the mean of ``x - s`` and saves it for
     backward, so it may not be touched afterwards; instead it is moved beforehand by
@@ -212,33 +218,27 @@ def batch_norm_train(
     ``(1 - m) r + m mean(x)``. Needs ``momentum < 1`` (the caller checks it).
     """
     _record("batch_norm")
-    if input.dtype in _HALF:
-        return torch.batch_norm(
-            input, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn(input)
-        )
-    c = input.shape[1]
-    shift = _first(input.detach(), one_sample=True)  # (1, C, 1, ...)
-    if running_mean is not None:
-        # through .data: no version-counter bump, as torch's own in-kernel update. torch's
-        # autograd keeps a reference to running_mean (unused by the training backward), so
-        # a bump would make an earlier graph through this layer refuse to run backward
-        running_mean.data.add_(shift.reshape(c), alpha=momentum / (1.0 - momentum))
+    x = input
+    if input.dtype not in _HALF:
+        shift = _first(input.detach(), one_sample=True)  # (1, C, 1, ...)
+        if running_mean is not None:
+            # through .data: no version-counter bump, as torch's own in-kernel update.
+            # torch's autograd keeps a reference to running_mean (unused by the training
+            # backward), so a bump would make an earlier graph through this layer refuse
+            # to run backward
+            running_mean.data.add_(shift.reshape(-1), alpha=momentum / (1.0 - momentum))
+        x = input - shift
     return torch.batch_norm(
-        input - shift, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn(input)
+        x, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn(input)
     )
 
 
 def batch_norm_eval(input, running_mean, running_var, weight, bias, eps) -> torch.Tensor:
-    """Evaluation batch norm: ``input - running_mean`` normalized with mean 0."""
+    """Evaluation batch norm: ``input - running_mean`` normalized with mean 0 (half
+    precision: torch's own evaluation with the running mean)."""
     _record("batch_norm")
-    if input.dtype in _HALF:
-        return torch.batch_norm(
-            input, weight, bias, running_mean, running_var, False, 0.0, eps, _cudnn(input)
-        )
-    c = input.shape[1]
-    view = (1, c) + (1,) * (input.dim() - 2)
-    centred = input - running_mean.reshape(view)
-    zero = torch.zeros_like(running_mean)
-    return torch.batch_norm(
-        centred, weight, bias, zero, running_var, False, 0.0, eps, _cudnn(input)
-    )
+    x, mean = input, running_mean
+    if input.dtype not in _HALF:
+        view = (1, input.shape[1]) + (1,) * (input.dim() - 2)
+        x, mean = input - running_mean.reshape(view), torch.zeros_like(running_mean)
+    return torch.batch_norm(x, weight, bias, mean, running_var, False, 0.0, eps, _cudnn(input))
