@@ -12,11 +12,11 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def randn(*shape, dtype=torch.float64, seed=0, mean=0.0, std=1.0):
+def randn(*shape, dtype=torch.float64, seed=0, mean=0.0, std=1.0, device="cpu"):
     # drawn on the CPU (the generator's device) even when a test has set a CUDA default
-    # device, then moved there by the caller: the same values on every machine
+    # device, then moved to ``device``: the same values on every machine
     x = torch.randn(*shape, generator=_gen(seed), dtype=torch.float64, device="cpu") * std + mean
-    return x.to(dtype)
+    return x.to(device=device, dtype=dtype)
 
 
 def layouts(x: torch.Tensor):

@@ -38,10 +38,6 @@ def _np(t):
     return t.detach().cpu().double().numpy()
 
 
-def _rn(device, *shape, **kw):
-    return randn(*shape, **kw).to(device)
-
-
 def _err_over_scale(ours, ref):
     ref = np.asarray(ref)
     return float(np.max(np.abs(_np(ours) - ref)) / max(1.0, np.max(np.abs(ref))))
@@ -76,10 +72,10 @@ MEANS = (0.0, 1e4)
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm_native_path_meets_the_floor(device, mean, affine):
     dtype = F32
-    x = _leaf(_rn(device, 6, 5, 32, dtype=dtype, seed=3, mean=mean))
-    w = _leaf(_rn(device, 32, dtype=dtype, seed=4)) if affine else None
-    b = _leaf(_rn(device, 32, dtype=dtype, seed=5)) if affine else None
-    dy = _rn(device, 6, 5, 32, dtype=dtype, seed=6)
+    x = _leaf(randn(6, 5, 32, dtype=dtype, seed=3, mean=mean, device=device))
+    w = _leaf(randn(32, dtype=dtype, seed=4, device=device)) if affine else None
+    b = _leaf(randn(32, dtype=dtype, seed=5, device=device)) if affine else None
+    dy = randn(6, 5, 32, dtype=dtype, seed=6, device=device)
     y = NF.layer_norm(x, (32,), w, b, 1e-5)
     assert dispatch.last_backend["layer_norm_fwd"] == "native"
     gx, gw, gb = _grads(y, dy, x, w, b)
@@ -97,9 +93,12 @@ def test_layer_norm_native_path_meets_the_floor(device, mean, affine):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mean", MEANS)
 def test_layer_norm_native_path_over_two_trailing_dims(device, mean):
-    x = _leaf(_rn(device, 3, 4, 5, dtype=F32, seed=7, mean=mean))
-    w, b = _leaf(_rn(device, 4, 5, seed=8, dtype=F32)), _leaf(_rn(device, 4, 5, seed=9, dtype=F32))
-    dy = _rn(device, 3, 4, 5, dtype=F32, seed=10)
+    x = _leaf(randn(3, 4, 5, dtype=F32, seed=7, mean=mean, device=device))
+    w, b = (
+        _leaf(randn(4, 5, seed=8, dtype=F32, device=device)),
+        _leaf(randn(4, 5, seed=9, dtype=F32, device=device)),
+    )
+    dy = randn(3, 4, 5, dtype=F32, seed=10, device=device)
     y = NF.layer_norm(x, (4, 5), w, b)
     assert dispatch.last_backend["layer_norm_fwd"] == "native"
     gx, gw, gb = _grads(y, dy, x, w, b)
@@ -114,9 +113,12 @@ def test_layer_norm_native_path_over_two_trailing_dims(device, mean):
 @pytest.mark.parametrize("mean", MEANS)
 @pytest.mark.parametrize("groups", [1, 2, 8])  # 8 = instance norm's grouping
 def test_group_norm_native_path_meets_the_floor(device, mean, groups):
-    x = _leaf(_rn(device, 3, 8, 5, 5, dtype=F32, seed=11, mean=mean))
-    w, b = _leaf(_rn(device, 8, dtype=F32, seed=12)), _leaf(_rn(device, 8, dtype=F32, seed=13))
-    dy = _rn(device, 3, 8, 5, 5, dtype=F32, seed=14)
+    x = _leaf(randn(3, 8, 5, 5, dtype=F32, seed=11, mean=mean, device=device))
+    w, b = (
+        _leaf(randn(8, dtype=F32, seed=12, device=device)),
+        _leaf(randn(8, dtype=F32, seed=13, device=device)),
+    )
+    dy = randn(3, 8, 5, 5, dtype=F32, seed=14, device=device)
     y = NF.group_norm(x, groups, w, b)
     assert dispatch.last_backend["group_norm_fwd"] == "native"
     gx, gw, gb = _grads(y, dy, x, w, b)
@@ -130,12 +132,12 @@ def test_group_norm_native_path_meets_the_floor(device, mean, groups):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mean", MEANS)
 def test_instance_norm_native_path_meets_the_floor(device, mean):
-    x = _leaf(_rn(device, 2, 4, 7, 3, dtype=F32, seed=15, mean=mean))
-    dy = _rn(device, 2, 4, 7, 3, dtype=F32, seed=16)
+    x = _leaf(randn(2, 4, 7, 3, dtype=F32, seed=15, mean=mean, device=device))
+    dy = randn(2, 4, 7, 3, dtype=F32, seed=16, device=device)
     m = normkit.InstanceNorm2d(4, affine=True).to(device).to(device).to(device).to(device)
     with torch.no_grad():
-        m.weight.copy_(_rn(device, 4, dtype=F32, seed=17))
-        m.bias.copy_(_rn(device, 4, dtype=F32, seed=18))
+        m.weight.copy_(randn(4, dtype=F32, seed=17, device=device))
+        m.bias.copy_(randn(4, dtype=F32, seed=18, device=device))
     y = m(x)
     assert dispatch.last_backend["group_norm_fwd"] == "native"
     gx, gw, gb = _grads(y, dy, x, m.weight, m.bias)
@@ -149,9 +151,9 @@ def test_instance_norm_native_path_meets_the_floor(device, mean):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_rms_norm_native_path_meets_the_floor(device):
-    x = _leaf(_rn(device, 5, 3, 24, dtype=F32, seed=19, mean=3.0))
-    w = _leaf(_rn(device, 24, dtype=F32, seed=20))
-    dy = _rn(device, 5, 3, 24, dtype=F32, seed=21)
+    x = _leaf(randn(5, 3, 24, dtype=F32, seed=19, mean=3.0, device=device))
+    w = _leaf(randn(24, dtype=F32, seed=20, device=device))
+    dy = randn(5, 3, 24, dtype=F32, seed=21, device=device)
     y = NF.rms_norm(x, (24,), w, 1e-6)
     assert dispatch.last_backend["rms_norm_fwd"] == "native"
     gx, gw = _grads(y, dy, x, w)
@@ -167,12 +169,12 @@ def test_rms_norm_native_path_meets_the_floor(device):
 def test_batch_norm_native_training_steps_and_running_stats(device, mean, momentum):
     m = normkit.BatchNorm2d(6, momentum=momentum).to(device).to(device)
     with torch.no_grad():
-        m.weight.copy_(_rn(device, 6, dtype=F32, seed=22))
-        m.bias.copy_(_rn(device, 6, dtype=F32, seed=23))
+        m.weight.copy_(randn(6, dtype=F32, seed=22, device=device))
+        m.bias.copy_(randn(6, dtype=F32, seed=23, device=device))
     rm, rv = np.zeros(6), np.ones(6)
     for step in range(1, 4):
-        x = _leaf(_rn(device, 4, 6, 3, 3, dtype=F32, seed=30 + step, mean=mean))
-        dy = _rn(device, 4, 6, 3, 3, dtype=F32, seed=40 + step)
+        x = _leaf(randn(4, 6, 3, 3, dtype=F32, seed=30 + step, mean=mean, device=device))
+        dy = randn(4, 6, 3, 3, dtype=F32, seed=40 + step, device=device)
         y = m(x)
         # momentum=None: the first batch has factor 1 and takes the kernel path
         expect = KERNEL[device] if (momentum is None and step == 1) else "native"
@@ -191,8 +193,8 @@ def test_batch_norm_native_training_steps_and_running_stats(device, mean, moment
         assert_matches_reference(m.running_mean, rm, F32, what="running_mean")
         assert_matches_reference(m.running_var, rv, F32, what="running_var")
     m.eval()
-    x = _leaf(_rn(device, 4, 6, 3, 3, dtype=F32, seed=50, mean=mean))
-    dy = _rn(device, 4, 6, 3, 3, dtype=F32, seed=51)
+    x = _leaf(randn(4, 6, 3, 3, dtype=F32, seed=50, mean=mean, device=device))
+    dy = randn(4, 6, 3, 3, dtype=F32, seed=51, device=device)
     y = m(x)
     assert dispatch.last_backend["batch_norm_apply"] == "native"
     (gx,) = _grads(y, dy, x)
@@ -295,11 +297,11 @@ def test_batch_norm_kernel_paths_meet_the_floor_at_mean_1e4(backend, training):
     # triton runs on CUDA tensors, or on CPU tensors in its interpreter
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     device = "cuda" if backend == "triton" and not interpreted else "cpu"
-    x = _leaf(_rn(device, 4, 6, 3, 3, dtype=F32, seed=70, mean=1e4))
-    w = _leaf(_rn(device, 6, dtype=F32, seed=71))
-    b = _leaf(_rn(device, 6, dtype=F32, seed=72))
-    dy = _rn(device, 4, 6, 3, 3, dtype=F32, seed=73)
-    rm = (_rn(device, 6, dtype=torch.float64, seed=74) + 1e4).float()
+    x = _leaf(randn(4, 6, 3, 3, dtype=F32, seed=70, mean=1e4, device=device))
+    w = _leaf(randn(6, dtype=F32, seed=71, device=device))
+    b = _leaf(randn(6, dtype=F32, seed=72, device=device))
+    dy = randn(4, 6, 3, 3, dtype=F32, seed=73, device=device)
+    rm = (randn(6, dtype=torch.float64, seed=74, device=device) + 1e4).float()
     rv = (torch.rand(6, generator=torch.Generator().manual_seed(75)) + 0.5).to(device)
     y = NF.batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5, backend=backend)
     assert dispatch.last_backend["batch_norm_apply"] == backend
@@ -348,9 +350,10 @@ def test_half_precision_on_the_cpu_keeps_normkits_kernels(dtype):
 def test_half_precision_on_cuda_is_torchs_own_kernel(dtype):
     # the half-precision contract is "within 2x torch's error in that dtype": torch's kernel,
     # unshifted, is what runs, so outputs and gradients are torch's bit for bit
-    x = randn(8, 32, 5, 5, dtype=dtype, seed=81, mean=3.0).cuda()
-    w, b = randn(32, dtype=dtype, seed=82).cuda(), randn(32, dtype=dtype, seed=83).cuda()
-    dy = randn(8, 32, 5, 5, dtype=dtype, seed=84).cuda()
+    x = randn(8, 32, 5, 5, dtype=dtype, seed=81, mean=3.0, device="cuda")
+    w = randn(32, dtype=dtype, seed=82, device="cuda")
+    b = randn(32, dtype=dtype, seed=83, device="cuda")
+    dy = randn(8, 32, 5, 5, dtype=dtype, seed=84, device="cuda")
     cases = [
         ("layer_norm_fwd", lambda F, x: F.layer_norm(x, (5,), w[:5], b[:5])),
         ("group_norm_fwd", lambda F, x: F.group_norm(x, 4, w, b)),

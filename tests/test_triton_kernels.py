@@ -56,7 +56,7 @@ else:  # pragma: no cover -- only when a user sets TRITON_INTERPRET=0 on a machi
 
 def randn(*shape, dtype=torch.float64, seed=0, mean=0.0, std=1.0):
     """hostile.randn, on the device the kernels run on."""
-    return hostile.randn(*shape, dtype=dtype, seed=seed, mean=mean, std=std).to(DEVICE)
+    return hostile.randn(*shape, dtype=dtype, seed=seed, mean=mean, std=std, device=DEVICE)
 
 
 @pytest.fixture(autouse=True)
