@@ -38,46 +38,44 @@ FAMILIES = {
     "layer_norm": (
         lambda n: torch.randn(max(1, n // 256), 256),
         lambda x, w, b: _native.layer_norm(x, (x.shape[-1],), w, b, 1e-5),
-        lambda x, w, b: NF.layer_norm(x, (x.shape[-1],), w, b, 1e-5, backend=KERNEL),
+        lambda x, w, b: NF.layer_norm(x, (x.shape[-1],), w, b, 1e-5, backend=_kernel(x)),
     ),
     "rms_norm": (
         lambda n: torch.randn(max(1, n // 256), 256),
         lambda x, w, b: _native.rms_norm(x, (x.shape[-1],), w, 1e-6),
-        lambda x, w, b: NF.rms_norm(x, (x.shape[-1],), w, 1e-6, backend=KERNEL),
+        lambda x, w, b: NF.rms_norm(x, (x.shape[-1],), w, 1e-6, backend=_kernel(x)),
     ),
     "group_norm": (
         lambda n: torch.randn(max(1, n // (32 * 64)), 32, 8, 8),
         lambda x, w, b: _native.group_norm(x, 8, w, b, 1e-5),
-        lambda x, w, b: NF.group_norm(x, 8, w, b, 1e-5, backend=KERNEL),
+        lambda x, w, b: NF.group_norm(x, 8, w, b, 1e-5, backend=_kernel(x)),
     ),
     "batch_norm": (
         lambda n: torch.randn(max(2, n // (32 * 64)), 32, 8, 8),
         lambda x, w, b: _native.batch_norm_train(x, None, None, w, b, 0.1, 1e-5),
-        lambda x, w, b: NF.batch_norm(x, None, None, w, b, True, 0.1, 1e-5, backend=KERNEL),
+        lambda x, w, b: NF.batch_norm(x, None, None, w, b, True, 0.1, 1e-5, backend=_kernel(x)),
     ),
 }
-KERNEL = "cpu"  # the kernel backend timed: "triton" with --device cuda
-DEVICE = "cpu"
 
 
-def _sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
+def _kernel(x: torch.Tensor) -> str:
+    """The kernel backend timed against the native path: Triton on CUDA, numba on CPU."""
+    return "triton" if x.is_cuda else "cpu"
 
 
 def _params(family: str, x: torch.Tensor):
     d = x.shape[-1] if family in ("layer_norm", "rms_norm") else x.shape[1]
-    w = torch.randn(d, device=DEVICE).requires_grad_()
-    b = torch.randn(d, device=DEVICE).requires_grad_()
+    w = torch.randn(d, device=x.device).requires_grad_()
+    b = torch.randn(d, device=x.device).requires_grad_()
     return w, b
 
 
-def _time(fn, repeats: int):
+def _time(fn, repeats: int, sync):
     out = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
-        _sync()
+        sync()  # on CUDA: the call's kernels have finished
         out.append(time.perf_counter() - t)
     return out
 
@@ -92,20 +90,24 @@ def main(argv=None) -> None:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
-    global KERNEL, DEVICE
-    DEVICE = args.device
-    KERNEL = "triton" if DEVICE == "cuda" else "cpu"
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device here; run on a GPU machine")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     torch.set_num_threads(args.threads)
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    where = torch.cuda.get_device_name() if DEVICE == "cuda" else f"{args.threads} threads"
-    print(f"load average {load}; {where}; kernel backend {KERNEL}; medians of {args.repeats}")
+    where = torch.cuda.get_device_name() if cuda else f"{args.threads} threads"
+    backend = "triton" if cuda else "cpu"
+    print(f"load average {load}; {where}; kernel backend {backend}; medians of {args.repeats}")
+    # the fields every CSV row shares
+    run = dict(timestamp=stamp, load_avg=load, threads=args.threads, device=where)
     rows = []
     for family in args.families.split(","):
         make, native, kernel = FAMILIES[family]
         wins_from = {"fwd": None, "fwdbwd": None}
         for n in [1 << k for k in range(args.min_log2, args.max_log2 + 1)]:
-            x = make(n).to(DEVICE).requires_grad_()
+            x = make(n).to(args.device).requires_grad_()
             w, b = _params(family, x)
             dy = torch.randn_like(x)
 
@@ -126,8 +128,8 @@ def main(argv=None) -> None:
                         wrap(f)()
                 tn, tk = [], []
                 for _ in range(args.repeats):  # interleaved: load hits both alike
-                    tn += _time(wrap(native), 1)
-                    tk += _time(wrap(kernel), 1)
+                    tn += _time(wrap(native), 1, sync)
+                    tk += _time(wrap(kernel), 1, sync)
                 res[pass_name] = (statistics.median(tn) * 1e6, statistics.median(tk) * 1e6)
                 if res[pass_name][1] < res[pass_name][0]:
                     wins_from[pass_name] = wins_from[pass_name] or x.numel()
@@ -136,10 +138,7 @@ def main(argv=None) -> None:
             for pass_name, (tn, tk) in res.items():
                 rows.append(
                     dict(
-                        timestamp=stamp,
-                        load_avg=load,
-                        threads=args.threads,
-                        device=where,
+                        run,
                         family=family,
                         shape="x".join(map(str, x.shape)),
                         numel=x.numel(),
@@ -161,10 +160,7 @@ def main(argv=None) -> None:
         for pass_name, numel in wins_from.items():
             rows.append(
                 dict(
-                    timestamp=stamp,
-                    load_avg=load,
-                    threads=args.threads,
-                    device=where,
+                    run,
                     family=family,
                     shape="",
                     numel=numel or "",
