@@ -15,6 +15,7 @@ path at this size), and torch's own layers, and prints
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import pstats
 import sys
@@ -38,10 +39,11 @@ def _per_call_us(fn, n=300) -> float:
     return (time.perf_counter() - t) / n * 1e6
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("needs a CUDA device", file=sys.stderr)
-        return 2
+        ap.error("needs a CUDA device: this profiles the host cost of CUDA layer calls")
     dev = "cuda"
     x = torch.randn(8, 64, 32, 32, device=dev, requires_grad=True)
     w = torch.randn(64, device=dev, requires_grad=True)
@@ -54,7 +56,9 @@ def main() -> int:
     def bn(backend):
         if backend == "torch-eager":
             return lambda: TF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5).sum().backward()
-        return lambda: NF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5, backend=backend).sum().backward()
+        return lambda: (
+            NF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5, backend=backend).sum().backward()
+        )
 
     def ln(backend):
         if backend == "torch-eager":

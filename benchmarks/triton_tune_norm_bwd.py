@@ -80,7 +80,9 @@ def main(argv=None) -> int:
                 for per_sm in PER_SM:
                     for scale in WARP_SCALE:
                         N.num_partials = lambda r, dev, k=per_sm: max(1, min(r, k * sms))
-                        N.warps_for = lambda blk, s=scale: max(1, min(32, int(default_warps(blk) * s)))
+                        N.warps_for = lambda blk, s=scale: max(
+                            1, min(32, int(default_warps(blk) * s))
+                        )
                         try:
                             if rms:
                                 fn = lambda: N.rms_norm_bwd(dy, x, rstd, w)  # noqa: E731
@@ -92,7 +94,9 @@ def main(argv=None) -> int:
                             continue
                         finally:
                             N.num_partials, N.warps_for = default_partials, default_warps
-                        warps = max(1, min(32, int(default_warps(triton.next_power_of_2(d)) * scale)))
+                        warps = max(
+                            1, min(32, int(default_warps(triton.next_power_of_2(d)) * scale))
+                        )
                         row = dict(
                             op=name,
                             dtype=dname,
