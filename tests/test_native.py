@@ -262,6 +262,41 @@ def test_the_switch_follows_request_env_and_dtype(monkeypatch):
     assert dispatch.last_backend["layer_norm_fwd"] == "cpu"
 
 
+def test_env_override_is_read_on_every_call_set_and_unset(monkeypatch):
+    # the fast reader of $NORMKIT_BACKEND sees os.environ's assignments and deletions at
+    # once, as os.environ.get does (it replaced a per-call os.environ.get)
+    small = torch.randn(4, 64)
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    assert dispatch.env_backend() is None
+    NF.layer_norm(small, (64,))
+    assert dispatch.last_backend["layer_norm_fwd"] == _native.NATIVE
+    os.environ[dispatch.ENV_VAR] = "torch"  # plain assignment, not through monkeypatch
+    try:
+        assert dispatch.env_backend() == "torch" == os.environ.get(dispatch.ENV_VAR)
+        NF.layer_norm(small, (64,))
+        assert dispatch.last_backend["layer_norm_fwd"] == "torch"
+    finally:
+        del os.environ[dispatch.ENV_VAR]
+    assert dispatch.env_backend() is None
+    NF.layer_norm(small, (64,))
+    assert dispatch.last_backend["layer_norm_fwd"] == _native.NATIVE
+    monkeypatch.setenv(dispatch.ENV_VAR, "auto")  # "auto" keeps the size switch
+    NF.layer_norm(small, (64,))
+    assert dispatch.last_backend["layer_norm_fwd"] == _native.NATIVE
+
+
+def test_env_reader_falls_back_to_os_environ_get(monkeypatch):
+    # where os.environ lacks CPython's private store the public lookup is used
+    class Plain(dict):
+        pass
+
+    monkeypatch.setattr(os, "environ", Plain({dispatch.ENV_VAR: "cpu"}))
+    read = dispatch._env_reader()
+    assert read() == "cpu"
+    os.environ[dispatch.ENV_VAR] = "torch"
+    assert read() == "torch"
+
+
 def test_thresholds_cover_each_family_the_functional_layer_switches():
     assert set(_native.THRESHOLDS) == {"layer_norm", "rms_norm", "group_norm", "batch_norm"}
     for pair in _native.THRESHOLDS.values():

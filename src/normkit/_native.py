@@ -38,7 +38,6 @@ thresholds are the measured crossover sizes of ``benchmarks/crossover.py`` (resu
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -98,9 +97,10 @@ CUDA_THRESHOLDS = {
     "batch_norm": (_CUDA_CAP, _CUDA_CAP),
 }
 
-# float32 only: float64 has no fixed cost worth saving for (rare in training) and a floor
-# (1e-12) that torch's float64 backward misses by a little at mean 1e4
-_EXACT = (torch.float32,)
+# float32 only (the dtype test in chooses): float64 has no fixed cost worth saving for
+# (rare in training) and a floor (1e-12) that torch's float64 backward misses by a little
+# at mean 1e4.
+#
 # float16/bfloat16 on CUDA: torch's kernel as it is, unshifted. normkit's contract for half
 # precision is "within twice torch's own error in that dtype" (docs/design.md), which
 # torch's kernel meets by definition; a shift computed in half precision would round
@@ -110,16 +110,21 @@ _HALF = (torch.float16, torch.bfloat16)
 
 def chooses(family: str, input: torch.Tensor, backend: str, *params) -> bool:
     """True when ``auto`` runs ``family`` on ``input`` with torch's kernel (see above)."""
-    # cheapest tests first: this runs on every layer call
+    # this runs on every layer call: cheapest and most decisive tests first, and each
+    # tensor property read once (a few hundred ns apiece)
     if backend != "auto" or type(input) is not torch.Tensor:
         return False
-    if input.dtype not in _EXACT and not (input.dtype in _HALF and input.is_cuda):
-        return False
-    device = input.device
-    if device.type == "cpu":
+    dtype = input.dtype
+    if input.is_cpu:
+        if dtype is not torch.float32:
+            return False
         forward_only, with_grad = THRESHOLDS[family]
-    elif device.type == "cuda":
+        device = None  # parameters: is_cpu
+    elif input.is_cuda:
+        if dtype is not torch.float32 and dtype not in _HALF:
+            return False
         forward_only, with_grad = CUDA_THRESHOLDS[family]
+        device = input.device
     else:
         return False
     numel = input.numel()
@@ -127,15 +132,14 @@ def chooses(family: str, input: torch.Tensor, backend: str, *params) -> bool:
         return False
     grad_mode = torch.is_grad_enabled()
     grad = grad_mode and input.requires_grad
-    dtype = input.dtype
     for p in params:
         if p is not None:
-            if p.dtype is not dtype or p.device != device:
+            if p.dtype is not dtype or (p.device != device if device else not p.is_cpu):
                 return False
             grad = grad or (grad_mode and p.requires_grad)
     if numel >= (with_grad if grad else forward_only):
         return False
-    env = os.environ.get(dispatch.ENV_VAR)
+    env = dispatch.env_backend()
     if env and env != "auto":
         return False
     return not (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None)
@@ -156,10 +160,12 @@ def _first(x: torch.Tensor, one_sample: bool) -> torch.Tensor:
 _OPS = {family: schema.ops_of(family) for family in THRESHOLDS}
 
 
+_RECORDS = {family: dict.fromkeys(ops, NATIVE) for family, ops in _OPS.items()}
+
+
 def _record(family: str) -> None:
     """Every op of the family ran as torch's (forward here, backward in torch's autograd)."""
-    for op in _OPS[family]:
-        dispatch.last_backend[op] = NATIVE
+    dispatch.last_backend.update(_RECORDS[family])
 
 
 def _row_shifted(input: torch.Tensor, k: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 __all__ = ["BACKENDS", "ENV_VAR", "register", "resolve", "resolve_all", "call", "last_backend"]
-__all__ += ["table"]
+__all__ += ["table", "env_backend"]
 
 BACKENDS = ("torch", "cpu", "triton")
 ENV_VAR = "NORMKIT_BACKEND"
@@ -69,11 +69,39 @@ def register(
     _memo_all.clear()
 
 
+def _env_reader() -> Callable[[], Optional[str]]:
+    """A function returning ``$NORMKIT_BACKEND`` (None when unset), read on every call.
+
+    ``os.environ.get`` costs about 1 us (it encodes the key and catches a KeyError when
+    the variable is unset), and every layer call reads the variable, so the reader looks
+    the pre-encoded key up in the mapping ``os.environ`` keeps in sync with itself
+    (``os.environ._data``, CPython's store behind it: every assignment or deletion made
+    through ``os.environ`` shows there, exactly as ``os.environ.get`` would see it).
+    Where that private layout differs, the public ``os.environ.get`` is used.
+    """
+    environ = os.environ
+    try:
+        data, key, decode = environ._data, environ.encodekey(ENV_VAR), environ.decodevalue
+        if not isinstance(data, dict):
+            raise TypeError
+    except (AttributeError, TypeError):
+        return lambda: environ.get(ENV_VAR)
+
+    def read() -> Optional[str]:
+        value = data.get(key)
+        return None if value is None else decode(value)
+
+    return read
+
+
+env_backend = _env_reader()
+
+
 def _requested(backend: str) -> str:
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     if backend == "auto":
-        backend = os.environ.get(ENV_VAR, "auto") or "auto"
+        backend = env_backend() or "auto"
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(
             f"unknown backend {backend!r} (from argument or ${ENV_VAR}); "
@@ -84,7 +112,7 @@ def _requested(backend: str) -> str:
 
 def resolve(op: str, x: torch.Tensor, backend: str = "auto") -> str:
     """Name of the backend that will run ``op`` on ``x``."""
-    env = os.environ.get(ENV_VAR)
+    env = env_backend()
     if backend == "auto" and (not env or env == "auto") and type(x) is torch.Tensor:
         key = (op, x.device.type, x.dtype, x.layout)
         chosen = _memo.get(key)
@@ -103,7 +131,7 @@ def resolve_all(ops: tuple, x: torch.Tensor, backend: str = "auto") -> Dict[str,
     """``{op: resolve(op, x, backend)}`` for the ops of one layer call, in one lookup when
     every choice is memoised (``auto``, no ``$NORMKIT_BACKEND``, size-independent backends)."""
     if backend == "auto" and type(x) is torch.Tensor:
-        env = os.environ.get(ENV_VAR)
+        env = env_backend()
         if not env or env == "auto":
             key = (ops, x.device.type, x.dtype, x.layout)
             hit = _memo_all.get(key)
