@@ -6,6 +6,7 @@ through it for gradients), under the suite's tolerance policy (tests/tolerance.p
 """
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -392,6 +393,55 @@ def test_weight_gradients_do_not_depend_on_thread_count(monkeypatch):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+def _kernel_outputs(seed: int) -> list:
+    """Every output of LayerNorm, GroupNorm and BatchNorm fwd/bwd and LRN fwd on inputs
+    large enough to be split over threads (> _pool.SERIAL_BELOW elements)."""
+    x = randn(300, 257, seed=seed, dtype=torch.float32, mean=30.0)
+    dy = randn(300, 257, seed=seed + 1, dtype=torch.float32)
+    w = randn(257, seed=seed + 2, dtype=torch.float32)
+    xg = randn(6, 8, 2000, seed=seed + 3, dtype=torch.float32)
+    dyg = randn(6, 8, 2000, seed=seed + 4, dtype=torch.float32)
+    y, mean, rstd = cpu.norms.layer_norm_fwd(x, w, None, 1e-5)
+    out = [y, mean, rstd, *cpu.norms.layer_norm_bwd(dy, x, mean, rstd, w)]
+    yg, gm, gr = cpu.norms.group_norm_fwd(xg, w[:8], None, 2, 1e-5)
+    out += [yg, gm, gr, *cpu.norms.group_norm_bwd(dyg, xg, gm, gr, w[:8], 2)]
+    bm, bv = cpu.norms.batch_norm_stats(xg)
+    out += [bm, bv, *cpu.norms.batch_norm_bwd_reduce(dyg, xg, bm, bv.add(1e-5).rsqrt())]
+    out.append(local_response_norm(xg.reshape(6, 8, 40, 50), 5, 1e-2, 0.75, 1.0, backend="cpu"))
+    return out
+
+
+def test_openmp_team_and_own_threads_give_the_same_bits(monkeypatch):
+    # parallel_for runs chunks on torch's OpenMP team by default (where torch's runtime
+    # exports GOMP_parallel) and on normkit's own threads with NORMKIT_CPU_POOL=threads:
+    # the chunks and their order of reduction are the same, so are the results
+    from normkit.ops.cpu import _pool
+
+    monkeypatch.setenv("NORMKIT_NUM_THREADS", "2")
+    results = {}
+    for pool in ("threads", "openmp"):
+        monkeypatch.setenv(_pool.ENV_POOL, pool)
+        results[_pool.runner()] = _kernel_outputs(70)
+    monkeypatch.setenv("NORMKIT_NUM_THREADS", "1")
+    results["serial"] = _kernel_outputs(70)
+    assert "threads" in results
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        assert "openmp" in results  # torch's wheel on Linux: libgomp in torch/lib
+    for name, outs in results.items():
+        for a, b in zip(results["serial"], outs):
+            assert torch.equal(a, b), name
+
+
+def test_cpu_pool_env_is_validated(monkeypatch):
+    from normkit.ops.cpu import _pool
+
+    monkeypatch.setenv(_pool.ENV_POOL, "gpu")
+    with pytest.raises(ValueError, match=r"NORMKIT_CPU_POOL must be 'openmp' or 'threads'"):
+        cpu.norms.layer_norm_fwd(randn(4, 8, seed=1), None, None, 1e-5)  # even a small call
+    monkeypatch.setenv(_pool.ENV_POOL, "threads")
+    assert _pool.runner() == "threads"
 
 
 def test_group_norm_bad_groups_message():

@@ -126,3 +126,34 @@ def test_kernel_errors_reach_the_caller_and_the_pool_survives():
         print("OK")
     """)
     assert out.strip().endswith("OK")
+
+
+def test_openmp_team_in_the_parent_own_threads_in_a_forked_child():
+    # GNU OpenMP is not safe in a child forked after the parent used it (torch's own
+    # multi-threaded ops hang there, which is why DataLoader workers run 1 torch thread):
+    # the child must switch to normkit's own threads, which NORMKIT_NUM_THREADS=2 (set by
+    # _run) still splits the work over, and the parent keep the team
+    out = _run("""
+        import multiprocessing as mp
+        from normkit.ops.cpu import _pool
+
+        def big_err(seed, child=True):
+            if child:
+                torch.set_num_threads(1)  # torch's own ops would hang (see above)
+            g = torch.Generator().manual_seed(seed)
+            x = torch.randn(64, 2048, generator=g, dtype=torch.float64) + 1e4
+            y, _, _ = cpu.norms.layer_norm_fwd(x, None, None, 1e-5)
+            ref = (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True)
+                                                    + 1e-5).sqrt()
+            return (y - ref).abs().max().item(), _pool.runner()
+
+        err, parent = big_err(0, child=False)
+        assert err < 1e-9 and parent in ("openmp", "threads"), (err, parent)
+        with mp.get_context("fork").Pool(2) as pool:
+            results = pool.map_async(big_err, range(4)).get(timeout=120)
+        assert all(e < 1e-9 for e, _ in results), results
+        assert {r for _, r in results} == {"threads"}, results
+        assert big_err(1, child=False)[1] == parent  # the parent is unchanged
+        print("OK", parent)
+    """)
+    assert out.strip().startswith("OK")

@@ -134,7 +134,7 @@ def chooses(family: str, input: torch.Tensor, backend: str, *params) -> bool:
     grad = grad_mode and input.requires_grad
     for p in params:
         if p is not None:
-            if p.dtype is not dtype or (p.device != device if device else not p.is_cpu):
+            if p.dtype is not dtype or (p.device != device if device is not None else not p.is_cpu):
                 return False
             grad = grad or (grad_mode and p.requires_grad)
     if numel >= (with_grad if grad else forward_only):
@@ -158,8 +158,6 @@ def _first(x: torch.Tensor, one_sample: bool) -> torch.Tensor:
 
 
 _OPS = {family: schema.ops_of(family) for family in THRESHOLDS}
-
-
 _RECORDS = {family: dict.fromkeys(ops, NATIVE) for family, ops in _OPS.items()}
 
 

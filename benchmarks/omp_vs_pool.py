@@ -1,0 +1,122 @@
+"""normkit's CPU kernels on torch's OpenMP team versus on normkit's own threads.
+
+After a parallel op, torch's OpenMP worker threads keep spinning for a while (GNU libgomp's
+default wait policy). A kernel of normkit's that runs right after a torch op (every layer
+of a real model) on normkit's own pool then shares the second core with that spinning
+thread. This script times each kernel call in three situations, for both runners
+(``NORMKIT_CPU_POOL=openmp`` and ``threads``, see ``src/normkit/ops/cpu/_pool.py``):
+
+* ``after_torch``: right after a torch op of the same size (as in a model);
+* ``after_idle``: after 5 ms of sleep (every thread has gone to sleep);
+* ``torch_after``: torch's own op right after normkit's call (does normkit slow torch?).
+
+Rows are interleaved (runner by runner, case by case, ``--repeats`` rounds), medians in
+milliseconds, with the load average; written to
+``benchmarks/results/omp-vs-pool-<timestamp>.csv``.
+
+    PYTHONPATH=src python benchmarks/omp_vs_pool.py [--repeats 30] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import pathlib
+import statistics
+import time
+
+import torch
+
+import normkit.functional as NF
+from normkit.ops.cpu import _pool
+
+# name: (input maker, normkit call, torch call of the same op)
+CASES = {
+    "group_norm fwd (16, 256, 32, 32)": (
+        lambda: (torch.randn(16, 256, 32, 32), torch.randn(256), torch.randn(256)),
+        lambda x, w, b: NF.group_norm(x, 32, w, b, 1e-5, backend="cpu"),
+        lambda x, w, b: torch.group_norm(x, 32, w, b, 1e-5),
+    ),
+    "layer_norm fwd (8192, 768)": (
+        lambda: (torch.randn(8192, 768), torch.randn(768), torch.randn(768)),
+        lambda x, w, b: NF.layer_norm(x, (768,), w, b, 1e-5, backend="cpu"),
+        lambda x, w, b: torch.layer_norm(x, (768,), w, b, 1e-5),
+    ),
+    "batch_norm train fwd (8, 64, 64, 64)": (
+        lambda: (torch.randn(8, 64, 64, 64), torch.randn(64), torch.randn(64)),
+        lambda x, w, b: NF.batch_norm(x, None, None, w, b, True, 0.1, 1e-5, backend="cpu"),
+        lambda x, w, b: torch.batch_norm(x, w, b, None, None, True, 0.1, 1e-5, False),
+    ),
+}
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30, help="rounds (default 30)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--out", default="benchmarks/results", help="CSV folder")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.pop(_pool.ENV_THREADS, None)
+    rows, times = [], {}
+    inputs = {name: make() for name, (make, _, _) in CASES.items()}
+    runners = ("openmp", "threads")
+    for name, (_, ours, theirs) in CASES.items():  # compile and warm every path
+        for runner in runners:
+            os.environ[_pool.ENV_POOL] = runner
+            ours(*inputs[name])
+            theirs(*inputs[name])
+    for _ in range(args.repeats):
+        for runner in runners:
+            os.environ[_pool.ENV_POOL] = runner
+            used = _pool.runner()
+            for name, (_, ours, theirs) in CASES.items():
+                x = inputs[name]
+                theirs(*x)
+                times.setdefault((name, used, "after_torch"), []).append(_timed(lambda: ours(*x)))
+                time.sleep(0.005)
+                times.setdefault((name, used, "after_idle"), []).append(_timed(lambda: ours(*x)))
+                ours(*x)
+                times.setdefault((name, used, "torch_after"), []).append(
+                    _timed(lambda: theirs(*x))
+                )
+    os.environ.pop(_pool.ENV_POOL, None)
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    print(f"load average {load}; torch {torch.__version__}, {args.threads} threads")
+    print(f"{'case':40s} {'runner':8s} {'situation':12s} {'median ms':>9s}")
+    for (name, used, situation), ts in sorted(times.items()):
+        ms = statistics.median(ts) * 1e3
+        print(f"{name:40s} {used:8s} {situation:12s} {ms:9.3f}")
+        rows.append(dict(case=name, runner=used, situation=situation, median_ms=f"{ms:.4f}"))
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"omp-vs-pool-{stamp}.csv"
+    with open(path, "w", newline="") as f:
+        fields = ["timestamp", "torch_version", "threads", "load_avg", "repeats"]
+        writer = csv.DictWriter(f, fieldnames=fields + list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                dict(
+                    timestamp=stamp,
+                    torch_version=torch.__version__,
+                    threads=args.threads,
+                    load_avg=load,
+                    repeats=args.repeats,
+                    **row,
+                )
+            )
+    print(f"wrote {len(rows)} rows to {path}")
+
+
+if __name__ == "__main__":
+    main()
