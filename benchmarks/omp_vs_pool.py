@@ -11,8 +11,16 @@ thread. This script times each kernel call in three situations, for both runners
 * ``torch_after``: torch's own op right after normkit's call (does normkit slow torch?).
 
 Rows are interleaved (runner by runner, case by case, ``--repeats`` rounds), medians in
-milliseconds, with the load average; written to
+milliseconds and minor page faults per call, with the load average; written to
 ``benchmarks/results/omp-vs-pool-<timestamp>.csv``.
+
+Every call allocates a fresh output of 16-25 MB. With glibc's default settings, whether
+that memory is still mapped (free) or has been returned to the OS and must be faulted in
+again (thousands of page faults, several ms) depends on the order of earlier allocations
+and frees, for torch's outputs as for normkit's, and that swamps the difference measured
+here. So, by default, this script (not the library) asks glibc to keep freed memory:
+``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` and ``mallopt(M_TRIM_THRESHOLD, 1 GiB)``;
+``--default-malloc`` leaves the allocator alone.
 
     PYTHONPATH=src python benchmarks/omp_vs_pool.py [--repeats 30] [--threads 2]
 """
@@ -21,9 +29,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
+import ctypes.util
 import datetime
 import os
 import pathlib
+import resource
 import statistics
 import time
 
@@ -52,10 +63,24 @@ CASES = {
 }
 
 
-def _timed(fn) -> float:
+def _timed(fn, faults: list) -> float:
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return elapsed
+
+
+def _keep_freed_memory() -> bool:
+    """glibc: serve and keep outputs of up to 32 MiB from the heap (see the docstring)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+        return bool(ok and libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
 
 
 def main(argv=None) -> None:
@@ -63,10 +88,14 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=30, help="rounds (default 30)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--out", default="benchmarks/results", help="CSV folder")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's trim/mmap settings alone"
+    )
     args = parser.parse_args(argv)
+    kept = False if args.default_malloc else _keep_freed_memory()
     torch.set_num_threads(args.threads)
     os.environ.pop(_pool.ENV_THREADS, None)
-    rows, times = [], {}
+    rows, times, faults = [], {}, {}
     inputs = {name: make() for name, (make, _, _) in CASES.items()}
     runners = ("openmp", "threads")
     for name, (_, ours, theirs) in CASES.items():  # compile and warm every path
@@ -80,28 +109,42 @@ def main(argv=None) -> None:
             used = _pool.runner()
             for name, (_, ours, theirs) in CASES.items():
                 x = inputs[name]
-                theirs(*x)
-                times.setdefault((name, used, "after_torch"), []).append(_timed(lambda: ours(*x)))
-                time.sleep(0.005)
-                times.setdefault((name, used, "after_idle"), []).append(_timed(lambda: ours(*x)))
-                ours(*x)
-                times.setdefault((name, used, "torch_after"), []).append(
-                    _timed(lambda: theirs(*x))
-                )
+                for situation in ("after_torch", "after_idle", "torch_after"):
+                    key = (name, used, situation)
+                    if situation == "after_torch":
+                        theirs(*x)
+                    elif situation == "after_idle":
+                        time.sleep(0.005)
+                    else:
+                        ours(*x)
+                    call = theirs if situation == "torch_after" else ours
+                    got = faults.setdefault(key, [])
+                    times.setdefault(key, []).append(_timed(lambda f=call, a=x: f(*a), got))
     os.environ.pop(_pool.ENV_POOL, None)
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    print(f"load average {load}; torch {torch.__version__}, {args.threads} threads")
-    print(f"{'case':40s} {'runner':8s} {'situation':12s} {'median ms':>9s}")
-    for (name, used, situation), ts in sorted(times.items()):
+    malloc = "glibc keeps freed memory (mallopt)" if kept else "default"
+    print(f"load average {load}; torch {torch.__version__}, {args.threads} threads; {malloc}")
+    print(f"{'case':40s} {'runner':8s} {'situation':12s} {'median ms':>9s} {'faults':>7s}")
+    for key, ts in sorted(times.items()):
+        name, used, situation = key
         ms = statistics.median(ts) * 1e3
-        print(f"{name:40s} {used:8s} {situation:12s} {ms:9.3f}")
-        rows.append(dict(case=name, runner=used, situation=situation, median_ms=f"{ms:.4f}"))
+        flt = statistics.median(faults[key])
+        print(f"{name:40s} {used:8s} {situation:12s} {ms:9.3f} {flt:7.0f}")
+        rows.append(
+            dict(
+                case=name,
+                runner=used,
+                situation=situation,
+                median_ms=f"{ms:.4f}",
+                median_minor_faults=f"{flt:.0f}",
+            )
+        )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"omp-vs-pool-{stamp}.csv"
     with open(path, "w", newline="") as f:
-        fields = ["timestamp", "torch_version", "threads", "load_avg", "repeats"]
+        fields = ["timestamp", "torch_version", "threads", "load_avg", "repeats", "malloc"]
         writer = csv.DictWriter(f, fieldnames=fields + list(rows[0]))
         writer.writeheader()
         for row in rows:
@@ -112,6 +155,7 @@ def main(argv=None) -> None:
                     threads=args.threads,
                     load_avg=load,
                     repeats=args.repeats,
+                    malloc=malloc,
                     **row,
                 )
             )
