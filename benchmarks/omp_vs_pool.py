@@ -19,8 +19,8 @@ that memory is still mapped (free) or has been returned to the OS and must be fa
 again (thousands of page faults, several ms) depends on the order of earlier allocations
 and frees, for torch's outputs as for normkit's, and that swamps the difference measured
 here. So, by default, this script (not the library) asks glibc to keep freed memory:
-``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` and ``mallopt(M_TRIM_THRESHOLD, 1 GiB)``;
-``--default-malloc`` leaves the allocator alone.
+``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` and ``mallopt(M_TRIM_THRESHOLD, 1 GiB)``, as
+``normkit bench --malloc keep`` does; ``--default-malloc`` leaves the allocator alone.
 
     PYTHONPATH=src python benchmarks/omp_vs_pool.py [--repeats 30] [--threads 2]
 """
@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
-import ctypes.util
 import datetime
 import os
 import pathlib
@@ -41,6 +39,7 @@ import time
 import torch
 
 import normkit.functional as NF
+from normkit.bench import keep_freed_memory
 from normkit.ops.cpu import _pool
 
 # name: (input maker, normkit call, torch call of the same op)
@@ -72,17 +71,6 @@ def _timed(fn, faults: list) -> float:
     return elapsed
 
 
-def _keep_freed_memory() -> bool:
-    """glibc: serve and keep outputs of up to 32 MiB from the heap (see the docstring)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
-        return bool(ok and libc.mallopt(m_trim_threshold, 1 << 30))
-    except (OSError, AttributeError):
-        return False
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30, help="rounds (default 30)")
@@ -92,7 +80,7 @@ def main(argv=None) -> None:
         "--default-malloc", action="store_true", help="leave glibc's trim/mmap settings alone"
     )
     args = parser.parse_args(argv)
-    kept = False if args.default_malloc else _keep_freed_memory()
+    kept = False if args.default_malloc else keep_freed_memory()
     torch.set_num_threads(args.threads)
     os.environ.pop(_pool.ENV_THREADS, None)
     rows, times, faults = [], {}, {}

@@ -2,6 +2,9 @@
 
 import csv
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -43,6 +46,7 @@ def test_bench_quick_writes_well_formed_csv(tmp_path, capsys):
         for key in ("median_ms", "ratio_vs_torch", "gbps", "copy_gbps", "frac_copy_bw"):
             value = float(r[key])
             assert math.isfinite(value) and value > 0, (key, r)
+        assert float(r["minor_faults_per_call"]) >= 0  # recorded for every timed case
     assert {r["params"] for r in rows if r["layer"] == "lrn"} == {
         f"size=5 beta={b}" for b in bench.LRN_BETAS
     }
@@ -93,3 +97,48 @@ def test_lrn_peak_memory_probe_measures_something():
     ratio = bench.peak_extra_memory(case, "normkit-cpu", 2, "float32")
     # y and dx are live at the peak: at least about one input's worth (page granularity)
     assert ratio is not None and ratio > 0.5
+
+
+def _python(code: str, *args: str) -> str:
+    # a fresh interpreter: --malloc keep changes the allocator of the process it runs in
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_bench_malloc_keep_is_recorded(tmp_path):
+    _python(
+        "import sys; from normkit import cli; sys.exit(cli.main(sys.argv[1:]))",
+        *("bench", "--quick", "--layers", "layernorm", "--repeats", "2", "--warmup", "1"),
+        *("--malloc", "keep", "--memory", "off", "--out", str(tmp_path)),
+    )
+    (path,) = tmp_path.glob("cpu-*.csv")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all("mallopt keeps freed memory" in r["allocator"] for r in rows)
+
+
+def test_keep_freed_memory_stops_refaulting_a_reallocated_output():
+    # a 16 MiB output allocated and freed in a loop, as a layer's output is: once glibc
+    # keeps freed memory, later rounds reuse mapped pages instead of faulting in 4096 new
+    # ones each time
+    out = _python(
+        """
+import resource, torch
+from normkit.bench import keep_freed_memory
+assert keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    torch.empty(4 << 20).fill_(1.0)
+start = faults()
+for _ in range(10):
+    torch.empty(4 << 20).fill_(1.0)
+print((faults() - start) / 10)
+"""
+    )
+    assert float(out.strip()) < 64  # pages of 4 KiB: a fresh 16 MiB buffer would be 4096

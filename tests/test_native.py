@@ -287,14 +287,18 @@ def test_env_override_is_read_on_every_call_set_and_unset(monkeypatch):
 
 def test_env_reader_falls_back_to_os_environ_get(monkeypatch):
     # where os.environ lacks CPython's private store the public lookup is used
+    from normkit import _env
+
     class Plain(dict):
         pass
 
     monkeypatch.setattr(os, "environ", Plain({dispatch.ENV_VAR: "cpu"}))
-    read = dispatch._env_reader()
+    read = _env.reader(dispatch.ENV_VAR)
     assert read() == "cpu"
     os.environ[dispatch.ENV_VAR] = "torch"
     assert read() == "torch"
+    del os.environ[dispatch.ENV_VAR]
+    assert read() is None
 
 
 def test_thresholds_cover_each_family_the_functional_layer_switches():

@@ -17,8 +17,16 @@ resident set is the honest measure; it counts the output ``y`` and ``dx`` too.
 
 Every case becomes one CSV row in ``benchmarks/results/<device>-<timestamp>.csv``
 (``--out`` picks another folder) with the device, library versions, thread count
-and allocator settings. Timings on a shared machine are noisy: compare the ratios
-of one run, not absolute times across runs.
+and allocator settings, and the minor page faults per call of each timed call. Timings on
+a shared machine are noisy: compare the ratios of one run, not absolute times across runs.
+
+Page faults: every call allocates its output. With glibc's default settings, whether that
+memory is still mapped or has been handed back to the OS, and must be faulted in again,
+depends on the order of earlier allocations and frees (torch's as much as normkit's); on
+a VM a fault can cost microseconds, so a 16 MB output faulted in costs more than the
+kernel that fills it. ``--malloc keep`` asks glibc (in this process) to keep freed memory
+(``mallopt``: mmap threshold 32 MiB, trim threshold 1 GiB), which takes that luck out of
+the comparison; the default measures what a default process gets.
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ CSV_FIELDS = [
     "copy_gbps",
     "frac_copy_bw",
     "peak_extra_mem_x_input",
+    "minor_faults_per_call",
 ]
 
 
@@ -111,6 +120,12 @@ def add_arguments(parser) -> None:
         choices=("auto", "on", "off"),
         default="auto",
         help="measure LRN peak extra memory in subprocesses (auto: on unless --quick)",
+    )
+    parser.add_argument(
+        "--malloc",
+        choices=("default", "keep"),
+        default="default",
+        help="glibc settings: default, or keep freed memory (no page-fault luck; see docs)",
     )
     parser.add_argument(
         "--out", default=None, help="folder for the CSV (default benchmarks/results)"
@@ -563,7 +578,18 @@ def _model_cases(quick, device, dtype) -> List[Case]:
 # --- timing ------------------------------------------------------------------------------
 
 
-def _median_ms(fn, device: str, warmup: int, repeats: int) -> float:
+def _minor_faults() -> int:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except (ImportError, OSError):  # not on this platform
+        return 0
+
+
+def _median_ms(fn, device: str, warmup: int, repeats: int, faults: Optional[list] = None) -> float:
+    """Median time of ``fn`` in ms; the minor page faults per timed call are appended to
+    ``faults`` when given (CPU)."""
     if device == "cuda":
         try:
             from triton.testing import do_bench
@@ -578,6 +604,7 @@ def _median_ms(fn, device: str, warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()
     times = []
+    f0 = _minor_faults()
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
@@ -586,6 +613,8 @@ def _median_ms(fn, device: str, warmup: int, repeats: int) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+    if faults is not None:
+        faults.append((_minor_faults() - f0) / max(1, repeats))
     return statistics.median(times) * 1e3
 
 
@@ -674,6 +703,24 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
+def keep_freed_memory() -> bool:
+    """glibc: serve allocations up to 32 MiB from the heap and never trim it (this process
+    only), so that an output's memory is not faulted in again on every call. False where
+    there is no glibc ``mallopt``."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(
+            libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+            and libc.mallopt(m_trim_threshold, 1 << 30)
+        )
+    except (OSError, AttributeError):
+        return False
+
+
 def allocator_description() -> str:
     """The C allocator in use and the settings that change its page-fault behaviour."""
     preload = os.environ.get("LD_PRELOAD", "")
@@ -751,6 +798,13 @@ def main(args) -> int:
         print(f"normkit bench: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    kept = args.malloc == "keep" and keep_freed_memory()
+    if args.malloc == "keep" and not kept:
+        print(
+            "normkit bench: --malloc keep needs glibc's mallopt; not available here",
+            file=sys.stderr,
+        )
+        return 2
     repeats = args.repeats or (3 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     memory = args.memory == "on" or (args.memory == "auto" and not args.quick)
@@ -769,7 +823,7 @@ def main(args) -> int:
         "numba_version": _version("numba"),
         "triton_version": _version("triton"),
         "threads": args.threads,
-        "allocator": allocator_description(),
+        "allocator": allocator_description() + ("; mallopt keeps freed memory" if kept else ""),
         "dtype": args.dtype,
         "load_avg": _load_average(),
         "copy_gbps": f"{copy_gbps:.4g}",
@@ -789,7 +843,7 @@ def main(args) -> int:
     )
     header = (
         f"{'layer':<13}{'shape':<20}{'params':<28}{'pass':<8}{'impl':<16}"
-        f"{'ms':>9}{'ratio':>8}{'GB/s':>8}{'%copy':>7}{'mem/in':>8}"
+        f"{'ms':>9}{'ratio':>8}{'GB/s':>8}{'%copy':>7}{'mem/in':>8}{'faults':>8}"
     )
     print(header)
     rows = []
@@ -801,7 +855,9 @@ def main(args) -> int:
             torch_ms = None
             for impl in case.impls:
                 fn = impl.fwd if pass_name == "fwd" else impl.fwdbwd
-                ms = _median_ms(fn, args.device, warmup, repeats)
+                faults: list = []
+                ms = _median_ms(fn, args.device, warmup, repeats, faults)
+                flt = f"{faults[0]:.0f}" if faults else ""
                 if impl.name == "torch-eager":
                     torch_ms = ms
                 gbps = traffic * nbytes / (ms * 1e-3) / 1e9
@@ -822,13 +878,14 @@ def main(args) -> int:
                     gbps=f"{gbps:.4g}",
                     frac_copy_bw=f"{gbps / copy_gbps:.4g}",
                     peak_extra_mem_x_input="" if mem is None else f"{mem:.2f}",
+                    minor_faults_per_call=flt,
                 )
                 rows.append(row)
                 print(
                     f"{case.layer:<13}{row['shape']:<20}{case.params:<28}{pass_name:<8}"
                     f"{impl.name:<16}{ms:9.3g}{row['ratio_vs_torch']:>8}{gbps:8.2f}"
                     f"{100 * gbps / copy_gbps:6.0f}%"
-                    f"{row['peak_extra_mem_x_input']:>8}",
+                    f"{row['peak_extra_mem_x_input']:>8}{flt:>8}",
                     flush=True,
                 )
     _print_overhead_table(rows)

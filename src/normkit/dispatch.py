@@ -21,11 +21,12 @@ why and the fix: normkit never silently runs something other than what was asked
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 import torch
+
+from . import _env
 
 __all__ = ["BACKENDS", "ENV_VAR", "register", "resolve", "resolve_all", "call", "last_backend"]
 __all__ += ["table", "env_backend"]
@@ -69,32 +70,7 @@ def register(
     _memo_all.clear()
 
 
-def _env_reader() -> Callable[[], Optional[str]]:
-    """A function returning ``$NORMKIT_BACKEND`` (None when unset), read on every call.
-
-    ``os.environ.get`` costs about 1 us (it encodes the key and catches a KeyError when
-    the variable is unset), and every layer call reads the variable, so the reader looks
-    the pre-encoded key up in the mapping ``os.environ`` keeps in sync with itself
-    (``os.environ._data``, CPython's store behind it: every assignment or deletion made
-    through ``os.environ`` shows there, exactly as ``os.environ.get`` would see it).
-    Where that private layout differs, the public ``os.environ.get`` is used.
-    """
-    environ = os.environ
-    try:
-        data, key, decode = environ._data, environ.encodekey(ENV_VAR), environ.decodevalue
-        if not isinstance(data, dict):
-            raise TypeError
-    except (AttributeError, TypeError):
-        return lambda: environ.get(ENV_VAR)
-
-    def read() -> Optional[str]:
-        value = data.get(key)
-        return None if value is None else decode(value)
-
-    return read
-
-
-env_backend = _env_reader()
+env_backend = _env.reader(ENV_VAR)  # $NORMKIT_BACKEND, read on every call
 
 
 def _requested(backend: str) -> str:

@@ -55,16 +55,20 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ... import _env
+
 __all__ = ["num_threads", "parallel_for", "reset_after_fork", "runner"]
 
 ENV_THREADS = "NORMKIT_NUM_THREADS"
 ENV_POOL = "NORMKIT_CPU_POOL"  # "openmp" (default where available) or "threads"
+_threads_env = _env.reader(ENV_THREADS)  # both read on every kernel call
+_pool_env = _env.reader(ENV_POOL)
 _CHUNKS_PER_THREAD = 4
 
 
 def num_threads() -> int:
     """Threads a kernel may use: $NORMKIT_NUM_THREADS, else torch's intra-op setting."""
-    env = os.environ.get(ENV_THREADS)
+    env = _threads_env()
     if env:
         try:
             value = int(env)
@@ -230,7 +234,7 @@ def runner() -> str:
     """Which threads :func:`parallel_for` uses now: ``"openmp"`` (torch's OpenMP team) or
     ``"threads"`` (normkit's pool); ``$NORMKIT_CPU_POOL`` picks, default ``openmp`` where
     torch's runtime allows it (never in a forked child)."""
-    choice = os.environ.get(ENV_POOL, "openmp") or "openmp"
+    choice = _pool_env() or "openmp"
     if choice not in ("openmp", "threads"):
         raise ValueError(
             f"${ENV_POOL} must be 'openmp' or 'threads', got {choice!r}; unset it for the "
