@@ -377,11 +377,14 @@ def test_zero_variance_rows_give_zero_not_nan():
 
 
 def test_weight_gradients_do_not_depend_on_thread_count(monkeypatch):
-    x = randn(300, 257, seed=60, dtype=torch.float32)
-    dy = randn(300, 257, seed=61, dtype=torch.float32)
+    from normkit.ops.cpu import _pool
+
+    rows = _pool.SERIAL_BELOW // 257 + 40  # large enough to be split over threads
+    x = randn(rows, 257, seed=60, dtype=torch.float32)
+    dy = randn(rows, 257, seed=61, dtype=torch.float32)
     w = randn(257, seed=62, dtype=torch.float32)
-    xg = randn(6, 8, 300, seed=63, dtype=torch.float32)
-    dyg = randn(6, 8, 300, seed=64, dtype=torch.float32)
+    xg = randn(6, 8, rows, seed=63, dtype=torch.float32)
+    dyg = randn(6, 8, rows, seed=64, dtype=torch.float32)
     results = []
     for threads in ("1", "2", "3"):
         monkeypatch.setenv("NORMKIT_NUM_THREADS", threads)
@@ -398,18 +401,22 @@ def test_weight_gradients_do_not_depend_on_thread_count(monkeypatch):
 def _kernel_outputs(seed: int) -> list:
     """Every output of LayerNorm, GroupNorm and BatchNorm fwd/bwd and LRN fwd on inputs
     large enough to be split over threads (> _pool.SERIAL_BELOW elements)."""
-    x = randn(300, 257, seed=seed, dtype=torch.float32, mean=30.0)
-    dy = randn(300, 257, seed=seed + 1, dtype=torch.float32)
+    from normkit.ops.cpu import _pool
+
+    rows = _pool.SERIAL_BELOW // 257 + 40
+    x = randn(rows, 257, seed=seed, dtype=torch.float32, mean=30.0)
+    dy = randn(rows, 257, seed=seed + 1, dtype=torch.float32)
     w = randn(257, seed=seed + 2, dtype=torch.float32)
-    xg = randn(6, 8, 2000, seed=seed + 3, dtype=torch.float32)
-    dyg = randn(6, 8, 2000, seed=seed + 4, dtype=torch.float32)
+    plane = 50 * (_pool.SERIAL_BELOW // (48 * 50) + 1)  # 6 * 8 * plane > SERIAL_BELOW
+    xg = randn(6, 8, plane, seed=seed + 3, dtype=torch.float32)
+    dyg = randn(6, 8, plane, seed=seed + 4, dtype=torch.float32)
     y, mean, rstd = cpu.norms.layer_norm_fwd(x, w, None, 1e-5)
     out = [y, mean, rstd, *cpu.norms.layer_norm_bwd(dy, x, mean, rstd, w)]
     yg, gm, gr = cpu.norms.group_norm_fwd(xg, w[:8], None, 2, 1e-5)
     out += [yg, gm, gr, *cpu.norms.group_norm_bwd(dyg, xg, gm, gr, w[:8], 2)]
     bm, bv = cpu.norms.batch_norm_stats(xg)
     out += [bm, bv, *cpu.norms.batch_norm_bwd_reduce(dyg, xg, bm, bv.add(1e-5).rsqrt())]
-    out.append(local_response_norm(xg.reshape(6, 8, 40, 50), 5, 1e-2, 0.75, 1.0, backend="cpu"))
+    out.append(local_response_norm(xg.reshape(6, 8, -1, 50), 5, 1e-2, 0.75, 1.0, backend="cpu"))
     return out
 
 

@@ -141,7 +141,7 @@ def test_openmp_team_in_the_parent_own_threads_in_a_forked_child():
             if child:
                 torch.set_num_threads(1)  # torch's own ops would hang (see above)
             g = torch.Generator().manual_seed(seed)
-            x = torch.randn(64, 2048, generator=g, dtype=torch.float64) + 1e4
+            x = torch.randn(96, 2048, generator=g, dtype=torch.float64) + 1e4  # > SERIAL_BELOW
             y, _, _ = cpu.norms.layer_norm_fwd(x, None, None, 1e-5)
             ref = (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True)
                                                     + 1e-5).sqrt()

@@ -246,11 +246,14 @@ def runner() -> str:
 
 
 # Below this many elements in the largest array argument a call runs on the calling thread.
-# Measured on the 2-core CI machine: waking a pool thread and waiting for it costs about
-# 100-500 us per call (more on a busy machine), while a fused kernel streams 64 Ki float32
-# elements (256 KiB) in well under that; tiny layers were 5-20x slower than torch because
-# every call paid the hand-off (normkit bench --layers overhead).
-SERIAL_BELOW = 1 << 16
+# Entering a parallel region costs a fixed few hundred microseconds on the 2-core CI machine
+# (waking a thread, handing it the GIL for each chunk's dispatch), more than a kernel
+# streaming a few hundred KiB takes. benchmarks/serial_below.py (whole layer calls, serial
+# versus split, benchmarks/results/serial-below-20261127T231640Z.csv): splitting LRN pays from
+# 128-256 Ki elements on, LayerNorm and BatchNorm from 512 Ki-1 Mi; below 128 Ki every case
+# was 1.4-2x faster serial. (The earlier 64 Ki came from normkit's own pool, whose hand-off
+# was measured alone, not inside a layer call.)
+SERIAL_BELOW = 1 << 17
 
 
 def _elements(args: Sequence) -> int:
