@@ -23,6 +23,7 @@ PKG = SRC / "normkit"
 LAYERS = {
     "normkit.conventions": 0,
     "normkit._validation": 0,
+    "normkit._env": 0,
     "normkit.ops.schema": 0,
     "normkit.reference": 1,
     "normkit.ops": 1,
