@@ -21,15 +21,13 @@ the kernel wins that pass at that size and every larger one measured;
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import os
 import pathlib
 import statistics
 import time
 
 import torch
 
+import _results  # benchmarks/_results.py: timestamp, load average, CSV
 import normkit.functional as NF
 from normkit import _native
 
@@ -95,8 +93,7 @@ def main(argv=None) -> None:
         ap.error("--device cuda: torch sees no CUDA device here; run on a GPU machine")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     torch.set_num_threads(args.threads)
-    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    load, stamp = _results.load_average(), _results.stamp()
     where = torch.cuda.get_device_name() if cuda else f"{args.threads} threads"
     backend = "triton" if cuda else "cpu"
     print(f"load average {load}; {where}; kernel backend {backend}; medians of {args.repeats}")
@@ -170,13 +167,7 @@ def main(argv=None) -> None:
                     kernel_speedup="",
                 )
             )
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"crossover-{stamp}.csv"
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    path = _results.write_csv(args.out, "crossover", stamp, rows)
     print(f"wrote {path}")
 
 

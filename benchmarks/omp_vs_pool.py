@@ -28,16 +28,14 @@ here. So, by default, this script (not the library) asks glibc to keep freed mem
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import os
-import pathlib
 import resource
 import statistics
 import time
 
 import torch
 
+import _results  # benchmarks/_results.py: timestamp, load average, CSV
 import normkit.functional as NF
 from normkit.bench import keep_freed_memory
 from normkit.ops.cpu import _pool
@@ -109,8 +107,7 @@ def main(argv=None) -> None:
                     got = faults.setdefault(key, [])
                     times.setdefault(key, []).append(_timed(lambda f=call, a=x: f(*a), got))
     os.environ.pop(_pool.ENV_POOL, None)
-    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    load, stamp = _results.load_average(), _results.stamp()
     malloc = "glibc keeps freed memory (mallopt)" if kept else "default"
     print(f"load average {load}; torch {torch.__version__}, {args.threads} threads; {malloc}")
     print(f"{'case':40s} {'runner':8s} {'situation':12s} {'median ms':>9s} {'faults':>7s}")
@@ -128,25 +125,15 @@ def main(argv=None) -> None:
                 median_minor_faults=f"{flt:.0f}",
             )
         )
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"omp-vs-pool-{stamp}.csv"
-    with open(path, "w", newline="") as f:
-        fields = ["timestamp", "torch_version", "threads", "load_avg", "repeats", "malloc"]
-        writer = csv.DictWriter(f, fieldnames=fields + list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                dict(
-                    timestamp=stamp,
-                    torch_version=torch.__version__,
-                    threads=args.threads,
-                    load_avg=load,
-                    repeats=args.repeats,
-                    malloc=malloc,
-                    **row,
-                )
-            )
+    common = dict(
+        timestamp=stamp,
+        torch_version=torch.__version__,
+        threads=args.threads,
+        load_avg=load,
+        repeats=args.repeats,
+        malloc=malloc,
+    )
+    path = _results.write_csv(args.out, "omp-vs-pool", stamp, rows, common)
     print(f"wrote {len(rows)} rows to {path}")
 
 

@@ -15,15 +15,12 @@ Writes ``benchmarks/results/serial-below-<timestamp>.csv`` with the load average
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import os
-import pathlib
 import statistics
 import time
 
 import torch
 
+import _results  # benchmarks/_results.py: timestamp, load average, CSV
 import normkit.functional as NF
 from normkit.bench import keep_freed_memory
 from normkit.ops.cpu import _pool
@@ -86,16 +83,9 @@ def main(argv=None) -> None:
                 )
     finally:
         _pool.SERIAL_BELOW = adopted
-    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"serial-below-{stamp}.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["timestamp", "threads", "load_avg"] + list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(dict(timestamp=stamp, threads=args.threads, load_avg=load, **row))
+    load, stamp = _results.load_average(), _results.stamp()
+    common = dict(timestamp=stamp, threads=args.threads, load_avg=load)
+    path = _results.write_csv(args.out, "serial-below", stamp, rows, common)
     print(f"load average {load}; wrote {len(rows)} rows to {path}")
 
 

@@ -19,14 +19,14 @@ kernels with tiny blocks and many programs); the shipped defaults are in
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import os
 import pathlib
 import sys
 
 import torch
 import torch.nn.functional as TF
+
+import _results  # benchmarks/_results.py: timestamp, load average, CSV
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -116,14 +116,7 @@ def main(argv=None) -> int:
                             f"  ours {t:.4f} ms  torch {t_torch:.4f} ms  x{t_torch / t:.2f}",
                             flush=True,
                         )
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"triton_tune_norm_bwd-{stamp}.csv"
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    path = _results.write_csv(args.out, "triton_tune_norm_bwd", _results.stamp(), rows)
     print(f"wrote {path}")
     return 0
 
