@@ -251,7 +251,7 @@ def runner() -> str:
 # streaming a few hundred KiB takes. benchmarks/serial_below.py (whole layer calls, serial
 # versus split, benchmarks/results/serial-below-20261127T231640Z.csv): splitting LRN pays from
 # 128-256 Ki elements on, LayerNorm and BatchNorm from 512 Ki-1 Mi; below 128 Ki every case
-# was 1.4-2x faster serial. (The earlier 64 Ki came from normkit's own pool, whose hand-off
+# was 1.4-2.2x faster serial. (The earlier 64 Ki came from normkit's own pool, whose hand-off
 # was measured alone, not inside a layer call.)
 SERIAL_BELOW = 1 << 17
 
