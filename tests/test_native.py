@@ -21,6 +21,8 @@ import torch.nn.functional as TF
 import normkit
 import normkit.functional as NF
 from normkit import _native, dispatch
+from normkit._native import NATIVE
+from normkit.ops import schema
 from normkit.reference import norms as R
 
 from hostile import randn
@@ -176,8 +178,10 @@ def test_batch_norm_native_training_steps_and_running_stats(device, mean, moment
         x = _leaf(randn(4, 6, 3, 3, dtype=F32, seed=30 + step, mean=mean, device=device))
         dy = randn(4, 6, 3, 3, dtype=F32, seed=40 + step, device=device)
         y = m(x)
-        # momentum=None: the first batch has factor 1 and takes the kernel path
-        expect = KERNEL[device] if (momentum is None and step == 1) else "native"
+        # momentum=None: the first batch has factor 1; on CUDA it takes the kernel path
+        # (the shifted native path needs momentum < 1), on the CPU torch's checked kernel
+        first = momentum is None and step == 1 and device != "cpu"
+        expect = KERNEL[device] if first else "native"
         assert dispatch.last_backend["batch_norm_stats"] == expect
         m.weight.grad = m.bias.grad = None
         gx, gw, gb = _grads(y, dy, x, m.weight, m.bias)
@@ -408,3 +412,184 @@ def test_half_precision_on_cuda_is_torchs_own_kernel(dtype):
         theirs.backward(dy)
         assert torch.equal(ours, theirs), op
         assert torch.equal(xa.grad, xb.grad), op
+
+
+# --- the CPU check: torch's kernel as it is when centred, redone when not ------------------
+
+_CHECKED_OPS = {  # family -> (torch function _native calls, call through normkit)
+    "layer_norm": ("native_layer_norm", lambda x, w, b: NF.layer_norm(x, (32,), w, b)),
+    "group_norm": ("native_group_norm", lambda x, w, b: NF.group_norm(x, 2, w, b)),
+    "instance_norm": (
+        "native_group_norm",
+        lambda x, w, b: NF.instance_norm(x, None, None, w, b, use_input_stats=True),
+    ),
+    "batch_norm": (
+        "native_batch_norm",
+        lambda x, w, b: NF.batch_norm(x, None, None, w, b, training=True),
+    ),
+}
+
+
+def _reference(family, x, dy, w, b):
+    x, dy, w, b = _np(x), _np(dy), _np(w), _np(b)
+    if family == "layer_norm":
+        return R.layer_norm_forward(x, (32,), w, b)[0], R.layer_norm_backward(x, dy, (32,), w, b)
+    if family == "group_norm":
+        return R.group_norm_forward(x, 2, w, b)[0], R.group_norm_backward(x, dy, 2, w, b)
+    if family == "instance_norm":
+        return R.instance_norm_forward(x, w, b)[0], R.instance_norm_backward(x, dy, w, b)
+    return R.batch_norm_forward(x, w, b)[0], R.batch_norm_backward(x, dy, w, b)
+
+
+@pytest.mark.parametrize("family", list(_CHECKED_OPS))
+@pytest.mark.parametrize("offset", [2.0, 8.0, 1e4])  # ~|mean| * rstd; CENTRED_MAX is 4
+def test_cpu_check_keeps_torchs_result_when_centred_and_redoes_it_off_centre(
+    monkeypatch, family, offset
+):
+    op, call = _CHECKED_OPS[family]
+    calls = []
+    real = getattr(torch, op)
+
+    def counting(*args, **kwargs):
+        calls.append(op)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, op, counting)
+    shape = (6, 5, 32) if family == "layer_norm" else (4, 6, 5, 7)
+    c = 32 if family == "layer_norm" else 6
+    x = _leaf(randn(*shape, dtype=F32, seed=70, mean=offset))
+    w, b = _leaf(randn(c, dtype=F32, seed=71)), _leaf(randn(c, dtype=F32, seed=72))
+    dy = randn(*shape, dtype=F32, seed=73)
+    y = call(x, w, b)
+    assert dispatch.last_backend[schema.ops_of(family.replace("instance", "group"))[0]] == NATIVE
+    # one kernel call when every |mean| * rstd is within CENTRED_MAX, a second otherwise
+    assert len(calls) == (1 if offset < _native.CENTRED_MAX else 2)
+    gx, gw, gb = _grads(y, dy, x, w, b)
+    ref_y, (ref_dx, ref_dw, ref_db) = _reference(family, x, dy, w, b)
+    assert_matches_reference(y, ref_y, F32)
+    assert_matches_reference(gx, ref_dx, F32, what="dx")
+    assert_matches_reference(gw, ref_dw, F32, what="dweight")
+    assert_matches_reference(gb, ref_db, F32, what="dbias")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_torchs_kernels_at_the_centred_limit_stay_within_half_the_floor(seed):
+    # why CENTRED_MAX = 4: torch's own float32 CPU kernels, unshifted, on rows / groups /
+    # channels whose mean is 4 standard deviations from 0, against the float64 reference
+    # (benchmarks/native_centred.py tabulates other offsets)
+    k = _native.CENTRED_MAX
+    x = randn(8, 64, 16, 16, dtype=F32, seed=80 + seed, mean=k)
+    dy = randn(8, 64, 16, 16, dtype=F32, seed=90 + seed)
+    w, b = randn(64, dtype=F32, seed=100 + seed), randn(64, dtype=F32, seed=110 + seed)
+    xr = randn(64, 768, dtype=F32, seed=120 + seed, mean=k)
+    dyr = randn(64, 768, dtype=F32, seed=130 + seed)
+    wr, br = randn(768, dtype=F32, seed=140 + seed), randn(768, dtype=F32, seed=150 + seed)
+    cases = {
+        "layer_norm": (
+            lambda x, w, b: torch.native_layer_norm(x, (768,), w, b, 1e-5),
+            (xr, dyr, wr, br),
+            lambda x, dy, w, b: (
+                R.layer_norm_forward(x, (768,), w, b)[0],
+                *R.layer_norm_backward(x, dy, (768,), w, b),
+            ),
+        ),
+        "group_norm": (
+            lambda x, w, b: torch.native_group_norm(x, w, b, 8, 64, 256, 8, 1e-5),
+            (x, dy, w, b),
+            lambda x, dy, w, b: (
+                R.group_norm_forward(x, 8, w, b)[0],
+                *R.group_norm_backward(x, dy, 8, w, b),
+            ),
+        ),
+        "batch_norm": (
+            lambda x, w, b: torch.native_batch_norm(x, w, b, None, None, True, 0.1, 1e-5),
+            (x, dy, w, b),
+            lambda x, dy, w, b: (
+                R.batch_norm_forward(x, w, b)[0],
+                *R.batch_norm_backward(x, dy, w, b),
+            ),
+        ),
+    }
+    for family, (run, (xx, dd, ww, bb), ref) in cases.items():
+        leaves = [_leaf(t) for t in (xx, ww, bb)]
+        y, mean, rstd = run(*leaves)
+        assert float((mean * rstd).detach().abs().max()) == pytest.approx(k, rel=0.1), family
+        y.backward(dd)
+        refs = ref(_np(xx), _np(dd), _np(ww), _np(bb))
+        for what, got, want in zip(("y", "dx", "dw", "db"), (y, *[t.grad for t in leaves]), refs):
+            scale = max(1.0, float(np.max(np.abs(want))))
+            err = float(np.max(np.abs(_np(got) - want))) / scale
+            assert err <= 0.5 * ATOL[F32], f"{family} {what}: {err:.3g} relative"
+
+
+def _module_pairs():
+    yield "bn", lambda: normkit.BatchNorm2d(6), (4, 6, 5, 5)
+    yield "bn-cma", lambda: normkit.BatchNorm2d(6, momentum=None), (4, 6, 5, 5)
+    yield "bn-no-affine", lambda: normkit.BatchNorm1d(6, affine=False), (8, 6)
+    yield "bn-untracked", lambda: normkit.BatchNorm3d(6, track_running_stats=False), (2, 6, 3, 3, 3)
+    yield "ln", lambda: normkit.LayerNorm((5, 8)), (3, 4, 5, 8)
+    yield "ln-no-bias", lambda: normkit.LayerNorm(8, bias=False), (3, 8)
+    yield "gn", lambda: normkit.GroupNorm(3, 6), (2, 6, 4, 4)
+    yield "gn-no-affine", lambda: normkit.GroupNorm(2, 6, affine=False), (2, 6, 7)
+
+
+@pytest.mark.parametrize("name, make, shape", list(_module_pairs()))
+@pytest.mark.parametrize("mean", MEANS)
+def test_module_fast_path_gives_the_functional_paths_bits(name, make, shape, mean):
+    # the modules' _fast_forward skips the functional layer's checks; the result, the
+    # gradients and the buffers must be exactly those of the functional call
+    fast, full = make(), make()
+    full.load_state_dict(fast.state_dict())
+    full._fast_forward = lambda input: None  # force the full path on this instance
+    for step in range(3):
+        for m in (fast, full):
+            m.train(step < 2)
+        x = randn(*shape, dtype=F32, seed=200 + step, mean=mean)
+        outs = []
+        for m in (fast, full):
+            xi = _leaf(x)
+            y = m(xi)
+            assert dispatch.last_backend[next(iter(_family_ops(m)))] == NATIVE
+            y.backward(randn(*shape, dtype=F32, seed=210 + step))
+            outs.append((y, xi.grad, [p.grad for p in m.parameters()]))
+        (y0, g0, p0), (y1, g1, p1) = outs
+        assert torch.equal(y0, y1) and torch.equal(g0, g1)
+        assert all(torch.equal(a, b) for a, b in zip(p0, p1))
+        for (k0, b0), (k1, b1) in zip(fast.named_buffers(), full.named_buffers()):
+            assert k0 == k1 and torch.equal(b0, b1), k0
+
+
+def _family_ops(m):
+    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        return schema.ops_of("batch_norm")
+    if isinstance(m, torch.nn.LayerNorm):
+        return schema.ops_of("layer_norm")
+    return schema.ops_of("group_norm")
+
+
+def test_module_fast_path_leaves_bad_state_to_the_full_paths_errors():
+    bn = normkit.BatchNorm2d(4)
+    bn.weight = torch.nn.Parameter(torch.ones(5))  # replaced with the wrong size
+    with pytest.raises(ValueError, match="weight must have shape"):
+        bn(torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="expected 4 channels"):
+        normkit.BatchNorm2d(4)(torch.randn(2, 3, 3, 3))
+    ln = normkit.LayerNorm(8)
+    with pytest.raises(ValueError):
+        ln(torch.randn(2, 7))
+    gn = normkit.GroupNorm(2, 4)
+    with pytest.raises(ValueError, match="expected 4 channels"):
+        gn(torch.randn(2, 6, 3))
+
+
+def test_a_jit_trace_records_the_shift_not_the_checks_verdict():
+    # traced on centred data, run on data at mean 1e4: a frozen "centred" verdict would
+    # hand torch's unshifted kernel a 1e4 mean (off by ~1e-4); the trace takes the shift
+    m = torch.nn.Sequential(normkit.LayerNorm(16), normkit.GroupNorm(2, 4)).eval()
+    x = randn(4, 4, 16, dtype=F32, seed=300)
+    with pytest.warns(Warning):  # torch.jit.trace is deprecated in torch 2.13
+        traced = torch.jit.trace(m, x, check_trace=False)
+    x4 = randn(4, 4, 16, dtype=F32, seed=301, mean=1e4)
+    ref = R.layer_norm_forward(_np(x4), (16,), _np(m[0].weight), _np(m[0].bias))[0]
+    ref = R.group_norm_forward(ref, 2, _np(m[1].weight), _np(m[1].bias))[0]
+    assert_matches_reference(traced(x4), ref, F32)

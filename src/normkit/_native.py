@@ -1,4 +1,5 @@
-"""The size-aware part of ``backend="auto"``: torch's own kernel, made exact by a shift.
+"""The size-aware part of ``backend="auto"``: torch's own kernel where it is faster, made
+exact by a check (CPU) or a shift (CUDA).
 
 On a small tensor a normkit kernel call costs more in fixed overhead (argument checks,
 the autograd.Function, the op layer, numpy views of every tensor) than the kernel itself,
@@ -10,21 +11,35 @@ bound of 2e-6.
 
 The cure is the shift invariance of these layers: layer norm, group norm, instance norm
 and batch norm give the same output for ``x - s`` as for ``x`` when ``s`` is constant over
-each set of values that share statistics. With ``s`` one element of that set, ``x - s``
-is computed exactly or to half an ulp of the *spread*, and the remaining mean is of the
-spread's size, so torch's float32 kernel then loses nothing that matters (about 1e-7 at
-mean 1e4). The shift is detached: the layer's true derivative through ``s`` is zero, and
-letting autograd sum a row of gradients that cancel to zero would only add rounding.
+each set of values that share statistics. How it is applied depends on the device:
+
+* **CPU: checked.** torch's kernel runs on the input as it is and returns the statistics
+  it used; its error beyond normkit's grows with ``|mean| * rstd`` of each set, and at
+  :data:`CENTRED_MAX` (4 standard deviations) it is still below half the float32 floor
+  (``benchmarks/native_centred.py``, ``tests/test_native.py``). A call with every set
+  within that limit keeps torch's result; any other is recomputed on the input minus
+  torch's own (detached) mean, after which ``|mean| * rstd`` is about ``2**-24`` of what it
+  was. The check is a few ops on the statistics and one read of a scalar, cheaper than an
+  elementwise pass over the input; in training batch norm the running statistics come from
+  the first call, whose float64 accumulation makes them right even off centre. Under
+  ``torch.jit.trace`` (which would freeze the check's verdict) the CPU takes the shift below.
+* **CUDA: shifted.** The input minus one of its own values per set (``x - s``, computed
+  exactly or to half an ulp of the *spread*), so the remaining mean is of the spread's
+  size and torch's float32 kernel loses nothing that matters (about 1e-7 at mean 1e4); a
+  check would stall the stream on a host read. The shift is detached: the layer's true
+  derivative through ``s`` is zero. Batch norm in training updates ``running_mean`` in
+  place with the mean of ``x - s``; moving it by ``s * m / (1 - m)`` beforehand makes
+  torch's update land on the mean of ``x`` (see :func:`batch_norm_train`; momentum 1 takes
+  the kernel path). In evaluation (either device) the shift is the running mean itself and
+  torch normalizes with mean 0.
+
 RMS norm has no mean to lose, so torch's ``rms_norm`` is used as it is.
 
-Batch norm in training updates ``running_mean`` in place with the mean of ``x - s``;
-moving it by ``s * m / (1 - m)`` beforehand makes torch's update land on the mean of ``x``
-(see :func:`batch_norm_train`; momentum 1 takes the kernel path). In evaluation the
-shift is the running mean itself and torch normalizes with mean 0.
-
-The torch functions are called below ``torch.nn.functional``'s wrappers (``torch.layer_norm``
-and so on; on CUDA batch norm uses cuDNN when torch would), whose argument checks normkit
-has already made.
+The torch functions are called below ``torch.nn.functional``'s wrappers
+(``torch.native_layer_norm`` and so on; on CUDA batch norm uses cuDNN when torch would),
+whose argument checks normkit has already made. The modules' ``_fast_forward`` methods
+call this path directly for the common case (their own parameters, a plain float32 CPU
+input), skipping the functional layer's per-call checks.
 
 The switch is taken only where nothing is lost by it: ``backend="auto"`` (no
 ``NORMKIT_BACKEND`` override), a plain CPU or CUDA tensor of float32 with parameters of
@@ -48,7 +63,8 @@ from .ops import schema
 
 __all__ = ["THRESHOLDS", "CUDA_THRESHOLDS", "NATIVE", "chooses"]
 __all__ += ["layer_norm", "rms_norm", "group_norm"]
-__all__ += ["batch_norm_train", "batch_norm_eval"]
+__all__ += ["batch_norm_train", "batch_norm_eval", "tracing", "takes_batch_norm", "dense"]
+__all__ += ["CENTRED_MAX"]
 
 NATIVE = "native"  # the name dispatch.last_backend records for this path
 
@@ -166,6 +182,41 @@ def _record(family: str) -> None:
     dispatch.last_backend.update(_RECORDS[family])
 
 
+# --- the CPU path: torch's kernel, checked -------------------------------------------------
+# torch's float32 CPU kernels return the statistics they normalized with (mean, rstd). Their
+# error beyond normkit's own grows with |mean| * rstd of each set of values that share
+# statistics (the float32 mean is rounded at the mean's magnitude, and y is formed as
+# x * scale + shift). benchmarks/native_centred.py (native-centred-20261128T011936Z.csv):
+# at |mean| * rstd ~ 4.2 the worst relative error of y, dx, dweight and dbias over layer,
+# group and batch norm was 8.8e-7 (group norm's dweight; the rest <= 3.4e-7), under half
+# the float32 floor 2e-6; at ~8.3 it reached 1.34e-6 and at ~17, 3.1e-6 (over the floor).
+# tests/test_native.py keeps the limit honest. The check costs a few small ops and one
+# host read of a scalar: cheaper than the elementwise shift it replaces at every size but
+# the tiniest, and free of a stall only because the tensor is on the CPU.
+CENTRED_MAX = 4.0
+
+
+def tracing() -> bool:
+    """A ``torch.jit.trace`` (or the TorchScript ONNX exporter) is recording: it would
+    freeze the check's host read as a constant, so the CPU takes the unconditional shift."""
+    return torch._C._get_tracing_state() is not None
+
+
+def _checked(input: torch.Tensor) -> bool:
+    return input.is_cpu and torch._C._get_tracing_state() is None
+
+
+def takes_batch_norm(input: torch.Tensor, training: bool, running_mean, momentum: float) -> bool:
+    """Whether the native path can run this batch norm call (after :func:`chooses`): the
+    CUDA path moves the running mean ahead of torch's update, which needs momentum < 1."""
+    return not training or running_mean is None or momentum < 1.0 or _checked(input)
+
+
+def _centred(mean: torch.Tensor, rstd: torch.Tensor) -> bool:
+    """True when every ``|mean| * rstd`` is at most :data:`CENTRED_MAX` (False for NaN)."""
+    return mean.detach().mul(rstd.detach()).abs_().max().item() <= CENTRED_MAX
+
+
 def _row_shifted(input: torch.Tensor, k: int) -> torch.Tensor:
     """``input`` minus the first element of each row of its last ``k`` dims (detached);
     half precision as it is (see :data:`_HALF`)."""
@@ -181,8 +232,14 @@ def _row_shifted(input: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def layer_norm(input, shape: tuple, weight, bias, eps: float) -> torch.Tensor:
-    """``F.layer_norm`` of ``input`` minus the first element of each row (detached)."""
+    """torch's layer norm: on the CPU checked (redone on the input minus torch's row mean
+    when off-centre), on CUDA of the input minus the first element of each row."""
     _record("layer_norm")
+    if _checked(input):
+        y, mean, rstd = torch.native_layer_norm(input, shape, weight, bias, eps)
+        if _centred(mean, rstd):
+            return y
+        return torch.native_layer_norm(input - mean.detach(), shape, weight, bias, eps)[0]
     return torch.layer_norm(_row_shifted(input, len(shape)), shape, weight, bias, eps, False)
 
 
@@ -205,9 +262,31 @@ def _grouped_shift(input: torch.Tensor, groups: int) -> torch.Tensor:
     return (input.reshape(n, groups, -1) - grouped).reshape(input.shape)
 
 
+def dense(x: torch.Tensor) -> bool:
+    """Contiguous, or channels-last contiguous: the layouts torch's group norm kernel takes
+    as they are."""
+    return x.is_contiguous() or (
+        x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
 def group_norm(input, groups: int, weight, bias, eps: float) -> torch.Tensor:
-    """``F.group_norm`` of the group-shifted input (instance norm: ``groups = C``)."""
+    """torch's group norm (instance norm: ``groups = C``): on the CPU checked (redone on
+    the input minus torch's group mean when off-centre), on CUDA of the group-shifted
+    input."""
     _record("group_norm")
+    if _checked(input) and dense(input):
+        n, c = input.shape[:2]
+        hw = input.numel() // (n * c)
+        y, mean, rstd = torch.native_group_norm(input, weight, bias, n, c, hw, groups, eps)
+        if _centred(mean, rstd):
+            return y
+        # the (N, G) group means repeated for each group's channels, broadcast over positions
+        per_channel = mean.detach().repeat_interleave(c // groups, dim=1)
+        x = input - per_channel.reshape((n, c) + (1,) * (input.dim() - 2))
+        if not dense(x):
+            x = x.contiguous()
+        return torch.native_group_norm(x, weight, bias, n, c, hw, groups, eps)[0]
     return torch.group_norm(_grouped_shift(input, groups), groups, weight, bias, eps, False)
 
 
@@ -222,6 +301,8 @@ def batch_norm_train(
     ``(1 - m) r + m mean(x)``. Needs ``momentum < 1`` (the caller checks it).
     """
     _record("batch_norm")
+    if _checked(input):
+        return _batch_norm_train_cpu(input, running_mean, running_var, weight, bias, momentum, eps)
     x = input
     if input.dtype not in _HALF:
         shift = _first(input.detach(), one_sample=True)  # (1, C, 1, ...)
@@ -235,6 +316,21 @@ def batch_norm_train(
     return torch.batch_norm(
         x, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn(input)
     )
+
+
+def _batch_norm_train_cpu(input, running_mean, running_var, weight, bias, momentum, eps):
+    """Training batch norm on the CPU, checked. torch's kernel accumulates the batch mean
+    and the squared deviations in float64 (``at::acc_type`` of float on the CPU), so the
+    running statistics it updates are right even off-centre; an off-centre call recomputes
+    only the output, on the input minus torch's batch mean, with no running statistics."""
+    y, mean, invstd = torch.native_batch_norm(
+        input, weight, bias, running_mean, running_var, True, momentum, eps
+    )
+    if _centred(mean, invstd):
+        return y
+    view = (1, input.shape[1]) + (1,) * (input.dim() - 2)
+    x = input - mean.detach().reshape(view)
+    return torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)[0]
 
 
 def batch_norm_eval(input, running_mean, running_var, weight, bias, eps) -> torch.Tensor:

@@ -618,6 +618,31 @@ def _median_ms(fn, device: str, warmup: int, repeats: int, faults: Optional[list
     return statistics.median(times) * 1e3
 
 
+def _interleaved_ms(fns, device: str, warmup: int, repeats: int):
+    """Median ms of each of ``fns`` and its minor page faults per call, the calls
+    interleaved (one call of each per round): a drift of the machine's speed during the
+    run (another process, a frequency change) then hits every implementation alike
+    instead of whichever ran last. CUDA: each function by ``_median_ms`` (do_bench)."""
+    if device == "cuda":
+        return [_median_ms(fn, device, warmup, repeats) for fn in fns], [None] * len(fns)
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    faults = [0] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            f0 = _minor_faults()
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+            faults[i] += _minor_faults() - f0
+    return (
+        [statistics.median(t) * 1e3 for t in times],
+        [f / max(1, repeats) for f in faults],
+    )
+
+
 def copy_bandwidth_gbps(device: str, nbytes: int = 256 * 2**20) -> float:
     """Bandwidth of a large tensor copy into a preallocated buffer (read + write bytes)."""
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
@@ -839,7 +864,8 @@ def main(args) -> int:
     )
     print(
         "ratio = torch eager time / normkit time (> 1: normkit faster); medians of "
-        f"{repeats} repeats after {warmup} warm-up calls"
+        f"{repeats} repeats after {warmup} warm-up calls, the implementations of a case "
+        "interleaved call by call"
     )
     header = (
         f"{'layer':<13}{'shape':<20}{'params':<28}{'pass':<8}{'impl':<16}"
@@ -852,14 +878,12 @@ def main(args) -> int:
         for pass_name, traffic in (("fwd", 2), ("fwdbwd", 5)):
             if case.traffic:
                 traffic = case.traffic[pass_name == "fwdbwd"]
-            torch_ms = None
-            for impl in case.impls:
-                fn = impl.fwd if pass_name == "fwd" else impl.fwdbwd
-                faults: list = []
-                ms = _median_ms(fn, args.device, warmup, repeats, faults)
-                flt = f"{faults[0]:.0f}" if faults else ""
-                if impl.name == "torch-eager":
-                    torch_ms = ms
+            fns = [impl.fwd if pass_name == "fwd" else impl.fwdbwd for impl in case.impls]
+            times, fault_counts = _interleaved_ms(fns, args.device, warmup, repeats)
+            by_name = {impl.name: ms for impl, ms in zip(case.impls, times)}
+            torch_ms = by_name.get("torch-eager")
+            for impl, ms, n_faults in zip(case.impls, times, fault_counts):
+                flt = "" if n_faults is None else f"{n_faults:.0f}"
                 gbps = traffic * nbytes / (ms * 1e-3) / 1e9
                 mem = None
                 if memory and case.layer == "lrn" and pass_name == "fwdbwd":

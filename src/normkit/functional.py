@@ -272,10 +272,10 @@ def batch_norm(
         )
     if input.numel() == 0:  # torch leaves the running stats alone on an empty batch
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
-    if _native.chooses("batch_norm", input, backend, running_mean, running_var, weight, bias) and (
-        not training or running_mean is None or momentum < 1.0
-    ):
-        c = input.shape[1]  # small: torch's kernel, shifted (momentum 1: see batch_norm_train)
+    if _native.chooses(
+        "batch_norm", input, backend, running_mean, running_var, weight, bias
+    ) and _native.takes_batch_norm(input, training, running_mean, momentum):
+        c = input.shape[1]  # small: torch's kernel (see normkit._native)
         weight, bias = _shaped(weight, (c,)), _shaped(bias, (c,))
         if training:
             return _native.batch_norm_train(

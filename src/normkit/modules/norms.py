@@ -24,6 +24,8 @@ from torch import nn
 from torch.nn import init
 from torch.nn.parameter import Parameter
 
+from .. import _export_path as _xp
+from .. import _native
 from .. import functional as F
 from .._validation import check_groups
 from ._sync_check import check_ranks_agree
@@ -89,6 +91,10 @@ def _reset_affine(module: nn.Module) -> None:
         init.zeros_(module.bias)
 
 
+_ONE = torch.ones((), dtype=torch.long)  # added to num_batches_tracked (a 0-dim CPU tensor
+# adds to a tensor on any device; half the cost of adding the Python int 1)
+
+
 class _BatchNorm(nn.modules.batchnorm._BatchNorm):
     """torch's ``_BatchNorm`` (constructor, parameters, buffers, state_dict, repr) with
     normkit's forward."""
@@ -98,14 +104,16 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
     def _factor_and_mode(self):
         """(momentum factor, use batch stats) following torch's rules, counting the batch."""
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
+        counter = self._buffers.get("num_batches_tracked")
+        if self.training and self.track_running_stats and counter is not None:
+            counter.add_(_ONE)
             # momentum=None: cumulative moving average over every batch seen
-            factor = (
-                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            )
+            factor = 1.0 / float(counter) if self.momentum is None else self.momentum
         # eval without running stats (track_running_stats=False) uses the batch's
-        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        buffers = self._buffers
+        use_batch = self.training or (
+            buffers.get("running_mean") is None and buffers.get("running_var") is None
+        )
         return factor, use_batch
 
     def _buffers_for_call(self):
@@ -120,8 +128,45 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
                 f"{tuple(input.shape)}"
             )
 
+    def _fast_forward(self, input: torch.Tensor) -> Optional[torch.Tensor]:
+        """The size-aware native path without the functional layer's per-call checks, for
+        a call whose arguments are this module's own: a plain float32 CPU input with
+        C = num_features, parameters and buffers of shape (C,), and everything
+        ``normkit._native.chooses`` asks. None for any other call, which then takes the
+        full path (and its error messages)."""
+        shape = input.shape
+        if len(shape) < 2 or shape[1] != self.num_features:
+            return None
+        params, buffers = self._parameters, self._buffers
+        weight, bias = params["weight"], params["bias"]
+        tracked = not self.training or self.track_running_stats
+        rm = buffers["running_mean"] if tracked else None
+        rv = buffers["running_var"] if tracked else None
+        c = shape[1]
+        for t in (weight, bias, rm, rv):
+            if t is not None and t.shape != (c,):
+                return None
+        use_batch = self.training or (rm is None and rv is None)
+        if (rm is None) != (rv is None) or (
+            use_batch and (not self.eps > 0.0 or input.numel() == c)
+        ):
+            return None
+        if not _native.chooses("batch_norm", input, self.backend, rm, rv, weight, bias) or (
+            _xp.exporting() or _native.tracing()
+        ):
+            return None
+        # (a CPU call that nothing traces: _native.takes_batch_norm holds for any momentum)
+        factor, use_batch = self._factor_and_mode()
+        if use_batch:
+            return _native.batch_norm_train(input, rm, rv, weight, bias, factor, self.eps)
+        return _native.batch_norm_eval(input, rm, rv, weight, bias, self.eps)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
+        if type(input) is torch.Tensor and input.is_cpu:
+            out = self._fast_forward(input)
+            if out is not None:
+                return out
         self._check_channels(input)
         factor, use_batch = self._factor_and_mode()
         running_mean, running_var = self._buffers_for_call()
@@ -521,7 +566,29 @@ class LayerNorm(nn.LayerNorm):
 
     backend = "auto"
 
+    def _fast_forward(self, input: torch.Tensor) -> Optional[torch.Tensor]:
+        """The size-aware native path without the functional layer's per-call checks (see
+        ``BatchNorm2d._fast_forward``); None for any other call."""
+        shape = self.normalized_shape
+        k = len(shape)
+        if input.dim() < k or input.shape[input.dim() - k :] != shape or not self.eps >= 0.0:
+            return None
+        params = self._parameters
+        weight, bias = params["weight"], params.get("bias")
+        for t in (weight, bias):
+            if t is not None and t.shape != shape:
+                return None
+        if not _native.chooses("layer_norm", input, self.backend, weight, bias) or (
+            _xp.exporting() or _native.tracing()
+        ):
+            return None
+        return _native.layer_norm(input, shape, weight, bias, float(self.eps))
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if type(input) is torch.Tensor and input.is_cpu:
+            out = self._fast_forward(input)
+            if out is not None:
+                return out
         return F.layer_norm(
             input, self.normalized_shape, self.weight, self.bias, self.eps, backend=self.backend
         )
@@ -572,7 +639,32 @@ class GroupNorm(nn.GroupNorm):
         )
         _drop_bias(self, nn.GroupNorm, bias)
 
+    def _fast_forward(self, input: torch.Tensor) -> Optional[torch.Tensor]:
+        """The size-aware native path without the functional layer's per-call checks (see
+        ``BatchNorm2d._fast_forward``): a dense (contiguous or channels-last) input of
+        more than one value per group; None for any other call."""
+        shape = input.shape
+        c = self.num_channels
+        if len(shape) < 2 or shape[1] != c or not self.eps >= 0.0:
+            return None
+        if (c // self.num_groups) * (input.numel() // (shape[0] * c) if shape[0] else 0) <= 1:
+            return None
+        params = self._parameters
+        weight, bias = params["weight"], params.get("bias")
+        for t in (weight, bias):
+            if t is not None and t.shape != (c,):
+                return None
+        if not _native.chooses("group_norm", input, self.backend, weight, bias) or (
+            _xp.exporting() or _native.tracing() or not _native.dense(input)
+        ):
+            return None
+        return _native.group_norm(input, self.num_groups, weight, bias, float(self.eps))
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if type(input) is torch.Tensor and input.is_cpu:
+            out = self._fast_forward(input)
+            if out is not None:
+                return out
         if input.dim() >= 2 and input.size(1) != self.num_channels:
             raise ValueError(
                 f"GroupNorm: expected {self.num_channels} channels on dim 1, got "
