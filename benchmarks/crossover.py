@@ -48,6 +48,13 @@ FAMILIES = {
         lambda x, w, b: _native.group_norm(x, 8, w, b, 1e-5),
         lambda x, w, b: NF.group_norm(x, 8, w, b, 1e-5, backend=_kernel(x)),
     ),
+    # instance norm is group norm with one group per channel; torch's group norm kernel is
+    # slower there than with few groups, so it has its own threshold
+    "instance_norm": (
+        lambda n: torch.randn(max(1, n // (64 * 1024)), 64, 32, 32),
+        lambda x, w, b: _native.group_norm(x, x.shape[1], w, b, 1e-5),
+        lambda x, w, b: NF.instance_norm(x, None, None, w, b, True, 0.1, 1e-5, backend=_kernel(x)),
+    ),
     "batch_norm": (
         lambda n: torch.randn(max(2, n // (32 * 64)), 32, 8, 8),
         lambda x, w, b: _native.batch_norm_train(x, None, None, w, b, 0.1, 1e-5),

@@ -306,7 +306,8 @@ def test_env_reader_falls_back_to_os_environ_get(monkeypatch):
 
 
 def test_thresholds_cover_each_family_the_functional_layer_switches():
-    assert set(_native.THRESHOLDS) == {"layer_norm", "rms_norm", "group_norm", "batch_norm"}
+    families = {"layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm"}
+    assert set(_native.THRESHOLDS) == set(_native.CUDA_THRESHOLDS) == families
     for pair in _native.THRESHOLDS.values():
         assert len(pair) == 2 and all(isinstance(v, int) and v > 64 for v in pair)
 
@@ -531,6 +532,8 @@ def _module_pairs():
     yield "ln-no-bias", lambda: normkit.LayerNorm(8, bias=False), (3, 8)
     yield "gn", lambda: normkit.GroupNorm(3, 6), (2, 6, 4, 4)
     yield "gn-no-affine", lambda: normkit.GroupNorm(2, 6, affine=False), (2, 6, 7)
+    yield "rms", lambda: normkit.RMSNorm(8), (3, 5, 8)
+    yield "rms-eps-no-affine", lambda: normkit.RMSNorm((4, 8), 1e-3, False), (3, 4, 8)
 
 
 @pytest.mark.parametrize("name, make, shape", list(_module_pairs()))
@@ -564,6 +567,8 @@ def _family_ops(m):
         return schema.ops_of("batch_norm")
     if isinstance(m, torch.nn.LayerNorm):
         return schema.ops_of("layer_norm")
+    if isinstance(m, torch.nn.RMSNorm):
+        return schema.ops_of("rms_norm")
     return schema.ops_of("group_norm")
 
 

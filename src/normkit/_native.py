@@ -68,27 +68,30 @@ __all__ += ["CENTRED_MAX"]
 
 NATIVE = "native"  # the name dispatch.last_backend records for this path
 
-# Elements (input.numel()) below which torch's kernel, shifted, runs instead of normkit's
-# fused kernel: one threshold for calls that build no autograd graph (inference, no_grad)
-# and one for calls that do (training). Measured on the 2-core CPU machine, quiet (load
-# average 1.0), 2 threads, by benchmarks/crossover.py: the whole call through
-# normkit.functional, kernel path versus native path
-# (benchmarks/results/crossover-20261127T185005Z.csv and -185019Z.csv). Below about a
-# million elements the native path wins everywhere: the kernel path's fixed cost (the
-# autograd.Function, the op layer, numpy views, four ops for BatchNorm) is 350-450 us per
-# forward+backward on this machine. The measured crossovers, forward / forward+backward:
-# layer_norm 4 Mi / 2 Mi, rms_norm 4 Mi / 512 Ki (it has no shift to pay for, so torch's
-# own kernel is simply faster below), group_norm beyond 8 Mi / 8 Mi, batch_norm 2 Mi / 4 Mi.
-# Thresholds are capped at 2 Mi elements (8 MiB of float32): torch saves the shifted copy
-# for its backward, so above that a layer whose input stays alive anyway (a pre-norm
-# residual stream) would hold one more input-sized tensor, for a gain of a few percent.
-_CAP = 1 << 21
+# Elements (input.numel()) below which torch's kernel (checked on the CPU) runs instead of
+# normkit's fused kernel: one threshold for calls that build no autograd graph (inference,
+# no_grad) and one for calls that do (training). Measured on the 2-core CPU machine, 2
+# threads, by benchmarks/crossover.py (the whole call through normkit.functional, kernel
+# path versus native path, interleaved), twice after the checked path replaced the shift
+# (benchmarks/results/crossover-20261128T012021Z.csv, 128 Ki to 16 Mi, and
+# -20261128T012241Z.csv, 1 Mi to 16 Mi). Below these sizes the native path won in both
+# runs; from them on normkit's kernels won (at 8 Mi elements and more, 32 MiB of float32,
+# every fresh torch output is a fresh mmap that faults page by page, where normkit's
+# outputs are advised to huge pages): layer and group norm from 8 Mi both ways, batch norm
+# forward from 1 Mi and forward+backward from 4 Mi, RMS norm (no check; unchanged from the
+# earlier crossover-20261127T185005Z.csv) forward from 2 Mi and forward+backward from 512 Ki.
+# An off-centre call (see the check above) also saves the recentred input for its
+# backward: one more input-sized tensor, at most 32 MiB below these thresholds.
 THRESHOLDS = {
     # family: (forward only, forward+backward)
-    "layer_norm": (_CAP, _CAP),
-    "rms_norm": (_CAP, 1 << 19),
-    "group_norm": (_CAP, _CAP),
-    "batch_norm": (_CAP, _CAP),
+    "layer_norm": (1 << 23, 1 << 23),
+    "rms_norm": (1 << 21, 1 << 19),
+    "group_norm": (1 << 23, 1 << 23),
+    "batch_norm": (1 << 20, 1 << 22),
+    # instance norm (torch's group norm kernel with one group per channel) on its own:
+    # crossover-20261128T012637Z.csv, the two paths tied at 2-4 Mi both ways; the kernel
+    # keeps those sizes (its huge-page outputs fault less), and wins from 8 Mi
+    "instance_norm": (1 << 21, 1 << 21),
 }
 
 # On a CUDA device the Triton kernels' fixed cost per call (the same Python layers plus
@@ -110,6 +113,7 @@ CUDA_THRESHOLDS = {
     "layer_norm": (2 * _CUDA_CAP, 2 * _CUDA_CAP),
     "rms_norm": (2 * _CUDA_CAP, 2 * _CUDA_CAP),
     "group_norm": (_CUDA_CAP, _CUDA_CAP),
+    "instance_norm": (_CUDA_CAP, _CUDA_CAP),
     "batch_norm": (_CUDA_CAP, _CUDA_CAP),
 }
 
@@ -173,7 +177,7 @@ def _first(x: torch.Tensor, one_sample: bool) -> torch.Tensor:
     return x.as_strided(size, x.stride(), x.storage_offset())
 
 
-_OPS = {family: schema.ops_of(family) for family in THRESHOLDS}
+_OPS = {f: schema.ops_of(f) for f in ("layer_norm", "rms_norm", "group_norm", "batch_norm")}
 _RECORDS = {family: dict.fromkeys(ops, NATIVE) for family, ops in _OPS.items()}
 
 

@@ -202,6 +202,14 @@ def _lrn_case(x, dy, beta, size=5, alpha=1e-4, k=1.0) -> Case:
     return case
 
 
+def _nf():
+    """normkit.functional: what a user calls (``backend="auto"``, autograd included),
+    timed beside the raw kernels of each backend."""
+    from . import functional
+
+    return functional
+
+
 def _raw_backends(ops, x):
     from . import dispatch
 
@@ -228,6 +236,13 @@ def _row_case(layer, x, dy, rms: bool) -> Case:
     else:
         f, fb = _autograd_pair(lambda v, ww, bb: F.layer_norm(v, (d,), ww, bb, 1e-5), [x, w, b], dy)
     case.impls.append(Impl("torch-eager", f, fb))
+    if rms:
+        f, fb = _autograd_pair(lambda v, ww: _nf().rms_norm(v, (d,), ww, 1e-6), [x, w], dy)
+    else:
+        f, fb = _autograd_pair(
+            lambda v, ww, bb: _nf().layer_norm(v, (d,), ww, bb, 1e-5), [x, w, b], dy
+        )
+    case.impls.append(Impl("normkit-auto", f, fb))
     ops = ("rms_norm_fwd", "rms_norm_bwd") if rms else ("layer_norm_fwd", "layer_norm_bwd")
     for backend in _raw_backends(ops, x):
         if rms:
@@ -263,6 +278,13 @@ def _group_case(layer, x, dy, groups, affine: bool) -> Case:
             lambda v, ww, bb: F.group_norm(v, groups, ww, bb, 1e-5), [x, w, b], dy
         )
     case.impls.append(Impl("torch-eager", f, fb))
+    if layer == "instancenorm":
+        f, fb = _autograd_pair(lambda v: _nf().instance_norm(v, eps=1e-5), [x], dy)
+    else:
+        f, fb = _autograd_pair(
+            lambda v, ww, bb: _nf().group_norm(v, groups, ww, bb, 1e-5), [x, w, b], dy
+        )
+    case.impls.append(Impl("normkit-auto", f, fb))
     # the raw ops take (N, C, L) (docs/ops.md); the module/functional layer does this view
     x, dy = x.reshape(x.shape[0], c, -1), dy.reshape(dy.shape[0], c, -1)
     for backend in _raw_backends(("group_norm_fwd", "group_norm_bwd"), x):
@@ -291,6 +313,11 @@ def _batch_case(x, dy) -> Case:
         dy,
     )
     case.impls.append(Impl("torch-eager", f, fb))
+    arm, arv = rm.clone(), rv.clone()
+    f, fb = _autograd_pair(
+        lambda v, ww, bb: _nf().batch_norm(v, arm, arv, ww, bb, True, 0.1, 1e-5), [x, w, b], dy
+    )
+    case.impls.append(Impl("normkit-auto", f, fb))
     ops = ("batch_norm_stats", "batch_norm_apply", "batch_norm_bwd_reduce", "batch_norm_bwd_apply")
     count = x.numel() // c
     nrm, nrv = rm.clone(), rv.clone()

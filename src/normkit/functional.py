@@ -685,7 +685,7 @@ def instance_norm(
     if input.numel() == 0:
         return _empty_result(input, weight, bias, (1, -1) + (1,) * (input.dim() - 2))
     tracked = running_mean is not None and running_var is not None
-    if not tracked and _native.chooses("group_norm", input, backend, weight, bias):
+    if not tracked and _native.chooses("instance_norm", input, backend, weight, bias):
         return _native.group_norm(input, c, _shaped(weight, (c,)), _shaped(bias, (c,)), float(eps))
     x = input.reshape(n, c, math.prod(input.shape[2:]))
     if tracked:

@@ -91,6 +91,7 @@ def _reset_affine(module: nn.Module) -> None:
         init.zeros_(module.bias)
 
 
+_FLOAT32_EPS = torch.finfo(torch.float32).eps  # RMSNorm's eps=None on a float32 input
 _ONE = torch.ones((), dtype=torch.long)  # added to num_batches_tracked (a 0-dim CPU tensor
 # adds to a tensor on any device; half the cost of adding the Python int 1)
 
@@ -698,7 +699,30 @@ class RMSNorm(nn.RMSNorm):
 
     backend = "auto"
 
+    def _fast_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The size-aware native path without the functional layer's per-call checks (see
+        ``BatchNorm2d._fast_forward``); None for any other call."""
+        shape = self.normalized_shape
+        k = len(shape)
+        eps = self.eps
+        if eps is None:  # float32 here (the native path takes float32 only)
+            eps = _FLOAT32_EPS
+        if x.dim() < k or x.shape[x.dim() - k :] != shape or not eps >= 0.0:
+            return None
+        weight = self._parameters["weight"]
+        if weight is not None and weight.shape != shape:
+            return None
+        if not _native.chooses("rms_norm", x, self.backend, weight) or (
+            _xp.exporting() or _native.tracing()
+        ):
+            return None
+        return _native.rms_norm(x, shape, weight, float(eps))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if type(x) is torch.Tensor and x.is_cpu:
+            out = self._fast_forward(x)
+            if out is not None:
+                return out
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps, backend=self.backend)
 
 
