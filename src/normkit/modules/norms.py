@@ -8,8 +8,11 @@ keyword-only ``bias``), parameters, buffers, state_dict keys, ``_version``,
 ``reset_parameters``/``reset_running_stats``, ``load_state_dict`` of old
 checkpoints and ``repr`` are torch's own, so a state_dict moves between
 ``torch.nn.BatchNorm2d`` and ``normkit.BatchNorm2d`` either way. Each module's ``forward`` is
-one call into :mod:`normkit.functional`;
-the ``backend`` attribute (``"auto"``) picks the kernels.
+one call into :mod:`normkit.functional`, except that ``BatchNorm*d``, ``LayerNorm``,
+``GroupNorm`` and ``RMSNorm`` first try ``_fast_forward``: on a small float32 CPU input with
+their own, well-shaped parameters they call :mod:`normkit._native` directly (the path
+``functional`` would take) without its per-call argument checks; the ``backend`` attribute
+(``"auto"``) picks the kernels.
 """
 
 from __future__ import annotations
