@@ -198,6 +198,7 @@ def _record(family: str) -> None:
 # host read of a scalar: cheaper than the elementwise shift it replaces at every size but
 # the tiniest, and free of a stall only because the tensor is on the CPU.
 CENTRED_MAX = 4.0
+_INV_K2 = -1.0 / CENTRED_MAX**2
 
 
 def tracing() -> bool:
@@ -217,8 +218,10 @@ def takes_batch_norm(input: torch.Tensor, training: bool, running_mean, momentum
 
 
 def _centred(mean: torch.Tensor, rstd: torch.Tensor) -> bool:
-    """True when every ``|mean| * rstd`` is at most :data:`CENTRED_MAX` (False for NaN)."""
-    return mean.detach().mul(rstd.detach()).abs_().max().item() <= CENTRED_MAX
+    """True when every ``|mean| * rstd`` is at most :data:`CENTRED_MAX` (False for NaN).
+    ``mean`` and ``rstd`` must not require grad (torch's layer and batch norm statistics
+    do not; group norm's are detached by the caller)."""
+    return mean.mul(rstd).abs_().max().item() <= CENTRED_MAX
 
 
 def _row_shifted(input: torch.Tensor, k: int) -> torch.Tensor:
@@ -283,10 +286,11 @@ def group_norm(input, groups: int, weight, bias, eps: float) -> torch.Tensor:
         n, c = input.shape[:2]
         hw = input.numel() // (n * c)
         y, mean, rstd = torch.native_group_norm(input, weight, bias, n, c, hw, groups, eps)
-        if _centred(mean, rstd):
+        mean = mean.detach()  # group norm's statistics are differentiable outputs
+        if _centred(mean, rstd.detach()):
             return y
         # the (N, G) group means repeated for each group's channels, broadcast over positions
-        per_channel = mean.detach().repeat_interleave(c // groups, dim=1)
+        per_channel = mean.repeat_interleave(c // groups, dim=1)
         x = input - per_channel.reshape((n, c) + (1,) * (input.dim() - 2))
         if not dense(x):
             x = x.contiguous()
@@ -338,9 +342,20 @@ def _batch_norm_train_cpu(input, running_mean, running_var, weight, bias, moment
 
 
 def batch_norm_eval(input, running_mean, running_var, weight, bias, eps) -> torch.Tensor:
-    """Evaluation batch norm: ``input - running_mean`` normalized with mean 0 (half
-    precision: torch's own evaluation with the running mean)."""
+    """Evaluation batch norm. CPU: torch's kernel with the running statistics when every
+    ``|running_mean| * rsqrt(running_var + eps)`` is within :data:`CENTRED_MAX` (the same
+    error analysis as in training: y is formed as ``x * a + (b - running_mean * a)``);
+    otherwise, and on CUDA, ``input - running_mean`` normalized with mean 0 (half precision:
+    torch's own evaluation with the running mean)."""
     _record("batch_norm")
+    # |rm| * rsqrt(rv + eps) <= K  <=>  rv - rm^2 / K^2 >= -eps: one op and one read (a NaN
+    # statistic fails the test)
+    if _checked(input) and (
+        torch.addcmul(running_var, running_mean, running_mean, value=_INV_K2).min().item() >= -eps
+    ):
+        return torch.native_batch_norm(
+            input, weight, bias, running_mean, running_var, False, 0.0, eps
+        )[0]
     x, mean = input, running_mean
     if input.dtype not in _HALF:
         view = (1, input.shape[1]) + (1,) * (input.dim() - 2)
