@@ -142,10 +142,10 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         if len(shape) < 2 or shape[1] != self.num_features:
             return None
         params, buffers = self._parameters, self._buffers
-        weight, bias = params["weight"], params["bias"]
+        weight, bias = params.get("weight"), params.get("bias")
         tracked = not self.training or self.track_running_stats
-        rm = buffers["running_mean"] if tracked else None
-        rv = buffers["running_var"] if tracked else None
+        rm = buffers.get("running_mean") if tracked else None
+        rv = buffers.get("running_var") if tracked else None
         c = shape[1]
         for t in (weight, bias, rm, rv):
             if t is not None and t.shape != (c,):
@@ -578,7 +578,7 @@ class LayerNorm(nn.LayerNorm):
         if input.dim() < k or input.shape[input.dim() - k :] != shape or not self.eps >= 0.0:
             return None
         params = self._parameters
-        weight, bias = params["weight"], params.get("bias")
+        weight, bias = params.get("weight"), params.get("bias")
         for t in (weight, bias):
             if t is not None and t.shape != shape:
                 return None
@@ -654,7 +654,7 @@ class GroupNorm(nn.GroupNorm):
         if (c // self.num_groups) * (input.numel() // (shape[0] * c) if shape[0] else 0) <= 1:
             return None
         params = self._parameters
-        weight, bias = params["weight"], params.get("bias")
+        weight, bias = params.get("weight"), params.get("bias")
         for t in (weight, bias):
             if t is not None and t.shape != (c,):
                 return None
@@ -712,7 +712,7 @@ class RMSNorm(nn.RMSNorm):
             eps = _FLOAT32_EPS
         if x.dim() < k or x.shape[x.dim() - k :] != shape or not eps >= 0.0:
             return None
-        weight = self._parameters["weight"]
+        weight = self._parameters.get("weight")
         if weight is not None and weight.shape != shape:
             return None
         if not _native.chooses("rms_norm", x, self.backend, weight) or (
