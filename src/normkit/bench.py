@@ -647,9 +647,11 @@ def _median_ms(fn, device: str, warmup: int, repeats: int, faults: Optional[list
 
 def _interleaved_ms(fns, device: str, warmup: int, repeats: int):
     """Median ms of each of ``fns`` and its minor page faults per call, the calls
-    interleaved (one call of each per round): a drift of the machine's speed during the
-    run (another process, a frequency change) then hits every implementation alike
-    instead of whichever ran last. CUDA: each function by ``_median_ms`` (do_bench)."""
+    interleaved (one call of each per round, in alternating order): a drift of the
+    machine's speed during the run (another process, a frequency change) then hits every
+    implementation alike instead of whichever ran last, and no implementation always
+    inherits the caches and heap state of the same predecessor. CUDA: each function by
+    ``_median_ms`` (do_bench)."""
     if device == "cuda":
         return [_median_ms(fn, device, warmup, repeats) for fn in fns], [None] * len(fns)
     for fn in fns:
@@ -657,8 +659,11 @@ def _interleaved_ms(fns, device: str, warmup: int, repeats: int):
             fn()
     times = [[] for _ in fns]
     faults = [0] * len(fns)
+    order = list(range(len(fns)))
     for _ in range(repeats):
-        for i, fn in enumerate(fns):
+        order.reverse()  # alternate the order: no implementation always runs after another
+        for i in order:
+            fn = fns[i]
             f0 = _minor_faults()
             t0 = time.perf_counter()
             fn()
