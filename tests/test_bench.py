@@ -146,3 +146,16 @@ print((faults() - start) / 10)
     kept = float(_python(code, "keep").strip())
     assert fresh > 2000, fresh  # 4096 pages of 4 KiB (fewer with transparent huge pages)
     assert kept < 64, kept
+
+
+def test_implementations_are_timed_interleaved_in_alternating_order():
+    calls = []
+    fns = [lambda name=name: calls.append(name) for name in "abc"]
+    times, faults = bench._interleaved_ms(fns, "cpu", warmup=1, repeats=4)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up, one call each
+    rounds = [calls[3 + 3 * r : 6 + 3 * r] for r in range(4)]
+    # each round calls every implementation once, the order reversed every round, so
+    # no implementation always follows the same one
+    assert rounds == [["c", "b", "a"], ["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+    assert len(times) == len(faults) == 3
+    assert all(t >= 0.0 for t in times) and all(f >= 0.0 for f in faults)
