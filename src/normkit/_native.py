@@ -80,7 +80,7 @@ NATIVE = "native"  # the name dispatch.last_backend records for this path
 # outputs are advised to huge pages): layer and group norm from 8 Mi both ways, batch norm
 # forward from 1 Mi and forward+backward from 4 Mi, RMS norm (no check; unchanged from the
 # earlier crossover-20261127T185005Z.csv) forward from 2 Mi and forward+backward from 512 Ki.
-# An off-centre call (see the check above) also saves the recentred input for its
+# An off-centre call (see the check below) also saves the recentred input for its
 # backward: one more input-sized tensor, at most 32 MiB below these thresholds.
 THRESHOLDS = {
     # family: (forward only, forward+backward)
