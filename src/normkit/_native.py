@@ -58,12 +58,14 @@ from typing import Optional
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from . import _export_path as _xp
 from . import dispatch
 from .ops import schema
 
 __all__ = ["THRESHOLDS", "CUDA_THRESHOLDS", "NATIVE", "chooses"]
 __all__ += ["layer_norm", "rms_norm", "group_norm"]
 __all__ += ["batch_norm_train", "batch_norm_eval", "tracing", "takes_batch_norm", "dense"]
+__all__ += ["module_takes"]
 __all__ += ["CENTRED_MAX"]
 
 NATIVE = "native"  # the name dispatch.last_backend records for this path
@@ -210,7 +212,13 @@ def tracing() -> bool:
 
 
 def _checked(input: torch.Tensor) -> bool:
-    return input.is_cpu and torch._C._get_tracing_state() is None
+    return input.is_cpu and not tracing()
+
+
+def module_takes(family: str, input: torch.Tensor, backend: str, *params) -> bool:
+    """The modules' ``_fast_forward`` gate: :func:`chooses`, and no exporter or tracer is
+    recording the call (the functional layer checks those before it calls :func:`chooses`)."""
+    return chooses(family, input, backend, *params) and not (_xp.exporting() or tracing())
 
 
 def takes_batch_norm(input: torch.Tensor, training: bool, running_mean, momentum: float) -> bool:

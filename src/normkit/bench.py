@@ -614,9 +614,8 @@ def _minor_faults() -> int:
         return 0
 
 
-def _median_ms(fn, device: str, warmup: int, repeats: int, faults: Optional[list] = None) -> float:
-    """Median time of ``fn`` in ms; the minor page faults per timed call are appended to
-    ``faults`` when given (CPU)."""
+def _median_ms(fn, device: str, warmup: int, repeats: int) -> float:
+    """Median time of ``fn`` in ms."""
     if device == "cuda":
         try:
             from triton.testing import do_bench
@@ -631,7 +630,6 @@ def _median_ms(fn, device: str, warmup: int, repeats: int, faults: Optional[list
     for _ in range(warmup):
         fn()
     times = []
-    f0 = _minor_faults()
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
@@ -640,8 +638,6 @@ def _median_ms(fn, device: str, warmup: int, repeats: int, faults: Optional[list
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    if faults is not None:
-        faults.append((_minor_faults() - f0) / max(1, repeats))
     return statistics.median(times) * 1e3
 
 

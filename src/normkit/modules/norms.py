@@ -27,7 +27,6 @@ from torch import nn
 from torch.nn import init
 from torch.nn.parameter import Parameter
 
-from .. import _export_path as _xp
 from .. import _native
 from .. import functional as F
 from .._validation import check_groups
@@ -155,9 +154,7 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             use_batch and (not self.eps > 0.0 or input.numel() == c)
         ):
             return None
-        if not _native.chooses("batch_norm", input, self.backend, rm, rv, weight, bias) or (
-            _xp.exporting() or _native.tracing()
-        ):
+        if not _native.module_takes("batch_norm", input, self.backend, rm, rv, weight, bias):
             return None
         # (a CPU call that nothing traces: _native.takes_batch_norm holds for any momentum)
         factor, use_batch = self._factor_and_mode()
@@ -582,9 +579,7 @@ class LayerNorm(nn.LayerNorm):
         for t in (weight, bias):
             if t is not None and t.shape != shape:
                 return None
-        if not _native.chooses("layer_norm", input, self.backend, weight, bias) or (
-            _xp.exporting() or _native.tracing()
-        ):
+        if not _native.module_takes("layer_norm", input, self.backend, weight, bias):
             return None
         return _native.layer_norm(input, shape, weight, bias, float(self.eps))
 
@@ -658,8 +653,8 @@ class GroupNorm(nn.GroupNorm):
         for t in (weight, bias):
             if t is not None and t.shape != (c,):
                 return None
-        if not _native.chooses("group_norm", input, self.backend, weight, bias) or (
-            _xp.exporting() or _native.tracing() or not _native.dense(input)
+        if not _native.module_takes("group_norm", input, self.backend, weight, bias) or (
+            not _native.dense(input)
         ):
             return None
         return _native.group_norm(input, self.num_groups, weight, bias, float(self.eps))
@@ -715,9 +710,7 @@ class RMSNorm(nn.RMSNorm):
         weight = self._parameters.get("weight")
         if weight is not None and weight.shape != shape:
             return None
-        if not _native.chooses("rms_norm", x, self.backend, weight) or (
-            _xp.exporting() or _native.tracing()
-        ):
+        if not _native.module_takes("rms_norm", x, self.backend, weight):
             return None
         return _native.rms_norm(x, shape, weight, float(eps))
 
