@@ -9,10 +9,10 @@ keyword-only ``bias``), parameters, buffers, state_dict keys, ``_version``,
 checkpoints and ``repr`` are torch's own, so a state_dict moves between
 ``torch.nn.BatchNorm2d`` and ``normkit.BatchNorm2d`` either way. Each module's ``forward`` is
 one call into :mod:`normkit.functional`, except that ``BatchNorm*d``, ``LayerNorm``,
-``GroupNorm`` and ``RMSNorm`` first try ``_fast_forward``: on a small float32 CPU input with
-their own, well-shaped parameters they call :mod:`normkit._native` directly (the path
-``functional`` would take) without its per-call argument checks; the ``backend`` attribute
-(``"auto"``) picks the kernels.
+``GroupNorm`` and ``RMSNorm`` first try ``_fast_forward``: on a small float32 input (CPU
+or CUDA; float16/bfloat16 too on CUDA) with their own, well-shaped parameters they call
+:mod:`normkit._native` directly (the path ``functional`` would take) without its per-call
+argument checks; the ``backend`` attribute (``"auto"``) picks the kernels.
 """
 
 from __future__ import annotations
@@ -133,10 +133,10 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _fast_forward(self, input: torch.Tensor) -> Optional[torch.Tensor]:
         """The size-aware native path without the functional layer's per-call checks, for
-        a call whose arguments are this module's own: a plain float32 CPU input with
-        C = num_features, parameters and buffers of shape (C,), and everything
-        ``normkit._native.chooses`` asks. None for any other call, which then takes the
-        full path (and its error messages)."""
+        a call whose arguments are this module's own: a plain float32 CPU or CUDA input
+        (float16/bfloat16 too on CUDA) with C = num_features, parameters and buffers of
+        shape (C,), and everything ``normkit._native.chooses`` asks. None for any other
+        call, which then takes the full path (and its error messages)."""
         shape = input.shape
         if len(shape) < 2 or shape[1] != self.num_features:
             return None
@@ -156,7 +156,12 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             return None
         if not _native.module_takes("batch_norm", input, self.backend, rm, rv, weight, bias):
             return None
-        # (a CPU call that nothing traces: _native.takes_batch_norm holds for any momentum)
+        if use_batch and rm is not None and not input.is_cpu:
+            # CUDA moves the running mean ahead of torch's update, which needs momentum < 1
+            # (the CPU check holds for any momentum); momentum=None takes the full path
+            momentum = self.momentum
+            if momentum is None or not momentum < 1.0:
+                return None
         factor, use_batch = self._factor_and_mode()
         if use_batch:
             return _native.batch_norm_train(input, rm, rv, weight, bias, factor, self.eps)
@@ -164,7 +169,7 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
-        if type(input) is torch.Tensor and input.is_cpu:
+        if type(input) is torch.Tensor:
             out = self._fast_forward(input)
             if out is not None:
                 return out
@@ -584,7 +589,7 @@ class LayerNorm(nn.LayerNorm):
         return _native.layer_norm(input, shape, weight, bias, float(self.eps))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if type(input) is torch.Tensor and input.is_cpu:
+        if type(input) is torch.Tensor:
             out = self._fast_forward(input)
             if out is not None:
                 return out
@@ -660,7 +665,7 @@ class GroupNorm(nn.GroupNorm):
         return _native.group_norm(input, self.num_groups, weight, bias, float(self.eps))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if type(input) is torch.Tensor and input.is_cpu:
+        if type(input) is torch.Tensor:
             out = self._fast_forward(input)
             if out is not None:
                 return out
@@ -715,7 +720,7 @@ class RMSNorm(nn.RMSNorm):
         return _native.rms_norm(x, shape, weight, float(eps))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if type(x) is torch.Tensor and x.is_cpu:
+        if type(x) is torch.Tensor:
             out = self._fast_forward(x)
             if out is not None:
                 return out
