@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import functools
 import os
 import statistics
 import sys
@@ -138,8 +139,8 @@ def main(argv=None) -> int:
         # timing: interleaved, order reversed each round
         x, t = xs[0].to(dev), ts[0].to(dev)
         fns = {
-            "torch": lambda: _step(theirs, opts["torch"], x, t),
-            "normkit": lambda: _step(ours, opts["normkit"], x, t),
+            "torch": functools.partial(_step, theirs, opts["torch"], x, t),
+            "normkit": functools.partial(_step, ours, opts["normkit"], x, t),
         }
         for fn in fns.values():
             for _ in range(3):
