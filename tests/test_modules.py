@@ -11,6 +11,7 @@ the same computation written out of place) or from the layer's own eager float64
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import pickle
 
@@ -191,3 +192,53 @@ def test_bias_false_on_a_torch_whose_constructor_lacks_bias(monkeypatch):
     for bias in (True, False):
         g = norms.GroupNorm(2, 4, bias=bias)
         assert (g.bias is not None) == bias
+
+
+def test_bias_false_and_convert_when_no_torch_constructor_takes_bias(monkeypatch):
+    # torch 2.11's BatchNorm*d take no bias= either: normkit.convert of torchvision's
+    # resnet18 failed there ("_BatchNorm.__init__() got an unexpected keyword argument
+    # 'bias'"). With every torch constructor treated as bias-less, normkit's layers still
+    # take bias= and convert still builds them
+    from torch import nn
+
+    import normkit
+    from normkit.modules import norms
+
+    batch_init, group_init = nn.modules.batchnorm._BatchNorm.__init__, nn.GroupNorm.__init__
+
+    def old_batch_init(
+        self, num_features, eps=1e-5, momentum=0.1, affine=True, stats=True, device=None, dtype=None
+    ):
+        batch_init(self, num_features, eps, momentum, affine, stats, device, dtype)
+
+    def old_group_init(self, groups, channels, eps=1e-5, affine=True, device=None, dtype=None):
+        group_init(self, groups, channels, eps, affine, device, dtype)
+
+    monkeypatch.setattr(nn.modules.batchnorm._BatchNorm, "__init__", old_batch_init)
+    monkeypatch.setattr(nn.GroupNorm, "__init__", old_group_init)
+    # the real inspection, uncached (the cached one has seen the real constructors)
+    monkeypatch.setattr(
+        norms, "_takes_bias", lambda base: "bias" in inspect.signature(base.__init__).parameters
+    )
+    with pytest.raises(TypeError, match="bias"):  # the stand-in is as strict as torch 2.11
+        nn.BatchNorm2d(4, bias=False)
+    for make in (
+        lambda b: normkit.BatchNorm1d(4, bias=b),
+        lambda b: normkit.BatchNorm2d(4, bias=b),
+        lambda b: normkit.BatchNorm3d(4, bias=b),
+        lambda b: normkit.SyncBatchNorm(4, bias=b),
+        lambda b: normkit.GroupNorm(2, 4, bias=b),
+    ):
+        for bias in (True, False):
+            m = make(bias)
+            assert (m.bias is not None) == bias and m.weight.shape == (4,)
+            assert ("bias" in dict(m.named_parameters())) == bias
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.GroupNorm(2, 4))
+    net[1].bias = None  # a zoo layer without a bias
+    x = torch.randn(2, 3, 6, 6)
+    want = net(x)
+    converted, report = normkit.convert(net, return_report=True)
+    assert isinstance(converted[1], normkit.BatchNorm2d) and converted[1].bias is None
+    assert isinstance(converted[3], normkit.GroupNorm) and converted[3].bias is not None
+    assert len(report.converted) == 2
+    torch.testing.assert_close(converted(x), want, rtol=1e-5, atol=1e-5)

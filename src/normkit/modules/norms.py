@@ -104,6 +104,32 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
 
     backend = "auto"  # class default; assign on an instance to pick kernels
 
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        # torch's own signature; bias= also on a torch whose constructor lacks it (2.11)
+        base = nn.modules.batchnorm._BatchNorm
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device,
+            dtype,
+            **_bias_kwarg(base, bias),
+        )
+        _drop_bias(self, base, bias)
+
     def _factor_and_mode(self):
         """(momentum factor, use batch stats) following torch's rules, counting the batch."""
         factor = 0.0 if self.momentum is None else self.momentum
@@ -324,9 +350,8 @@ class SyncBatchNorm(_BatchNorm):
             track_running_stats,
             device,
             dtype,
-            **_bias_kwarg(_BatchNorm, bias),
+            bias=bias,
         )
-        _drop_bias(self, _BatchNorm, bias)
         self.process_group = process_group
 
     def _check_input_dim(self, input):
