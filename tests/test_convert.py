@@ -14,6 +14,16 @@ from hostile import randn
 from tolerance import assert_matches_reference
 
 
+def _group_norm_without_bias(groups, channels):
+    """``nn.GroupNorm(..., bias=False)``; torch 2.11's has no ``bias=``: the bias removed."""
+    try:
+        return nn.GroupNorm(groups, channels, bias=False)
+    except TypeError:
+        layer = nn.GroupNorm(groups, channels)
+        layer.bias = None
+        return layer
+
+
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
@@ -23,7 +33,7 @@ class Net(nn.Module):
             nn.ReLU(),
             nn.LocalResponseNorm(3, 1e-2, 0.75, 2.0),
             nn.Conv2d(8, 8, 3, padding=1),
-            nn.GroupNorm(2, 8, bias=False),
+            _group_norm_without_bias(2, 8),
             nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
             nn.SyncBatchNorm(8, momentum=None),
         )

@@ -23,7 +23,9 @@ def lrn_model(nodes, opset=13):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
         [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    # IR version 7 (opset 13's): an onnx newer than the installed onnxruntime would write
+    # one it cannot load (onnx 1.23's IR 14 against onnxruntime 1.30's 13)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
 
 
 def run_ort(model, x):
@@ -110,7 +112,7 @@ def test_model_walk_names_subgraphs_and_paths(tmp_path):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
     layers = lrn_layers_from_onnx(model)
     assert list(layers) == ["norm1", "y2", "norm1#2", "inner"]
     assert layers["y2"].spec.ahead == 2 and layers["inner"].spec.width == 3

@@ -205,6 +205,7 @@ def test_bias_false_and_convert_when_no_torch_constructor_takes_bias(monkeypatch
     from normkit.modules import norms
 
     batch_init, group_init = nn.modules.batchnorm._BatchNorm.__init__, nn.GroupNorm.__init__
+    instance_init = nn.modules.instancenorm._InstanceNorm.__init__
 
     def old_batch_init(
         self, num_features, eps=1e-5, momentum=0.1, affine=True, stats=True, device=None, dtype=None
@@ -214,7 +215,20 @@ def test_bias_false_and_convert_when_no_torch_constructor_takes_bias(monkeypatch
     def old_group_init(self, groups, channels, eps=1e-5, affine=True, device=None, dtype=None):
         group_init(self, groups, channels, eps, affine, device, dtype)
 
+    def old_instance_init(
+        self,
+        num_features,
+        eps=1e-5,
+        momentum=0.1,
+        affine=False,
+        stats=False,
+        device=None,
+        dtype=None,
+    ):
+        instance_init(self, num_features, eps, momentum, affine, stats, device, dtype)
+
     monkeypatch.setattr(nn.modules.batchnorm._BatchNorm, "__init__", old_batch_init)
+    monkeypatch.setattr(nn.modules.instancenorm._InstanceNorm, "__init__", old_instance_init)
     monkeypatch.setattr(nn.GroupNorm, "__init__", old_group_init)
     # the real inspection, uncached (the cached one has seen the real constructors)
     monkeypatch.setattr(
@@ -228,17 +242,25 @@ def test_bias_false_and_convert_when_no_torch_constructor_takes_bias(monkeypatch
         lambda b: normkit.BatchNorm3d(4, bias=b),
         lambda b: normkit.SyncBatchNorm(4, bias=b),
         lambda b: normkit.GroupNorm(2, 4, bias=b),
+        lambda b: normkit.InstanceNorm2d(4, affine=True, bias=b),
     ):
         for bias in (True, False):
             m = make(bias)
             assert (m.bias is not None) == bias and m.weight.shape == (4,)
             assert ("bias" in dict(m.named_parameters())) == bias
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.GroupNorm(2, 4))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.GroupNorm(2, 4),
+        nn.InstanceNorm2d(4, affine=True),
+    )
     net[1].bias = None  # a zoo layer without a bias
     x = torch.randn(2, 3, 6, 6)
     want = net(x)
     converted, report = normkit.convert(net, return_report=True)
     assert isinstance(converted[1], normkit.BatchNorm2d) and converted[1].bias is None
     assert isinstance(converted[3], normkit.GroupNorm) and converted[3].bias is not None
-    assert len(report.converted) == 2
+    assert isinstance(converted[4], normkit.InstanceNorm2d) and converted[4].bias is not None
+    assert len(report.converted) == 3
     torch.testing.assert_close(converted(x), want, rtol=1e-5, atol=1e-5)

@@ -65,11 +65,20 @@ except ImportError:  # another torch layout: the public (slower) function
     _in_onnx_export = torch.onnx.is_in_onnx_export
 
 
+def _export_flag() -> bool:
+    """``torch.export``'s own flag, read where dynamo is tracing. torch 2.11's dynamo folds
+    ``torch.compiler.is_exporting()`` to True under every ``torch.compile`` (later releases
+    read the flag), which sent compiled models down the export path; a module attribute
+    read is traced as its current value on every release."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else flag
+
+
 def exporting() -> bool:
     """True while a model is traced by ``torch.onnx.export`` (either exporter) or
     ``torch.export.export``; False in eager mode and under ``torch.compile``."""
     if torch.compiler.is_compiling():  # dynamo knows the public function, not the flags
-        return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+        return torch.onnx.is_in_onnx_export() or _export_flag()
     return _in_onnx_export() or torch.compiler.is_exporting()
 
 

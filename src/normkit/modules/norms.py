@@ -475,6 +475,32 @@ class _InstanceNorm(nn.modules.instancenorm._InstanceNorm):
     _no_batch_dim = 0
     _allowed = ""
 
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        # torch's own signature; bias= also on a torch whose constructor lacks it (2.11)
+        base = nn.modules.instancenorm._InstanceNorm
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device,
+            dtype,
+            **_bias_kwarg(base, bias),
+        )
+        _drop_bias(self, base, bias)
+
     def _get_no_batch_dim(self):
         return self._no_batch_dim
 
