@@ -110,8 +110,11 @@ THRESHOLDS = {
 # layer/RMS norm case but layer norm forward at 32 Mi. Thresholds: 32 Mi elements for
 # layer and RMS norm, 16 Mi (64 MiB of float32) for group and batch norm; above them the
 # Triton kernels run (faster than torch's own there:
-# benchmarks/results/gpu-h100-20261127/). The saved shifted copy costs the memory noted
-# above; on a GPU the time saved was judged worth it.
+# benchmarks/results/gpu-h100-20261127/). Instance norm on its own, on an H200
+# (benchmarks/results/gpu-h200-20261128/crossover-20261128T035232Z.csv, 64 Ki to 16 Mi):
+# the native path won forward+backward at every size and forward to 8 Mi, the kernel the
+# forward at 16 Mi, which the 16 Mi threshold matches. The saved shifted copy costs the
+# memory noted above; on a GPU the time saved was judged worth it.
 _CUDA_CAP = 1 << 24
 CUDA_THRESHOLDS = {
     "layer_norm": (2 * _CUDA_CAP, 2 * _CUDA_CAP),

@@ -759,7 +759,7 @@ class RMSNorm(nn.RMSNorm):
         shape = self.normalized_shape
         k = len(shape)
         eps = self.eps
-        if eps is None:  # float32 here (the native path takes float32 only)
+        if eps is None:  # float32's: torch's compute dtype, also for half inputs (CUDA)
             eps = _FLOAT32_EPS
         if x.dim() < k or x.shape[x.dim() - k :] != shape or not eps >= 0.0:
             return None
