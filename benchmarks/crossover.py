@@ -60,6 +60,20 @@ FAMILIES = {
         lambda x, w, b: _native.batch_norm_train(x, None, None, w, b, 0.1, 1e-5),
         lambda x, w, b: NF.batch_norm(x, None, None, w, b, True, 0.1, 1e-5, backend=_kernel(x)),
     ),
+    # the fused add + norm: x is also the residual (h = 2x); y + h is differentiated, so the
+    # backward takes the gradient of both outputs
+    "add_rms_norm": (
+        lambda n: torch.randn(max(1, n // 768), 768),
+        lambda x, w, b: torch.add(*_native.add_rms_norm(x, x, (x.shape[-1],), w, 1e-6)),
+        lambda x, w, b: torch.add(*NF.add_rms_norm(x, x, x.shape[-1], w, 1e-6, backend=_kernel(x))),
+    ),
+    "add_layer_norm": (
+        lambda n: torch.randn(max(1, n // 768), 768),
+        lambda x, w, b: torch.add(*_native.add_layer_norm(x, x, (x.shape[-1],), w, b, 1e-5)),
+        lambda x, w, b: torch.add(
+            *NF.add_layer_norm(x, x, x.shape[-1], w, b, 1e-5, backend=_kernel(x))
+        ),
+    ),
 }
 
 
@@ -69,7 +83,11 @@ def _kernel(x: torch.Tensor) -> str:
 
 
 def _params(family: str, x: torch.Tensor):
-    d = x.shape[-1] if family in ("layer_norm", "rms_norm") else x.shape[1]
+    d = (
+        x.shape[-1]
+        if family in ("layer_norm", "rms_norm", "add_rms_norm", "add_layer_norm")
+        else x.shape[1]
+    )
     w = torch.randn(d, device=x.device).requires_grad_()
     b = torch.randn(d, device=x.device).requires_grad_()
     return w, b

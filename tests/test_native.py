@@ -307,6 +307,7 @@ def test_env_reader_falls_back_to_os_environ_get(monkeypatch):
 
 def test_thresholds_cover_each_family_the_functional_layer_switches():
     families = {"layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm"}
+    families |= {"add_rms_norm", "add_layer_norm"}
     assert set(_native.THRESHOLDS) == set(_native.CUDA_THRESHOLDS) == families
     for pair in _native.THRESHOLDS.values():
         assert len(pair) == 2 and all(isinstance(v, int) and v > 64 for v in pair)
@@ -603,3 +604,82 @@ def test_a_jit_trace_records_the_shift_not_the_checks_verdict():
     ref = R.layer_norm_forward(_np(x4), (16,), _np(m[0].weight), _np(m[0].bias))[0]
     ref = R.group_norm_forward(ref, 2, _np(m[1].weight), _np(m[1].bias))[0]
     assert_matches_reference(traced(x4), ref, F32)
+
+
+# --- the fused residual add + norm ---------------------------------------------------------
+
+
+def _fused_case(fn, mean, residual=True, offset=0.0, device="cpu"):
+    """One add_rms_norm / add_layer_norm call through auto (float32, (6, 5, 32)): its
+    outputs and gradients, torch's float32 composite's, and the float64 reference's."""
+    from normkit import reference as RF
+
+    shape, d = (6, 5, 32), 32
+    x = randn(*shape, dtype=F32, seed=400, mean=mean, device=device)
+    r = randn(*shape, dtype=F32, seed=401, device=device) if residual else None
+    w = randn(d, dtype=F32, seed=402, device=device)
+    b = randn(d, dtype=F32, seed=403, device=device)
+    dy = randn(*shape, dtype=F32, seed=404, device=device)
+    dh = randn(*shape, dtype=F32, seed=405, device=device)
+    leaves = [_leaf(t) for t in (x, r, w, b)]
+    peers = [_leaf(t) for t in (x, r, w, b)]
+    lx, lr, lw, lb = leaves
+    px, pr, pw, pb = peers
+    ph = px.clone() if pr is None else px + pr
+    a = [None if t is None else _np(t) for t in (x, r, w, b, dy, dh)]
+    if fn == "rms":
+        y, h = NF.add_rms_norm(lx, lr, d, lw, 1e-6, offset=offset)
+        py = TF.rms_norm(ph, (d,), pw + offset, 1e-6)
+        refs = RF.add_rms_norm_forward(a[0], a[1], a[2], 1e-6, offset)
+        grads = RF.add_rms_norm_backward(a[0], a[1], a[4], a[5], a[2], 1e-6, offset)
+        leaves, peers = leaves[:3], peers[:3]
+    else:
+        y, h = NF.add_layer_norm(lx, lr, d, lw, lb, 1e-5)
+        py = TF.layer_norm(ph, (d,), pw, pb, 1e-5)
+        refs = RF.add_layer_norm_forward(a[0], a[1], a[2], a[3], 1e-5)
+        grads = RF.add_layer_norm_backward(a[0], a[1], a[4], a[5], a[2], a[3], 1e-5)
+    took = dispatch.last_backend[f"add_{'rms' if fn == 'rms' else 'layer'}_norm_fwd"]
+    torch.autograd.backward((y, h), (dy, dh))
+    torch.autograd.backward((py, ph), (dy, dh))
+    return took, (y, h), (py, ph), refs, leaves, peers, grads
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fn", ["rms", "ln"])
+@pytest.mark.parametrize("mean", MEANS)
+@pytest.mark.parametrize("residual", [True, False])
+def test_small_fused_add_norm_takes_torchs_ops_within_the_contract(fn, mean, residual, device):
+    # below the thresholds auto runs torch's add and norm (the layer norm checked or
+    # shifted): the values and every gradient meet the float64 reference under the
+    # policy, with torch's own float32 composite as the peer
+    took, (y, h), (py, ph), refs, leaves, peers, grads = _fused_case(
+        fn, mean, residual, offset=1.0 if fn == "rms" else 0.0, device=device
+    )
+    assert took == NATIVE
+    if not residual:
+        assert h.data_ptr() != leaves[0].data_ptr()  # h is a fresh tensor, never x
+    assert not y._is_view() and not h._is_view()
+    assert_matches_reference(y, refs[0], F32, py, "y")
+    assert_matches_reference(h, refs[1], F32, ph, "h")
+    for what, ours, peer, ref in zip(("dx", "dr", "dw", "db"), leaves, peers, grads):
+        if ours is None:
+            continue
+        assert_matches_reference(ours.grad, ref, F32, peer.grad, what)
+
+
+def test_fused_add_norm_above_the_threshold_or_not_float32_takes_the_kernels(monkeypatch):
+    monkeypatch.setitem(_native.THRESHOLDS, "add_rms_norm", (1, 1))
+    monkeypatch.setitem(_native.THRESHOLDS, "add_layer_norm", (1, 1))
+    for fn in ("rms", "ln"):
+        took, (y, _), _, refs, *_ = _fused_case(fn, 0.0)
+        assert took == "cpu", fn
+        assert_matches_reference(y, refs[0], F32, None, "y")
+    monkeypatch.undo()
+    x = randn(4, 16, seed=410)  # float64
+    NF.add_rms_norm(x, x, 16)
+    assert dispatch.last_backend["add_rms_norm_fwd"] == "cpu"
+    x32, r64 = randn(4, 16, seed=411, dtype=F32), randn(4, 16, seed=412)  # promoted
+    NF.add_layer_norm(x32, r64, 16)
+    assert dispatch.last_backend["add_layer_norm_fwd"] == "cpu"
+    NF.add_layer_norm(x32, x32, 16, backend="torch")
+    assert dispatch.last_backend["add_layer_norm_fwd"] == "torch"

@@ -33,7 +33,9 @@ each set of values that share statistics. How it is applied depends on the devic
   the kernel path). In evaluation (either device) the shift is the running mean itself and
   torch normalizes with mean 0.
 
-RMS norm has no mean to lose, so torch's ``rms_norm`` is used as it is.
+RMS norm has no mean to lose, so torch's ``rms_norm`` is used as it is. The fused residual
+add + norm (:func:`add_rms_norm`, :func:`add_layer_norm`; float32 only) is torch's add
+followed by the norm above.
 
 The torch functions are called below ``torch.nn.functional``'s wrappers
 (``torch.native_layer_norm`` and so on; on CUDA batch norm uses cuDNN when torch would),
@@ -65,7 +67,7 @@ from .ops import schema
 __all__ = ["THRESHOLDS", "CUDA_THRESHOLDS", "NATIVE", "chooses"]
 __all__ += ["layer_norm", "rms_norm", "group_norm"]
 __all__ += ["batch_norm_train", "batch_norm_eval", "tracing", "takes_batch_norm", "dense"]
-__all__ += ["module_takes"]
+__all__ += ["module_takes", "takes_fused", "add_rms_norm", "add_layer_norm"]
 __all__ += ["CENTRED_MAX"]
 
 NATIVE = "native"  # the name dispatch.last_backend records for this path
@@ -96,6 +98,20 @@ THRESHOLDS = {
     # 2-4 Mi in -012637Z.csv, torch's won to 4 Mi in -021049Z.csv; the kernel keeps 2 Mi
     # and up (its huge-page outputs fault less), and wins from 8 Mi in both runs
     "instance_norm": (1 << 23, 1 << 21),
+    # the fused residual add + norm (normkit.functional.add_rms_norm / add_layer_norm) as
+    # torch's add followed by its norm (the layer norm checked): one more pass over h than
+    # the fused kernel, a fraction of its fixed cost (autograd.Function, op layer, launch).
+    # benchmarks/crossover.py --families add_rms_norm,add_layer_norm, rows of 768, twice
+    # (crossover-20261128T050400Z.csv, 4 Ki to 8 Mi, and -050421Z.csv, 128 Ki to 8 Mi):
+    # add + RMS norm: the kernel won forward from 2 Mi in one run and 4 Mi in the other,
+    # forward+backward from 256 Ki in both (torch's RMS norm backward is slow on the CPU);
+    # add + layer norm: forward+backward, the kernel won at 4 Mi in both runs (above that
+    # they disagree; below it the native path won but once at 2 Mi); forward, the native
+    # path won to 4 Mi and tied at 8 Mi in both, and at (8192, 768) = 6 Mi the kernel won
+    # in `normkit bench --layers add_rms_norm,add_layer_norm --repeats 15`
+    # (cpu-20261128T050846Z.csv, 5.8 vs 6.6 ms): 4 Mi both ways
+    "add_rms_norm": (1 << 21, 1 << 18),
+    "add_layer_norm": (1 << 22, 1 << 22),
 }
 
 # On a CUDA device the Triton kernels' fixed cost per call (the same Python layers plus
@@ -122,6 +138,13 @@ CUDA_THRESHOLDS = {
     "group_norm": (_CUDA_CAP, _CUDA_CAP),
     "instance_norm": (_CUDA_CAP, _CUDA_CAP),
     "batch_norm": (_CUDA_CAP, _CUDA_CAP),
+    # the fused add + norm on CUDA: at (8192, 768), 6 Mi elements, torch's composite took
+    # 0.13 ms forward+backward and normkit's Triton path 0.81 ms, host-bound
+    # (benchmarks/results/gpu-h200-20261128/cuda-20261128T035222Z.csv); the native path is
+    # that composite. Where the Triton kernels overtake it above that was not measured;
+    # the cap of the other families is used.
+    "add_rms_norm": (_CUDA_CAP, _CUDA_CAP),
+    "add_layer_norm": (_CUDA_CAP, _CUDA_CAP),
 }
 
 # float32 only (the dtype test in chooses): float64 has no fixed cost worth saving for
@@ -184,7 +207,8 @@ def _first(x: torch.Tensor, one_sample: bool) -> torch.Tensor:
     return x.as_strided(size, x.stride(), x.storage_offset())
 
 
-_OPS = {f: schema.ops_of(f) for f in ("layer_norm", "rms_norm", "group_norm", "batch_norm")}
+_FAMILIES = ("layer_norm", "rms_norm", "group_norm", "batch_norm", "add_rms_norm", "add_layer_norm")
+_OPS = {f: schema.ops_of(f) for f in _FAMILIES}
 _RECORDS = {family: dict.fromkeys(ops, NATIVE) for family, ops in _OPS.items()}
 
 
@@ -255,6 +279,10 @@ def layer_norm(input, shape: tuple, weight, bias, eps: float) -> torch.Tensor:
     """torch's layer norm: on the CPU checked (redone on the input minus torch's row mean
     when off-centre), on CUDA of the input minus the first element of each row."""
     _record("layer_norm")
+    return _layer_norm(input, shape, weight, bias, eps)
+
+
+def _layer_norm(input, shape: tuple, weight, bias, eps: float) -> torch.Tensor:
     if _checked(input):
         y, mean, rstd = torch.native_layer_norm(input, shape, weight, bias, eps)
         if _centred(mean, rstd):
@@ -267,6 +295,37 @@ def rms_norm(input, shape: tuple, weight, eps: float) -> torch.Tensor:
     """torch's ``F.rms_norm`` (no mean, nothing to shift)."""
     _record("rms_norm")
     return torch.rms_norm(input, shape, weight, eps)
+
+
+def takes_fused(family: str, x: torch.Tensor, backend: str, residual, *params) -> bool:
+    """:func:`chooses` for the fused add + norm, float32 only (x, residual and parameters;
+    half precision keeps the kernels, whose ``residual_in_fp32`` h torch's add would not
+    give)."""
+    return (
+        x.dtype is torch.float32
+        and (residual is None or residual.dtype is torch.float32)
+        and chooses(family, x, backend, residual, *params)
+    )
+
+
+def _fresh_sum(x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """h = x + residual, or a copy of x: always a new tensor, never x itself."""
+    return x.clone() if residual is None else x + residual
+
+
+def add_rms_norm(x, residual, shape: tuple, weight, eps: float):
+    """``(y, h)``: torch's add, then torch's RMS norm of h (nothing to shift)."""
+    _record("add_rms_norm")
+    h = _fresh_sum(x, residual)
+    return torch.rms_norm(h, shape, weight, eps), h
+
+
+def add_layer_norm(x, residual, shape: tuple, weight, bias, eps: float):
+    """``(y, h)``: torch's add, then :func:`layer_norm`'s checked (CPU) or shifted (CUDA)
+    torch layer norm of h."""
+    _record("add_layer_norm")
+    h = _fresh_sum(x, residual)
+    return _layer_norm(h, shape, weight, bias, eps), h
 
 
 def _grouped_shift(input: torch.Tensor, groups: int) -> torch.Tensor:

@@ -1031,7 +1031,9 @@ def _fused_case(layer, x, dy, gen) -> Case:
 
     f, fb = _two_output_pair(composite, [x, r, w, b], dy, dh)
     case.impls.append(Impl("torch-eager", f, fb))
-    for backend in _raw_backends((f"{layer}_fwd", f"{layer}_bwd"), x):
+    # the raw backends, then auto (the call a user makes: below normkit._native's
+    # thresholds torch's add and norm)
+    for backend in [*_raw_backends((f"{layer}_fwd", f"{layer}_bwd"), x), "auto"]:
         if rms:
 
             def fused(v, rr, ww, bb, be=backend):

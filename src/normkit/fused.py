@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from . import _export_path as _xp
-from . import dispatch
+from . import _native, dispatch
 from ._validation import FLOATS as _FLOATS
 from .autograd import AddLayerNormFunction, AddRMSNormFunction, ModulatedLayerNormFunction
 from .ops import schema
@@ -192,6 +192,8 @@ def add_rms_norm(
         if w is not None:
             y = y * w.to(y.dtype)
         return y.to(x.dtype), h
+    if _native.takes_fused(name, x, backend, residual, w):
+        return _native.add_rms_norm(x, residual, shape, w, eps)
     backends = dispatch.resolve_all(_ADD_RMS_OPS, x, backend)
     return AddRMSNormFunction.apply(
         x,
@@ -251,6 +253,8 @@ def add_layer_norm(
             eps,
         )
         return y.to(x.dtype), h
+    if _native.takes_fused(name, x, backend, residual, weight, bias):
+        return _native.add_layer_norm(x, residual, shape, weight, bias, eps)
     backends = dispatch.resolve_all(_ADD_LN_OPS, x, backend)
     return AddLayerNormFunction.apply(
         x,
