@@ -74,6 +74,12 @@ FAMILIES = {
             *NF.add_layer_norm(x, x, x.shape[-1], w, b, 1e-5, backend=_kernel(x))
         ),
     ),
+    # x (N, 64 tokens, 256); w and b stand for scale and shift, (N, 256)
+    "modulated_layer_norm": (
+        lambda n: torch.randn(max(1, n // (64 * 256)), 64, 256),
+        lambda x, w, b: _native.modulated_layer_norm(x, b, w, 1e-6),
+        lambda x, w, b: NF.modulated_layer_norm(x, b, w, 1e-6, backend=_kernel(x)),
+    ),
 }
 
 
@@ -83,6 +89,9 @@ def _kernel(x: torch.Tensor) -> str:
 
 
 def _params(family: str, x: torch.Tensor):
+    if family == "modulated_layer_norm":  # scale and shift, one row per sample
+        w = (0.1 * torch.randn(x.shape[0], x.shape[-1], device=x.device)).requires_grad_()
+        return w, torch.randn(x.shape[0], x.shape[-1], device=x.device).requires_grad_()
     d = (
         x.shape[-1]
         if family in ("layer_norm", "rms_norm", "add_rms_norm", "add_layer_norm")

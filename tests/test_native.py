@@ -307,7 +307,7 @@ def test_env_reader_falls_back_to_os_environ_get(monkeypatch):
 
 def test_thresholds_cover_each_family_the_functional_layer_switches():
     families = {"layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm"}
-    families |= {"add_rms_norm", "add_layer_norm"}
+    families |= {"add_rms_norm", "add_layer_norm", "modulated_layer_norm"}
     assert set(_native.THRESHOLDS) == set(_native.CUDA_THRESHOLDS) == families
     for pair in _native.THRESHOLDS.values():
         assert len(pair) == 2 and all(isinstance(v, int) and v > 64 for v in pair)
@@ -683,3 +683,35 @@ def test_fused_add_norm_above_the_threshold_or_not_float32_takes_the_kernels(mon
     assert dispatch.last_backend["add_layer_norm_fwd"] == "cpu"
     NF.add_layer_norm(x32, x32, 16, backend="torch")
     assert dispatch.last_backend["add_layer_norm_fwd"] == "torch"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mean", MEANS)
+def test_small_modulated_layer_norm_takes_torchs_ops_within_the_contract(mean, device):
+    from normkit import reference as RF
+
+    shape = (3, 7, 48)
+    x = randn(*shape, dtype=F32, seed=420, mean=mean, device=device)
+    shift = randn(3, 48, dtype=F32, seed=421, device=device)
+    scale = randn(3, 48, dtype=F32, seed=422, std=0.3, device=device)
+    dy = randn(*shape, dtype=F32, seed=423, device=device)
+    ours = [_leaf(t) for t in (x, shift, scale)]
+    peer = [_leaf(t) for t in (x, shift, scale)]
+    y = NF.modulated_layer_norm(*ours, 1e-6)
+    assert dispatch.last_backend["modulated_layer_norm_fwd"] == NATIVE
+    assert not y._is_view() and y.shape == shape
+    px, ps, pc = peer
+    py = TF.layer_norm(px, (48,), eps=1e-6) * (1 + pc[:, None]) + ps[:, None]
+    y.backward(dy)
+    py.backward(dy)
+    a = [_np(t) for t in (x, shift, scale, dy)]
+    ref = RF.modulated_layer_norm_forward(a[0], a[1], a[2], 1e-6)
+    grads = RF.modulated_layer_norm_backward(a[0], a[1], a[2], a[3], 1e-6)
+    assert_matches_reference(y, ref, F32, py, "y")
+    for what, o, p, g in zip(("dx", "dshift", "dscale"), ours, peer, grads):
+        assert_matches_reference(o.grad, g, F32, p.grad, what)
+    # half precision, float64 and an explicit backend keep the kernels
+    NF.modulated_layer_norm(x.double(), shift.double(), scale.double())
+    assert dispatch.last_backend["modulated_layer_norm_fwd"] != NATIVE
+    NF.modulated_layer_norm(x, shift, scale, backend="torch")
+    assert dispatch.last_backend["modulated_layer_norm_fwd"] == "torch"

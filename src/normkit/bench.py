@@ -1004,7 +1004,8 @@ def _fused_case(layer, x, dy, gen) -> Case:
 
         f, fb = _autograd_pair(composite, [x, shift, scale], dy)
         case.impls.append(Impl("torch-eager", f, fb))
-        for backend in _raw_backends(("modulated_layer_norm_fwd", "modulated_layer_norm_bwd"), x):
+        ops = ("modulated_layer_norm_fwd", "modulated_layer_norm_bwd")
+        for backend in [*_raw_backends(ops, x), "auto"]:
             f, fb = _autograd_pair(
                 lambda v, s, c, be=backend: NF.modulated_layer_norm(v, s, c, 1e-6, backend=be),
                 [x, shift, scale],
