@@ -68,6 +68,14 @@ def _drop_bias(module: nn.Module, base: type, bias: bool) -> None:
         module.bias = None
 
 
+def _init_with_bias(module: nn.Module, init, base: type, bias: bool, *args) -> None:
+    """``init(*args)`` (the bound ``super().__init__`` of torch's ``base``), with ``bias=``
+    where this torch's constructor takes it and the bias dropped where it does not: the
+    keyword-only ``bias`` on every torch."""
+    init(*args, **_bias_kwarg(base, bias))
+    _drop_bias(module, base, bias)
+
+
 def _register_affine(
     module: nn.Module, shape, enabled: bool, bias: Optional[bool], factory: dict
 ) -> None:
@@ -117,8 +125,11 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         bias: bool = True,
     ) -> None:
         # torch's own signature; bias= also on a torch whose constructor lacks it (2.11)
-        base = nn.modules.batchnorm._BatchNorm
-        super().__init__(
+        _init_with_bias(
+            self,
+            super().__init__,
+            nn.modules.batchnorm._BatchNorm,
+            bias,
             num_features,
             eps,
             momentum,
@@ -126,9 +137,7 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             track_running_stats,
             device,
             dtype,
-            **_bias_kwarg(base, bias),
         )
-        _drop_bias(self, base, bias)
 
     def _factor_and_mode(self):
         """(momentum factor, use batch stats) following torch's rules, counting the batch."""
@@ -488,8 +497,11 @@ class _InstanceNorm(nn.modules.instancenorm._InstanceNorm):
         bias: bool = True,
     ) -> None:
         # torch's own signature; bias= also on a torch whose constructor lacks it (2.11)
-        base = nn.modules.instancenorm._InstanceNorm
-        super().__init__(
+        _init_with_bias(
+            self,
+            super().__init__,
+            nn.modules.instancenorm._InstanceNorm,
+            bias,
             num_features,
             eps,
             momentum,
@@ -497,9 +509,7 @@ class _InstanceNorm(nn.modules.instancenorm._InstanceNorm):
             track_running_stats,
             device,
             dtype,
-            **_bias_kwarg(base, bias),
         )
-        _drop_bias(self, base, bias)
 
     def _get_no_batch_dim(self):
         return self._no_batch_dim
@@ -689,10 +699,10 @@ class GroupNorm(nn.GroupNorm):
     ) -> None:
         # checked before torch's constructor so the message names the fix
         check_groups(num_channels, num_groups)
-        super().__init__(
-            num_groups, num_channels, eps, affine, device, dtype, **_bias_kwarg(nn.GroupNorm, bias)
+        init = super().__init__
+        _init_with_bias(
+            self, init, nn.GroupNorm, bias, num_groups, num_channels, eps, affine, device, dtype
         )
-        _drop_bias(self, nn.GroupNorm, bias)
 
     def _fast_forward(self, input: torch.Tensor) -> Optional[torch.Tensor]:
         """The size-aware native path without the functional layer's per-call checks (see
