@@ -315,15 +315,11 @@ def rms_norm(input, shape: tuple, weight, eps: float) -> torch.Tensor:
     return torch.rms_norm(input, shape, weight, eps)
 
 
-def takes_fused(family: str, x: torch.Tensor, backend: str, residual, *params) -> bool:
-    """:func:`chooses` for the fused add + norm, float32 only (x, residual and parameters;
-    half precision keeps the kernels, whose ``residual_in_fp32`` h torch's add would not
-    give)."""
-    return (
-        x.dtype is torch.float32
-        and (residual is None or residual.dtype is torch.float32)
-        and chooses(family, x, backend, residual, *params)
-    )
+def takes_fused(family: str, x: torch.Tensor, backend: str, *tensors) -> bool:
+    """:func:`chooses` for the fused ops, float32 only: x float32, and ``chooses`` holds
+    every other tensor (residual, parameters, shift/scale) to x's dtype and device. Half
+    precision keeps the kernels, whose ``residual_in_fp32`` h torch's add would not give."""
+    return x.dtype is torch.float32 and chooses(family, x, backend, *tensors)
 
 
 def _fresh_sum(x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:

@@ -321,12 +321,7 @@ def modulated_layer_norm(
         x_hat = torch.nn.functional.layer_norm(x.to(cdt), (x.shape[-1],), None, None, eps)
         y = x_hat * (1.0 + scale.to(cdt).reshape(bshape)) + shift.to(cdt).reshape(bshape)
         return y.to(x.dtype)
-    if (
-        x.dtype is torch.float32
-        and shift.dtype is torch.float32
-        and scale.dtype is torch.float32
-        and _native.chooses(name, x, backend, shift, scale)
-    ):
+    if _native.takes_fused(name, x, backend, shift, scale):
         return _native.modulated_layer_norm(x, shift, scale, eps)
     backends = dispatch.resolve_all(_MODULATED_OPS, x, backend)
     return ModulatedLayerNormFunction.apply(x, shift, scale, eps, backends)
