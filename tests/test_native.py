@@ -474,6 +474,52 @@ def test_cpu_check_keeps_torchs_result_when_centred_and_redoes_it_off_centre(
     assert_matches_reference(gb, ref_db, F32, what="dbias")
 
 
+def _check_cases():
+    # (mean, rstd) pairs: sizes 1 to 1000, products below, at and above CENTRED_MAX, NaN
+    # and inf in one element, signs mixed
+    gen = torch.Generator().manual_seed(5)
+    k = _native.CENTRED_MAX
+    for n in (1, 3, 64, 1000):
+        for top in (0.5 * k, k, 1.001 * k, 50.0):
+            mean = torch.randn(n, generator=gen)
+            rstd = torch.rand(n, generator=gen) + 0.5
+            mean = mean / (mean * rstd).abs().max() * top  # the largest |mean * rstd| ~ top
+            yield mean, rstd
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            mean, rstd = torch.randn(n, generator=gen), torch.rand(n, generator=gen)
+            mean[n // 2] = bad
+            yield mean, rstd
+            yield rstd, mean.abs()  # the bad value in the other argument
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_cpu_check_gives_the_formulas_verdict(monkeypatch, compiled):
+    # _native._centred and _eval_centred run a compiled loop over the statistics' data
+    # (compiled=False: the torch ops used without numba); the verdict must be the one the
+    # formula in this test gives, NaN and inf included
+    k = _native.CENTRED_MAX
+    if compiled:
+        assert _native._loops()[0] is not None  # numba is installed: the loop is what runs
+    else:
+        monkeypatch.setattr(_native, "_LOOPS", (None, None))
+    for mean, rstd in _check_cases():
+        expected = bool((mean * rstd).abs().max() <= k)  # NaN: max is NaN, the test fails
+        assert _native._centred(mean, rstd) is expected, (mean, rstd)
+        # a (2, n/2)-shaped view of the same values, as layer norm's (rows, 1) statistics
+        if mean.numel() % 2 == 0:
+            assert _native._centred(mean.view(2, -1), rstd.view(2, -1)) is expected
+        # non-contiguous statistics take the torch formula, with the same verdict
+        doubled = torch.stack([mean, mean], 1)[:, 0]
+        assert not doubled.is_contiguous() or doubled.numel() == 1
+        assert _native._centred(doubled, rstd) is expected
+        # evaluation: |rm| * rsqrt(rv + eps) <= K, with rv = 1 / rstd**2 - eps
+        eps = 1e-5
+        rm, rv = mean, (1.0 / rstd.double() ** 2 - eps).float()
+        margin = rv.double() - rm.double() ** 2 / k**2  # the test's float64 form
+        want = bool(margin.min() >= -eps)
+        assert _native._eval_centred(rm, rv, eps) is want, (rm, rv)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_torchs_kernels_at_the_centred_limit_stay_within_half_the_floor(seed):
     # why CENTRED_MAX = 4: torch's own float32 CPU kernels, unshifted, on rows / groups /

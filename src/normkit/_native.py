@@ -19,9 +19,10 @@ each set of values that share statistics. How it is applied depends on the devic
   (``benchmarks/native_centred.py``, ``tests/test_native.py``). A call with every set
   within that limit keeps torch's result; any other is recomputed on the input minus
   torch's own (detached) mean, after which ``|mean| * rstd`` is about ``2**-24`` of what it
-  was. The check is a few ops on the statistics and one read of a scalar, cheaper than an
-  elementwise pass over the input; in training batch norm the running statistics come from
-  the first call, whose float64 accumulation makes them right even off centre. Under
+  was. The check is one compiled loop over the statistics (:mod:`normkit.ops.cpu.check`),
+  cheaper than an elementwise pass over the input; in training batch norm the running
+  statistics come from the first call, whose float64 accumulation makes them right even
+  off centre. Under
   ``torch.jit.trace`` (which would freeze the check's verdict) the CPU takes the shift below.
 * **CUDA: shifted.** The input minus one of its own values per set (``x - s``, computed
   exactly or to half an ulp of the *spread*), so the remaining mean is of the spread's
@@ -145,16 +146,18 @@ CUDA_THRESHOLDS = {
     "group_norm": (_CUDA_CAP, _CUDA_CAP),
     "instance_norm": (_CUDA_CAP, _CUDA_CAP),
     "batch_norm": (_CUDA_CAP, _CUDA_CAP),
-    # the fused add + norm on CUDA: at (8192, 768), 6 Mi elements, torch's composite took
-    # 0.13 ms forward+backward and normkit's Triton path 0.81 ms, host-bound
-    # (benchmarks/results/gpu-h200-20261128/cuda-20261128T035222Z.csv); the native path is
-    # that composite. Where the Triton kernels overtake it above that was not measured;
-    # the cap of the other families is used.
-    "add_rms_norm": (_CUDA_CAP, _CUDA_CAP),
-    "add_layer_norm": (_CUDA_CAP, _CUDA_CAP),
-    # modulated layer norm at (32, 256, 1152), 9 Mi elements, on the H200: torch's
-    # composite 0.234 ms forward+backward, the Triton path 0.56 ms (the same CSV); the cap
-    "modulated_layer_norm": (_CUDA_CAP, _CUDA_CAP),
+    # the fused add + norm and the modulated layer norm on CUDA, where the native path is
+    # torch's composite: benchmarks/crossover.py --device cuda --families add_rms_norm,
+    # add_layer_norm,modulated_layer_norm --min-log2 16 --max-log2 26 --repeats 5 on an
+    # H200, one run (benchmarks/results/gpu-h200-20261128-2/crossover-20261128T064146Z.csv,
+    # each call synchronized). add + RMS norm: the native path won both ways at every size
+    # to 64 Mi (its lead narrowing to 1.1x forward+backward there). add + layer norm: the
+    # native path won both ways to 32 Mi, the kernel at 64 Mi. Modulated layer norm: the
+    # kernel won forward from 32 Mi (a tie at 16 Mi) and forward+backward at 64 Mi (a tie,
+    # 1137 vs 1181 us, at 32 Mi). Sizes between those measured take the kernel
+    "add_rms_norm": (1 << 26, 1 << 26),
+    "add_layer_norm": (1 << 25, 1 << 25),
+    "modulated_layer_norm": (1 << 24, 1 << 25),
 }
 
 # float32 only (the dtype test in chooses): float64 has no fixed cost worth saving for
@@ -243,9 +246,10 @@ def _record(family: str) -> None:
 # at |mean| * rstd ~ 4.2 the worst relative error of y, dx, dweight and dbias over layer,
 # group and batch norm was 8.8e-7 (group norm's dweight; the rest <= 3.4e-7), under half
 # the float32 floor 2e-6; at ~8.3 it reached 1.34e-6 and at ~17, 3.1e-6 (over the floor).
-# tests/test_native.py keeps the limit honest. The check costs a few small ops and one
-# host read of a scalar: cheaper than the elementwise shift it replaces at every size but
-# the tiniest, and free of a stall only because the tensor is on the CPU.
+# tests/test_native.py keeps the limit honest. The check reads the statistics on the host
+# (free of a stall only because the tensor is on the CPU) in one compiled loop: about 3 us
+# where the same test as torch ops (mul, abs, max, item) took about 15 us a layer call,
+# enough to make small BatchNorm layers slower than torch's module.
 CENTRED_MAX = 4.0
 _INV_K2 = -1.0 / CENTRED_MAX**2
 
@@ -272,11 +276,52 @@ def takes_batch_norm(input: torch.Tensor, training: bool, running_mean, momentum
     return not training or running_mean is None or momentum < 1.0 or _checked(input)
 
 
+# The check's loops (normkit.ops.cpu.check), imported on first use: numba is not imported
+# by `import normkit`. None when numba is missing; the same tests then run as torch ops.
+_LOOPS: Optional[tuple] = None
+
+
+def _loops() -> tuple:
+    global _LOOPS
+    if _LOOPS is None:
+        try:
+            from .ops.cpu import check
+
+            _LOOPS = (check.worst_product, check.least_margin)
+        except ImportError:
+            _LOOPS = (None, None)
+    return _LOOPS
+
+
+def _loopable(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """What the compiled loops read at a data address: two CPU tensors of n contiguous
+    float32 values each."""
+    return (
+        a.dtype is torch.float32
+        and b.dtype is torch.float32
+        and a.numel() == b.numel()
+        and a.is_contiguous()
+        and b.is_contiguous()
+    )
+
+
 def _centred(mean: torch.Tensor, rstd: torch.Tensor) -> bool:
-    """True when every ``|mean| * rstd`` is at most :data:`CENTRED_MAX` (False for NaN).
-    ``mean`` and ``rstd`` must not require grad (torch's layer and batch norm statistics
-    do not; group norm's are detached by the caller)."""
-    return mean.mul(rstd).abs_().max().item() <= CENTRED_MAX
+    """True when every ``|mean| * rstd`` is at most :data:`CENTRED_MAX` (False for NaN);
+    ``mean`` and ``rstd`` are CPU tensors of one shape."""
+    worst = _loops()[0]
+    if worst is not None and _loopable(mean, rstd):
+        return worst(mean.data_ptr(), rstd.data_ptr(), mean.numel()) <= CENTRED_MAX
+    return mean.detach().mul(rstd.detach()).abs_().max().item() <= CENTRED_MAX
+
+
+def _eval_centred(running_mean: torch.Tensor, running_var: torch.Tensor, eps: float) -> bool:
+    """Evaluation batch norm's test, ``|rm| * rsqrt(rv + eps) <= CENTRED_MAX`` for every
+    channel, as ``rv - rm**2 / CENTRED_MAX**2 >= -eps`` (False for NaN)."""
+    least = _loops()[1]
+    rm, rv = running_mean, running_var
+    if least is not None and _loopable(rm, rv):
+        return least(rv.data_ptr(), rm.data_ptr(), rm.numel(), _INV_K2) >= -eps
+    return torch.addcmul(rv, rm, rm, value=_INV_K2).min().item() >= -eps
 
 
 def _row_shifted(input: torch.Tensor, k: int) -> torch.Tensor:
@@ -383,7 +428,7 @@ def group_norm(input, groups: int, weight, bias, eps: float) -> torch.Tensor:
         hw = input.numel() // (n * c)
         y, mean, rstd = torch.native_group_norm(input, weight, bias, n, c, hw, groups, eps)
         mean = mean.detach()  # group norm's statistics are differentiable outputs
-        if _centred(mean, rstd.detach()):
+        if _centred(mean, rstd):
             return y
         # the (N, G) group means repeated for each group's channels, broadcast over positions
         per_channel = mean.repeat_interleave(c // groups, dim=1)
@@ -444,11 +489,7 @@ def batch_norm_eval(input, running_mean, running_var, weight, bias, eps) -> torc
     otherwise, and on CUDA, ``input - running_mean`` normalized with mean 0 (half precision:
     torch's own evaluation with the running mean)."""
     _record("batch_norm")
-    # |rm| * rsqrt(rv + eps) <= K  <=>  rv - rm^2 / K^2 >= -eps: one op and one read (a NaN
-    # statistic fails the test)
-    if _checked(input) and (
-        torch.addcmul(running_var, running_mean, running_mean, value=_INV_K2).min().item() >= -eps
-    ):
+    if _checked(input) and _eval_centred(running_mean, running_var, eps):
         return torch.native_batch_norm(
             input, weight, bias, running_mean, running_var, False, 0.0, eps
         )[0]
