@@ -520,6 +520,72 @@ def test_cpu_check_gives_the_formulas_verdict(monkeypatch, compiled):
         assert _native._eval_centred(rm, rv, eps) is want, (rm, rv)
 
 
+_FUNC_LAYERS = {  # name -> (module, input shape, float64 forward, float64 dx)
+    "layer_norm": (
+        lambda: normkit.LayerNorm(32),
+        (6, 32),
+        lambda x: R.layer_norm_forward(x, (32,))[0],
+        lambda x, dy: R.layer_norm_backward(x, dy, (32,))[0],
+    ),
+    "group_norm": (
+        lambda: normkit.GroupNorm(2, 6),
+        (4, 6, 5),
+        lambda x: R.group_norm_forward(x, 2)[0],
+        lambda x, dy: R.group_norm_backward(x, dy, 2)[0],
+    ),
+    "batch_norm": (  # no running statistics: torch.func cannot update buffers in place
+        lambda: normkit.BatchNorm1d(6, track_running_stats=False),
+        (8, 6),
+        lambda x: R.batch_norm_forward(x)[0],
+        lambda x, dy: R.batch_norm_backward(x, dy)[0],
+    ),
+}
+
+
+@pytest.mark.parametrize("mean", MEANS)
+@pytest.mark.parametrize("name", list(_FUNC_LAYERS))
+def test_torch_func_grad_and_vmap_through_the_native_path(name, mean):
+    # torch.func wraps every tensor: the CPU check has no data address to read, and vmap
+    # refuses host reads, so while a transform is active the native path takes the shift.
+    # grad and vmap then run as on torch's own layers, within the float64 contract
+    from torch.func import grad, vmap
+
+    build, shape, forward, backward = _FUNC_LAYERS[name]
+    m = build()
+    x = randn(*shape, dtype=F32, seed=160, mean=mean)
+    dy = randn(*shape, dtype=F32, seed=161)
+    dx = grad(lambda v: (m(v) * dy).sum())(x)
+    assert dispatch.last_backend[schema.ops_of(name)[0]] == NATIVE
+    assert_matches_reference(dx, backward(_np(x), _np(dy)), F32, what="dx under grad")
+    if name == "batch_norm":  # statistics over the batch: vmap over samples would change them
+        return
+    y = vmap(lambda xi: m(xi.unsqueeze(0)).squeeze(0))(x)  # one sample at a time
+    assert_matches_reference(y, forward(_np(x)), F32, what="y under vmap")
+
+
+_IN_TRANSFORM = {  # kernel-path calls inside a transform: (transform, function of x)
+    "lrn under grad": ("grad", lambda v: NF.local_response_norm(v, 3).sum()),
+    "explicit backend under grad": (
+        "grad",
+        lambda v: NF.layer_norm(v, (3,), backend="torch").sum(),
+    ),
+    "float64 under vmap": ("vmap", lambda v: NF.layer_norm(v.double(), (3,))),
+}
+
+
+@pytest.mark.parametrize("case", list(_IN_TRANSFORM))
+def test_kernel_path_inside_a_torch_func_transform_is_refused_with_the_way_out(case):
+    # normkit's autograd.Functions lack functorch's setup_context: torch would refuse them
+    # with its own message; normkit's says which calls do work and what to do instead
+    from torch import func
+
+    transform, fn = _IN_TRANSFORM[case]
+    x = randn(2, 4, 3, 3, dtype=F32, seed=162)
+    with pytest.raises(RuntimeError, match="torch.func transform.*THRESHOLDS"):
+        getattr(func, transform)(fn)(x)
+    fn(x)  # outside a transform the same call runs
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_torchs_kernels_at_the_centred_limit_stay_within_half_the_floor(seed):
     # why CENTRED_MAX = 4: torch's own float32 CPU kernels, unshifted, on rows / groups /

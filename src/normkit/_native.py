@@ -260,8 +260,16 @@ def tracing() -> bool:
     return torch._C._get_tracing_state() is not None
 
 
+# torch.func's transforms (grad, vjp, jacrev, vmap, functional_call under them) wrap every
+# tensor: a wrapper has no data address for the compiled check, and vmap refuses a host
+# read. While one is active the CPU takes the shift, made of tensor ops only.
+_interpreters = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
+
+
 def _checked(input: torch.Tensor) -> bool:
-    return input.is_cpu and not tracing()
+    """The CPU's checked path applies: a CPU tensor, no tracer recording, no torch.func
+    transform active (either of those takes the shift)."""
+    return input.is_cpu and not tracing() and _interpreters() is None
 
 
 def module_takes(family: str, input: torch.Tensor, backend: str, *params) -> bool:

@@ -103,9 +103,31 @@ def resolve(op: str, x: torch.Tensor, backend: str = "auto") -> str:
     return _resolve(op, x, backend)
 
 
+# torch.func's transforms (grad, vjp, jacrev, vmap, ...) have an interpreter on this stack
+_interpreters = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
+
+
+def _no_transform(op: str) -> None:
+    """Refuse, with the way out, a kernel call inside a torch.func transform (not while
+    torch.compile traces: dynamo runs autograd.Functions under an interpreter of its own)."""
+    if _interpreters() is not None and not torch.compiler.is_compiling():
+        raise RuntimeError(
+            f"normkit: {op} cannot run inside a torch.func transform (grad, vjp, jacrev, "
+            "vmap, ...): normkit's kernels run through autograd.Functions that do not "
+            "implement functorch's setup_context/vmap rules. Inside a transform, normkit "
+            "works where backend='auto' hands the call to torch's own kernel (float32 "
+            "BatchNorm, LayerNorm, GroupNorm, InstanceNorm and RMSNorm below the sizes in "
+            "normkit._native.THRESHOLDS / CUDA_THRESHOLDS); for this call use torch.nn's "
+            "layer, or take the transform out (e.g. torch.autograd.grad instead of "
+            "torch.func.grad)"
+        )
+
+
 def resolve_all(ops: tuple, x: torch.Tensor, backend: str = "auto") -> Dict[str, str]:
     """``{op: resolve(op, x, backend)}`` for the ops of one layer call, in one lookup when
-    every choice is memoised (``auto``, no ``$NORMKIT_BACKEND``, size-independent backends)."""
+    every choice is memoised (``auto``, no ``$NORMKIT_BACKEND``, size-independent backends).
+    Raises inside a torch.func transform, which the ops' autograd.Functions cannot run in."""
+    _no_transform(ops[0])
     if backend == "auto" and type(x) is torch.Tensor:
         env = env_backend()
         if not env or env == "auto":
