@@ -563,6 +563,22 @@ def test_torch_func_grad_and_vmap_through_the_native_path(name, mean):
     assert_matches_reference(y, forward(_np(x)), F32, what="y under vmap")
 
 
+def test_batch_norm_with_running_stats_inside_a_transform_names_the_way_out():
+    # training BatchNorm would update its buffers in place, which torch.func refuses (torch's
+    # layer too); normkit says so, and the way out it names (torch.func's
+    # replace_all_batch_norm_modules_) then gives the per-sample statistics of float64
+    from torch.func import replace_all_batch_norm_modules_, vmap
+
+    m = torch.nn.Sequential(normkit.BatchNorm1d(6))
+    x = randn(4, 3, 6, dtype=F32, seed=163, mean=1e4)  # 4 samples of a (3, 6) batch each
+    with pytest.raises(RuntimeError, match="running statistics inside a torch.func"):
+        vmap(m)(x)
+    replace_all_batch_norm_modules_(m)
+    y = vmap(m)(x)
+    ref = np.stack([R.batch_norm_forward(_np(xi))[0] for xi in x])
+    assert_matches_reference(y, ref, F32, what="y under vmap")
+
+
 _IN_TRANSFORM = {  # kernel-path calls inside a transform: (transform, function of x)
     "lrn under grad": ("grad", lambda v: NF.local_response_norm(v, 3).sum()),
     "explicit backend under grad": (

@@ -458,6 +458,14 @@ def batch_norm_train(
     ``(1 - m) r + m mean(x)``. Needs ``momentum < 1`` (the caller checks it).
     """
     _record("batch_norm")
+    if running_mean is not None and _interpreters() is not None:
+        raise RuntimeError(
+            "batch_norm: training with running statistics inside a torch.func transform "
+            "(grad, vmap, ...) would update running_mean/running_var in place, which the "
+            "transform cannot do (torch's BatchNorm refuses it too); use "
+            "track_running_stats=False, eval mode, or "
+            "torch.func.replace_all_batch_norm_modules_(model) first"
+        )
     if _checked(input):
         return _batch_norm_train_cpu(input, running_mean, running_var, weight, bias, momentum, eps)
     x = input
