@@ -557,6 +557,11 @@ def test_torch_func_grad_and_vmap_through_the_native_path(name, mean):
     dx = grad(lambda v: (m(v) * dy).sum())(x)
     assert dispatch.last_backend[schema.ops_of(name)[0]] == NATIVE
     assert_matches_reference(dx, backward(_np(x), _np(dy)), F32, what="dx under grad")
+    # forward mode: with weight 1 and bias 0 these layers' Jacobians are symmetric
+    # (rstd * (I - 1 1^T / n - x_hat x_hat^T / n) per set of shared statistics), so the
+    # tangent the jvp pushes forward is the reference backward applied to it
+    tangent = torch.func.jvp(m, (x,), (dy,))[1]
+    assert_matches_reference(tangent, backward(_np(x), _np(dy)), F32, what="jvp")
     if name == "batch_norm":  # statistics over the batch: vmap over samples would change them
         return
     y = vmap(lambda xi: m(xi.unsqueeze(0)).squeeze(0))(x)  # one sample at a time
