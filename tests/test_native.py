@@ -209,6 +209,44 @@ def test_batch_norm_native_training_steps_and_running_stats(device, mean, moment
     assert_matches_reference(gx, _np(dy) * (w / np.sqrt(rv64 + 1e-5))[:, None, None], F32)
 
 
+@pytest.mark.parametrize("momentum", [0.1, 0.9])
+def test_cpu_batch_norm_off_centre_layer_shifts_first_once_its_running_stats_say_so(
+    monkeypatch, momentum
+):
+    # data at mean 1e4: the first call (running stats 0 / 1, "centred") runs torch's kernel
+    # and redoes the off-centre call (two kernel calls); from then on the running stats are
+    # off centre too, so the input is shifted first and one kernel call does (the check
+    # still passes). Outputs, gradients and running stats stay on the float64 reference
+    calls = []
+    real = torch.native_batch_norm
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "native_batch_norm", counting)
+    m = normkit.BatchNorm2d(6, momentum=momentum)
+    rm, rv = np.zeros(6), np.ones(6)
+    for step in range(1, 5):
+        x = _leaf(randn(4, 6, 3, 3, dtype=F32, seed=170 + step, mean=1e4))
+        dy = randn(4, 6, 3, 3, dtype=F32, seed=180 + step)
+        calls.clear()
+        y = m(x)
+        assert dispatch.last_backend["batch_norm_stats"] == NATIVE
+        assert len(calls) == (2 if step == 1 else 1), step
+        m.weight.grad = m.bias.grad = None
+        gx, gw, gb = _grads(y, dy, x, m.weight, m.bias)
+        ref_y, mean_b, var_b = R.batch_norm_forward(_np(x))
+        ref_dx, ref_dw, ref_db = R.batch_norm_backward(_np(x), _np(dy), np.ones(6), np.zeros(6))
+        assert_matches_reference(y, ref_y, F32, what=f"y, step {step}")
+        assert_matches_reference(gx, ref_dx, F32, what=f"dx, step {step}")
+        assert_matches_reference(gw, ref_dw, F32, what=f"dweight, step {step}")
+        assert_matches_reference(gb, ref_db, F32, what=f"dbias, step {step}")
+        rm, rv = R.running_stats_update(rm, rv, mean_b, var_b, 4 * 9, momentum, step)
+        assert_matches_reference(m.running_mean, rm, F32, what=f"running_mean, step {step}")
+        assert_matches_reference(m.running_var, rv, F32, what=f"running_var, step {step}")
+
+
 def test_batch_norm_called_twice_before_backward_like_torch():
     # siamese use: torch allows two forwards through one BN before backward
     x = randn(8, 4, dtype=F32, seed=60).requires_grad_()

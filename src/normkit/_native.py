@@ -487,14 +487,31 @@ def _batch_norm_train_cpu(input, running_mean, running_var, weight, bias, moment
     """Training batch norm on the CPU, checked. torch's kernel accumulates the batch mean
     and the squared deviations in float64 (``at::acc_type`` of float on the CPU), so the
     running statistics it updates are right even off-centre; an off-centre call recomputes
-    only the output, on the input minus torch's batch mean, with no running statistics."""
+    only the output, on the input minus torch's batch mean, with no running statistics.
+
+    A layer whose data sits off centre call after call would pay that second kernel call
+    every time. Its running statistics tell: when they fail the evaluation check
+    (:func:`_eval_centred`), the input is first shifted as on CUDA, by its first value in
+    each channel, with the same ``s * m / (1 - m)`` move of ``running_mean`` so that
+    torch's update lands on the mean of the input (momentum < 1). One of its own values
+    leaves the batch centred to within that value's distance from the mean; the check
+    still runs on the shifted call."""
+    view = (1, input.shape[1]) + (1,) * (input.dim() - 2)
+    x = input
+    if (
+        running_mean is not None
+        and momentum < 1.0
+        and not _eval_centred(running_mean, running_var, eps)
+    ):
+        shift = _first(input.detach(), one_sample=True)  # (1, C, 1, ...)
+        running_mean.data.add_(shift.reshape(-1), alpha=momentum / (1.0 - momentum))
+        x = input - shift
     y, mean, invstd = torch.native_batch_norm(
-        input, weight, bias, running_mean, running_var, True, momentum, eps
+        x, weight, bias, running_mean, running_var, True, momentum, eps
     )
     if _centred(mean, invstd):
         return y
-    view = (1, input.shape[1]) + (1,) * (input.dim() - 2)
-    x = input - mean.detach().reshape(view)
+    x = x - mean.detach().reshape(view)
     return torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)[0]
 
 
