@@ -260,16 +260,12 @@ def tracing() -> bool:
     return torch._C._get_tracing_state() is not None
 
 
-# torch.func's transforms (grad, vjp, jacrev, vmap, functional_call under them) wrap every
-# tensor: a wrapper has no data address for the compiled check, and vmap refuses a host
-# read. While one is active the CPU takes the shift, made of tensor ops only.
-_interpreters = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
-
-
 def _checked(input: torch.Tensor) -> bool:
     """The CPU's checked path applies: a CPU tensor, no tracer recording, no torch.func
-    transform active (either of those takes the shift)."""
-    return input.is_cpu and not tracing() and _interpreters() is None
+    transform active (either of those takes the shift). A transform wraps every tensor: a
+    wrapper has no data address for the compiled check, and vmap refuses a host read; the
+    shift is made of tensor ops only."""
+    return input.is_cpu and not tracing() and not dispatch.transforming()
 
 
 def module_takes(family: str, input: torch.Tensor, backend: str, *params) -> bool:
@@ -447,6 +443,20 @@ def group_norm(input, groups: int, weight, bias, eps: float) -> torch.Tensor:
     return torch.group_norm(_grouped_shift(input, groups), groups, weight, bias, eps, False)
 
 
+def _channel_shifted(input: torch.Tensor, running_mean: Optional[torch.Tensor], momentum):
+    """``input`` minus its first value in each channel (detached), with ``running_mean``
+    (when given) moved by ``s * m / (1 - m)`` so that torch's update of it from the shifted
+    input lands on the mean of ``input`` (see :func:`batch_norm_train`; momentum < 1)."""
+    shift = _first(input.detach(), one_sample=True)  # (1, C, 1, ...)
+    if running_mean is not None:
+        # through .data: no version-counter bump, as torch's own in-kernel update.
+        # torch's autograd keeps a reference to running_mean (unused by the training
+        # backward), so a bump would make an earlier graph through this layer refuse
+        # to run backward
+        running_mean.data.add_(shift.reshape(-1), alpha=momentum / (1.0 - momentum))
+    return input - shift
+
+
 def batch_norm_train(
     input, running_mean: Optional[torch.Tensor], running_var, weight, bias, momentum, eps
 ) -> torch.Tensor:
@@ -458,7 +468,7 @@ def batch_norm_train(
     ``(1 - m) r + m mean(x)``. Needs ``momentum < 1`` (the caller checks it).
     """
     _record("batch_norm")
-    if running_mean is not None and _interpreters() is not None:
+    if running_mean is not None and dispatch.transforming():
         raise RuntimeError(
             "batch_norm: training with running statistics inside a torch.func transform "
             "(grad, vmap, ...) would update running_mean/running_var in place, which the "
@@ -468,16 +478,7 @@ def batch_norm_train(
         )
     if _checked(input):
         return _batch_norm_train_cpu(input, running_mean, running_var, weight, bias, momentum, eps)
-    x = input
-    if input.dtype not in _HALF:
-        shift = _first(input.detach(), one_sample=True)  # (1, C, 1, ...)
-        if running_mean is not None:
-            # through .data: no version-counter bump, as torch's own in-kernel update.
-            # torch's autograd keeps a reference to running_mean (unused by the training
-            # backward), so a bump would make an earlier graph through this layer refuse
-            # to run backward
-            running_mean.data.add_(shift.reshape(-1), alpha=momentum / (1.0 - momentum))
-        x = input - shift
+    x = input if input.dtype in _HALF else _channel_shifted(input, running_mean, momentum)
     return torch.batch_norm(
         x, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn(input)
     )
@@ -503,9 +504,7 @@ def _batch_norm_train_cpu(input, running_mean, running_var, weight, bias, moment
         and momentum < 1.0
         and not _eval_centred(running_mean, running_var, eps)
     ):
-        shift = _first(input.detach(), one_sample=True)  # (1, C, 1, ...)
-        running_mean.data.add_(shift.reshape(-1), alpha=momentum / (1.0 - momentum))
-        x = input - shift
+        x = _channel_shifted(input, running_mean, momentum)
     y, mean, invstd = torch.native_batch_norm(
         x, weight, bias, running_mean, running_var, True, momentum, eps
     )

@@ -29,7 +29,7 @@ import torch
 from . import _env
 
 __all__ = ["BACKENDS", "ENV_VAR", "register", "resolve", "resolve_all", "call", "last_backend"]
-__all__ += ["table", "env_backend"]
+__all__ += ["table", "env_backend", "transforming"]
 
 BACKENDS = ("torch", "cpu", "triton")
 ENV_VAR = "NORMKIT_BACKEND"
@@ -107,10 +107,15 @@ def resolve(op: str, x: torch.Tensor, backend: str = "auto") -> str:
 _interpreters = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
 
 
+def transforming() -> bool:
+    """A torch.func transform (grad, vjp, jacrev, jvp, vmap, ...) is active."""
+    return _interpreters() is not None
+
+
 def _no_transform(op: str) -> None:
     """Refuse, with the way out, a kernel call inside a torch.func transform (not while
     torch.compile traces: dynamo runs autograd.Functions under an interpreter of its own)."""
-    if _interpreters() is not None and not torch.compiler.is_compiling():
+    if transforming() and not torch.compiler.is_compiling():
         raise RuntimeError(
             f"normkit: {op} cannot run inside a torch.func transform (grad, vjp, jacrev, "
             "vmap, ...): normkit's kernels run through autograd.Functions that do not "
