@@ -17,15 +17,14 @@ Writes ``bn-off-centre-<UTC>.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 
 import torch
 
+import _results  # benchmarks/_results.py: timestamp, load average, CSV
 import normkit
 
 
@@ -38,7 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = _results.stamp()
     rows = []
     for shape in [(8, 64, 32, 32), (1, 32, 8, 8)]:
         for mean in (0.0, args.mean):
@@ -96,15 +95,8 @@ def main(argv=None) -> int:
                     f"{rows[-1]['shape']:12s} mean {mean:<8g} {pass_:6s} {impl:13s} "
                     f"{ms:8.3f} ms  torch/this {torch_ms / ms:5.2f}"
                 )
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"bn-off-centre-{stamp}.csv")
-    with open(path, "w", newline="") as f:
-        fields = ["timestamp", "threads", "load_avg", "shape", "mean", "pass_", "impl"]
-        w = csv.DictWriter(f, fields + ["median_ms", "ratio_vs_torch"])
-        w.writeheader()
-        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-        for r in rows:
-            w.writerow(dict(timestamp=stamp, threads=args.threads, load_avg=load, **r))
+    common = dict(timestamp=stamp, threads=args.threads, load_avg=_results.load_average())
+    path = _results.write_csv(args.out, "bn-off-centre", stamp, rows, common)
     print(path)
     return 0
 

@@ -26,32 +26,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import os
-import statistics
 import sys
 import time
-from datetime import datetime, timezone
 
 import torch
 import torch.nn.functional as F
 
-import normkit
-from normkit import bench
-
-
-def _copies(name: str, batch: int):
-    build, shape, _batches, _quick = bench.MODELS[name]
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(batch, *shape, generator=gen).cuda()
-    target = torch.randint(0, 10, (batch,), generator=gen).cuda()
-    torch.manual_seed(3)
-    ref = build(bench._norm_factory(torch.nn)).cuda()
-    ref(x)  # lazy layers
-    ours = build(bench._norm_factory(normkit)).cuda()
-    ours(x)
-    ours.load_state_dict(copy.deepcopy(ref.state_dict()))
-    return x, target, ref, ours
+import _gpu  # benchmarks/_gpu.py: model pairs, states, drift test, interleaved timing
+import _results  # benchmarks/_results.py: timestamp, load average, CSV
 
 
 def _stepper(model, x, target, compiled: bool):
@@ -72,16 +55,6 @@ def _stepper(model, x, target, compiled: bool):
     return step
 
 
-def _state(model):
-    return {
-        k: v.detach().double().cpu() for k, v in model.state_dict().items() if v.is_floating_point()
-    }
-
-
-def _max_rel(a, b):
-    return max(float((a[k] - b[k]).abs().max()) / max(float(a[k].abs().max()), 1e-30) for k in a)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="resnet18-bn,transformer-ln")
@@ -93,10 +66,10 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA device")
         return 1
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = _results.stamp()
     rows, failed = [], False
     for name in args.models.split(","):
-        x, target, ref, ours = _copies(name, args.batch)
+        x, target, ref, ours = _gpu.model_pair(name, args.batch)
         drifts, steppers = {}, {}
         for impl, model in (("torch", ref), ("normkit", ours)):
             eager_model, compiled_model = copy.deepcopy(model), copy.deepcopy(model)
@@ -118,8 +91,9 @@ def main(argv=None) -> int:
                 eager()
                 compiled()
             torch.cuda.synchronize()
-            drifts[impl] = _max_rel(_state(eager_model), _state(compiled_model))
-            ok = impl == "torch" or drifts[impl] <= max(1e-5, 2 * drifts.get("torch", 0.0))
+            eager_state = _gpu.float_state(eager_model)
+            drifts[impl] = _gpu.max_rel(eager_state, _gpu.float_state(compiled_model))
+            ok = _gpu.drift_ok(impl, drifts)
             failed |= not ok
             print(
                 f"{name} {impl}: compiled vs eager after {args.steps + 2} steps: "
@@ -131,15 +105,7 @@ def main(argv=None) -> int:
                 steppers["torch-eager"] = eager
         if "torch-eager" not in steppers:
             continue
-        times = {k: [] for k in steppers}
-        for _ in range(args.repeats):
-            for k, fn in steppers.items():
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                fn()
-                torch.cuda.synchronize()
-                times[k].append(time.perf_counter() - t0)
-        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        ms = _gpu.interleaved_medians(steppers, args.repeats)
         base = ms["torch-eager"]
         print(
             f"{name} batch={args.batch}: "
@@ -147,16 +113,9 @@ def main(argv=None) -> int:
         )
         for k, v in ms.items():
             rows.append(dict(model=name, impl=k, what="step_ms", value=v))
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"compile-cuda-{stamp}.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, ["timestamp", "device", "batch", "model", "impl", "what", "value"])
-        w.writeheader()
-        for r in rows:
-            w.writerow(
-                dict(timestamp=stamp, device=torch.cuda.get_device_name(), batch=args.batch, **r)
-            )
-    print(path)
+    if rows:  # none when every capture/compile failed
+        common = dict(timestamp=stamp, device=torch.cuda.get_device_name(), batch=args.batch)
+        print(_results.write_csv(args.out, "compile-cuda", stamp, rows, common))
     return 1 if failed else 0
 
 

@@ -18,18 +18,16 @@ Writes ``fused-ab-cuda-<UTC>.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import statistics
 import sys
-import time
-from datetime import datetime, timezone
 
 import torch
 import torch.nn.functional as F
 
+import _gpu  # benchmarks/_gpu.py: interleaved timing
+import _results  # benchmarks/_results.py: timestamp, load average, CSV
 import normkit.functional as NF
-from normkit import dispatch
+from normkit import bench, dispatch
 
 
 def _cases(dev):
@@ -89,22 +87,11 @@ def _cases(dev):
 
 
 def _closures(fn, inputs, grads):
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-
-    def fwd():
-        with torch.no_grad():
-            return fn(*leaves)
-
-    def fwdbwd():
-        for t in leaves:
-            t.grad = None
-        out = fn(*leaves)
-        if isinstance(out, tuple):  # (y, h): the gradients of both
-            torch.autograd.backward(out, grads)
-        else:
-            out.backward(grads[0])
-
-    return fwd, fwdbwd
+    """``normkit bench``'s (forward, forward+backward) closures: the gradient of both outputs
+    for the add + norm ops, of the one output otherwise."""
+    if len(grads) == 2:
+        return bench._two_output_pair(fn, inputs, *grads)
+    return bench._autograd_pair(fn, inputs, grads[0])
 
 
 def _counts(fn):
@@ -132,7 +119,7 @@ def main(argv=None) -> int:
         print("no CUDA device")
         return 1
     dev = torch.device("cuda")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = _results.stamp()
     rows = []
     for case, inputs, grads, impls in _cases(dev):
         for pass_ in ("fwd", "fwdbwd"):
@@ -143,15 +130,7 @@ def main(argv=None) -> int:
                 for _ in range(5):
                     fn()
                 backends[k] = "/".join(sorted(set(dispatch.last_backend.values()))) or "-"
-            times = {k: [] for k in fns}
-            for _ in range(args.repeats):
-                for k, fn in fns.items():
-                    torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    fn()
-                    torch.cuda.synchronize()
-                    times[k].append(time.perf_counter() - t0)
-            med = {k: 1e6 * statistics.median(v) for k, v in times.items()}
+            med = _gpu.interleaved_medians(fns, args.repeats, unit=1e6)
             for k, fn in fns.items():
                 aten, launches = _counts(fn)
                 ratio = med["torch"] / med[k]
@@ -172,19 +151,8 @@ def main(argv=None) -> int:
                         launches=launches,
                     )
                 )
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"fused-ab-cuda-{stamp}.csv")
-    with open(path, "w", newline="") as f:
-        fields = ["timestamp", "device", "repeats", "case", "pass_", "impl", "ran", "median_us"]
-        fields += ["torch_over_this", "aten_calls", "launches"]
-        w = csv.DictWriter(f, fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow(
-                dict(
-                    timestamp=stamp, device=torch.cuda.get_device_name(), repeats=args.repeats, **r
-                )
-            )
+    common = dict(timestamp=stamp, device=torch.cuda.get_device_name(), repeats=args.repeats)
+    path = _results.write_csv(args.out, "fused-ab-cuda", stamp, rows, common)
     print(path)
     return 0
 

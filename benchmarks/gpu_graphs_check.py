@@ -35,32 +35,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import os
-import statistics
 import sys
-import time
-from datetime import datetime, timezone
 
 import torch
 import torch.nn.functional as F
 
-import normkit
+import _gpu  # benchmarks/_gpu.py: model pairs, states, drift test, interleaved timing
+import _results  # benchmarks/_results.py: timestamp, load average, CSV
 from normkit import bench
-
-
-def _models(batch: int):
-    for name, (build, shape, _batches, _quick) in bench.MODELS.items():
-        gen = torch.Generator().manual_seed(2)
-        x = torch.randn(batch, *shape, generator=gen).cuda()
-        target = torch.randint(0, 10, (batch,), generator=gen).cuda()
-        torch.manual_seed(3)
-        ref = build(bench._norm_factory(torch.nn)).cuda()
-        ref(x)  # lazy layers, on the device (NORMKIT_BACKEND=triton needs CUDA tensors)
-        ours = build(bench._norm_factory(normkit)).cuda()
-        ours(x)
-        ours.load_state_dict(copy.deepcopy(ref.state_dict()))
-        yield name, x, target, ref, ours
 
 
 class _Trainer:
@@ -97,28 +80,7 @@ class _Trainer:
         self.graph.replay()
 
     def state(self):
-        out = {k: v.detach().double().cpu() for k, v in self.model.state_dict().items()}
-        return {k: v for k, v in out.items() if v.is_floating_point()}
-
-
-def _max_rel(a: dict, b: dict) -> float:
-    worst = 0.0
-    for k in a:
-        scale = max(float(a[k].abs().max()), 1e-30)
-        worst = max(worst, float((a[k] - b[k]).abs().max()) / scale)
-    return worst
-
-
-def _median_ms(fns: dict, repeats: int) -> dict:
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            times[k].append(time.perf_counter() - t0)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        return _gpu.float_state(self.model)
 
 
 def main(argv=None) -> int:
@@ -131,9 +93,10 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA device")
         return 1
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = _results.stamp()
     rows, failed = [], False
-    for name, x, target, ref, ours in _models(args.batch):
+    for name in bench.MODELS:
+        x, target, ref, ours = _gpu.model_pair(name, args.batch)
         # drift: graphed vs eager from the same start, per implementation
         torch.backends.cudnn.deterministic = True
         drifts = {}
@@ -152,8 +115,8 @@ def main(argv=None) -> int:
                 eager.eager()
                 graphed.replay()
             torch.cuda.synchronize()
-            drift = drifts[impl] = _max_rel(eager.state(), graphed.state())
-            ok = impl == "torch" or drift <= max(1e-5, 2 * drifts.get("torch", 0.0))
+            drift = drifts[impl] = _gpu.max_rel(eager.state(), graphed.state())
+            ok = _gpu.drift_ok(impl, drifts)
             failed |= not ok
             print(
                 f"{name} {impl}: graphed vs eager after {args.steps} steps: {drift:.3g}"
@@ -174,7 +137,7 @@ def main(argv=None) -> int:
             fns[f"{impl}-graphed"] = graphed.replay
         for fn in fns.values():  # warm-up
             fn()
-        ms = _median_ms(fns, args.repeats)
+        ms = _gpu.interleaved_medians(fns, args.repeats)
         base = ms["torch-eager"]
         print(
             f"{name} batch={args.batch}: "
@@ -183,15 +146,9 @@ def main(argv=None) -> int:
         for k, v in ms.items():
             rows.append(dict(model=name, impl=k, what="step_ms", value=v))
             rows.append(dict(model=name, impl=k, what="torch_eager_over_this", value=base / v))
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"graphs-cuda-{stamp}.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, ["timestamp", "device", "batch", "model", "impl", "what", "value"])
-        w.writeheader()
-        dev = torch.cuda.get_device_name()
-        for r in rows:
-            w.writerow(dict(timestamp=stamp, device=dev, batch=args.batch, **r))
-    print(path)
+    if rows:  # none when every capture/compile failed
+        common = dict(timestamp=stamp, device=torch.cuda.get_device_name(), batch=args.batch)
+        print(_results.write_csv(args.out, "graphs-cuda", stamp, rows, common))
     return 1 if failed else 0
 
 

@@ -7,20 +7,7 @@
 #
 # Logs go to OUT_DIR/all.log (default: $OUT, else benchmarks/results/gpu-session); the CSVs
 # of gpu_validate.py, normkit bench and crossover.py beside it.
-set -u
-out="${1:-${OUT:-benchmarks/results/gpu-session}}"
-mkdir -p "$out"
-export PYTHONPATH=src PYTHONUNBUFFERED=1
-log="$out/all.log"
-step() {  # step SECONDS NAME COMMAND...
-    local limit=$1 name=$2
-    shift 2
-    echo "=== $name ($(date -u +%H:%M:%S)): $*" | tee -a "$log"
-    timeout "$limit" "$@" 2>&1 | tee -a "$log" | tail -n 40
-    echo "=== $name rc=${PIPESTATUS[0]}" | tee -a "$log"
-}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$log"
-python3 -c "import sys, torch, triton, numba, numpy; print(sys.version.split()[0], torch.__version__, triton.__version__, numba.__version__, numpy.__version__)" | tee -a "$log"
+source "$(dirname "$0")/_gpu_session.sh" "$@"
 step 150 validate python3 benchmarks/gpu_validate.py --skip-bench --out "$out"
 step 120 pytest python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_triton_kernels.py tests/test_native.py
 step 100 model python3 -m normkit bench --device cuda --layers overhead,model --repeats 10 --out "$out"

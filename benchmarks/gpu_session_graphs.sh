@@ -8,20 +8,7 @@
 # 2. the fused-op bench (its normkit-auto rows now take that path below 16 Mi elements);
 # 3. the fused ops' crossover on CUDA, 64 Ki to 64 Mi elements (CUDA_THRESHOLDS);
 # 4. whole-step CUDA graph capture, replay and timing (auto, then NORMKIT_BACKEND=triton).
-set -u
-out="${1:-${OUT:-benchmarks/results/gpu-session}}"
-mkdir -p "$out"
-export PYTHONPATH=src PYTHONUNBUFFERED=1
-log="$out/all.log"
-step() {  # step SECONDS NAME COMMAND...
-    local limit=$1 name=$2
-    shift 2
-    echo "=== $name ($(date -u +%H:%M:%S)): $*" | tee -a "$log"
-    timeout "$limit" "$@" 2>&1 | tee -a "$log" | tail -n 40
-    echo "=== $name rc=${PIPESTATUS[0]}" | tee -a "$log"
-}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$log"
-python3 -c "import sys, torch, triton, numba, numpy; print(sys.version.split()[0], torch.__version__, triton.__version__, numba.__version__, numpy.__version__)" | tee -a "$log"
+source "$(dirname "$0")/_gpu_session.sh" "$@"
 step 110 pytest python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_native.py
 step 60 fused-bench python3 -m normkit bench --device cuda --layers add_rms_norm,add_layer_norm,modulated_layer_norm --repeats 20 --out "$out"
 step 110 crossover-fused python3 benchmarks/crossover.py --device cuda --families add_rms_norm,add_layer_norm,modulated_layer_norm --min-log2 16 --max-log2 26 --repeats 5 --out "$out"
