@@ -69,6 +69,20 @@ def _leaf(t):
 MEANS = (0.0, 1e4)
 
 
+def _counted(monkeypatch, op: str) -> list:
+    """Replace ``torch.<op>`` for the test with a wrapper that appends to the returned list
+    on every call (how many kernel calls the native path made)."""
+    calls = []
+    real = getattr(torch, op)
+
+    def counting(*args, **kwargs):
+        calls.append(op)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, op, counting)
+    return calls
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mean", MEANS)
 @pytest.mark.parametrize("affine", [True, False])
@@ -217,14 +231,7 @@ def test_cpu_batch_norm_off_centre_layer_shifts_first_once_its_running_stats_say
     # and redoes the off-centre call (two kernel calls); from then on the running stats are
     # off centre too, so the input is shifted first and one kernel call does (the check
     # still passes). Outputs, gradients and running stats stay on the float64 reference
-    calls = []
-    real = torch.native_batch_norm
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "native_batch_norm", counting)
+    calls = _counted(monkeypatch, "native_batch_norm")
     m = normkit.BatchNorm2d(6, momentum=momentum)
     rm, rv = np.zeros(6), np.ones(6)
     for step in range(1, 5):
@@ -487,14 +494,7 @@ def test_cpu_check_keeps_torchs_result_when_centred_and_redoes_it_off_centre(
     monkeypatch, family, offset
 ):
     op, call = _CHECKED_OPS[family]
-    calls = []
-    real = getattr(torch, op)
-
-    def counting(*args, **kwargs):
-        calls.append(op)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch, op, counting)
+    calls = _counted(monkeypatch, op)
     shape = (6, 5, 32) if family == "layer_norm" else (4, 6, 5, 7)
     c = 32 if family == "layer_norm" else 6
     x = _leaf(randn(*shape, dtype=F32, seed=70, mean=offset))
