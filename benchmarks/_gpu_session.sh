@@ -4,6 +4,14 @@
 #
 #     source "$(dirname "$0")/_gpu_session.sh" "$@"
 set -u
+case "${1:-}" in
+    -h | --help)  # the calling script's header comment
+        sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0" | sed '/^source /d'
+        exit 0 ;;
+    -*)
+        echo "$(basename "$0"): unknown option $1; usage: bash $0 [OUT_DIR]" >&2
+        exit 2 ;;
+esac
 out="${1:-${OUT:-benchmarks/results/gpu-session}}"
 mkdir -p "$out"
 export PYTHONPATH=src PYTHONUNBUFFERED=1

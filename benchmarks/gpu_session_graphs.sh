@@ -5,7 +5,7 @@
 #     bash benchmarks/gpu_session_graphs.sh [OUT_DIR]
 #
 # 1. tests/test_native.py on CUDA (the fused ops' native path is new there);
-# 2. the fused-op bench (its normkit-auto rows now take that path below 16 Mi elements);
+# 2. the fused-op bench (its normkit-auto rows take that path at the bench shapes);
 # 3. the fused ops' crossover on CUDA, 64 Ki to 64 Mi elements (CUDA_THRESHOLDS);
 # 4. whole-step CUDA graph capture, replay and timing (auto, then NORMKIT_BACKEND=triton).
 source "$(dirname "$0")/_gpu_session.sh" "$@"
