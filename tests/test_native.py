@@ -224,13 +224,11 @@ def test_batch_norm_native_training_steps_and_running_stats(device, mean, moment
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.9])
-def test_cpu_batch_norm_off_centre_layer_shifts_first_once_its_running_stats_say_so(
-    monkeypatch, momentum
-):
-    # data at mean 1e4: the first call (running stats 0 / 1, "centred") runs torch's kernel
-    # and redoes the off-centre call (two kernel calls); from then on the running stats are
-    # off centre too, so the input is shifted first and one kernel call does (the check
-    # still passes). Outputs, gradients and running stats stay on the float64 reference
+def test_cpu_batch_norm_off_centre_layer_shifts_first_after_its_first_redo(monkeypatch, momentum):
+    # data at mean 1e4: the first call runs torch's kernel and redoes the off-centre call
+    # (two kernel calls) and marks the layer; its next calls shift the input first and one
+    # kernel call does (the check still passes). Outputs, gradients and running stats
+    # stay on the float64 reference
     calls = _counted(monkeypatch, "native_batch_norm")
     m = normkit.BatchNorm2d(6, momentum=momentum)
     rm, rv = np.zeros(6), np.ones(6)
@@ -252,6 +250,38 @@ def test_cpu_batch_norm_off_centre_layer_shifts_first_once_its_running_stats_say
         rm, rv = R.running_stats_update(rm, rv, mean_b, var_b, 4 * 9, momentum, step)
         assert_matches_reference(m.running_mean, rm, F32, what=f"running_mean, step {step}")
         assert_matches_reference(m.running_var, rv, F32, what=f"running_var, step {step}")
+
+
+def test_cpu_batch_norm_shift_mark_runs_out_and_the_layer_asks_again(monkeypatch):
+    # batches at mean 20 (std 1) with momentum 0.01, so the running statistics stay
+    # centred (|running_mean| * rstd < 1.5): only the batches show the layer off centre. A
+    # redone call marks the layer: the next SHIFT_FIRST_CALLS (2 here) calls shift first
+    # (one kernel call each), then an unshifted call asks again (a redo: two calls)
+    monkeypatch.setattr(_native, "SHIFT_FIRST_CALLS", 2)
+    calls = _counted(monkeypatch, "native_batch_norm")
+    momentum = 0.01
+    m = normkit.BatchNorm2d(5, momentum=momentum)
+    rm, rv = np.zeros(5), np.ones(5)
+    for step, expected_calls in enumerate([2, 1, 1, 2, 1, 1], start=1):
+        x = _leaf(randn(3, 5, 4, 4, dtype=F32, seed=190 + step, mean=20.0))
+        dy = randn(3, 5, 4, 4, dtype=F32, seed=200 + step)
+        calls.clear()
+        y = m(x)
+        assert dispatch.last_backend["batch_norm_stats"] == NATIVE
+        assert len(calls) == expected_calls, step
+        m.weight.grad = m.bias.grad = None
+        gx, gw, gb = _grads(y, dy, x, m.weight, m.bias)
+        ref_y, mean_b, var_b = R.batch_norm_forward(_np(x))
+        ref_dx, ref_dw, ref_db = R.batch_norm_backward(_np(x), _np(dy), np.ones(5), np.zeros(5))
+        assert_matches_reference(y, ref_y, F32, what=f"y, step {step}")
+        assert_matches_reference(gx, ref_dx, F32, what=f"dx, step {step}")
+        assert_matches_reference(gw, ref_dw, F32, what=f"dweight, step {step}")
+        assert_matches_reference(gb, ref_db, F32, what=f"dbias, step {step}")
+        rm, rv = R.running_stats_update(rm, rv, mean_b, var_b, 3 * 16, momentum, step)
+        assert_matches_reference(m.running_mean, rm, F32, what=f"running_mean, step {step}")
+        assert_matches_reference(m.running_var, rv, F32, what=f"running_var, step {step}")
+        # the running statistics pass the evaluation check: they never predict these calls
+        assert np.max(np.abs(rm) / np.sqrt(rv + m.eps)) < _native.CENTRED_MAX
 
 
 def test_batch_norm_called_twice_before_backward_like_torch():

@@ -57,6 +57,7 @@ thresholds are the measured crossover sizes of ``benchmarks/crossover.py`` (resu
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -447,14 +448,50 @@ def _channel_shifted(input: torch.Tensor, running_mean: Optional[torch.Tensor], 
     """``input`` minus its first value in each channel (detached), with ``running_mean``
     (when given) moved by ``s * m / (1 - m)`` so that torch's update of it from the shifted
     input lands on the mean of ``input`` (see :func:`batch_norm_train`; momentum < 1)."""
-    shift = _first(input.detach(), one_sample=True)  # (1, C, 1, ...)
+    x = input.detach()
     if running_mean is not None:
         # through .data: no version-counter bump, as torch's own in-kernel update.
         # torch's autograd keeps a reference to running_mean (unused by the training
         # backward), so a bump would make an earlier graph through this layer refuse
-        # to run backward
-        running_mean.data.add_(shift.reshape(-1), alpha=momentum / (1.0 - momentum))
-    return input - shift
+        # to run backward. The (C,) view of the shifts is made directly (a reshape of
+        # the (1, C, 1, ...) view costs as much as the add on a small layer)
+        first = x.as_strided((x.shape[1],), (x.stride(1),), x.storage_offset())
+        running_mean.data.add_(first, alpha=momentum / (1.0 - momentum))
+    return input - _first(x, one_sample=True)  # (1, C, 1, ...) shifts
+
+
+# How many calls of a training BatchNorm layer shift first after a call of it had to be
+# redone (see _batch_norm_train_cpu)
+SHIFT_FIRST_CALLS = 64
+# id(running_mean) -> [weakref to it, calls left to shift first]. By identity, with a weak
+# reference whose callback drops the entry: a layer that is gone leaves nothing, a copied
+# layer starts unmarked, and nothing is stored on the user's tensors (a Python attribute
+# on a buffer would be pickled into their checkpoints). torch.utils.weak's
+# WeakIdKeyDictionary does the same at ~2.6 us a hit, this at ~0.3 us.
+_SHIFT_FIRST: dict = {}
+
+
+def _shift_first(running_mean: torch.Tensor) -> bool:
+    """Whether this layer's call shifts first (and count the call against its mark)."""
+    entry = _SHIFT_FIRST.get(id(running_mean))
+    if entry is None or entry[0]() is not running_mean or entry[1] <= 0:
+        return False
+    entry[1] -= 1
+    return True
+
+
+def _mark_off_centre(running_mean: torch.Tensor) -> None:
+    key = id(running_mean)
+    entry = _SHIFT_FIRST.get(key)
+    if entry is not None and entry[0]() is running_mean:
+        entry[1] = SHIFT_FIRST_CALLS
+        return
+
+    def forget(ref, key=key):
+        if _SHIFT_FIRST.get(key, (None,))[0] is ref:
+            del _SHIFT_FIRST[key]
+
+    _SHIFT_FIRST[key] = [weakref.ref(running_mean, forget), SHIFT_FIRST_CALLS]
 
 
 def batch_norm_train(
@@ -491,25 +528,27 @@ def _batch_norm_train_cpu(input, running_mean, running_var, weight, bias, moment
     only the output, on the input minus torch's batch mean, with no running statistics.
 
     A layer whose data sits off centre call after call would pay that second kernel call
-    every time. Its running statistics tell: when they fail the evaluation check
-    (:func:`_eval_centred`), the input is first shifted as on CUDA, by its first value in
-    each channel, with the same ``s * m / (1 - m)`` move of ``running_mean`` so that
-    torch's update lands on the mean of the input (momentum < 1). One of its own values
+    every time. A call that had to be redone therefore marks its layer (keyed by its
+    ``running_mean``; :func:`_mark_off_centre`): its next :data:`SHIFT_FIRST_CALLS` calls
+    shift the input first, as on CUDA, by its first value in each channel, with the same
+    ``s * m / (1 - m)`` move of ``running_mean`` so that torch's update lands on the mean
+    of the input (momentum < 1); then one unshifted call asks again. One of its own values
     leaves the batch centred to within that value's distance from the mean; the check
-    still runs on the shifted call."""
+    still runs on every shifted call. The mark is the batches' own verdict: the running
+    statistics (tried here before) average over batches and miss a layer whose batches
+    sit off centre while their mixture does not (batch 1, a channel nearly constant over
+    a 4x4 map), and their test cost a compiled call on every call."""
     view = (1, input.shape[1]) + (1,) * (input.dim() - 2)
     x = input
-    if (
-        running_mean is not None
-        and momentum < 1.0
-        and not _eval_centred(running_mean, running_var, eps)
-    ):
+    if running_mean is not None and momentum < 1.0 and _shift_first(running_mean):
         x = _channel_shifted(input, running_mean, momentum)
     y, mean, invstd = torch.native_batch_norm(
         x, weight, bias, running_mean, running_var, True, momentum, eps
     )
     if _centred(mean, invstd):
         return y
+    if x is input and running_mean is not None:
+        _mark_off_centre(running_mean)
     x = x - mean.detach().reshape(view)
     return torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)[0]
 
