@@ -12,7 +12,8 @@ neighbours and give inf - inf = NaN for 1e38 inputs. Squares, sums and powers ru
 float32 (float64 for float64 input); float16/bfloat16 are converted around the kernel.
 
 ``s^-beta`` is specialised: beta = 1/2 -> 1/sqrt(s), 3/4 -> 1/(r sqrt(r)) with
-r = sqrt(s), 1 -> 1/s, otherwise ``pow``; the special forms vectorise, ``pow`` does not.
+r = sqrt(s), 1 -> 1/s; any other beta takes :mod:`.fastpow`'s vectorised power in
+float32 (``exp(-beta ln s)`` in float64 from polynomials) and ``pow`` in float64.
 
 Layouts: ``(N, C, L)`` contiguous vectorises over positions ``l`` and streams the
 channels of a block of positions: window sums of squares straight from ``x``, the
@@ -35,6 +36,7 @@ from numba import njit
 from ..schema import implements
 from . import _alloc
 from ._pool import parallel_for
+from .fastpow import neg_pow_row, scale_pow_t_row, scale_row
 
 __all__ = ["lrn_fwd", "lrn_bwd", "beta_mode"]
 
@@ -42,9 +44,11 @@ __all__ = ["lrn_fwd", "lrn_bwd", "beta_mode"]
 _BUFFER_ELEMS = 65536
 
 
-def beta_mode(beta: float) -> int:
-    """0: general pow; 1: beta = 1/2; 2: beta = 3/4; 3: beta = 1."""
-    return {0.5: 1, 0.75: 2, 1.0: 3}.get(float(beta), 0)
+def beta_mode(beta: float, dtype: torch.dtype = torch.float64) -> int:
+    """0: general pow; 1: beta = 1/2; 2: beta = 3/4; 3: beta = 1; 4: general beta in
+    float32, by :mod:`.fastpow`'s vectorised power (float64 keeps ``pow``)."""
+    mode = {0.5: 1, 0.75: 2, 1.0: 3}.get(float(beta), 0)
+    return 4 if mode == 0 and dtype == torch.float32 else mode
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -60,6 +64,8 @@ def _neg_pow_row(s, p, w, mode, neg_beta, one):
     elif mode == 3:
         for i in range(w):
             p[i] = one / s[i]
+    elif mode == 4:
+        neg_pow_row(s, p, w, neg_beta)
     else:
         for i in range(w):
             p[i] = s[i] ** neg_beta
@@ -119,6 +125,8 @@ def _scale_apply(s, xr, yr, w, alpha, k, mode, neg_beta, one):
     elif mode == 3:
         for i in range(w):
             yr[i] = xr[i] * (one / (k + alpha * s[i]))
+    elif mode == 4:
+        scale_row(s, xr, yr, w, alpha, k, neg_beta)
     else:
         for i in range(w):
             yr[i] = xr[i] * (k + alpha * s[i]) ** neg_beta
@@ -146,6 +154,8 @@ def _scale_pow_t(s, xr, dyr, pr, tr, w, alpha, k, mode, neg_beta, one):
             q = one / v
             pr[i] = q
             tr[i] = dyr[i] * xr[i] * q / v
+    elif mode == 4:
+        scale_pow_t_row(s, xr, dyr, pr, tr, w, alpha, k, neg_beta)
     else:
         for i in range(w):
             v = k + alpha * s[i]
@@ -465,8 +475,9 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _scalars(cdt, alpha, beta, k):
+    # -beta stays float64: mode 0 runs in float64, mode 4 (float32) takes its power there
     npt = np.float64 if cdt == torch.float64 else np.float32
-    return npt(alpha), npt(k), beta_mode(beta), npt(-beta), npt(1.0)
+    return npt(alpha), npt(k), beta_mode(beta, cdt), np.float64(-beta), npt(1.0)
 
 
 def _across_layout(x: torch.Tensor):
