@@ -39,7 +39,7 @@ from .norms import (
     _np,
     _out,
     _row_recentre,
-    _row_stats,
+    _row_stats_copy,
     _split,
     _vec,
 )
@@ -217,14 +217,14 @@ def _mod_ln_fwd_kernel(x, shift, scale, y, mean, rstd, eps, start, stop):
         yr = y[row]
         sh = shift[n]
         sc = scale[n]
-        m, m_hi, m_lo, v = _row_stats(xr, cast)
+        m, m_hi, m_lo, v = _row_stats_copy(xr, yr, cast)  # y streams out with the sums
         rs = 1.0 / math.sqrt(max(v / D, 0.0) + eps)
         mean[row] = m
         rstd[row] = rs
         cast[2] = rs
         rs_t = cast[2]
         for i in range(D):
-            yr[i] = ((xr[i] - m_hi) - m_lo) * (rs_t * (sc[i] + 1)) + sh[i]
+            yr[i] = ((yr[i] - m_hi) - m_lo) * (rs_t * (sc[i] + 1)) + sh[i]
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)

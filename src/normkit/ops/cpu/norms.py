@@ -144,6 +144,31 @@ def _row_stats(xr, cast):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
+def _row_stats_copy(xr, yr, cast):
+    # _row_stats of xr, copying xr into yr in its first pass
+    D = xr.shape[0]
+    s = xr[0]
+    s1 = 0.0
+    s2 = 0.0
+    for j0 in range(0, D, SUM_BLOCK):
+        b1 = s - s
+        b2 = s - s
+        for i in range(j0, min(D, j0 + SUM_BLOCK)):
+            v = xr[i]
+            yr[i] = v
+            d = v - s
+            b1 += d
+            b2 += d * d
+        s1 += np.float64(b1)
+        s2 += np.float64(b2)
+    m = np.float64(s) + s1 / D
+    m_hi, m_lo = _split(m, cast)
+    if not _needs_two_pass(s1, s2, D):
+        return m, m_hi, m_lo, s2 - s1 * s1 / D
+    return _row_recentre(xr, m, m_hi, m_lo, cast)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
 def _centred_sums(xr, m_hi, m_lo):
     # float64 (sum d, sum d^2) of d = (xr - m_hi) - m_lo, blocked as _shifted_sums
     D = xr.shape[0]
@@ -194,7 +219,9 @@ def _normalize_row(xr, yr, m_hi, m_lo, rs_t, w, b, has_w, has_b):
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
     # x, y: (M, D); w, b: (D,) in x's dtype, or (0,) when absent; mean, rstd: (M,).
-    # Arithmetic in x's dtype (float32 or float64); the row statistics by _row_stats.
+    # Arithmetic in x's dtype (float32 or float64); the row statistics by _row_stats. The
+    # statistics pass also copies the row into y, so that y streams out while x streams
+    # in; the normalizing pass then rewrites y in cache (see fused._add_sums)
     M, D = x.shape
     has_w = w.shape[0] > 0
     has_b = b.shape[0] > 0
@@ -210,14 +237,15 @@ def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
             v = m_hi - m_hi
             for i in range(D):
                 v += xr[i] * xr[i]
+                yr[i] = xr[i]
         else:
-            m, m_hi, m_lo, v = _row_stats(xr, cast)
+            m, m_hi, m_lo, v = _row_stats_copy(xr, yr, cast)
         rs = 1.0 / math.sqrt(max(np.float64(v) / D, 0.0) + eps)
         mean[r] = m
         rstd[r] = rs
         cast[2] = rs
         rs_t = cast[2]
-        _normalize_row(xr, yr, m_hi, m_lo, rs_t, w, b, has_w, has_b)
+        _normalize_row(yr, yr, m_hi, m_lo, rs_t, w, b, has_w, has_b)
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
@@ -249,6 +277,10 @@ def _layer_norm_bwd_kernel(
             rs = cast[2]
             sum_g = rs - rs
             sum_gx = rs - rs
+            # dx = (rs w) dy + a + c (x - mean), a = -rs <g>, c = -rs^2 <g x_hat>. The
+            # sums' pass also writes (rs w) dy, so that dx streams out while dy and x
+            # stream in; the second pass adds a + c (x - mean) in cache (the per-row
+            # constants in float64)
             if has_w:
                 for i in range(D):
                     g = dyr[i]
@@ -258,6 +290,7 @@ def _layer_norm_bwd_kernel(
                     gw = g * w[i]
                     sum_g += gw
                     sum_gx += gw * xh
+                    dxr[i] = (rs * w[i]) * g
             else:
                 for i in range(D):
                     g = dyr[i]
@@ -265,19 +298,14 @@ def _layer_norm_bwd_kernel(
                     dbp[i] += g
                     sum_g += g
                     sum_gx += g * xh
-            # dx = (rs w) dy + a + c (x - mean), a = -rs <g>, c = -rs^2 <g x_hat>: the
-            # per-row constants in float64, then one multiply-add chain per element
+                    dxr[i] = rs * g
             rs64 = np.float64(rstd[r])
             cast[3] = 0.0 if rms else -rs64 * np.float64(sum_g) / D
             cast[4] = -rs64 * rs64 * np.float64(sum_gx) / D
             a = cast[3]
             c = cast[4]
-            if has_w:
-                for i in range(D):
-                    dxr[i] = (rs * w[i]) * dyr[i] + a + c * ((xr[i] - m_hi) - m_lo)
-            else:
-                for i in range(D):
-                    dxr[i] = rs * dyr[i] + a + c * ((xr[i] - m_hi) - m_lo)
+            for i in range(D):
+                dxr[i] += a + c * ((xr[i] - m_hi) - m_lo)
 
 
 # --- GroupNorm: (N, C, L), groups of C // G channels ------------------------------------
