@@ -284,6 +284,30 @@ def test_cpu_batch_norm_shift_mark_runs_out_and_the_layer_asks_again(monkeypatch
         assert np.max(np.abs(rm) / np.sqrt(rv + m.eps)) < _native.CENTRED_MAX
 
 
+def test_cpu_batch_norm_shift_marks_leave_with_their_layer_and_stay_off_copies():
+    # a mark is keyed by the layer's running_mean through a weak reference: deleting the
+    # layer drops it, a deepcopy starts unmarked, and nothing is stored on the buffer
+    # (a tensor attribute would be pickled into the user's checkpoints)
+    import copy
+    import gc
+    import pickle
+
+    x = randn(2, 3, 4, 4, dtype=F32, seed=210, mean=50.0)
+    before = len(_native._SHIFT_FIRST)
+    m = normkit.BatchNorm2d(3)
+    m(x)  # off centre: redone, marked
+    assert len(_native._SHIFT_FIRST) == before + 1
+    assert _native._SHIFT_FIRST[id(m.running_mean)][0]() is m.running_mean
+    assert not m.running_mean.__dict__
+    twin = copy.deepcopy(m)
+    assert id(twin.running_mean) not in _native._SHIFT_FIRST
+    restored = pickle.loads(pickle.dumps(m.state_dict()))
+    assert not restored["running_mean"].__dict__
+    del m, twin
+    gc.collect()
+    assert len(_native._SHIFT_FIRST) == before
+
+
 def test_batch_norm_called_twice_before_backward_like_torch():
     # siamese use: torch allows two forwards through one BN before backward
     x = randn(8, 4, dtype=F32, seed=60).requires_grad_()
