@@ -34,7 +34,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from _results import load_average, stamp, write_csv
-from normkit.ops.cpu import fused
+from normkit.ops.cpu import fused, norms
 from normkit.ops.cpu._pool import parallel_for
 
 _ROWS_PER_CHUNK = 32  # as normkit.ops.cpu.norms
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         ),
         "torch add (dx + dh)": lambda: torch.add(dx, dh, out=g),
         "fused forward": lambda: parallel_for(fused._add_norm_fwd_kernel, m, fwd_args, 8),
-        "fused backward": lambda: parallel_for(fused._add_norm_bwd_kernel, chunks, bwd_args),
+        "fused backward": lambda: parallel_for(norms._layer_norm_bwd_kernel, chunks, bwd_args),
         "floor forward": lambda: parallel_for(_fwd_floor, m, (xs, rs, hs, ys), 8),
         "floor forward, nt stores": lambda: parallel_for(_fwd_floor_nt, m, (xs, rs, hs, ys), 8),
         "floor backward": lambda: parallel_for(_bwd_floor, chunks, (dys, dhs, hs, dxs)),

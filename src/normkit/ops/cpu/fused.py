@@ -3,13 +3,14 @@ r"""Fused numba kernels: residual add + RMSNorm/LayerNorm, and the modulated Lay
 Math: :mod:`normkit.reference.fused`. Per row of D features the add-norm forward
 reads x and the residual once, writes ``h = x + residual`` and, while the row is in
 cache, its statistics and ``y``: one read of each input, one write of each output.
-The backward reads ``dy``, ``dh`` (when a gradient reaches h) and ``h`` and writes
-``dx`` (= ``dresidual``) once (each kernel streams its outputs to memory in the same
-pass as its reads and finishes them in cache); weight/bias gradients go through per-chunk partial
-buffers reduced in a fixed order (bitwise identical for any thread count), as in
-:mod:`.norms`, whose numerics (one pass of shifted sums fused with the add, a
-two-pass fallback for an outlier shift, the mean kept as a hi + lo pair, arithmetic in
-float32 for float16/bfloat16/float32; docs/norms.md) carry over.
+The backward is :mod:`.norms`' LayerNorm/RMSNorm backward with ``dh`` (when a gradient
+reaches h) added: it reads ``dy``, ``dh`` and ``h`` and writes ``dx`` (= ``dresidual``)
+once, weight/bias gradients through per-chunk partial buffers reduced in a fixed order
+(bitwise identical for any thread count). Each kernel streams its outputs to memory in
+the same pass as its reads and finishes them in cache. :mod:`.norms`' numerics (one
+pass of shifted sums fused with the add, a two-pass fallback for an outlier shift, the
+mean kept as a hi + lo pair, arithmetic in float32 for float16/bfloat16/float32;
+docs/norms.md) carry over.
 
 float16/bfloat16 inputs are converted to float32 before the kernel and the outputs
 converted back (numba has no 16-bit float arithmetic): exact, at the cost of those
@@ -40,6 +41,7 @@ from .norms import (
     _out,
     _row_recentre,
     _row_stats_copy,
+    _rowwise_bwd,
     _split,
     _vec,
 )
@@ -126,83 +128,6 @@ def _add_norm_fwd_kernel(x, r, w, b, y, h, mean, rstd, eps, rms, start, stop):
         cast[2] = rs
         rs_t = cast[2]
         _normalize_row(yr, yr, m_hi, m_lo, rs_t, w, b, has_w, has_b)
-
-
-@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
-def _add_norm_bwd_kernel(
-    dy, dh, h, mean, rstd, w, dsum, dw_part, db_part, rms, rows_per_chunk, start, stop
-):
-    # dy, h, dsum: (M, D); dh: (M, D) or (0, D); mean, rstd: (M,); w: (D,) or (0,);
-    # dw_part, db_part: (chunks, D), each a sum of at most rows_per_chunk rows.
-    # dx = (rs w) dy + dh + a + c (h - mean) with a = -rs <g>, c = -rs^2 <g x_hat>.
-    # Two passes per row. The first reads dy, h (and dh) from memory, takes the sums and
-    # writes the part of dx it can, (rs w) dy + dh; the second, over rows still in cache,
-    # adds a + c (h - mean). Streaming dx out in the first pass, with the reads, ran the
-    # backward ~13% faster than writing all of dx in the second.
-    M, D = h.shape
-    has_w = w.shape[0] > 0
-    has_dh = dh.shape[0] > 0
-    cast = np.empty(5, h.dtype)
-    for chunk in range(start, stop):
-        dwp = dw_part[chunk]
-        dbp = db_part[chunk]
-        for i in range(D):
-            dwp[i] = 0.0
-            dbp[i] = 0.0
-        for row in range(chunk * rows_per_chunk, min(M, (chunk + 1) * rows_per_chunk)):
-            hr = h[row]
-            dyr = dy[row]
-            dxr = dsum[row]
-            dhr = dh[row] if has_dh else dyr[:0]
-            m = 0.0 if rms else np.float64(mean[row])
-            m_hi, m_lo = _split(m, cast)
-            rs64 = np.float64(rstd[row])
-            cast[2] = rs64
-            rs = cast[2]
-            sum_g = rs - rs
-            sum_gx = rs - rs
-            if has_w and has_dh:
-                for i in range(D):
-                    g = dyr[i]
-                    xh = ((hr[i] - m_hi) - m_lo) * rs
-                    dwp[i] += g * xh
-                    dbp[i] += g
-                    gw = g * w[i]
-                    sum_g += gw
-                    sum_gx += gw * xh
-                    dxr[i] = (rs * w[i]) * g + dhr[i]
-            elif has_w:
-                for i in range(D):
-                    g = dyr[i]
-                    xh = ((hr[i] - m_hi) - m_lo) * rs
-                    dwp[i] += g * xh
-                    dbp[i] += g
-                    gw = g * w[i]
-                    sum_g += gw
-                    sum_gx += gw * xh
-                    dxr[i] = (rs * w[i]) * g
-            elif has_dh:
-                for i in range(D):
-                    g = dyr[i]
-                    xh = ((hr[i] - m_hi) - m_lo) * rs
-                    dbp[i] += g
-                    sum_g += g
-                    sum_gx += g * xh
-                    dxr[i] = rs * g + dhr[i]
-            else:
-                for i in range(D):
-                    g = dyr[i]
-                    xh = ((hr[i] - m_hi) - m_lo) * rs
-                    dbp[i] += g
-                    sum_g += g
-                    sum_gx += g * xh
-                    dxr[i] = rs * g
-            cast[3] = 0.0 if rms else -rs64 * np.float64(sum_g) / D
-            cast[4] = -rs64 * rs64 * np.float64(sum_gx) / D
-            a = cast[3]
-            c = cast[4]
-            for i in range(D):
-                dxr[i] += a + c * ((hr[i] - m_hi) - m_lo)
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
@@ -341,59 +266,17 @@ def add_layer_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32):
     return _add_norm_fwd(x, residual, weight, bias, eps, residual_in_fp32, False)
 
 
-def _add_norm_bwd(dy, dh, h, mean, rstd, weight, rms):
-    cdt = _cdt(h.dtype)
-    d = h.shape[-1]
-    h2 = _rows(h, cdt, d)
-    dy2 = _rows(dy, cdt, d)
-    dh2 = _rows(dh, cdt, d) if dh is not None else h2[:0]
-    m = h2.shape[0]
-    rstd_np = _np(_in(rstd, cdt).reshape(-1))
-    mean_np = _np(_in(mean, cdt).reshape(-1)) if mean is not None else rstd_np[:0]
-    dsum = _alloc.empty(tuple(h.shape), cdt)
-    chunks = max(1, -(-m // _ROWS_PER_CHUNK))
-    npdt = np.float64 if cdt == torch.float64 else np.float32
-    dw_part = np.zeros((chunks, d), npdt)
-    db_part = np.zeros((chunks, d), npdt)
-    if h2.numel():
-        parallel_for(
-            _add_norm_bwd_kernel,
-            chunks,
-            (
-                _np(dy2),
-                _np(dh2),
-                _np(h2),
-                mean_np,
-                rstd_np,
-                _vec(weight, d, "weight", cdt),
-                _np(dsum.view(-1, d)),
-                dw_part,
-                db_part,
-                rms,
-                _ROWS_PER_CHUNK,
-            ),
-        )
-    wdt = weight.dtype if weight is not None else h.dtype
-    dweight = (
-        torch.from_numpy(dw_part.astype(np.float64).sum(axis=0)).to(wdt)
-        if weight is not None
-        else None
-    )
-    dbias = torch.from_numpy(db_part.astype(np.float64).sum(axis=0)).to(wdt)
-    return _out(dsum, h.dtype), dweight, dbias
-
-
 @implements("add_rms_norm_bwd", "cpu")
 def add_rms_norm_bwd(dy, dh, h, rstd, weight):
     """``(dsum, dweight)``: dsum = dh + RMSNorm input gradient = dx = dresidual."""
-    dsum, dweight, _ = _add_norm_bwd(dy, dh, h, None, rstd, weight, True)
+    dsum, dweight, _ = _rowwise_bwd(dy, h, None, rstd, weight, True, dh=dh)
     return dsum, dweight
 
 
 @implements("add_layer_norm_bwd", "cpu")
 def add_layer_norm_bwd(dy, dh, h, mean, rstd, weight):
     """``(dsum, dweight, dbias)`` of the fused residual add + LayerNorm."""
-    return _add_norm_bwd(dy, dh, h, mean, rstd, weight, False)
+    return _rowwise_bwd(dy, h, mean, rstd, weight, False, dh=dh)
 
 
 @implements("modulated_layer_norm_fwd", "cpu")
