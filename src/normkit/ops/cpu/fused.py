@@ -40,7 +40,7 @@ from .norms import (
     _np,
     _out,
     _row_recentre,
-    _row_stats_copy,
+    _row_stats,
     _rowwise_bwd,
     _split,
     _vec,
@@ -142,7 +142,7 @@ def _mod_ln_fwd_kernel(x, shift, scale, y, mean, rstd, eps, start, stop):
         yr = y[row]
         sh = shift[n]
         sc = scale[n]
-        m, m_hi, m_lo, v = _row_stats_copy(xr, yr, cast)  # y streams out with the sums
+        m, m_hi, m_lo, v = _row_stats(xr, yr, cast)  # y streams out with the sums
         rs = 1.0 / math.sqrt(max(v / D, 0.0) + eps)
         mean[row] = m
         rstd[row] = rs

@@ -97,18 +97,29 @@ SHIFT_Q_MAX = 0.75
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
-def _shifted_sums(xr, s):
-    # float64 (sum d, sum d^2) of d = xr - s, float32 (xr's dtype) inside SUM_BLOCK blocks
+def _shifted_sums(xr, s, yr):
+    # float64 (sum d, sum d^2) of d = xr - s, float32 (xr's dtype) inside SUM_BLOCK blocks;
+    # when yr is not empty the same pass copies xr into it (the LayerNorm forward streams
+    # y out while x streams in, then normalizes y in cache; see _layer_norm_fwd_kernel)
     D = xr.shape[0]
+    copy = yr.shape[0] > 0
     s1 = 0.0
     s2 = 0.0
     for j0 in range(0, D, SUM_BLOCK):
         b1 = s - s  # zero of xr's dtype (NaN for a non-finite shift: the row is NaN anyway)
         b2 = s - s
-        for i in range(j0, min(D, j0 + SUM_BLOCK)):
-            d = xr[i] - s
-            b1 += d
-            b2 += d * d
+        if copy:
+            for i in range(j0, min(D, j0 + SUM_BLOCK)):
+                v = xr[i]
+                yr[i] = v
+                d = v - s
+                b1 += d
+                b2 += d * d
+        else:
+            for i in range(j0, min(D, j0 + SUM_BLOCK)):
+                d = xr[i] - s
+                b1 += d
+                b2 += d * d
         s1 += np.float64(b1)
         s2 += np.float64(b2)
     return s1, s2
@@ -130,37 +141,13 @@ def _split(m, cast):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
-def _row_stats(xr, cast):
+def _row_stats(xr, yr, cast):
     # (mean float64, mean_hi, mean_lo, n var float64) of the row xr in one pass over it
-    # (shifted sums) or, when the shift xr[0] is an outlier of the row, in two
+    # (shifted sums, copying xr into yr unless yr is empty) or, when the shift xr[0] is
+    # an outlier of the row, in two
     D = xr.shape[0]
     s = xr[0]
-    s1, s2 = _shifted_sums(xr, s)
-    m = np.float64(s) + s1 / D
-    m_hi, m_lo = _split(m, cast)
-    if not _needs_two_pass(s1, s2, D):
-        return m, m_hi, m_lo, s2 - s1 * s1 / D
-    return _row_recentre(xr, m, m_hi, m_lo, cast)
-
-
-@njit(nogil=True, cache=True, error_model="numpy", fastmath=FM, inline="always")
-def _row_stats_copy(xr, yr, cast):
-    # _row_stats of xr, copying xr into yr in its first pass
-    D = xr.shape[0]
-    s = xr[0]
-    s1 = 0.0
-    s2 = 0.0
-    for j0 in range(0, D, SUM_BLOCK):
-        b1 = s - s
-        b2 = s - s
-        for i in range(j0, min(D, j0 + SUM_BLOCK)):
-            v = xr[i]
-            yr[i] = v
-            d = v - s
-            b1 += d
-            b2 += d * d
-        s1 += np.float64(b1)
-        s2 += np.float64(b2)
+    s1, s2 = _shifted_sums(xr, s, yr)
     m = np.float64(s) + s1 / D
     m_hi, m_lo = _split(m, cast)
     if not _needs_two_pass(s1, s2, D):
@@ -219,9 +206,9 @@ def _normalize_row(xr, yr, m_hi, m_lo, rs_t, w, b, has_w, has_b):
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=FM)
 def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
     # x, y: (M, D); w, b: (D,) in x's dtype, or (0,) when absent; mean, rstd: (M,).
-    # Arithmetic in x's dtype (float32 or float64); the row statistics by _row_stats. The
-    # statistics pass also copies the row into y, so that y streams out while x streams
-    # in; the normalizing pass then rewrites y in cache (see fused._add_sums)
+    # Arithmetic in x's dtype (float32 or float64); the row statistics by _row_stats, whose
+    # pass also copies the row into y, so that y streams out while x streams in; the
+    # normalizing pass then rewrites y in cache (see fused._add_sums)
     M, D = x.shape
     has_w = w.shape[0] > 0
     has_b = b.shape[0] > 0
@@ -239,7 +226,7 @@ def _layer_norm_fwd_kernel(x, w, b, y, mean, rstd, eps, rms, start, stop):
                 v += xr[i] * xr[i]
                 yr[i] = xr[i]
         else:
-            m, m_hi, m_lo, v = _row_stats_copy(xr, yr, cast)
+            m, m_hi, m_lo, v = _row_stats(xr, yr, cast)
         rs = 1.0 / math.sqrt(max(np.float64(v) / D, 0.0) + eps)
         mean[r] = m
         rstd[r] = rs
@@ -351,7 +338,7 @@ def _group_norm_fwd_kernel(x, w, b, y, mean, rstd, groups, eps, start, stop):
         s1 = 0.0
         s2 = 0.0
         for c in range(c0, c0 + cg):
-            a1, a2 = _shifted_sums(x[n, c], sv)
+            a1, a2 = _shifted_sums(x[n, c], sv, x[n, c, :0])
             s1 += a1
             s2 += a2
         m = np.float64(sv) + s1 / count
