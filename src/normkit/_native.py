@@ -538,7 +538,6 @@ def _batch_norm_train_cpu(input, running_mean, running_var, weight, bias, moment
     statistics (tried here before) average over batches and miss a layer whose batches
     sit off centre while their mixture does not (batch 1, a channel nearly constant over
     a 4x4 map), and their test cost a compiled call on every call."""
-    view = (1, input.shape[1]) + (1,) * (input.dim() - 2)
     x = input
     if running_mean is not None and momentum < 1.0 and _shift_first(running_mean):
         x = _channel_shifted(input, running_mean, momentum)
@@ -549,7 +548,7 @@ def _batch_norm_train_cpu(input, running_mean, running_var, weight, bias, moment
         return y
     if x is input and running_mean is not None:
         _mark_off_centre(running_mean)
-    x = x - mean.detach().reshape(view)
+    x = x - mean.detach().reshape((1, input.shape[1]) + (1,) * (input.dim() - 2))
     return torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)[0]
 
 
