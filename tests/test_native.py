@@ -223,6 +223,26 @@ def test_batch_norm_native_training_steps_and_running_stats(device, mean, moment
     assert_matches_reference(gx, _np(dy) * (w / np.sqrt(rv64 + 1e-5))[:, None, None], F32)
 
 
+def _check_bn_training_step(m, x, dy, y, rm, rv, momentum, step):
+    """One training step ``y = m(x)`` of a BatchNorm2d with its initial weight 1 and bias 0:
+    y, the gradients and the layer's running statistics against the float64 reference;
+    returns the reference running statistics ``(rm, rv)`` after this step."""
+    c = x.shape[1]
+    m.weight.grad = m.bias.grad = None
+    gx, gw, gb = _grads(y, dy, x, m.weight, m.bias)
+    ref_y, mean_b, var_b = R.batch_norm_forward(_np(x))
+    ref_dx, ref_dw, ref_db = R.batch_norm_backward(_np(x), _np(dy), np.ones(c), np.zeros(c))
+    assert_matches_reference(y, ref_y, F32, what=f"y, step {step}")
+    assert_matches_reference(gx, ref_dx, F32, what=f"dx, step {step}")
+    assert_matches_reference(gw, ref_dw, F32, what=f"dweight, step {step}")
+    assert_matches_reference(gb, ref_db, F32, what=f"dbias, step {step}")
+    count = x.numel() // c
+    rm, rv = R.running_stats_update(rm, rv, mean_b, var_b, count, momentum, step)
+    assert_matches_reference(m.running_mean, rm, F32, what=f"running_mean, step {step}")
+    assert_matches_reference(m.running_var, rv, F32, what=f"running_var, step {step}")
+    return rm, rv
+
+
 @pytest.mark.parametrize("momentum", [0.1, 0.9])
 def test_cpu_batch_norm_off_centre_layer_shifts_first_after_its_first_redo(monkeypatch, momentum):
     # data at mean 1e4: the first call runs torch's kernel and redoes the off-centre call
@@ -239,17 +259,7 @@ def test_cpu_batch_norm_off_centre_layer_shifts_first_after_its_first_redo(monke
         y = m(x)
         assert dispatch.last_backend["batch_norm_stats"] == NATIVE
         assert len(calls) == (2 if step == 1 else 1), step
-        m.weight.grad = m.bias.grad = None
-        gx, gw, gb = _grads(y, dy, x, m.weight, m.bias)
-        ref_y, mean_b, var_b = R.batch_norm_forward(_np(x))
-        ref_dx, ref_dw, ref_db = R.batch_norm_backward(_np(x), _np(dy), np.ones(6), np.zeros(6))
-        assert_matches_reference(y, ref_y, F32, what=f"y, step {step}")
-        assert_matches_reference(gx, ref_dx, F32, what=f"dx, step {step}")
-        assert_matches_reference(gw, ref_dw, F32, what=f"dweight, step {step}")
-        assert_matches_reference(gb, ref_db, F32, what=f"dbias, step {step}")
-        rm, rv = R.running_stats_update(rm, rv, mean_b, var_b, 4 * 9, momentum, step)
-        assert_matches_reference(m.running_mean, rm, F32, what=f"running_mean, step {step}")
-        assert_matches_reference(m.running_var, rv, F32, what=f"running_var, step {step}")
+        rm, rv = _check_bn_training_step(m, x, dy, y, rm, rv, momentum, step)
 
 
 def test_cpu_batch_norm_shift_mark_runs_out_and_the_layer_asks_again(monkeypatch):
@@ -269,17 +279,7 @@ def test_cpu_batch_norm_shift_mark_runs_out_and_the_layer_asks_again(monkeypatch
         y = m(x)
         assert dispatch.last_backend["batch_norm_stats"] == NATIVE
         assert len(calls) == expected_calls, step
-        m.weight.grad = m.bias.grad = None
-        gx, gw, gb = _grads(y, dy, x, m.weight, m.bias)
-        ref_y, mean_b, var_b = R.batch_norm_forward(_np(x))
-        ref_dx, ref_dw, ref_db = R.batch_norm_backward(_np(x), _np(dy), np.ones(5), np.zeros(5))
-        assert_matches_reference(y, ref_y, F32, what=f"y, step {step}")
-        assert_matches_reference(gx, ref_dx, F32, what=f"dx, step {step}")
-        assert_matches_reference(gw, ref_dw, F32, what=f"dweight, step {step}")
-        assert_matches_reference(gb, ref_db, F32, what=f"dbias, step {step}")
-        rm, rv = R.running_stats_update(rm, rv, mean_b, var_b, 3 * 16, momentum, step)
-        assert_matches_reference(m.running_mean, rm, F32, what=f"running_mean, step {step}")
-        assert_matches_reference(m.running_var, rv, F32, what=f"running_var, step {step}")
+        rm, rv = _check_bn_training_step(m, x, dy, y, rm, rv, momentum, step)
         # the running statistics pass the evaluation check: they never predict these calls
         assert np.max(np.abs(rm) / np.sqrt(rv + m.eps)) < _native.CENTRED_MAX
 
