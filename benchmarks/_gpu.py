@@ -1,5 +1,5 @@
 """What the CUDA scripts in this folder share: ``normkit bench``'s models as a torch /
-normkit pair on the device, a model's floating-point state and how far two states part,
+normkit pair on the device (or the CPU), a model's floating-point state and how far two states part,
 the pass test for normkit's drift, and interleaved, synchronized timing.
 
 Imported by the scripts in this folder (``python benchmarks/<script>.py`` puts the folder
@@ -20,18 +20,19 @@ from normkit import bench
 __all__ = ["model_pair", "float_state", "max_rel", "drift_ok", "interleaved_medians"]
 
 
-def model_pair(name: str, batch: int):
-    """``(x, target, torch_model, normkit_model)`` for ``bench.MODELS[name]`` on the CUDA
-    device, normkit's copy with torch's weights. The lazy layers are materialised on the
-    device, so ``NORMKIT_BACKEND=triton`` (CUDA tensors only) works from the first call."""
+def model_pair(name: str, batch: int, device: str = "cuda"):
+    """``(x, target, torch_model, normkit_model)`` for ``bench.MODELS[name]`` on ``device``
+    (the CUDA device for the scripts here; ``model_norm_share.py`` asks for the CPU),
+    normkit's copy with torch's weights. The lazy layers are materialised on the device,
+    so ``NORMKIT_BACKEND=triton`` (CUDA tensors only) works from the first call."""
     build, shape, _batches, _quick = bench.MODELS[name]
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(batch, *shape, generator=gen).cuda()
-    target = torch.randint(0, 10, (batch,), generator=gen).cuda()
+    x = torch.randn(batch, *shape, generator=gen).to(device)
+    target = torch.randint(0, 10, (batch,), generator=gen).to(device)
     torch.manual_seed(3)
-    ref = build(bench._norm_factory(torch.nn)).cuda()
+    ref = build(bench._norm_factory(torch.nn)).to(device)
     ref(x)
-    ours = build(bench._norm_factory(normkit)).cuda()
+    ours = build(bench._norm_factory(normkit)).to(device)
     ours(x)
     ours.load_state_dict(copy.deepcopy(ref.state_dict()))
     return x, target, ref, ours

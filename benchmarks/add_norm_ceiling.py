@@ -22,9 +22,7 @@ forward+backward also pays autograd and one gradient copy, on both sides).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
@@ -34,6 +32,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from _results import load_average, stamp, write_csv
+from normkit import bench
 from normkit.ops.cpu import fused, norms
 from normkit.ops.cpu._pool import parallel_for
 
@@ -111,21 +110,6 @@ def _bwd_floor_nt(dy, dh, h, dx, start, stop):
             _stream_row(dx[row], t)
 
 
-def _interleaved(fns: dict, repeats: int) -> dict:
-    for fn in fns.values():
-        fn()
-        fn()
-    times = {name: [] for name in fns}
-    order = list(fns)
-    for _ in range(repeats):
-        order.reverse()
-        for name in order:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(v) * 1e3 for name, v in times.items()}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=8192)
@@ -178,7 +162,8 @@ def main(argv=None) -> int:
         raise SystemExit("the non-temporal forward floor wrote wrong values")
     if not torch.allclose(dx, dy + dh + h):
         raise SystemExit("the non-temporal backward floor wrote wrong values")
-    ms = _interleaved(fns, args.repeats)
+    times, _faults = bench._interleaved_ms(list(fns.values()), "cpu", 2, args.repeats)
+    ms = dict(zip(fns, times))
     composite = sum(ms[k] for k in list(fns)[:4])
     fused_ms = ms["fused forward"] + ms["fused backward"]
     floor = ms["floor forward"] + ms["floor backward"]

@@ -18,9 +18,9 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import profile
 
+import _gpu
 from _results import load_average, stamp, write_csv
 from normkit import bench
 
@@ -32,20 +32,8 @@ def _is_norm(key: str) -> bool:
 
 
 def share(name: str, batch: int, steps: int) -> dict:
-    build, shape, _, _ = bench.MODELS[name]
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(batch, *shape, generator=gen)
-    target = torch.randint(0, 10, (batch,), generator=gen)
-    torch.manual_seed(3)
-    model = build(bench._norm_factory(torch.nn))
-    model(x)  # materialise lazy layers
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), target).backward()
-        opt.step()
-
+    x, target, model, _ = _gpu.model_pair(name, batch, device="cpu")
+    step = bench._train_step_pair(model, x, target)[1]
     for _ in range(3):
         step()
     with profile() as prof:
